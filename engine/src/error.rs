@@ -1,0 +1,26 @@
+//! Engine errors.
+
+/// Errors from loading a model or generating with it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("i/o error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    #[error(
+        "prompt of {prompt} tokens plus max_tokens {max_tokens} exceeds the context length {n_ctx}"
+    )]
+    ContextOverflow {
+        prompt: usize,
+        max_tokens: usize,
+        n_ctx: usize,
+    },
+    #[error("empty prompt: at least one token is needed")]
+    EmptyPrompt,
+    #[error("token id {id} is outside the vocabulary of {n_vocab}")]
+    TokenOutOfRange { id: u32, n_vocab: usize },
+}

@@ -1,0 +1,13 @@
+//! BitNet b1.58 inference engine: GGUF format, ternary kernels, the forward pass, the Llama 3
+//! tokenizer and generation. Layering (each module only uses the ones before it):
+//! `gguf` -> `quant` (kernels) -> `model` -> `tokenizer` / `generate`.
+
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;
+
+pub use error::EngineError;
+pub use generate::{GenerateOutput, GenerateParams, Piece, SamplingParams, StopReason};
+pub use model::{LoadOptions, Model};
+pub use tokenizer::{ChatMessage, Tokenizer};

@@ -1,0 +1,1 @@
+//! HTTP API (filled in by the functions work).

@@ -1,0 +1,1 @@
+//! Model store: see README.md. (Filled in by the model-store work.)
