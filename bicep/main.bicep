@@ -1,0 +1,340 @@
+// BitNet b1.58 on Azure Functions Flex Consumption (Linux, custom handler), scale to zero.
+//
+//   az deployment group create -g <rg> -f bicep/main.bicep -p modelSha256=<hex>
+//   az functionapp deploy -g <rg> -n <functionAppName> --src-path app.zip --type zip
+//
+// Nothing here is billed while idle: Flex Consumption with no always-ready
+// instances, a pay-per-GB workspace, and storage for the package and the model.
+
+@description('Base name of the resources (letters and digits; the storage account name is derived from it).')
+@minLength(3)
+@maxLength(16)
+param name string = 'bitnet'
+
+@description('Azure region. Flex Consumption is available in a subset of regions.')
+param location string = resourceGroup().location
+
+@description('Upper bound of instances the app may scale out to (Flex Consumption: 1-1000).')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 10
+
+@description('Concurrent HTTP requests per instance. Generation is CPU bound (2 cores per 4096 MB instance): keep it low.')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 1
+
+@description('Name of the model blob inside the models container.')
+param modelBlobName string = 'ggml-model-i2_s.gguf'
+
+@description('Expected lowercase hex sha256 of the model (BITNET_MODEL_SHA256). Empty leaves it unset.')
+param modelSha256 string = ''
+
+@description('BITNET_THREADS; 0 leaves it unset (the handler uses all visible cores).')
+@minValue(0)
+param threads int = 0
+
+@description('Optional bearer token for the HTTP API (API_KEY). Empty leaves it unset.')
+@secure()
+param apiKey string = ''
+
+@description('Retention of the Log Analytics workspace in days.')
+@minValue(30)
+@maxValue(730)
+param logRetentionDays int = 30
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+// Flex Consumption: temporary disk is only 0.8 GB, so the 1.19 GB model is held
+// in memory; 4096 MB is the only instance size that holds it (2 cores).
+var instanceMemoryMB = 4096
+var suffix = uniqueString(resourceGroup().id, name)
+var storageAccountName = take(toLower('${replace(name, '-', '')}${suffix}'), 24)
+var deploymentContainerName = 'app-package'
+var modelsContainerName = 'models'
+// Containers the Functions host keeps its locks and function keys in (AzureWebJobsStorage).
+var hostContainerNames = [
+  'azure-webjobs-hosts'
+  'azure-webjobs-secrets'
+]
+var storageBlobDataReaderRoleId = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+var modelUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${modelBlobName}'
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${name}-id'
+  location: location
+  tags: tags
+}
+
+resource workspace 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
+  name: '${name}-logs'
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: logRetentionDays
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: '${name}-ai'
+  location: location
+  kind: 'web'
+  tags: tags
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: workspace.id
+  }
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  // checkov:skip=CKV_AZURE_35:Default action Deny needs VNet integration or private endpoints, billed by the hour even when idle; access is by Entra ID only (shared keys disabled).
+  // checkov:skip=CKV_AZURE_59:Same reason: the Flex Consumption platform pulls the package over the public endpoint unless the app is VNet-integrated; keys are disabled and every grant is scoped to one container.
+  // checkov:skip=CKV_AZURE_43:The name is computed (lower-cased base name without '-' plus uniqueString, cut to 24 characters); checkov cannot evaluate the expression.
+  // checkov:skip=CKV_AZURE_206:LRS is the cheapest at rest; the package is rebuilt by CI and the model is a sha256-pinned artefact that can be uploaded again.
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+    encryption: {
+      keySource: 'Microsoft.Storage'
+      requireInfrastructureEncryption: true
+      services: {
+        blob: {
+          enabled: true
+          keyType: 'Account'
+        }
+        file: {
+          enabled: true
+          keyType: 'Account'
+        }
+      }
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    deleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+    containerDeleteRetentionPolicy: {
+      enabled: true
+      days: 7
+    }
+  }
+}
+
+resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: deploymentContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource modelsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: modelsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource hostContainers 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [for containerName in hostContainerNames: {
+  parent: blobService
+  name: containerName
+  properties: {
+    publicAccess: 'None'
+  }
+}]
+
+// The identity may read blobs in the models container and nothing else there.
+resource modelsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: modelsContainer
+  name: guid(modelsContainer.id, identity.id, storageBlobDataReaderRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReaderRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The platform reads (and az functionapp deploy writes) the package here.
+resource deploymentContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: deploymentContainer
+  name: guid(deploymentContainer.id, identity.id, storageBlobDataContributorRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The Functions host keeps its locks and function keys in these two containers.
+resource hostContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = [for (containerName, i) in hostContainerNames: {
+  scope: hostContainers[i]
+  name: guid(hostContainers[i].id, identity.id, storageBlobDataContributorRoleId)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}]
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_225:Zone redundancy for Flex Consumption exists only in some regions; enable it per deployment where offered. Availability here comes from scaling out on demand.
+  name: '${name}-plan'
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+var baseAppSettings = [
+  {
+    name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'
+    value: appInsights.properties.ConnectionString
+  }
+  {
+    name: 'AzureWebJobsStorage__accountName'
+    value: storage.name
+  }
+  {
+    name: 'AzureWebJobsStorage__credential'
+    value: 'managedidentity'
+  }
+  {
+    name: 'AzureWebJobsStorage__clientId'
+    value: identity.properties.clientId
+  }
+  {
+    name: 'AZURE_CLIENT_ID'
+    value: identity.properties.clientId
+  }
+  {
+    name: 'BITNET_MODEL'
+    value: modelUri
+  }
+  {
+    name: 'BITNET_MODEL_STORAGE'
+    value: 'memory'
+  }
+]
+
+var shaSetting = empty(modelSha256) ? [] : [
+  {
+    name: 'BITNET_MODEL_SHA256'
+    value: modelSha256
+  }
+]
+
+var threadsSetting = threads == 0 ? [] : [
+  {
+    name: 'BITNET_THREADS'
+    value: string(threads)
+  }
+]
+
+var apiKeySetting = empty(apiKey) ? [] : [
+  {
+    name: 'API_KEY'
+    value: apiKey
+  }
+]
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_222:This is the public HTTP endpoint of the API (function keys / API_KEY); private access needs VNet integration or private endpoints, billed while idle.
+  // checkov:skip=CKV_AZURE_212:A minimum instance count for failover means instances billed while idle; this app scales to zero by design (alwaysReady is empty).
+  // checkov:skip=CKV_AZURE_213:App Service health check pings every instance each minute; on a scale-to-zero app that is billed traffic for nothing. Readiness is the host's own startup probe of the handler.
+  // checkov:skip=CKV_AZURE_17:Clients are browsers and CLIs; requests are authenticated with function keys and/or API_KEY over HTTPS, not client certificates.
+  name: '${name}-func-${suffix}'
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    publicNetworkAccess: 'Enabled'
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identity.id
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        // No always-ready instances: nothing runs (or is billed) while idle.
+        alwaysReady: []
+        maximumInstanceCount: maximumInstanceCount
+        instanceMemoryMB: instanceMemoryMB
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
+      }
+      runtime: {
+        name: 'custom'
+        version: '1.0'
+      }
+    }
+    siteConfig: {
+      minTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+      appSettings: concat(baseAppSettings, shaSetting, threadsSetting, apiKeySetting)
+    }
+  }
+  dependsOn: [
+    modelsReader
+    deploymentContributor
+    hostContributor
+  ]
+}
+
+output functionAppName string = functionApp.name
+output functionAppUrl string = 'https://${functionApp.properties.defaultHostName}'
+output storageAccountName string = storage.name
+output deploymentContainer string = deploymentContainerName
+output modelsContainer string = modelsContainerName
+output modelUri string = modelUri
+output identityClientId string = identity.properties.clientId

@@ -1,0 +1,61 @@
+variable "region" {
+  description = "AWS region to deploy to."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "name" {
+  description = "Function name."
+  type        = string
+  default     = "bitnet"
+}
+
+variable "lambda_zip_path" {
+  description = "Zip from `cargo lambda build --release --output-format zip -p bitnet-lambda`, relative to this directory."
+  type        = string
+  default     = "../../../target/lambda/bootstrap/bootstrap.zip"
+}
+
+variable "architecture" {
+  description = "x86_64 (default) or arm64 (build with `cargo lambda build --release --arm64 --output-format zip`)."
+  type        = string
+  default     = "x86_64"
+}
+
+variable "model_key" {
+  description = "Key of the model object in the bucket."
+  type        = string
+  default     = "models/ggml-model-i2_s.gguf"
+}
+
+variable "model_sha256" {
+  description = "Expected lowercase hex sha256 of the model (sha256sum ggml-model-i2_s.gguf)."
+  type        = string
+  default     = ""
+}
+
+variable "function_url_auth_type" {
+  description = "AWS_IAM (default, signed requests) or NONE (public, requires api_key)."
+  type        = string
+  default     = "AWS_IAM"
+}
+
+variable "api_key" {
+  description = "Bearer token the API requires; needed when function_url_auth_type is NONE."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "cors" {
+  description = "CORS settings for the function URL (see the module's variable), null for none."
+  type = object({
+    allow_origins     = list(string)
+    allow_methods     = optional(list(string), ["GET", "POST"])
+    allow_headers     = optional(list(string), ["authorization", "content-type"])
+    expose_headers    = optional(list(string), [])
+    allow_credentials = optional(bool, false)
+    max_age           = optional(number, 300)
+  })
+  default = null
+}

@@ -1,0 +1,129 @@
+# BitNet b1.58 inference on AWS Lambda, scale to zero.
+#
+# Nothing here costs money while idle: no provisioned concurrency, no scheduled
+# warm-up pings, no NAT/VPC, no customer-managed KMS key unless one is passed in.
+# What remains at rest is S3 storage of the model and of the logs you keep.
+
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  bucket_name     = var.create_bucket ? aws_s3_bucket.models[0].id : var.bucket_name
+  bucket_arn      = "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}"
+  model_uri       = "s3://${local.bucket_name}/${var.model_key}"
+  model_object    = "${local.bucket_arn}/${var.model_key}"
+  log_group_name  = "/aws/lambda/${var.name}"
+  cache_directory = "/tmp/bitnet-models"
+
+  environment = merge(
+    var.extra_environment,
+    {
+      BITNET_MODEL         = local.model_uri
+      BITNET_CACHE_DIR     = local.cache_directory
+      BITNET_MODEL_STORAGE = var.model_storage
+    },
+    var.model_sha256 == "" ? {} : { BITNET_MODEL_SHA256 = var.model_sha256 },
+    var.threads == null ? {} : { BITNET_THREADS = tostring(var.threads) },
+    var.api_key == null ? {} : { API_KEY = var.api_key },
+  )
+}
+
+resource "aws_cloudwatch_log_group" "this" {
+  # Encrypted with an AWS-owned key unless var.kms_key_arn names a CMK (a CMK
+  # costs ~1 USD/month even when idle, so it is not the default).
+  #checkov:skip=CKV_AWS_338:Retention is var.log_retention_days (default 30): a year of stored logs is a cost at rest; raise it where compliance needs it.
+  name              = local.log_group_name
+  retention_in_days = var.log_retention_days
+  kms_key_id        = var.kms_key_arn
+  tags              = var.tags
+}
+
+resource "aws_lambda_function" "this" {
+  #checkov:skip=CKV_AWS_117:Response streaming from a function URL is not supported for functions in a VPC; a VPC would also need a NAT gateway (billed hourly, even idle) for hf:// or https model sources.
+  #checkov:skip=CKV_AWS_116:Invoked synchronously through its function URL only; a dead-letter queue applies to asynchronous invocations and would never receive anything.
+  #checkov:skip=CKV_AWS_272:Code signing needs an AWS Signer profile and signed artefacts from CI; optional, not part of the cargo lambda build path.
+  function_name = var.name
+  description   = "BitNet b1.58 ternary LLM inference (streaming via function URL)"
+  role          = aws_iam_role.this.arn
+
+  filename         = var.lambda_zip_path
+  source_code_hash = filebase64sha256(var.lambda_zip_path)
+  package_type     = "Zip"
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [var.architecture]
+
+  memory_size = var.memory_size
+  timeout     = var.timeout
+
+  ephemeral_storage {
+    size = var.ephemeral_storage_size
+  }
+
+  # null = unreserved pool. A cap, never provisioned concurrency.
+  reserved_concurrent_executions = var.reserved_concurrency
+
+  # No secrets by default (model URI, sha256, thread count); set kms_key_arn
+  # to encrypt the environment (API_KEY) with your own key.
+  kms_key_arn = var.kms_key_arn
+
+  environment {
+    variables = local.environment
+  }
+
+  logging_config {
+    log_format            = "JSON"
+    log_group             = aws_cloudwatch_log_group.this.name
+    application_log_level = var.log_level
+    system_log_level      = "WARN"
+  }
+
+  tracing_config {
+    mode = var.tracing_mode
+  }
+
+  tags = var.tags
+
+  depends_on = [
+    aws_iam_role_policy.this,
+    aws_cloudwatch_log_group.this,
+  ]
+}
+
+resource "aws_lambda_function_url" "this" {
+  function_name      = aws_lambda_function.this.function_name
+  authorization_type = var.function_url_auth_type
+  invoke_mode        = "RESPONSE_STREAM"
+
+  lifecycle {
+    precondition {
+      condition     = var.function_url_auth_type != "NONE" || var.api_key != null
+      error_message = "A public function URL (function_url_auth_type = \"NONE\") needs api_key, so that the API is not open to anyone."
+    }
+  }
+
+  dynamic "cors" {
+    for_each = var.cors == null ? [] : [var.cors]
+    content {
+      allow_origins     = cors.value.allow_origins
+      allow_methods     = cors.value.allow_methods
+      allow_headers     = cors.value.allow_headers
+      expose_headers    = cors.value.expose_headers
+      allow_credentials = cors.value.allow_credentials
+      max_age           = cors.value.max_age
+    }
+  }
+}
+
+# Public URL (opt-in): anyone may call lambda:InvokeFunctionUrl. Provider >= 6.28
+# adds the matching lambda:InvokeFunction (InvokedViaFunctionUrl) statement itself.
+resource "aws_lambda_permission" "public_url" {
+  count = var.function_url_auth_type == "NONE" ? 1 : 0
+
+  statement_id           = "FunctionURLAllowPublicAccess"
+  action                 = "lambda:InvokeFunctionUrl"
+  function_name          = aws_lambda_function.this.function_name
+  principal              = "*"
+  function_url_auth_type = "NONE"
+}

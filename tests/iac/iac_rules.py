@@ -1,0 +1,519 @@
+"""Static rules for the deployment code, checked without any cloud or provider.
+
+`terraform validate` and the Bicep CLI cannot run in this offline workplace, so
+these checks parse the sources (python-hcl2 for Terraform, pycep for Bicep) and
+assert the settings the deployment depends on. Each `check_*` function returns
+a list of violations (empty = good), so tests can also prove that a broken copy
+is caught.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+TF_MODULE = REPO / "terraform" / "modules" / "bitnet-lambda"
+TF_EXAMPLE = REPO / "terraform" / "examples" / "basic"
+BICEP_FLEX = REPO / "bicep" / "main.bicep"
+BICEP_ACA = REPO / "bicep" / "containerapp.bicep"
+
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+
+# --------------------------------------------------------------------------- Terraform
+
+
+def _unquote(key: str) -> str:
+    if len(key) >= 2 and key[0] == key[-1] == '"':
+        return key[1:-1]
+    return key
+
+
+def _clean(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {_unquote(k): _clean(v) for k, v in node.items() if not k.startswith("__")}
+    if isinstance(node, list):
+        return [_clean(v) for v in node]
+    return node
+
+
+def load_tf(directory: Path) -> dict[str, Any]:
+    """Merge every .tf file of a directory into
+    {"resource": {type: {name: body}}, "data": {...}, "variable": {name: body},
+     "output": {...}, "locals": {...}, "module": {...}}."""
+    import hcl2
+
+    opts = hcl2.SerializationOptions(with_comments=False, explicit_blocks=False, strip_string_quotes=True)
+    merged: dict[str, Any] = {"resource": {}, "data": {}, "variable": {}, "output": {}, "locals": {}, "module": {}}
+    for tf in sorted(Path(directory).glob("*.tf")):
+        with tf.open() as f:
+            doc = _clean(hcl2.load(f, serialization_options=opts))
+        for kind in ("resource", "data"):
+            for block in doc.get(kind, []):
+                for rtype, named in block.items():
+                    merged[kind].setdefault(rtype, {}).update(named)
+        for kind in ("variable", "output", "module"):
+            for block in doc.get(kind, []):
+                merged[kind].update(block)
+        for block in doc.get("locals", []):
+            merged["locals"].update(block)
+    return merged
+
+
+def _var_default(tf: dict, expr: Any) -> Any:
+    """Value of a literal, or the default of `${var.x}`; KeyError if neither."""
+    if isinstance(expr, str):
+        m = re.fullmatch(r"\$\{var\.([A-Za-z0-9_]+)\}", expr)
+        if m:
+            return tf["variable"][m.group(1)].get("default")
+    return expr
+
+
+def _first(block: Any) -> dict:
+    if isinstance(block, list):
+        return block[0] if block else {}
+    return block or {}
+
+
+def _statements(doc: dict) -> list[dict]:
+    out = []
+    for st in doc.get("statement", []) or []:
+        out.append(st)
+    for dyn in doc.get("dynamic", []) or []:
+        for name, body in dyn.items():
+            if name == "statement":
+                out.append(_first(body.get("content")))
+    return out
+
+
+def check_lambda_module(tf: dict) -> list[str]:
+    v: list[str] = []
+    res = tf["resource"]
+
+    fns = res.get("aws_lambda_function", {})
+    if len(fns) != 1:
+        return [f"expected exactly one aws_lambda_function, found {len(fns)}"]
+    fn = next(iter(fns.values()))
+
+    if fn.get("runtime") != "provided.al2023":
+        v.append(f"runtime must be provided.al2023, is {fn.get('runtime')!r}")
+    if fn.get("handler") != "bootstrap":
+        v.append("handler must be bootstrap")
+    if _var_default(tf, fn.get("timeout")) != 900:
+        v.append(f"timeout default must be 900, is {_var_default(tf, fn.get('timeout'))!r}")
+    mem = _var_default(tf, fn.get("memory_size"))
+    if mem != 4096:
+        v.append(f"memory_size default must be 4096, is {mem!r}")
+    eph = _var_default(tf, _first(fn.get("ephemeral_storage")).get("size"))
+    if not isinstance(eph, int) or eph < 2048:
+        v.append(f"ephemeral_storage size default must be >= 2048 MB, is {eph!r}")
+    arch = fn.get("architectures", [None])
+    arch_default = _var_default(tf, arch[0]) if arch else None
+    if arch_default != "x86_64":
+        v.append(f"architecture default must be x86_64, is {arch_default!r}")
+    arch_var = tf["variable"].get("architecture", {})
+    if "arm64" not in str(arch_var.get("validation", "")):
+        v.append("architecture variable must allow arm64")
+    zip_default = _var_default(tf, fn.get("filename"))
+    if zip_default != "target/lambda/bootstrap/bootstrap.zip":
+        v.append(f"zip path default must be target/lambda/bootstrap/bootstrap.zip, is {zip_default!r}")
+
+    env_expr = str(tf["locals"].get("environment", ""))
+    env_block = str(_first(fn.get("environment")).get("variables", ""))
+    if "local.environment" not in env_block:
+        v.append("function environment must come from local.environment")
+    for name in ("BITNET_MODEL", "BITNET_MODEL_SHA256", "BITNET_THREADS", "BITNET_CACHE_DIR"):
+        if not re.search(rf"\b{name}\s*=", env_expr):
+            v.append(f"environment must set {name}")
+    if "s3://" not in str(tf["locals"].get("model_uri", "")):
+        v.append("BITNET_MODEL must be an s3:// URI")
+
+    # Zero cost at rest: no provisioned concurrency, no warmers, no reservation by default.
+    for bad in ("aws_lambda_provisioned_concurrency_config", "aws_cloudwatch_event_rule", "aws_scheduler_schedule"):
+        if res.get(bad):
+            v.append(f"{bad} must not exist (costs or warms while idle)")
+    rce = fn.get("reserved_concurrent_executions")
+    if rce is not None:
+        default = _var_default(tf, rce)
+        if default is not None and default != -1:
+            v.append(f"reserved_concurrent_executions must default to unreserved, is {default!r}")
+
+    # Function URL.
+    urls = res.get("aws_lambda_function_url", {})
+    if len(urls) != 1:
+        v.append(f"expected exactly one aws_lambda_function_url, found {len(urls)}")
+    else:
+        url = next(iter(urls.values()))
+        if url.get("invoke_mode") != "RESPONSE_STREAM":
+            v.append(f"function URL invoke_mode must be RESPONSE_STREAM, is {url.get('invoke_mode')!r}")
+        auth = _var_default(tf, url.get("authorization_type"))
+        if auth != "AWS_IAM":
+            v.append(f"function URL authorization_type must default to AWS_IAM, is {auth!r}")
+        if "var.cors" not in str(url.get("dynamic", "")):
+            v.append("function URL CORS must come from var.cors")
+
+    # IAM: S3 access is exactly s3:GetObject on the one model object.
+    docs = tf["data"].get("aws_iam_policy_document", {})
+    role_policies = res.get("aws_iam_role_policy", {})
+    attached = {m.group(1) for rp in role_policies.values()
+                for m in [re.search(r"data\.aws_iam_policy_document\.([A-Za-z0-9_]+)\.json", str(rp.get("policy")))] if m}
+    if res.get("aws_iam_role_policy_attachment") or res.get("aws_iam_policy"):
+        v.append("the role must carry only its inline least-privilege policy (no managed policy attachments)")
+    if not attached:
+        v.append("no inline role policy built from an aws_iam_policy_document")
+    s3_allow = []
+    for name in attached:
+        for st in _statements(docs.get(name, {})):
+            if st.get("effect", "Allow") != "Allow":
+                continue
+            actions = st.get("actions", [])
+            for a in actions:
+                if a == "*" or a.endswith(":*") or "*" in a:
+                    v.append(f"wildcard action {a!r} in policy statement {st.get('sid')!r}")
+            if any(a.lower().startswith("s3:") for a in actions):
+                s3_allow.append(st)
+            for r in st.get("resources", []):
+                if r == "*" and not all(a.startswith("xray:") for a in actions):
+                    v.append(f"resource '*' outside the X-Ray statement: {st.get('sid')!r}")
+    if len(s3_allow) != 1:
+        v.append(f"expected exactly one S3 allow statement, found {len(s3_allow)}")
+    else:
+        st = s3_allow[0]
+        if st.get("actions") != ["s3:GetObject"]:
+            v.append(f"S3 statement must allow only s3:GetObject, allows {st.get('actions')!r}")
+        if st.get("resources") != ["${local.model_object}"]:
+            v.append(f"S3 statement must name only the model object, names {st.get('resources')!r}")
+        obj = str(tf["locals"].get("model_object", ""))
+        if "*" in obj or "var.model_key" not in obj:
+            v.append(f"local.model_object must be <bucket ARN>/<model key>, is {obj!r}")
+    key_var = tf["variable"].get("model_key", {})
+    if "[*?]" not in str(key_var.get("validation", "")):
+        v.append("model_key must be validated to contain no wildcard")
+
+    # Logs: own log group, retention set.
+    groups = res.get("aws_cloudwatch_log_group", {})
+    if len(groups) != 1:
+        v.append("expected one aws_cloudwatch_log_group")
+    else:
+        lg = next(iter(groups.values()))
+        ret = _var_default(tf, lg.get("retention_in_days"))
+        if not isinstance(ret, int) or ret <= 0:
+            v.append(f"log group retention must be set, is {ret!r}")
+
+    # Bucket: public access blocked, versioned, encrypted.
+    pab = res.get("aws_s3_bucket_public_access_block", {})
+    if len(pab) != 1:
+        v.append("expected one aws_s3_bucket_public_access_block")
+    else:
+        body = next(iter(pab.values()))
+        for flag in ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets"):
+            if body.get(flag) is not True:
+                v.append(f"public access block {flag} must be true, is {body.get(flag)!r}")
+    ver = res.get("aws_s3_bucket_versioning", {})
+    if len(ver) != 1 or _first(next(iter(ver.values())).get("versioning_configuration")).get("status") != "Enabled":
+        v.append("bucket versioning must be Enabled")
+    sse = res.get("aws_s3_bucket_server_side_encryption_configuration", {})
+    algo = None
+    if len(sse) == 1:
+        rule = _first(next(iter(sse.values())).get("rule"))
+        algo = _first(rule.get("apply_server_side_encryption_by_default")).get("sse_algorithm")
+    if algo not in ("aws:kms", "aws:kms:dsse", "AES256"):
+        v.append(f"bucket must have default encryption, sse_algorithm is {algo!r}")
+
+    for out in ("function_url", "function_name", "bucket"):
+        if out not in tf["output"]:
+            v.append(f"missing output {out}")
+    return v
+
+
+def check_example(tf: dict) -> list[str]:
+    v: list[str] = []
+    mods = tf["module"]
+    if not any(m.get("source") == "../../modules/bitnet-lambda" for m in mods.values()):
+        v.append("example must call ../../modules/bitnet-lambda")
+    zip_default = tf["variable"].get("lambda_zip_path", {}).get("default", "")
+    if not str(zip_default).endswith("target/lambda/bootstrap/bootstrap.zip"):
+        v.append(f"example zip path must point at target/lambda/bootstrap/bootstrap.zip, is {zip_default!r}")
+    auth = tf["variable"].get("function_url_auth_type", {}).get("default")
+    if auth != "AWS_IAM":
+        v.append(f"example must default to AWS_IAM, is {auth!r}")
+    for out in ("function_url", "function_name", "bucket"):
+        if out not in tf["output"]:
+            v.append(f"example is missing output {out}")
+    return v
+
+
+def check_no_provisioned_concurrency(root: Path) -> list[str]:
+    v = []
+    for tf in sorted(Path(root).rglob("*.tf")):
+        text = tf.read_text()
+        if re.search(r"aws_lambda_provisioned_concurrency_config|provisioned_concurrent_executions", text):
+            v.append(f"{tf}: provisioned concurrency costs money while idle")
+    return v
+
+
+# --------------------------------------------------------------------------- Bicep
+
+
+def load_bicep(path: Path) -> dict:
+    from pycep import BicepParser
+
+    return BicepParser().parse(file_path=Path(path))
+
+
+def _resolve(doc: dict, value: Any, depth: int = 0) -> Any:
+    """Resolve a bare identifier to a variable's value or a parameter's default."""
+    if depth > 10 or not isinstance(value, str):
+        return value
+    if value in doc.get("variables", {}):
+        return _resolve(doc, doc["variables"][value]["value"], depth + 1)
+    if value in doc.get("parameters", {}):
+        return _resolve(doc, doc["parameters"][value].get("default"), depth + 1)
+    return value
+
+
+def _resources(doc: dict, rtype: str) -> dict[str, dict]:
+    return {n: r for n, r in doc["resources"].items() if r["type"].lower() == rtype.lower()}
+
+
+def _role_id(doc: dict, body: dict) -> str | None:
+    rd = body["properties"]["roleDefinitionId"]
+    if isinstance(rd, dict) and "function" in rd:
+        return _resolve(doc, rd["function"]["parameters"].get("resource_name_1"))
+    return _resolve(doc, rd)
+
+
+def _body(resource: dict) -> dict:
+    """A resource's body, unwrapping pycep's loop (`[for ...]`) and condition (`if`) wrappers."""
+    cfg = resource["config"]
+    if isinstance(cfg, dict) and ("loop_type" in cfg or "condition" in cfg) and "config" in cfg:
+        return cfg["config"]
+    return cfg
+
+
+def _container_names(doc: dict) -> dict[str, frozenset]:
+    """resource symbol -> names of the blob containers it declares (a loop declares several)."""
+    out = {}
+    for sym, r in _resources(doc, "Microsoft.Storage/storageAccounts/blobServices/containers").items():
+        cfg = r["config"]
+        if "loop_type" in cfg:
+            names = _resolve(doc, cfg["loop_type"]["detail"]["array_name"])
+            out[sym] = frozenset(names if isinstance(names, list) else [str(names)])
+        else:
+            out[sym] = frozenset([_resolve(doc, _body(r).get("name"))])
+    return out
+
+
+def _scope_symbol(body: dict) -> str | None:
+    scope = body.get("scope")
+    if isinstance(scope, str):
+        return scope
+    if isinstance(scope, dict):  # hostContainers[i]
+        operand = scope.get("operator", {}).get("operands", {}).get("operand_1")
+        return operand if isinstance(operand, str) else None
+    return None
+
+
+def check_role_assignments(doc: dict, writable: set[str]) -> list[str]:
+    """Reader on the models container exactly; Contributor only on `writable` containers; nothing wider."""
+    v: list[str] = []
+    containers = _container_names(doc)
+    reader_on_models = False
+    for sym, r in _resources(doc, "Microsoft.Authorization/roleAssignments").items():
+        body = _body(r)
+        role = _role_id(doc, body)
+        scope = _scope_symbol(body)
+        names = containers.get(scope)
+        if role == ACR_PULL:
+            continue
+        if role not in (STORAGE_BLOB_DATA_READER, STORAGE_BLOB_DATA_CONTRIBUTOR):
+            v.append(f"{sym}: unexpected role {role!r}")
+            continue
+        if names is None:
+            v.append(f"{sym}: storage role must be scoped on a blob container, is scoped on {scope!r}")
+            continue
+        if role == STORAGE_BLOB_DATA_READER:
+            if names == frozenset(["models"]):
+                reader_on_models = True
+            else:
+                v.append(f"{sym}: Storage Blob Data Reader on {sorted(names)} instead of the models container")
+        elif "models" in names or not names <= writable:
+            v.append(f"{sym}: Storage Blob Data Contributor on {sorted(names)} is wider than needed")
+    if not reader_on_models:
+        v.append("Storage Blob Data Reader (2a2b9908-...) must be assigned on the models container")
+    return v
+
+
+def _settings(doc: dict, value: Any) -> dict[str, Any]:
+    """name -> value for appSettings / env built with concat(var, var, ...)."""
+    items: list = []
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "concat":
+        for arg in value["function"]["parameters"].values():
+            resolved = _resolve(doc, arg)
+            if isinstance(resolved, dict) and "operator" in resolved:  # cond ? [] : [...]
+                ops = resolved["operator"].get("operands", {})
+                for k in ("true_value", "false_value"):
+                    if isinstance(ops.get(k), list):
+                        items.extend(ops[k])
+            elif isinstance(resolved, list):
+                items.extend(resolved)
+    elif isinstance(value, list):
+        items = value
+    return {i.get("name"): i.get("value", i.get("secretRef")) for i in items if isinstance(i, dict)}
+
+
+def check_flex(doc: dict) -> list[str]:
+    v: list[str] = []
+    sites = _resources(doc, "Microsoft.Web/sites")
+    if len(sites) != 1:
+        return [f"expected one Microsoft.Web/sites, found {len(sites)}"]
+    site = next(iter(sites.values()))["config"]
+    if "linux" not in str(site.get("kind")):
+        v.append("function app must be Linux")
+    props = site["properties"]
+    fac = props.get("functionAppConfig", {})
+    sc = fac.get("scaleAndConcurrency", {})
+    always = _resolve(doc, sc.get("alwaysReady", []))
+    if always:
+        for entry in always:
+            count = _resolve(doc, entry.get("instanceCount", 0)) if isinstance(entry, dict) else entry
+            if count != 0:
+                v.append(f"alwaysReady must be empty or 0 (scale to zero), has {entry!r}")
+    mem = _resolve(doc, sc.get("instanceMemoryMB"))
+    if mem != 4096:
+        v.append(f"instanceMemoryMB must be 4096 (model held in memory), is {mem!r}")
+    mic = sc.get("maximumInstanceCount")
+    if mic not in doc["parameters"]:
+        v.append(f"maximumInstanceCount must be a parameter, is {mic!r}")
+    rt = fac.get("runtime", {})
+    if rt.get("name") != "custom" or str(rt.get("version")) != "1.0":
+        v.append(f"runtime must be custom 1.0, is {rt!r}")
+    dep = fac.get("deployment", {}).get("storage", {})
+    if dep.get("type") != "blobContainer" or dep.get("authentication", {}).get("type") != "UserAssignedIdentity":
+        v.append("deployment storage must be a blob container authenticated by the user-assigned identity")
+    if site.get("identity", {}).get("type") != "UserAssigned":
+        v.append("function app must use the user-assigned identity")
+    if props.get("httpsOnly") is not True:
+        v.append("httpsOnly must be true")
+
+    plans = _resources(doc, "Microsoft.Web/serverfarms")
+    if not plans or next(iter(plans.values()))["config"].get("sku", {}).get("tier") != "FlexConsumption":
+        v.append("plan must be FlexConsumption (FC1)")
+
+    settings = _settings(doc, props.get("siteConfig", {}).get("appSettings"))
+    for name in ("BITNET_MODEL", "BITNET_MODEL_SHA256", "BITNET_MODEL_STORAGE", "AZURE_CLIENT_ID",
+                 "APPLICATIONINSIGHTS_CONNECTION_STRING"):
+        if name not in settings:
+            v.append(f"app setting {name} missing")
+    if settings.get("BITNET_MODEL_STORAGE") != "memory":
+        v.append("BITNET_MODEL_STORAGE must be memory on Flex (0.8 GB temporary disk)")
+    if settings.get("FUNCTIONS_WORKER_RUNTIME"):
+        v.append("Flex takes the runtime from functionAppConfig.runtime, not FUNCTIONS_WORKER_RUNTIME")
+
+    if not _resources(doc, "Microsoft.Insights/components") or not _resources(doc, "Microsoft.OperationalInsights/workspaces"):
+        v.append("Application Insights and a Log Analytics workspace are required")
+    v += _check_storage(doc)
+    v += check_role_assignments(doc, writable={"app-package", "azure-webjobs-hosts", "azure-webjobs-secrets"})
+    return v
+
+
+def _check_storage(doc: dict) -> list[str]:
+    v = []
+    for sym, r in _resources(doc, "Microsoft.Storage/storageAccounts").items():
+        p = r["config"]["properties"]
+        if p.get("allowBlobPublicAccess") is not False:
+            v.append(f"{sym}: allowBlobPublicAccess must be false")
+        if p.get("allowSharedKeyAccess") is not False:
+            v.append(f"{sym}: allowSharedKeyAccess must be false (identity only)")
+        if p.get("minimumTlsVersion") != "TLS1_2":
+            v.append(f"{sym}: minimumTlsVersion must be TLS1_2")
+    for sym, r in _resources(doc, "Microsoft.Storage/storageAccounts/blobServices/containers").items():
+        body = _body(r)
+        if body.get("properties", {}).get("publicAccess") != "None":
+            v.append(f"{sym}: container publicAccess must be None")
+    return v
+
+
+def _memory_gib(value: str) -> float:
+    m = re.fullmatch(r"([0-9.]+)Gi", str(value))
+    return float(m.group(1)) if m else 0.0
+
+
+def check_containerapp(doc: dict) -> list[str]:
+    v: list[str] = []
+    apps = _resources(doc, "Microsoft.App/containerApps")
+    if len(apps) != 1:
+        return [f"expected one Microsoft.App/containerApps, found {len(apps)}"]
+    app = next(iter(apps.values()))["config"]
+    props = app["properties"]
+    ingress = props["configuration"].get("ingress", {})
+    port = _resolve(doc, ingress.get("targetPort"))
+    if port != 8080:
+        v.append(f"ingress targetPort must be 8080, is {port!r}")
+    if ingress.get("allowInsecure") is not False:
+        v.append("ingress must not allow plain HTTP")
+    scale = props["template"].get("scale", {})
+    min_r = _resolve(doc, scale.get("minReplicas"))
+    if min_r != 0:
+        v.append(f"minReplicas must be 0, is {min_r!r}")
+    if scale.get("maxReplicas") not in doc["parameters"]:
+        v.append("maxReplicas must be a parameter")
+    if not any("http" in rule for rule in scale.get("rules", [])):
+        v.append("an HTTP scale rule is required")
+    containers = props["template"].get("containers", [])
+    if len(containers) != 1:
+        return v + ["expected one container"]
+    c = containers[0]
+    image = str(c.get("image"))
+    if "containerRegistry" not in image:
+        v.append(f"image must come from the containerRegistry parameter, is {image!r}")
+    res = c.get("resources", {})
+    cpu = res.get("cpu")
+    if isinstance(cpu, dict) and cpu.get("function", {}).get("type") == "json":
+        cpu = _resolve(doc, next(iter(cpu["function"]["parameters"].values())))
+    try:
+        cpu_f = float(_resolve(doc, cpu))
+    except (TypeError, ValueError):
+        cpu_f = 0.0
+    if cpu_f < 2.0:
+        v.append(f"cpu must default to >= 2 vCPU (disk and memory for the model), is {cpu!r}")
+    mem = _memory_gib(_resolve(doc, res.get("memory")))
+    if mem < 4.0:
+        v.append(f"memory must default to >= 4Gi, is {_resolve(doc, res.get('memory'))!r}")
+    probes = {p.get("type"): p for p in c.get("probes", [])}
+    for ptype, path in (("Liveness", "/health"), ("Readiness", "/ready")):
+        p = probes.get(ptype)
+        if not p:
+            v.append(f"{ptype} probe missing")
+            continue
+        got = p.get("httpGet", {}).get("path")
+        if got != path:
+            v.append(f"{ptype} probe must be on {path}, is {got!r}")
+        if _resolve(doc, p.get("httpGet", {}).get("port")) != 8080:
+            v.append(f"{ptype} probe must target port 8080")
+    env = _settings(doc, c.get("env"))
+    for name in ("BITNET_MODEL", "BITNET_MODEL_SHA256", "AZURE_CLIENT_ID"):
+        if name not in env:
+            v.append(f"container env {name} missing")
+    if app.get("identity", {}).get("type") != "UserAssigned":
+        v.append("container app must use the user-assigned identity")
+    v += _check_storage(doc)
+    v += check_role_assignments(doc, writable=set())
+    return v
+
+
+SKIP_RE = re.compile(r"checkov:skip=([A-Z0-9_]+)(?::(.*))?")
+
+
+def check_skip_reasons(root: Path) -> list[str]:
+    """Every inline checkov suppression must carry a real reason."""
+    v = []
+    for f in sorted(list(Path(root).rglob("*.tf")) + list(Path(root).rglob("*.bicep"))):
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            m = SKIP_RE.search(line)
+            if m and len((m.group(2) or "").strip()) < 30:
+                v.append(f"{f}:{n}: {m.group(1)} suppressed without a real reason")
+    return v
