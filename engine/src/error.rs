@@ -9,6 +9,8 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
     #[error("invalid model: {0}")]
     InvalidModel(String),
     #[error(

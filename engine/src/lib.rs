@@ -3,8 +3,12 @@
 //! `gguf` -> `quant` (kernels) -> `model` -> `tokenizer` / `generate`.
 
 pub mod error;
+pub mod fixture;
+pub mod gguf;
 pub mod generate;
+pub mod kernels;
 pub mod model;
+pub mod quant;
 pub mod tokenizer;
 
 pub use error::EngineError;

@@ -45,3 +45,180 @@ impl SamplingParams {
         }
     }
 }
+
+/// SplitMix64: small, fast, and reproducible across platforms for a given seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Picks the next token from logits, applying the penalties and filters in llama.cpp's
+/// order: penalties, top-k, top-p, min-p, temperature, then a draw.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Rng,
+    /// Reused candidate buffer: (id, logit or probability).
+    cand: Vec<(u32, f32)>,
+    counts: rustc_hash::FxHashMap<u32, u32>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Self {
+        let seed = params.seed.unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            t ^ (std::process::id() as u64) << 32
+        });
+        Self {
+            params,
+            rng: Rng::new(seed),
+            cand: Vec::new(),
+            counts: Default::default(),
+        }
+    }
+
+    /// `history` = prompt and generated ids so far (the penalties look at its tail).
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
+        let p = &self.params;
+        let penalize = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        if penalize && p.penalty_last_n > 0 {
+            self.counts.clear();
+            let start = history.len().saturating_sub(p.penalty_last_n);
+            for &t in &history[start..] {
+                *self.counts.entry(t).or_insert(0) += 1;
+            }
+            for (&t, &n) in &self.counts {
+                let Some(l) = logits.get_mut(t as usize) else { continue };
+                if p.repeat_penalty != 1.0 {
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                }
+                *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
+            }
+        }
+        if p.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        let c = &mut self.cand;
+        c.clear();
+        c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if p.top_k > 0 && p.top_k < c.len() {
+            c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
+            c.truncate(p.top_k);
+        }
+        c.sort_unstable_by(by_logit_desc);
+        // Probabilities at temperature 1 for the top-p / min-p filters (llama.cpp's order).
+        let softmax = |c: &mut Vec<(u32, f32)>, scale: f32| -> Vec<f32> {
+            let max = c[0].1;
+            let mut probs: Vec<f32> = c.iter().map(|&(_, l)| ((l - max) * scale).exp()).collect();
+            let sum: f32 = probs.iter().sum();
+            probs.iter_mut().for_each(|x| *x /= sum);
+            probs
+        };
+        if p.top_p < 1.0 {
+            let probs = softmax(c, 1.0);
+            let mut cum = 0.0;
+            let mut keep = probs.len();
+            for (i, &pr) in probs.iter().enumerate() {
+                cum += pr;
+                if cum >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+        }
+        if p.min_p > 0.0 {
+            let probs = softmax(c, 1.0);
+            let floor = probs[0] * p.min_p;
+            let keep = probs.iter().take_while(|&&pr| pr >= floor).count();
+            c.truncate(keep.max(1));
+        }
+        let probs = softmax(c, 1.0 / p.temperature);
+        let r = self.rng.next_f64() as f32;
+        let mut cum = 0.0;
+        for (i, &pr) in probs.iter().enumerate() {
+            cum += pr;
+            if r < cum {
+                return c[i].0;
+            }
+        }
+        c[c.len() - 1].0
+    }
+}
+
+/// Index of the largest logit (the lowest index on ties).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        (0..100).map(|i| ((i * 37) % 100) as f32 / 10.0).collect()
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let mut l = logits();
+        let best = argmax(&l);
+        assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&mut l, &[]), best);
+    }
+
+    #[test]
+    fn seed_reproduces_and_differs() {
+        let p = |seed| SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(seed), ..Default::default() };
+        let run = |seed| {
+            let mut s = Sampler::new(p(seed));
+            (0..32).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_penalties_move_the_choice() {
+        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        let best = argmax(&logits());
+        assert_eq!(s.sample(&mut logits(), &[]), best);
+        let mut s = Sampler::new(SamplingParams { presence_penalty: 100.0, ..SamplingParams::greedy() });
+        assert_ne!(s.sample(&mut logits(), &[best]), best);
+    }
+
+    #[test]
+    fn min_p_keeps_only_the_dominant_token() {
+        let mut l = vec![0.0f32; 10];
+        l[3] = 20.0;
+        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: Some(3), ..Default::default() });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut l.clone(), &[]), 3);
+        }
+    }
+}

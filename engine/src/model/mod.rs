@@ -1,8 +1,19 @@
-//! Models. (Contract; implementation in progress.)
+//! Models: a typed configuration, the BitNet weights and forward pass, and [`Model`], the
+//! loaded-model handle the API uses.
+
+pub mod bitnet;
+pub mod config;
+
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use bitnet::{BitNet, Session};
+pub use config::{Activation, Config};
+
 use crate::generate::{GenerateOutput, GenerateParams, Piece};
+use crate::gguf::{Backing, GgufFile};
+use crate::kernels::Kernels;
 use crate::{EngineError, Tokenizer};
 
 /// Options for loading a model.
@@ -14,34 +25,114 @@ pub struct LoadOptions {
 
 /// A loaded model: weights stay in the memory mapping. `Send + Sync`; generation takes `&self`.
 pub struct Model {
-    _private: (),
+    pub(crate) gguf: GgufFile,
+    pub(crate) net: BitNet,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) kernels: Kernels,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("config", &self.net.config).finish()
+    }
 }
 
 impl Model {
-    pub fn load(_path: &Path, _opts: &LoadOptions) -> Result<Model, EngineError> {
-        unimplemented!("engine in progress")
+    pub fn load(path: &Path, opts: &LoadOptions) -> Result<Model, EngineError> {
+        let gguf = GgufFile::open(path)?;
+        Self::from_gguf(gguf, opts)
     }
-    pub fn from_mmap(_map: Arc<memmap2::Mmap>, _opts: &LoadOptions) -> Result<Model, EngineError> {
-        unimplemented!("engine in progress")
+
+    pub fn from_mmap(map: Arc<memmap2::Mmap>, opts: &LoadOptions) -> Result<Model, EngineError> {
+        Self::from_backing(map, opts)
     }
+
+    pub fn from_backing(bytes: Backing, opts: &LoadOptions) -> Result<Model, EngineError> {
+        Self::from_gguf(GgufFile::from_backing(bytes)?, opts)
+    }
+
+    pub fn from_gguf(gguf: GgufFile, opts: &LoadOptions) -> Result<Model, EngineError> {
+        let net = BitNet::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        Ok(Self {
+            gguf,
+            net,
+            tokenizer,
+            kernels: Kernels::new(opts.threads),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.net.config
+    }
+
     /// Context length in tokens (`<arch>.context_length`).
     pub fn n_ctx(&self) -> usize {
-        unimplemented!()
+        self.net.config.n_ctx
     }
+
     pub fn n_vocab(&self) -> usize {
-        unimplemented!()
+        self.net.config.n_vocab
     }
+
     pub fn tokenizer(&self) -> &Tokenizer {
-        unimplemented!()
+        &self.tokenizer
     }
+
+    pub fn gguf(&self) -> &GgufFile {
+        &self.gguf
+    }
+
+    pub fn threads(&self) -> usize {
+        self.kernels.threads()
+    }
+
+    /// A fresh KV cache for up to `capacity` tokens.
+    pub fn new_session(&self, capacity: usize) -> Session {
+        Session::new(&self.net.config, capacity.min(self.n_ctx()))
+    }
+
+    /// Checks that `tokens` are non-empty, in the vocabulary, and fit the session.
+    pub fn check_tokens(&self, session: &Session, tokens: &[u32]) -> Result<(), EngineError> {
+        if tokens.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let n_vocab = self.n_vocab();
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
+            return Err(EngineError::TokenOutOfRange { id, n_vocab });
+        }
+        if session.pos + tokens.len() > session.capacity() {
+            return Err(EngineError::ContextOverflow {
+                prompt: session.pos + tokens.len(),
+                max_tokens: 0,
+                n_ctx: session.capacity(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Feeds `tokens` and returns the logits of the last one.
+    pub fn forward(&self, session: &mut Session, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut logits = vec![0f32; self.n_vocab()];
+        self.forward_into(session, tokens, &mut logits)?;
+        Ok(logits)
+    }
+
+    pub fn forward_into(&self, session: &mut Session, tokens: &[u32], logits: &mut [f32]) -> Result<(), EngineError> {
+        self.check_tokens(session, tokens)?;
+        let file = self.gguf.bytes();
+        self.kernels.install(|| self.net.forward_into(file, &self.kernels, session, tokens, logits));
+        Ok(())
+    }
+
     /// Runs the prompt, then samples until a stop condition. `on_piece` sees every generated
     /// token; returning `ControlFlow::Break(())` stops generation (`StopReason::Cancelled`).
     pub fn generate(
         &self,
-        _prompt: &[u32],
-        _params: &GenerateParams,
-        _on_piece: &mut dyn FnMut(Piece<'_>) -> std::ops::ControlFlow<()>,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateOutput, EngineError> {
-        unimplemented!()
+        crate::generate::generate(self, prompt, params, on_piece)
     }
 }

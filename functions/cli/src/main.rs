@@ -1,1 +1,345 @@
-fn main() {}
+//! `bitnet`: the command-line front door (fixtures, inspection, tokenization, generation,
+//! evaluation, benchmarks, model fetching and the local HTTP server).
+
+use std::io::{Read, Write};
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bitnet_engine::fixture::{self, FixtureSpec};
+use bitnet_engine::gguf::{GgmlType, GgufFile, Value};
+use bitnet_engine::tokenizer::PreTokenizer;
+use bitnet_engine::{ChatMessage, GenerateParams, LoadOptions, Model, SamplingParams, Tokenizer};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "bitnet", version, about = "Serve and run BitNet b1.58 ternary models")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a synthetic BitNet model (random ternary weights, real Llama 3 tokenizer).
+    Fixture(FixtureArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(InspectArgs),
+    /// Print the token ids of TEXT as one JSON array.
+    Tokenize(TokenizeArgs),
+    /// Generate text from a prompt, a chat or token ids.
+    Generate(GenerateArgs),
+    /// Run token ids through the model and write the last position's logits (raw f32 LE).
+    Eval(EvalArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FixtureType {
+    #[value(name = "i2_s")]
+    I2s,
+    #[value(name = "tq2_0")]
+    Tq2_0,
+    #[value(name = "tq1_0")]
+    Tq1_0,
+    F16,
+    F32,
+}
+
+#[derive(clap::Args)]
+struct FixtureArgs {
+    /// tiny (2 layers of 256), small (4 layers of 512) or 2b4t (the official shapes).
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Storage type of the ternary projections.
+    #[arg(long = "type", value_enum, default_value = "i2_s")]
+    ty: FixtureType,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// `general.architecture`: bitnet-b1.58 (official) or bitnet (upstream llama.cpp).
+    #[arg(long, default_value = "bitnet-b1.58")]
+    arch: String,
+    /// Hugging Face tokenizer.json (default: $BITNET_TOKENIZER_JSON or shared/fixtures/llama3).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    #[arg(short, long)]
+    output: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    file: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct TokenizeArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Do not prepend BOS.
+    #[arg(long)]
+    no_bos: bool,
+    /// Use llama.cpp's default pre-tokenizer (what bitnet.cpp does on the official file).
+    #[arg(long)]
+    llamacpp_default_split: bool,
+    /// The text; `-` reads standard input.
+    text: String,
+}
+
+#[derive(clap::Args)]
+struct ModelArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Worker threads (default: all available cores).
+    #[arg(long, env = "BITNET_THREADS")]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+#[group(id = "input", required = true, multiple = false)]
+struct InputArgs {
+    /// Plain text prompt (BOS is prepended).
+    #[arg(long, group = "input")]
+    prompt: Option<String>,
+    /// A JSON file with a list of {"role","content"} messages (or {"messages": [...]}).
+    #[arg(long, group = "input")]
+    chat: Option<PathBuf>,
+    /// Comma-separated token ids, used as they are.
+    #[arg(long, group = "input", value_delimiter = ',')]
+    ids: Option<Vec<u32>>,
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when this text appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Stop token ids (default 128001,128009).
+    #[arg(long, value_delimiter = ',')]
+    stop_ids: Option<Vec<u32>>,
+    /// Never stop on a stop id: generate exactly --max-tokens tokens.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object (text, ids, timings) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[arg(long, value_delimiter = ',', required = true)]
+    ids: Vec<u32>,
+    /// Where to write n_vocab little-endian f32 values.
+    #[arg(long)]
+    logits_out: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Fixture(a) => cmd_fixture(a),
+        Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Tokenize(a) => cmd_tokenize(a),
+        Cmd::Generate(a) => cmd_generate(a),
+        Cmd::Eval(a) => cmd_eval(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cmd_fixture(a: FixtureArgs) -> Result<()> {
+    let preset = fixture::preset(&a.preset).with_context(|| format!("unknown preset {:?} (tiny, small, 2b4t)", a.preset))?;
+    let ty = match a.ty {
+        FixtureType::I2s => GgmlType::I2S,
+        FixtureType::Tq2_0 => GgmlType::Tq2_0,
+        FixtureType::Tq1_0 => GgmlType::Tq1_0,
+        FixtureType::F16 => GgmlType::F16,
+        FixtureType::F32 => GgmlType::F32,
+    };
+    let tok_path = a
+        .tokenizer
+        .or_else(fixture::find_tokenizer_json)
+        .context("no tokenizer.json found: pass --tokenizer or set BITNET_TOKENIZER_JSON")?;
+    let tok = fixture::tokenizer_parts_from_hf_json(&tok_path)?;
+    let spec = FixtureSpec { preset, ty, seed: a.seed, arch: a.arch };
+    let t0 = std::time::Instant::now();
+    // Write to a temporary name, then rename: a failed run never leaves a file that looks valid.
+    let tmp = a.output.with_extension("gguf.partial");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fixture::write_fixture(&spec, &tok, &mut f)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &a.output)?;
+    let size = std::fs::metadata(&a.output)?.len();
+    eprintln!(
+        "wrote {} ({} bytes, preset {}, {}, seed {}) in {:.2} s",
+        a.output.display(),
+        size,
+        preset.name,
+        ty,
+        a.seed,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::String(s) => s.clone().into(),
+        Value::Bool(b) => (*b).into(),
+        Value::F32(f) => (*f as f64).into(),
+        Value::F64(f) => (*f).into(),
+        Value::Array { items, .. } => {
+            let head: Vec<_> = items.iter().take(8).map(value_json).collect();
+            serde_json::json!({"len": items.len(), "head": head})
+        }
+        other => other.as_u64().map(Into::into).unwrap_or_else(|| other.to_string().into()),
+    }
+}
+
+fn cmd_inspect(a: InspectArgs) -> Result<()> {
+    let g = GgufFile::open(&a.file)?;
+    if a.json {
+        let meta: serde_json::Map<_, _> = g.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+        let tensors: Vec<_> = g
+            .tensors
+            .iter()
+            .map(|t| serde_json::json!({"name": t.name, "dims": t.dims, "type": t.ty.name(), "offset": t.offset, "size": t.size}))
+            .collect();
+        let out = serde_json::json!({
+            "version": g.version, "alignment": g.alignment, "data_offset": g.data_offset,
+            "file_size": g.bytes().len(), "metadata": meta, "tensors": tensors,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("GGUF v{}, {} bytes, {} metadata keys, {} tensors, alignment {}", g.version, g.bytes().len(), g.metadata.len(), g.tensors.len(), g.alignment);
+    for (k, v) in &g.metadata {
+        println!("  {k:<45} {v}");
+    }
+    println!("{:<32} {:>8} {:<20} {:>14} {:>12}", "tensor", "type", "dims", "offset", "bytes");
+    for t in &g.tensors {
+        println!("{:<32} {:>8} {:<20} {:>14} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.offset, t.size);
+    }
+    Ok(())
+}
+
+fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
+    let g = GgufFile::open(&a.model)?;
+    let mut tok = Tokenizer::from_gguf(&g)?;
+    if a.llamacpp_default_split {
+        tok.pre = PreTokenizer::LlamaCppDefault;
+    }
+    let text = if a.text == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        s
+    } else {
+        a.text
+    };
+    let ids = tok.encode(&text, !a.no_bos);
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn load(m: &ModelArgs) -> Result<Model> {
+    Model::load(&m.model, &LoadOptions { threads: m.threads }).with_context(|| format!("loading {}", m.model.display()))
+}
+
+fn read_chat(path: &PathBuf) -> Result<Vec<ChatMessage>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let list = v.get("messages").cloned().unwrap_or(v);
+    let msgs: Vec<ChatMessage> = serde_json::from_value(list).context("expected a list of {\"role\", \"content\"} messages")?;
+    if msgs.is_empty() {
+        bail!("the chat has no messages");
+    }
+    Ok(msgs)
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let tok = model.tokenizer();
+    let prompt = if let Some(p) = &a.input.prompt {
+        tok.encode(p, true)
+    } else if let Some(c) = &a.input.chat {
+        tok.encode_chat(&read_chat(c)?)
+    } else {
+        a.input.ids.clone().unwrap_or_default()
+    };
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repeat_penalty: a.repeat_penalty,
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+            seed: a.seed,
+            ..SamplingParams::default()
+        },
+        stop_ids: if a.ignore_eos { vec![] } else { a.stop_ids.clone().unwrap_or_else(|| bitnet_engine::generate::DEFAULT_STOP_IDS.to_vec()) },
+        stop_strings: a.stop.clone(),
+    };
+    let mut stdout = std::io::stdout().lock();
+    let json = a.json;
+    let out = model.generate(&prompt, &params, &mut |p| {
+        if !json {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            if stdout.write_all(p.text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if json {
+        let v = serde_json::json!({
+            "text": out.text, "token_ids": out.token_ids, "prompt_ids": prompt,
+            "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+            "stop_reason": out.stop_reason, "prompt_ms": out.prompt_ms, "decode_ms": out.decode_ms,
+            "prompt_tok_s": out.prompt_tokens as f64 / (out.prompt_ms / 1e3),
+            "decode_tok_s": if out.completion_tokens > 1 { (out.completion_tokens - 1) as f64 / (out.decode_ms / 1e3) } else { 0.0 },
+        });
+        writeln!(stdout, "{v}")?;
+    } else {
+        writeln!(stdout)?;
+    }
+    Ok(())
+}
+
+fn cmd_eval(a: EvalArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    let mut session = model.new_session(a.ids.len());
+    let logits = model.forward(&mut session, &a.ids)?;
+    let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&a.logits_out, bytes).with_context(|| format!("writing {}", a.logits_out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! GGUF metadata values.
+
+use std::fmt;
+
+/// Metadata value type ids of the GGUF format.
+pub mod type_id {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
+
+/// One metadata value. Arrays keep their declared element type so that a writer can
+/// reproduce them (an empty array still has one).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array { elem_type: u32, items: Vec<Value> },
+}
+
+impl Value {
+    pub fn type_id(&self) -> u32 {
+        use type_id::*;
+        match self {
+            Value::U8(_) => U8,
+            Value::I8(_) => I8,
+            Value::U16(_) => U16,
+            Value::I16(_) => I16,
+            Value::U32(_) => U32,
+            Value::I32(_) => I32,
+            Value::U64(_) => U64,
+            Value::I64(_) => I64,
+            Value::F32(_) => F32,
+            Value::F64(_) => F64,
+            Value::Bool(_) => BOOL,
+            Value::String(_) => STRING,
+            Value::Array { .. } => ARRAY,
+        }
+    }
+
+    /// Any integer type that fits a u64.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U8(v) => Some(v.into()),
+            Value::U16(v) => Some(v.into()),
+            Value::U32(v) => Some(v.into()),
+            Value::U64(v) => Some(v),
+            Value::I8(v) => u64::try_from(v).ok(),
+            Value::I16(v) => u64::try_from(v).ok(),
+            Value::I32(v) => u64::try_from(v).ok(),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F32(v) => Some(v.into()),
+            Value::F64(v) => Some(v),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array { items, .. } => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn string_array(items: Vec<String>) -> Self {
+        Value::Array {
+            elem_type: type_id::STRING,
+            items: items.into_iter().map(Value::String).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Value::U8(v) => write!(f, "{v}"),
+            Value::I8(v) => write!(f, "{v}"),
+            Value::U16(v) => write!(f, "{v}"),
+            Value::I16(v) => write!(f, "{v}"),
+            Value::U32(v) => write!(f, "{v}"),
+            Value::I32(v) => write!(f, "{v}"),
+            Value::U64(v) => write!(f, "{v}"),
+            Value::I64(v) => write!(f, "{v}"),
+            Value::F32(v) => write!(f, "{v}"),
+            Value::F64(v) => write!(f, "{v}"),
+            Value::Bool(v) => write!(f, "{v}"),
+            Value::String(s) => write!(f, "{s:?}"),
+            Value::Array { items, .. } => {
+                write!(f, "[")?;
+                for (i, v) in items.iter().take(4).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v}")?;
+                }
+                if items.len() > 4 {
+                    write!(f, ", ... ({} items)", items.len())?;
+                }
+                write!(f, "]")
+            }
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! BitNet b1.58 (Microsoft's 2B4T and the same architecture under `bitnet-25` / upstream
+//! `bitnet`): a Llama-shaped decoder whose seven projections per layer are ternary.
+//!
+//! What is unusual, from section 4 of `shared/docs/bitnet-format.md`:
+//! - every projection is a BitLinear: the input row is quantized to int8 per token
+//!   (absmax), the dot with the ternary codes is exact in integers, then `(D / s) * scale`;
+//! - extra RMSNorms (sub-norms) before the attention output and FFN down projections;
+//! - relu²(gate) · up in the FFN instead of SiLU;
+//! - NEOX RoPE pairing (x[i], x[i + n_rot/2]);
+//! - an F16 output head tied to the token embedding; no biases, no embedding scaling.
+//!
+//! Weights stay in the memory mapping; only F16/F32 projections holding ternary values
+//! (test files) are repacked to I2_S in memory at load.
+
+use half::f16;
+
+use super::config::{Activation, Config};
+use crate::EngineError;
+use crate::gguf::{GgmlType, GgufFile, TensorInfo};
+use crate::kernels::Kernels;
+use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale, i2s};
+
+/// Where a tensor's bytes are.
+#[derive(Debug)]
+enum Storage {
+    Mapped { offset: usize, len: usize },
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    fn bytes<'a>(&'a self, file: &'a [u8]) -> &'a [u8] {
+        match self {
+            Storage::Mapped { offset, len } => &file[*offset..*offset + *len],
+            Storage::Owned(v) => v,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct TernaryWeight {
+    pub(crate) ty: GgmlType,
+    pub(crate) rows: usize,
+    pub(crate) k: usize,
+    storage: Storage,
+    pub(crate) scale: TernaryScale,
+}
+
+impl TernaryWeight {
+    pub(crate) fn matrix<'a>(&'a self, file: &'a [u8]) -> TernaryMatrix<'a> {
+        TernaryMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            k: self.k,
+            data: self.storage.bytes(file),
+            scale: self.scale,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct DenseWeight {
+    ty: GgmlType,
+    rows: usize,
+    k: usize,
+    storage: Storage,
+}
+
+impl DenseWeight {
+    pub(crate) fn matrix<'a>(&'a self, file: &'a [u8]) -> DenseMatrix<'a> {
+        DenseMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            k: self.k,
+            data: self.storage.bytes(file),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Layer {
+    attn_norm: Vec<f32>,
+    pub(crate) wq: TernaryWeight,
+    pub(crate) wk: TernaryWeight,
+    pub(crate) wv: TernaryWeight,
+    pub(crate) wo: TernaryWeight,
+    attn_sub_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
+    pub(crate) w_gate: TernaryWeight,
+    pub(crate) w_up: TernaryWeight,
+    pub(crate) w_down: TernaryWeight,
+    ffn_sub_norm: Vec<f32>,
+}
+
+/// The weights of a BitNet model, borrowed from (or, for test formats, copied out of) a file.
+#[derive(Debug)]
+pub struct BitNet {
+    pub config: Config,
+    pub(crate) layers: Vec<Layer>,
+    tok_embd: DenseWeight,
+    output: DenseWeight,
+    output_norm: Vec<f32>,
+}
+
+fn invalid(m: String) -> EngineError {
+    EngineError::InvalidModel(m)
+}
+
+fn tensor<'a>(g: &'a GgufFile, name: &str, dims: &[usize]) -> Result<&'a TensorInfo, EngineError> {
+    let t = g.tensor(name).ok_or_else(|| invalid(format!("missing tensor {name}")))?;
+    let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    if got != dims {
+        return Err(invalid(format!("tensor {name} has shape {got:?}, expected {dims:?}")));
+    }
+    Ok(t)
+}
+
+fn norm(g: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError> {
+    let t = tensor(g, name, &[n])?;
+    let m = DenseMatrix {
+        ty: t.ty,
+        rows: 1,
+        k: n,
+        data: g.tensor_data(t),
+    };
+    if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
+        return Err(invalid(format!("norm {name} has type {}, expected F32", t.ty)));
+    }
+    let mut v = vec![0f32; n];
+    m.row_f32(0, &mut v);
+    Ok(v)
+}
+
+fn dense(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<DenseWeight, EngineError> {
+    let t = tensor(g, name, &[k, rows])?;
+    if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0) {
+        return Err(invalid(format!("tensor {name} has unsupported type {}", t.ty)));
+    }
+    Ok(DenseWeight {
+        ty: t.ty,
+        rows,
+        k,
+        storage: Storage::Mapped {
+            offset: t.offset as usize,
+            len: t.size as usize,
+        },
+    })
+}
+
+fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWeight, EngineError> {
+    let t = tensor(g, name, &[k, rows])?;
+    let data = g.tensor_data(t);
+    match t.ty {
+        GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
+            if t.ty == GgmlType::I2S {
+                if k % i2s::BLOCK != 0 {
+                    return Err(invalid(format!("{name}: I2_S rows need a multiple of 128 weights")));
+                }
+                if i2s::has_invalid_code(&data[..rows * k / 4]) {
+                    return Err(invalid(format!("{name}: I2_S data holds the reserved code 3")));
+                }
+            }
+            let scale = TernaryMatrix::detect_scale(t.ty, rows, k, data);
+            if let TernaryScale::Uniform(s) = scale
+                && !s.is_finite()
+            {
+                return Err(invalid(format!("{name}: scale {s} is not finite")));
+            }
+            Ok(TernaryWeight {
+                ty: t.ty,
+                rows,
+                k,
+                storage: Storage::Mapped {
+                    offset: t.offset as usize,
+                    len: t.size as usize,
+                },
+                scale,
+            })
+        }
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => repack_float_ternary(name, t.ty, data, k, rows),
+        other => Err(invalid(format!("tensor {name} has type {other}, expected a ternary type"))),
+    }
+}
+
+/// Float projections must hold `{-scale, 0, +scale}`; they are repacked to I2_S so that the
+/// same integer kernels run (test models written with `--type f16`).
+fn repack_float_ternary(
+    name: &str,
+    ty: GgmlType,
+    data: &[u8],
+    k: usize,
+    rows: usize,
+) -> Result<TernaryWeight, EngineError> {
+    if k % i2s::BLOCK != 0 {
+        return Err(invalid(format!("{name}: rows need a multiple of 128 weights")));
+    }
+    let m = DenseMatrix { ty, rows, k, data };
+    let mut row = vec![0f32; k];
+    let mut values = vec![0i8; rows * k];
+    let mut scale = 0f32;
+    for r in 0..rows {
+        m.row_f32(r, &mut row);
+        for (i, &w) in row.iter().enumerate() {
+            if w == 0.0 {
+                continue;
+            }
+            if scale == 0.0 {
+                scale = w.abs();
+            }
+            if w.abs() != scale {
+                return Err(invalid(format!(
+                    "{name}: {ty} weights are not ternary (found {w} and scale {scale})"
+                )));
+            }
+            values[r * k + i] = if w > 0.0 { 1 } else { -1 };
+        }
+    }
+    Ok(TernaryWeight {
+        ty: GgmlType::I2S,
+        rows,
+        k,
+        storage: Storage::Owned(i2s::pack(&values, k, scale)),
+        scale: TernaryScale::Uniform(scale),
+    })
+}
+
+impl BitNet {
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
+        let c = Config::from_gguf(g)?;
+        let (d, f, kv) = (c.dim, c.ffn_dim, c.kv_dim());
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for i in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            layers.push(Layer {
+                attn_norm: norm(g, &n("attn_norm"), d)?,
+                wq: ternary(g, &n("attn_q"), d, d)?,
+                wk: ternary(g, &n("attn_k"), d, kv)?,
+                wv: ternary(g, &n("attn_v"), d, kv)?,
+                wo: ternary(g, &n("attn_output"), d, d)?,
+                attn_sub_norm: norm(g, &n("attn_sub_norm"), d)?,
+                ffn_norm: norm(g, &n("ffn_norm"), d)?,
+                w_gate: ternary(g, &n("ffn_gate"), d, f)?,
+                w_up: ternary(g, &n("ffn_up"), d, f)?,
+                w_down: ternary(g, &n("ffn_down"), f, d)?,
+                ffn_sub_norm: norm(g, &n("ffn_sub_norm"), f)?,
+            });
+        }
+        let tok_embd = dense(g, "token_embd.weight", d, c.n_vocab)?;
+        let output = match g.tensor("output.weight") {
+            Some(_) => dense(g, "output.weight", d, c.n_vocab)?,
+            None => dense(g, "token_embd.weight", d, c.n_vocab)?,
+        };
+        Ok(Self {
+            output_norm: norm(g, "output_norm.weight", d)?,
+            config: c,
+            layers,
+            tok_embd,
+            output,
+        })
+    }
+
+    pub(crate) fn output_matrix<'a>(&'a self, file: &'a [u8]) -> DenseMatrix<'a> {
+        self.output.matrix(file)
+    }
+
+    /// Replaces the output head by an owned matrix (the opt-in quantized head).
+    pub(crate) fn set_output(&mut self, ty: GgmlType, data: Vec<u8>) {
+        self.output = DenseWeight {
+            ty,
+            rows: self.output.rows,
+            k: self.output.k,
+            storage: Storage::Owned(data),
+        };
+    }
+}
+
+/// KV cache and scratch buffers of one sequence. Sized once; no allocation per token.
+#[derive(Debug)]
+pub struct Session {
+    /// Per layer: `capacity × kv_dim` keys and values.
+    k_cache: Vec<Vec<f32>>,
+    v_cache: Vec<Vec<f32>>,
+    capacity: usize,
+    /// Tokens already in the cache.
+    pub pos: usize,
+    scratch: Scratch,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    acts: QuantizedActs,
+    scores: Vec<f32>,
+    last: Vec<f32>,
+}
+
+impl Session {
+    pub fn new(c: &Config, capacity: usize) -> Self {
+        let kv = c.kv_dim();
+        Self {
+            k_cache: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
+            v_cache: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
+            capacity,
+            pos: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+}
+
+fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ss + eps).sqrt();
+    for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
+        *o = xi * r * wi;
+    }
+}
+
+fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        rmsnorm(xr, w, eps, or);
+    }
+}
+
+/// NEOX RoPE on one head: pairs (x[i], x[i + n_rot/2]) rotated by `pos * base^(-2i/n_rot)`.
+fn rope_head(x: &mut [f32], pos: usize, n_rot: usize, base: f32) {
+    let half = n_rot / 2;
+    for i in 0..half {
+        let inv_freq = (base as f64).powf(-2.0 * i as f64 / n_rot as f64) as f32;
+        let theta = pos as f32 * inv_freq;
+        let (sin, cos) = theta.sin_cos();
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * cos - b * sin;
+        x[i + half] = a * sin + b * cos;
+    }
+}
+
+impl BitNet {
+    /// Runs `tokens` (at positions `session.pos..`) through the model and returns the
+    /// logits of the last one. `tokens` must be non-empty, in vocabulary, and fit.
+    pub fn forward(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32]) -> Vec<f32> {
+        let mut logits = vec![0f32; self.config.n_vocab];
+        self.forward_into(file, kern, s, tokens, &mut logits);
+        logits
+    }
+
+    pub fn forward_into(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32], logits: &mut [f32]) {
+        let c = &self.config;
+        let n = tokens.len();
+        let (d, kv, hd, f) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        assert!(n > 0 && s.pos + n <= s.capacity, "tokens must fit the session");
+        let sc = &mut s.scratch;
+        sc.x.resize(n * d, 0.0);
+        sc.h.resize(n * d, 0.0);
+        sc.q.resize(n * d, 0.0);
+        sc.k.resize(n * kv, 0.0);
+        sc.v.resize(n * kv, 0.0);
+        sc.att.resize(n * d, 0.0);
+        sc.o.resize(n * d, 0.0);
+        sc.gate.resize(n * f, 0.0);
+        sc.up.resize(n * f, 0.0);
+
+        let embd = self.tok_embd.matrix(file);
+        for (t, &tok) in tokens.iter().enumerate() {
+            embd.row_f32(tok as usize, &mut sc.x[t * d..(t + 1) * d]);
+        }
+        let group = c.n_head / c.n_head_kv;
+        let inv_sqrt = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            // Attention block.
+            rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
+            sc.acts.quantize(&sc.h, d);
+            kern.bitlinear(&l.wq.matrix(file), &sc.acts, &mut sc.q);
+            kern.bitlinear(&l.wk.matrix(file), &sc.acts, &mut sc.k);
+            kern.bitlinear(&l.wv.matrix(file), &sc.acts, &mut sc.v);
+            for t in 0..n {
+                let pos = s.pos + t;
+                for h in 0..c.n_head {
+                    rope_head(&mut sc.q[t * d + h * hd..t * d + (h + 1) * hd], pos, c.n_rot, c.rope_base);
+                }
+                for h in 0..c.n_head_kv {
+                    rope_head(&mut sc.k[t * kv + h * hd..t * kv + (h + 1) * hd], pos, c.n_rot, c.rope_base);
+                }
+            }
+            let kc = &mut s.k_cache[li];
+            let vc = &mut s.v_cache[li];
+            kc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.k);
+            vc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.v);
+            for t in 0..n {
+                let len = s.pos + t + 1; // causal: keys 0..=pos
+                sc.scores.resize(len, 0.0);
+                for h in 0..c.n_head {
+                    let kvh = h / group;
+                    let q = &sc.q[t * d + h * hd..t * d + (h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sj) in sc.scores.iter_mut().enumerate() {
+                        let kr = &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
+                        *sj = q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * inv_sqrt;
+                        max = max.max(*sj);
+                    }
+                    let mut sum = 0f32;
+                    for sj in sc.scores.iter_mut() {
+                        *sj = (*sj - max).exp();
+                        sum += *sj;
+                    }
+                    let out = &mut sc.att[t * d + h * hd..t * d + (h + 1) * hd];
+                    out.fill(0.0);
+                    for (j, &p) in sc.scores.iter().enumerate() {
+                        let vr = &vc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
+                        for (o, &vv) in out.iter_mut().zip(vr) {
+                            *o += p * vv;
+                        }
+                    }
+                    let inv = 1.0 / sum;
+                    out.iter_mut().for_each(|o| *o *= inv);
+                }
+            }
+            rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
+            sc.acts.quantize(&sc.h, d);
+            kern.bitlinear(&l.wo.matrix(file), &sc.acts, &mut sc.o);
+            sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
+
+            // Feed-forward block.
+            rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
+            sc.acts.quantize(&sc.h, d);
+            kern.bitlinear(&l.w_gate.matrix(file), &sc.acts, &mut sc.gate);
+            kern.bitlinear(&l.w_up.matrix(file), &sc.acts, &mut sc.up);
+            match c.activation {
+                Activation::Relu2 => sc.gate.iter_mut().zip(&sc.up).for_each(|(g, u)| {
+                    let r = g.max(0.0);
+                    *g = r * r * u;
+                }),
+                Activation::Silu => sc.gate.iter_mut().zip(&sc.up).for_each(|(g, u)| {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }),
+            }
+            sc.up.copy_from_slice(&sc.gate);
+            rmsnorm_rows(&sc.up, &l.ffn_sub_norm, c.eps, &mut sc.gate);
+            sc.acts.quantize(&sc.gate, f);
+            kern.bitlinear(&l.w_down.matrix(file), &sc.acts, &mut sc.o);
+            sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
+        }
+        s.pos += n;
+
+        // Only the last position's logits are needed.
+        sc.last.resize(d, 0.0);
+        rmsnorm(&sc.x[(n - 1) * d..], &self.output_norm, c.eps, &mut sc.last);
+        kern.matvec(&self.output.matrix(file), &sc.last, logits);
+    }
+}
+
+/// f16 helper used by the quantized-head conversion.
+pub(crate) fn f16_bytes(v: f32) -> [u8; 2] {
+    f16::from_f32(v).to_le_bytes()
+}
