@@ -112,7 +112,7 @@ if [[ $rc -eq 0 ]]; then summary+=("pycep: $(ls bicep/*.bicep | wc -l) files par
 
 log "pytest -q tests/iac"
 set +e
-CHECKOV_BIN="$VENV/checkov/bin/checkov" "$VENV/test/bin/python" -m pytest -q tests/iac 2>&1 | tee "$VENV/pytest.log"
+IAC_REQUIRED=1 CHECKOV_BIN="$VENV/checkov/bin/checkov" "$VENV/test/bin/python" -m pytest -q tests/iac 2>&1 | tee "$VENV/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e
 [[ $rc -eq 0 ]] || status=1
