@@ -1,0 +1,233 @@
+//! The router: routes, request ids and logs, optional bearer auth, body limits, and the
+//! OpenAI-shaped 404 / 405 answers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::error::ApiError;
+use crate::generate;
+use crate::openai::{self, Endpoint};
+use crate::state::{AppState, retry_after_estimate};
+
+/// The request id of the current request (from `x-request-id`, `x-amzn-requestid`,
+/// `X-Azure-Functions-InvocationId`, or generated), in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Builds the API's router. Every front door serves exactly this.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/models", get(list_models))
+        .route("/models/{id}", get(get_model))
+        .route("/chat/completions", post(chat_completions))
+        .route("/completions", post(completions));
+    Router::new()
+        .route("/", get(root))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .nest("/v1", api.clone())
+        // Clients configured with a base URL that lacks `/v1` still work.
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(request_context))
+        .with_state(state)
+}
+
+const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-amzn-requestid", "x-azure-functions-invocationid"];
+
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    format!("{:016x}{:08x}", h.finish(), n as u32)
+}
+
+fn request_id_from(headers: &HeaderMap) -> String {
+    REQUEST_ID_HEADERS
+        .iter()
+        .filter_map(|h| headers.get(*h))
+        .filter_map(|v| v.to_str().ok())
+        .map(str::trim)
+        .find(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id)
+}
+
+/// Request id, a span carrying it, one log line per request, `x-request-id` on the answer.
+async fn request_context(mut req: Request, next: Next) -> Response {
+    let id = request_id_from(req.headers());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    let t0 = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    let status = resp.status().as_u16();
+    let ms = t0.elapsed().as_secs_f64() * 1000.0;
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, ms, "request done");
+        } else {
+            tracing::info!(status, ms, "request done");
+        }
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Routes open without a key: the host's probes.
+fn auth_exempt(path: &str) -> bool {
+    matches!(path, "/" | "/health" | "/ready")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accepts `Authorization: Bearer KEY` (the OpenAI SDKs) or `api-key: KEY` (Azure-style clients).
+pub fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    let api_key = headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+    [bearer, api_key]
+        .into_iter()
+        .flatten()
+        .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes()))
+}
+
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &state.config().api_key
+        && !auth_exempt(req.uri().path())
+        && req.method() != Method::OPTIONS
+        && !authorized(req.headers(), key)
+    {
+        return ApiError::unauthorized().into_response();
+    }
+    next.run(req).await
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::method_not_allowed(method.as_str(), uri.path())
+}
+
+async fn root(State(state): State<AppState>) -> Response {
+    axum::Json(json!({
+        "service": "bitnet",
+        "version": env!("CARGO_PKG_VERSION"),
+        "model": state.config().model_id,
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready"],
+    }))
+    .into_response()
+}
+
+/// Always 200 while the process lives; the body says where the model is.
+async fn health(State(state): State<AppState>) -> Response {
+    axum::Json(json!({
+        "status": "ok",
+        "model": state.model_status(),
+        "uptime_s": state.uptime().as_secs_f64(),
+        "in_flight": state.in_flight(),
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+    .into_response()
+}
+
+/// 200 once the model can serve, else 503 with `Retry-After`.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.is_ready() {
+        return axum::Json(json!({ "status": "ready", "model": state.config().model_id })).into_response();
+    }
+    state.start_loading();
+    let status = state.model_status();
+    let retry = retry_after_estimate(&status);
+    let mut resp = (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({ "status": "not_ready", "model": status })),
+    )
+        .into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    resp
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    json!({ "id": id, "object": "model", "created": 0, "owned_by": "bitnet" })
+}
+
+async fn list_models(State(state): State<AppState>) -> Response {
+    axum::Json(json!({ "object": "list", "data": [model_object(&state.config().model_id)] })).into_response()
+}
+
+async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    if id.eq_ignore_ascii_case(&state.config().model_id) {
+        Ok(axum::Json(model_object(&state.config().model_id)).into_response())
+    } else {
+        Err(ApiError::model_not_found(&id))
+    }
+}
+
+/// Reads the body up to the configured limit: 413 beyond it.
+async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+    let limit = state.config().max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        while let Some(s) = src {
+            if s.is::<http_body_util::LengthLimitError>() {
+                return ApiError::too_large(limit);
+            }
+            src = s.source();
+        }
+        ApiError::invalid(format!("Could not read the request body: {e}"))
+    })
+}
+
+async fn completion(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let id = parts
+        .extensions
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(new_request_id);
+    let bytes = read_body(&state, &parts.headers, body).await?;
+    let parsed = openai::parse_request(endpoint, &bytes)?;
+    tracing::debug!(stream = parsed.stream, max_tokens = ?parsed.max_tokens, "completion request");
+    generate::complete(state, endpoint, parsed, id).await
+}
+
+async fn chat_completions(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    completion(state, Endpoint::Chat, req).await
+}
+
+async fn completions(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    completion(state, Endpoint::Completions, req).await
+}

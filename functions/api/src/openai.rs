@@ -1,0 +1,487 @@
+//! OpenAI request parsing and response shapes.
+//!
+//! Requests are parsed from a `serde_json::Value` by hand rather than by a derived
+//! `Deserialize`, so that every error names the parameter at fault (as OpenAI's do) and
+//! unknown fields are ignored.
+
+use bitnet_engine::ChatMessage;
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+
+/// What to generate from: chat messages (templated by the tokenizer), text, or token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptInput {
+    Chat(Vec<ChatMessage>),
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// A parsed `/v1/chat/completions` or `/v1/completions` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompletionRequest {
+    pub model: Option<String>,
+    pub input: PromptInput,
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repeat_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completions,
+}
+
+/// Parses a request body. `body` is the raw bytes: malformed JSON is a 400 too.
+pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(ApiError::malformed_json)?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::invalid(
+            "The request body must be a JSON object.",
+        ));
+    };
+    parse_object(endpoint, &obj)
+}
+
+fn parse_object(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<CompletionRequest, ApiError> {
+    reject_unsupported(endpoint, obj)?;
+    let input = match endpoint {
+        Endpoint::Chat => PromptInput::Chat(parse_messages(field(obj, "messages").ok_or_else(
+            || ApiError::invalid_param("messages", "Missing required parameter: 'messages'."),
+        )?)?),
+        Endpoint::Completions => parse_prompt(
+            field(obj, "prompt")
+                .ok_or_else(|| ApiError::invalid_param("prompt", "Missing required parameter: 'prompt'."))?,
+        )?,
+    };
+    // `max_completion_tokens` is the newer name; when both are present it wins.
+    let max_tokens = match opt_uint(obj, "max_completion_tokens")? {
+        Some(v) => Some(v),
+        None => opt_uint(obj, "max_tokens")?,
+    };
+    if max_tokens == Some(0) {
+        let name = if field(obj, "max_completion_tokens").is_some() {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        return Err(ApiError::invalid_param(name, format!("'{name}' must be at least 1.")));
+    }
+    let temperature = opt_f32_range(obj, "temperature", 0.0, 2.0)?;
+    let top_p = opt_f32_range(obj, "top_p", 0.0, 1.0)?;
+    let min_p = opt_f32_range(obj, "min_p", 0.0, 1.0)?;
+    let presence_penalty = opt_f32_range(obj, "presence_penalty", -2.0, 2.0)?;
+    let frequency_penalty = opt_f32_range(obj, "frequency_penalty", -2.0, 2.0)?;
+    let repeat_penalty = opt_f32_range(obj, "repeat_penalty", 0.0, 10.0)?;
+    let top_k = opt_uint(obj, "top_k")?;
+    let seed = match field(obj, "seed") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .or_else(|| v.as_i64().map(|i| i as u64))
+                .ok_or_else(|| type_error("seed", "an integer"))?,
+        ),
+    };
+    let stop = parse_stop(field(obj, "stop"))?;
+    let stream = opt_bool(obj, "stream")?.unwrap_or(false);
+    let include_usage = match field(obj, "stream_options") {
+        None => false,
+        Some(Value::Object(so)) => match so.get("include_usage") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(type_error("stream_options.include_usage", "a boolean")),
+        },
+        Some(_) => return Err(type_error("stream_options", "an object")),
+    };
+    let model = match field(obj, "model") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(type_error("model", "a string")),
+    };
+    Ok(CompletionRequest {
+        model,
+        input,
+        max_tokens,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repeat_penalty,
+        presence_penalty,
+        frequency_penalty,
+        seed,
+        stop,
+        stream,
+        include_usage,
+    })
+}
+
+/// A field, treating an explicit `null` as absent (OpenAI's SDKs send nulls for unset options).
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).filter(|v| !v.is_null())
+}
+
+fn type_error(param: &str, expected: &str) -> ApiError {
+    ApiError::invalid_param(param, format!("Invalid type for '{param}': expected {expected}."))
+        .with_code("invalid_type")
+}
+
+fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(type_error(name, "a boolean")),
+    }
+}
+
+fn opt_uint(obj: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiError> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(v) => {
+            let n = v.as_u64().ok_or_else(|| {
+                if v.as_i64().is_some() {
+                    ApiError::invalid_param(name, format!("'{name}' must not be negative."))
+                } else {
+                    type_error(name, "an integer")
+                }
+            })?;
+            Ok(Some(usize::try_from(n).unwrap_or(usize::MAX)))
+        }
+    }
+}
+
+fn opt_f32_range(obj: &Map<String, Value>, name: &str, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
+    match field(obj, name) {
+        None => Ok(None),
+        Some(v) => {
+            let x = v.as_f64().ok_or_else(|| type_error(name, "a number"))? as f32;
+            if !(lo..=hi).contains(&x) {
+                return Err(ApiError::invalid_param(
+                    name,
+                    format!("'{name}' must be between {lo} and {hi}; got {x}."),
+                ));
+            }
+            Ok(Some(x))
+        }
+    }
+}
+
+/// Parameters this server does not implement: a 400 naming the parameter, unless the value is
+/// the one that means "off".
+fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<(), ApiError> {
+    if let Some(v) = field(obj, "n") {
+        match v.as_u64() {
+            Some(1) => {}
+            Some(_) => return Err(ApiError::unsupported("n", "Only n=1 is supported.")),
+            None => return Err(type_error("n", "an integer")),
+        }
+    }
+    if let Some(v) = field(obj, "best_of")
+        && v.as_u64() != Some(1)
+    {
+        return Err(ApiError::unsupported("best_of", "Only best_of=1 is supported."));
+    }
+    match (endpoint, field(obj, "logprobs")) {
+        (_, None) | (_, Some(Value::Bool(false))) => {}
+        (Endpoint::Completions, Some(v)) if v.as_u64() == Some(0) => {}
+        _ => return Err(ApiError::unsupported("logprobs", "logprobs are not supported.")),
+    }
+    if field(obj, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
+        return Err(ApiError::unsupported("top_logprobs", "top_logprobs are not supported."));
+    }
+    for name in ["tools", "functions"] {
+        if field(obj, name).is_some_and(|v| !matches!(v, Value::Array(a) if a.is_empty())) {
+            return Err(ApiError::unsupported(
+                name,
+                format!("'{name}' (tool / function calling) is not supported by this model server."),
+            ));
+        }
+    }
+    for name in ["tool_choice", "function_call"] {
+        if field(obj, name).is_some_and(|v| v != "none" && v != "auto") {
+            return Err(ApiError::unsupported(
+                name,
+                format!("'{name}' (tool / function calling) is not supported by this model server."),
+            ));
+        }
+    }
+    if let Some(rf) = field(obj, "response_format") {
+        let ty = rf.get("type").and_then(Value::as_str);
+        if ty != Some("text") {
+            return Err(ApiError::unsupported(
+                "response_format",
+                "Only response_format {\"type\": \"text\"} is supported.",
+            ));
+        }
+    }
+    if field(obj, "logit_bias").is_some_and(|v| !matches!(v, Value::Object(m) if m.is_empty())) {
+        return Err(ApiError::unsupported("logit_bias", "logit_bias is not supported."));
+    }
+    if field(obj, "echo").is_some_and(|v| v != &Value::Bool(false)) {
+        return Err(ApiError::unsupported("echo", "echo is not supported."));
+    }
+    if field(obj, "suffix").is_some_and(|v| v != "") {
+        return Err(ApiError::unsupported("suffix", "suffix (insertion) is not supported."));
+    }
+    if field(obj, "audio").is_some()
+        || field(obj, "modalities").is_some_and(|v| v != &json!(["text"]))
+    {
+        return Err(ApiError::unsupported("modalities", "Only text output is supported."));
+    }
+    Ok(())
+}
+
+fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
+    let Value::Array(items) = v else {
+        return Err(type_error("messages", "an array"));
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_param(
+            "messages",
+            "'messages' must contain at least one message.",
+        )
+        .with_code("empty_array"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, m) in items.iter().enumerate() {
+        let p = |f: &str| format!("messages[{i}].{f}");
+        let Value::Object(m) = m else {
+            return Err(type_error(&format!("messages[{i}]"), "an object"));
+        };
+        let role = match m.get("role") {
+            Some(Value::String(r)) => r.to_ascii_lowercase(),
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_param(&p("role"), format!("Missing required parameter: '{}'.", p("role"))));
+            }
+            Some(_) => return Err(type_error(&p("role"), "a string")),
+        };
+        let role = match role.as_str() {
+            "system" | "developer" => "system",
+            "user" => "user",
+            "assistant" => "assistant",
+            "tool" | "function" => {
+                return Err(ApiError::unsupported(&p("role"), "Tool messages are not supported."));
+            }
+            other => {
+                return Err(ApiError::invalid_param(
+                    &p("role"),
+                    format!("Invalid value '{other}' for '{}': expected system, developer, user or assistant.", p("role")),
+                ));
+            }
+        };
+        let content = match m.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            // An assistant turn that only carried tool calls has null content.
+            None | Some(Value::Null) if role == "assistant" => String::new(),
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid_param(&p("content"), format!("Missing required parameter: '{}'.", p("content"))));
+            }
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (j, part) in parts.iter().enumerate() {
+                    let pp = format!("messages[{i}].content[{j}]");
+                    match part.get("type").and_then(Value::as_str) {
+                        Some("text") => match part.get("text") {
+                            Some(Value::String(t)) => text.push_str(t),
+                            _ => return Err(type_error(&format!("{pp}.text"), "a string")),
+                        },
+                        Some(other) => {
+                            return Err(ApiError::unsupported(
+                                &format!("{pp}.type"),
+                                format!("Content parts of type '{other}' are not supported: this model reads text only."),
+                            ));
+                        }
+                        None => return Err(type_error(&format!("{pp}.type"), "a string")),
+                    }
+                }
+                text
+            }
+            Some(_) => return Err(type_error(&p("content"), "a string or an array of content parts")),
+        };
+        out.push(ChatMessage {
+            role: role.to_string(),
+            content,
+        });
+    }
+    Ok(out)
+}
+
+/// `prompt`: a string, an array of one string, an array of token ids, or an array of one array
+/// of token ids. Several prompts would need several choices (like n>1): rejected.
+fn parse_prompt(v: &Value) -> Result<PromptInput, ApiError> {
+    fn ids(items: &[Value]) -> Option<Vec<u32>> {
+        items
+            .iter()
+            .map(|x| x.as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect()
+    }
+    match v {
+        Value::String(s) => Ok(PromptInput::Text(s.clone())),
+        Value::Array(items) => match items.as_slice() {
+            [] => Err(ApiError::invalid_param("prompt", "'prompt' must not be empty.")),
+            [Value::String(s)] => Ok(PromptInput::Text(s.clone())),
+            [Value::Array(inner)] => ids(inner)
+                .map(PromptInput::Tokens)
+                .ok_or_else(|| type_error("prompt", "a string, an array of strings or an array of token ids")),
+            [Value::String(_), ..] | [Value::Array(_), ..] => Err(ApiError::unsupported(
+                "prompt",
+                "Only one prompt per request is supported (send several requests).",
+            )),
+            _ => ids(items)
+                .map(PromptInput::Tokens)
+                .ok_or_else(|| type_error("prompt", "a string, an array of strings or an array of token ids")),
+        },
+        _ => Err(type_error("prompt", "a string, an array of strings or an array of token ids")),
+    }
+}
+
+fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
+    let stops = match v {
+        None => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, s) in items.iter().enumerate() {
+                match s {
+                    Value::String(s) => out.push(s.clone()),
+                    _ => return Err(type_error(&format!("stop[{i}]"), "a string")),
+                }
+            }
+            out
+        }
+        Some(_) => return Err(type_error("stop", "a string or an array of strings")),
+    };
+    if stops.len() > 4 {
+        return Err(ApiError::invalid_param("stop", "At most 4 stop sequences are allowed."));
+    }
+    Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<CompletionRequest, ApiError> {
+        parse_request(Endpoint::Chat, body.as_bytes())
+    }
+    fn comp(body: &str) -> Result<CompletionRequest, ApiError> {
+        parse_request(Endpoint::Completions, body.as_bytes())
+    }
+    fn param_of(r: Result<CompletionRequest, ApiError>) -> (u16, Option<String>, Option<&'static str>) {
+        let e = r.unwrap_err();
+        (e.status.as_u16(), e.param, e.code)
+    }
+
+    #[test]
+    fn full_chat_request() {
+        let r = chat(
+            r#"{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]}],
+            "max_completion_tokens":5,"max_tokens":9,"temperature":0,"top_p":0.5,"seed":7,"stop":"\n",
+            "presence_penalty":0.1,"frequency_penalty":-0.1,"stream":true,"stream_options":{"include_usage":true},
+            "n":1,"logprobs":false,"user":"ignored","unknown_field":{"x":1},"tools":[],"response_format":{"type":"text"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.model.as_deref(), Some("m"));
+        assert_eq!(
+            r.input,
+            PromptInput::Chat(vec![
+                ChatMessage { role: "system".into(), content: "be brief".into() },
+                ChatMessage { role: "user".into(), content: "hi".into() },
+            ])
+        );
+        assert_eq!(r.max_tokens, Some(5));
+        assert_eq!(r.temperature, Some(0.0));
+        assert_eq!(r.top_p, Some(0.5));
+        assert_eq!(r.seed, Some(7));
+        assert_eq!(r.stop, vec!["\n".to_string()]);
+        assert!(r.stream && r.include_usage);
+    }
+
+    #[test]
+    fn nulls_are_absent() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":null,"stop":null,"seed":null,"stream":null,"stream_options":null}"#).unwrap();
+        assert_eq!(r.max_tokens, None);
+        assert!(r.stop.is_empty() && !r.stream);
+    }
+
+    #[test]
+    fn prompt_forms() {
+        assert_eq!(comp(r#"{"prompt":"abc"}"#).unwrap().input, PromptInput::Text("abc".into()));
+        assert_eq!(comp(r#"{"prompt":["abc"]}"#).unwrap().input, PromptInput::Text("abc".into()));
+        assert_eq!(comp(r#"{"prompt":[1,2,3]}"#).unwrap().input, PromptInput::Tokens(vec![1, 2, 3]));
+        assert_eq!(comp(r#"{"prompt":[[4,5]]}"#).unwrap().input, PromptInput::Tokens(vec![4, 5]));
+        assert_eq!(param_of(comp(r#"{"prompt":["a","b"]}"#)).1.as_deref(), Some("prompt"));
+        assert_eq!(param_of(comp(r#"{"prompt":[1,"b"]}"#)).0, 400);
+        assert_eq!(param_of(comp(r#"{"prompt":[-1]}"#)).0, 400);
+        assert_eq!(param_of(comp(r#"{"prompt":5}"#)).1.as_deref(), Some("prompt"));
+        assert_eq!(param_of(comp(r#"{}"#)).1.as_deref(), Some("prompt"));
+    }
+
+    #[test]
+    fn malformed_and_wrong_types() {
+        assert_eq!(param_of(chat("{not json")), (400, None, Some("invalid_json")));
+        assert_eq!(param_of(chat("")).0, 400);
+        assert_eq!(param_of(chat("[1,2]")).0, 400);
+        assert_eq!(param_of(chat(r#"{"messages":"hi"}"#)).1.as_deref(), Some("messages"));
+        assert_eq!(param_of(chat(r#"{"messages":[]}"#)), (400, Some("messages".into()), Some("empty_array")));
+        assert_eq!(param_of(chat(r#"{}"#)).1.as_deref(), Some("messages"));
+        assert_eq!(param_of(chat(r#"{"messages":[{"role":"user"}]}"#)).1.as_deref(), Some("messages[0].content"));
+        assert_eq!(param_of(chat(r#"{"messages":[{"role":"wizard","content":"x"}]}"#)).1.as_deref(), Some("messages[0].role"));
+        assert_eq!(param_of(chat(r#"{"messages":[{"role":"user","content":1}]}"#)).1.as_deref(), Some("messages[0].content"));
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        for (extra, param) in [
+            (r#""max_tokens":"5""#, "max_tokens"),
+            (r#""max_tokens":-1"#, "max_tokens"),
+            (r#""max_tokens":0"#, "max_tokens"),
+            (r#""max_tokens":1.5"#, "max_tokens"),
+            (r#""temperature":"hot""#, "temperature"),
+            (r#""temperature":3"#, "temperature"),
+            (r#""top_p":2"#, "top_p"),
+            (r#""seed":"x""#, "seed"),
+            (r#""stop":5"#, "stop"),
+            (r#""stop":["a",1]"#, "stop[1]"),
+            (r#""stop":["a","b","c","d","e"]"#, "stop"),
+            (r#""stream":"yes""#, "stream"),
+            (r#""stream_options":{"include_usage":1}"#, "stream_options.include_usage"),
+            (r#""model":3"#, "model"),
+            (r#""presence_penalty":5"#, "presence_penalty"),
+        ] {
+            let (status, p, _) = param_of(chat(&format!("{{{m},{extra}}}")));
+            assert_eq!((status, p.as_deref()), (400, Some(param)), "{extra}");
+        }
+    }
+
+    #[test]
+    fn unsupported_parameters_are_named() {
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        for (extra, param) in [
+            (r#""n":2"#, "n"),
+            (r#""logprobs":true"#, "logprobs"),
+            (r#""top_logprobs":2"#, "top_logprobs"),
+            (r#""tools":[{"type":"function","function":{"name":"f"}}]"#, "tools"),
+            (r#""tool_choice":"required""#, "tool_choice"),
+            (r#""functions":[{"name":"f"}]"#, "functions"),
+            (r#""response_format":{"type":"json_object"}"#, "response_format"),
+            (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
+        ] {
+            let (status, p, code) = param_of(chat(&format!("{{{m},{extra}}}")));
+            assert_eq!((status, p.as_deref(), code), (400, Some(param), Some("unsupported_parameter")), "{extra}");
+        }
+        assert_eq!(param_of(comp(r#"{"prompt":"x","echo":true}"#)).1.as_deref(), Some("echo"));
+        assert_eq!(param_of(comp(r#"{"prompt":"x","logprobs":3}"#)).1.as_deref(), Some("logprobs"));
+        assert_eq!(param_of(comp(r#"{"prompt":"x","best_of":3}"#)).1.as_deref(), Some("best_of"));
+        comp(r#"{"prompt":"x","logprobs":null,"echo":false,"best_of":1,"suffix":null}"#).unwrap();
+        let e = chat(r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+}

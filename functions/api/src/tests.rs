@@ -1,0 +1,446 @@
+//! Router tests with a fake engine and a fake model source: routing, errors, auth, SSE framing,
+//! queueing, cancellation and health before the model is ready.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use bitnet_engine::{ChatMessage, EngineError, GenerateOutput, GenerateParams, Piece, StopReason};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::engine::{BoxFuture, Engine, Loader, ModelSource};
+use crate::{ApiConfig, AppState, router};
+
+/// Emits `tok0 tok1 ...` (each piece `"tokN "`), one per `delay`.
+struct FakeEngine {
+    delay: Duration,
+    cancelled: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Engine for FakeEngine {
+    fn n_ctx(&self) -> usize {
+        64
+    }
+    fn n_vocab(&self) -> usize {
+        1000
+    }
+    fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        let mut v: Vec<u32> = if add_bos { vec![999] } else { vec![] };
+        v.extend(text.bytes().map(u32::from));
+        v
+    }
+    fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
+        let mut v = vec![999];
+        for m in messages {
+            v.extend(m.content.bytes().map(u32::from));
+            v.push(998);
+        }
+        v
+    }
+    fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
+    ) -> Result<GenerateOutput, EngineError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let mut text = String::new();
+        let mut ids = Vec::new();
+        let mut reason = StopReason::Length;
+        for i in 0..params.max_tokens {
+            std::thread::sleep(self.delay);
+            let piece = format!("tok{i} ");
+            text.push_str(&piece);
+            ids.push(i as u32);
+            if on_piece(Piece { text: &piece, token_id: i as u32 }).is_break() {
+                reason = StopReason::Cancelled;
+                self.cancelled.store(true, Ordering::SeqCst);
+                break;
+            }
+        }
+        Ok(GenerateOutput {
+            text,
+            completion_tokens: ids.len(),
+            token_ids: ids,
+            prompt_tokens: prompt.len(),
+            stop_reason: reason,
+            prompt_ms: 2.0,
+            decode_ms: 10.0,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum SourceMode {
+    Ready,
+    Pending,
+    Fail,
+}
+
+struct FakeSource(SourceMode);
+
+impl ModelSource for FakeSource {
+    fn status(&self) -> Value {
+        match self.0 {
+            SourceMode::Ready => json!({"state": "ready", "size": 0}),
+            SourceMode::Pending => json!({"state": "downloading", "bytes_done": 50, "bytes_total": 100, "bytes_per_sec": 10.0}),
+            SourceMode::Fail => json!({"state": "failed", "error": "no such object"}),
+        }
+    }
+    fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, String>> {
+        let mode = self.0;
+        Box::pin(async move {
+            match mode {
+                SourceMode::Ready => Ok(Arc::new(memmap2::MmapOptions::new().len(1).map_anon().unwrap().make_read_only().unwrap())),
+                SourceMode::Pending => std::future::pending().await,
+                SourceMode::Fail => Err("no such object".to_string()),
+            }
+        })
+    }
+    fn describe(&self) -> String {
+        "fake://model".into()
+    }
+}
+
+struct Harness {
+    state: AppState,
+    cancelled: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (c2, k2) = (cancelled.clone(), calls.clone());
+    let loader: Loader = Arc::new(move |_map| {
+        Ok(Arc::new(FakeEngine { delay, cancelled: c2.clone(), calls: k2.clone() }) as Arc<dyn Engine>)
+    });
+    let state = AppState::new(config, Arc::new(FakeSource(mode)), loader);
+    Harness { state, cancelled, calls }
+}
+
+async fn ready_harness(config: ApiConfig) -> Harness {
+    let h = harness_with(SourceMode::Ready, Duration::ZERO, config);
+    wait_ready(&h.state).await;
+    h
+}
+
+async fn wait_ready(state: &AppState) {
+    for _ in 0..200 {
+        if state.is_ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("fake model never became ready");
+}
+
+async fn call(state: &AppState, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut b = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(body.map(|s| Body::from(s.to_string())).unwrap_or_else(Body::empty)).unwrap();
+    let resp = router(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn json_of(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn assert_openai_error(status: StatusCode, body: &str, want_status: u16, want_param: Option<&str>, want_code: Option<&str>) {
+    assert_eq!(status.as_u16(), want_status, "{body}");
+    let v = json_of(body);
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    if let Some(p) = want_param {
+        assert_eq!(e["param"], p, "{body}");
+    }
+    if let Some(c) = want_code {
+        assert_eq!(e["code"], c, "{body}");
+    }
+}
+
+const CHAT: &str = r#"{"model":"bitnet-b1.58-2b-4t","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+
+#[tokio::test]
+async fn health_and_ready_while_downloading() {
+    let h = harness_with(SourceMode::Pending, Duration::ZERO, ApiConfig::default());
+    let (s, _, body) = call(&h.state, "GET", "/health", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&body);
+    assert_eq!(v["model"]["state"], "downloading");
+    assert_eq!(v["model"]["bytes_total"], 100);
+    let (s, headers, _) = call(&h.state, "GET", "/ready", None, &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "5");
+    let (s, headers, body) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
+    assert_openai_error(s, &body, 503, None, Some("model_not_ready"));
+    assert!(headers.contains_key("retry-after"));
+    // Routes that need no model answer anyway.
+    let (s, _, body) = call(&h.state, "GET", "/v1/models", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(json_of(&body)["data"][0]["id"], "bitnet-b1.58-2b-4t");
+    let (s, _, _) = call(&h.state, "GET", "/", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bounded_wait_for_model() {
+    let config = ApiConfig { wait_for_model: Duration::from_millis(50), ..ApiConfig::default() };
+    let h = harness_with(SourceMode::Pending, Duration::ZERO, config);
+    let t0 = std::time::Instant::now();
+    let (s, _, body) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
+    assert_openai_error(s, &body, 503, None, Some("model_not_ready"));
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+}
+
+#[tokio::test]
+async fn failed_source_reports_failed() {
+    let h = harness_with(SourceMode::Fail, Duration::ZERO, ApiConfig::default());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (s, _, body) = call(&h.state, "GET", "/health", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let v = json_of(&body);
+    assert_eq!(v["model"]["state"], "failed", "{body}");
+    assert_eq!(v["model"]["error"], "no such object");
+    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x"}"#), &[]).await;
+    assert_openai_error(s, &body, 503, None, Some("model_unavailable"));
+}
+
+#[tokio::test]
+async fn chat_completion_shape() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let (s, headers, body) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[("x-request-id", "abc123")]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(headers["x-request-id"], "abc123");
+    let v = json_of(&body);
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["id"], "chatcmpl-abc123");
+    assert_eq!(v["model"], "bitnet-b1.58-2b-4t");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["message"]["content"], "tok0 tok1 tok2 ");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 3);
+    assert_eq!(v["usage"]["prompt_tokens"], 4);
+    assert_eq!(v["usage"]["total_tokens"], 7);
+    assert_eq!(v["timings"]["predicted_n"], 3);
+    assert_eq!(v["timings"]["predicted_per_second"], 300.0);
+    assert_eq!(v["timings"]["prompt_per_second"], 2000.0);
+    // Also without the /v1 prefix, and with the Lambda request id.
+    let (s, headers, _) = call(&h.state, "POST", "/chat/completions", Some(CHAT), &[("x-amzn-requestid", "lambda-1")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["x-request-id"], "lambda-1");
+}
+
+#[tokio::test]
+async fn completion_with_stop_string() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x","max_tokens":10,"stop":["k2"]}"#), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v = json_of(&body);
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"][0]["text"], "tok0 tok1 to");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+}
+
+fn sse_events(body: &str) -> Vec<String> {
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body:?}");
+    body.split("\n\n")
+        .filter(|s| !s.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("bad SSE event {e:?}")).to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn chat_stream_framing_with_usage() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let req = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true,"stream_options":{"include_usage":true}}"#;
+    let (s, headers, body) = call(&h.state, "POST", "/v1/chat/completions", Some(req), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(headers["content-type"], "text/event-stream");
+    let events = sse_events(&body);
+    assert_eq!(events.last().unwrap(), "[DONE]");
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| json_of(e)).collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let mut text = String::new();
+    for c in &chunks {
+        assert_eq!(c["object"], "chat.completion.chunk");
+        assert!(c.get("usage").is_some(), "include_usage puts usage: null on every chunk");
+        if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(t);
+        }
+    }
+    assert_eq!(text, "tok0 tok1 tok2 ");
+    let fin = &chunks[chunks.len() - 2];
+    assert_eq!(fin["choices"][0]["finish_reason"], "length");
+    assert_eq!(fin["choices"][0]["delta"], json!({}));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 3);
+}
+
+#[tokio::test]
+async fn completion_stream_without_usage_and_stop() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let req = r#"{"prompt":"x","max_tokens":10,"stream":true,"stop":"tok3"}"#;
+    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let events = sse_events(&body);
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| json_of(e)).collect();
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    assert_eq!(text, "tok0 tok1 tok2 ");
+    assert!(chunks.iter().all(|c| c.get("usage").is_none() && c["object"] == "text_completion"));
+    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn client_errors() {
+    let config = ApiConfig { max_body_bytes: 1000, ..ApiConfig::default() };
+    let h = ready_harness(config).await;
+    let post = |path: &'static str, body: String| {
+        let st = h.state.clone();
+        async move { call(&st, "POST", path, Some(&body), &[]).await }
+    };
+    let (s, _, b) = post("/v1/chat/completions", "{oops".into()).await;
+    assert_openai_error(s, &b, 400, None, Some("invalid_json"));
+    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[]}"#.into()).await;
+    assert_openai_error(s, &b, 400, Some("messages"), None);
+    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.into()).await;
+    assert_openai_error(s, &b, 400, Some("temperature"), None);
+    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#.into()).await;
+    assert_openai_error(s, &b, 400, Some("n"), Some("unsupported_parameter"));
+    let (s, _, b) = post("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#.into()).await;
+    assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
+    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hello"}],"max_tokens":60}"#.into()).await;
+    assert_openai_error(s, &b, 400, Some("messages"), Some("context_length_exceeded"));
+    let long = "y".repeat(70);
+    let (s, _, b) = post("/v1/completions", format!(r#"{{"prompt":"{long}"}}"#)).await;
+    assert_openai_error(s, &b, 400, Some("prompt"), Some("context_length_exceeded"));
+    let (s, _, b) = post("/v1/completions", r#"{"prompt":[5000]}"#.into()).await;
+    assert_openai_error(s, &b, 400, Some("prompt"), None);
+    let big = format!(r#"{{"prompt":"{}"}}"#, "z".repeat(2000));
+    let (s, _, b) = post("/v1/completions", big).await;
+    assert_openai_error(s, &b, 413, None, Some("request_too_large"));
+    // A body without Content-Length (chunked) is limited too.
+    let stream = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100]))));
+    let req = Request::post("/v1/completions").body(Body::from_stream(stream)).unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, _, b) = call(&h.state, "GET", "/v2/nothing", None, &[]).await;
+    assert_openai_error(s, &b, 404, None, Some("unknown_url"));
+    let (s, _, b) = call(&h.state, "GET", "/v1/chat/completions", None, &[]).await;
+    assert_openai_error(s, &b, 405, None, None);
+    let (s, _, b) = call(&h.state, "GET", "/v1/models/other", None, &[]).await;
+    assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
+    assert_eq!(h.calls.load(Ordering::SeqCst), 0, "no bad request reached the engine");
+}
+
+#[tokio::test]
+async fn bearer_auth() {
+    let config = ApiConfig { api_key: Some("sekrit".into()), ..ApiConfig::default() };
+    let h = ready_harness(config).await;
+    let (s, _, b) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
+    assert_openai_error(s, &b, 401, None, Some("invalid_api_key"));
+    let (s, _, b) = call(&h.state, "GET", "/v1/models", None, &[("authorization", "Bearer wrong")]).await;
+    assert_openai_error(s, &b, 401, None, Some("invalid_api_key"));
+    let (s, _, _) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[("authorization", "Bearer sekrit")]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = call(&h.state, "GET", "/v1/models", None, &[("api-key", "sekrit")]).await;
+    assert_eq!(s, StatusCode::OK);
+    for path in ["/", "/health", "/ready"] {
+        let (s, _, _) = call(&h.state, "GET", path, None, &[]).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+    // Unknown routes do not reveal themselves without the key.
+    let (s, _, _) = call(&h.state, "GET", "/v2/x", None, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_full_is_429() {
+    let config = ApiConfig { max_queue: 1, ..ApiConfig::default() };
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(20), config);
+    wait_ready(&h.state).await;
+    let slow = r#"{"prompt":"x","max_tokens":10}"#;
+    let a = tokio::spawn({ let s = h.state.clone(); async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await } });
+    let b = tokio::spawn({ let s = h.state.clone(); async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await } });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (s, headers, body) = call(&h.state, "POST", "/v1/completions", Some(slow), &[]).await;
+    assert_openai_error(s, &body, 429, None, Some("rate_limit_exceeded"));
+    assert!(headers.contains_key("retry-after"));
+    assert_eq!(a.await.unwrap().0, StatusCode::OK);
+    assert_eq!(b.await.unwrap().0, StatusCode::OK);
+    assert_eq!(h.state.in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_disconnect_stops_generation() {
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), ApiConfig::default());
+    wait_ready(&h.state).await;
+    let req = Request::post("/v1/completions")
+        .body(Body::from(r#"{"prompt":"x","max_tokens":50,"stream":true}"#))
+        .unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert!(first.data_ref().unwrap().starts_with(b"data: "));
+    drop(body);
+    for _ in 0..200 {
+        if h.cancelled.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(h.cancelled.load(Ordering::SeqCst), "generation did not stop after the client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_request_stops_generation() {
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), ApiConfig::default());
+    wait_ready(&h.state).await;
+    let fut = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x","max_tokens":60}"#), &[]);
+    assert!(tokio::time::timeout(Duration::from_millis(40), fut).await.is_err());
+    for _ in 0..200 {
+        if h.cancelled.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(h.cancelled.load(Ordering::SeqCst), "generation did not stop after the request was dropped");
+}
+
+#[test]
+fn stop_buffer_holds_back_prefixes() {
+    use crate::generate::StopBuffer;
+    let mut b = StopBuffer::new(vec!["END".into()]);
+    assert_eq!(b.push("abc E"), "abc ");
+    assert_eq!(b.push("N"), "");
+    assert_eq!(b.push("x"), "ENx");
+    assert_eq!(b.push("yEND tail"), "y");
+    assert!(b.hit);
+    assert_eq!(b.finish("whatever"), ("abc ENxy".to_string(), String::new()));
+    let mut b = StopBuffer::new(vec!["\n\n".into()]);
+    assert_eq!(b.push("a\n"), "a");
+    assert_eq!(b.finish("a\n"), ("a\n".to_string(), "\n".to_string()));
+    // The engine may cut a stop sequence itself: its text wins when consistent.
+    let mut b = StopBuffer::new(vec!["ab".into()]);
+    assert_eq!(b.push("xa"), "x");
+    assert_eq!(b.finish("x"), ("x".to_string(), String::new()));
+    let mut b = StopBuffer::new(vec!["é!".into()]);
+    assert_eq!(b.push("né"), "n");
+    assert_eq!(b.push("?"), "é?");
+}
+
