@@ -1,0 +1,66 @@
+//! Shared helpers for the engine's integration tests.
+#![allow(dead_code)]
+
+use std::sync::{Arc, OnceLock};
+
+use bitnet_engine::Tokenizer;
+use bitnet_engine::fixture::{self, FixtureSpec};
+use bitnet_engine::gguf::GgmlType;
+use bitnet_engine::tokenizer::TokenizerParts;
+
+pub fn tokenizer_parts() -> &'static TokenizerParts {
+    static P: OnceLock<TokenizerParts> = OnceLock::new();
+    P.get_or_init(|| {
+        let path = fixture::find_tokenizer_json().expect("shared/fixtures/llama3/tokenizer.json not found");
+        fixture::tokenizer_parts_from_hf_json(&path).expect("tokenizer.json")
+    })
+}
+
+pub fn tokenizer() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| Tokenizer::from_parts(tokenizer_parts().clone()).expect("tokenizer"))
+}
+
+pub fn default_split_tokenizer() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| {
+        let mut p = tokenizer_parts().clone();
+        p.pre = bitnet_engine::tokenizer::PreTokenizer::LlamaCppDefault;
+        Tokenizer::from_parts(p).expect("tokenizer")
+    })
+}
+
+/// A synthetic model's bytes, in memory.
+pub fn fixture_bytes(preset: &str, ty: GgmlType, seed: u64) -> Arc<Vec<u8>> {
+    let spec = FixtureSpec {
+        preset: fixture::preset(preset).expect("preset"),
+        ty,
+        seed,
+        arch: "bitnet-b1.58".into(),
+    };
+    let mut buf = Vec::new();
+    fixture::write_fixture(&spec, tokenizer_parts(), &mut buf).expect("fixture");
+    Arc::new(buf)
+}
+
+/// A synthetic model with a tiny vocabulary (the 256 byte tokens + 4 specials), small
+/// enough to corrupt at every header byte.
+pub fn mini_vocab_parts() -> TokenizerParts {
+    let full = tokenizer_parts();
+    let mut tokens: Vec<String> = full.tokens[..256].to_vec();
+    let mut types = vec![1; 256];
+    for s in ["<|begin_of_text|>", "<|end_of_text|>", "<|x|>", "<|eot_id|>"] {
+        tokens.push(s.into());
+        types.push(3);
+    }
+    TokenizerParts {
+        tokens,
+        token_types: types,
+        merges: vec![],
+        bos: 256,
+        eos: 257,
+        eot: Some(259),
+        add_bos: true,
+        pre: Default::default(),
+    }
+}
