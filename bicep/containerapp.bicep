@@ -304,7 +304,7 @@ resource containerApp 'Microsoft.App/containerApps@2024-03-01' = {
               }
               initialDelaySeconds: 2
               periodSeconds: 5
-              failureThreshold: 48
+              failureThreshold: 3
             }
           ]
         }

@@ -7,8 +7,9 @@ resource "aws_s3_bucket" "models" {
   #checkov:skip=CKV2_AWS_62:Nothing consumes object events; notifications would add moving parts for no reader.
   count = var.create_bucket ? 1 : 0
 
-  bucket        = var.bucket_name
-  bucket_prefix = var.bucket_name == null ? "${lower(var.name)}-models-" : null
+  bucket = var.bucket_name
+  # bucket_prefix allows 37 characters and no '_' or upper case.
+  bucket_prefix = var.bucket_name == null ? "${substr(replace(lower(var.name), "_", "-"), 0, 29)}-models-" : null
   force_destroy = false
   tags          = var.tags
 }
