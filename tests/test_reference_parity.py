@@ -1,0 +1,321 @@
+"""Engine-vs-reference parity: drives the Rust CLI (`bitnet`) and compares it with the
+independent numpy reference in tests/reference/bitnet_ref.py.
+
+    BITNET_BIN=target/release/bitnet python -m pytest tests/test_reference_parity.py -q
+
+The engine binary must exist (CI builds it first); if it is missing every engine test FAILS.
+Agreement rules: see tests/reference/criteria.py (all in units of std(reference logits)).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import bitnet_ref as br
+import criteria
+from criteria import REPORT_LINES
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(os.environ.get("BITNET_BIN", "target/release/bitnet"))
+if not BIN.is_absolute():
+    BIN = REPO / BIN
+
+PRESETS = ["tiny", "small"]
+TYPES = ["i2_s", "tq2_0", "tq1_0"]
+SEED = 1234
+N_VOCAB = 128256
+GREEDY_TOKENS = 16
+NEAR_EXACT_MAJORITY = 0.75
+FLIP_SEARCH = 16   # closest near-ties tried by the failure diagnostic
+# Opt-in (default off, the strict rules apply): accept a case that fails the tolerance rules
+# when the engine equals (near-exactly) the reference with one near-tie rounded the other way.
+ALLOW_FLIP_EXPLAINED = os.environ.get("PARITY_ALLOW_FLIP_EXPLAINED") == "1"
+
+_rng = np.random.default_rng(20240607)
+PROMPTS = OrderedDict(
+    one=[int(_rng.integers(0, 128000))],
+    # "<|begin_of_text|>The capital of France is Paris. It is beautiful"
+    sentence=[128000, 791, 6864, 315, 9822, 374, 12366, 13, 1102, 374, 6366],
+    long=[int(t) for t in _rng.integers(0, 128000, 64)],
+)
+CASES = [(p, t, q) for p in PRESETS for t in TYPES for q in PROMPTS]
+VARIANTS = {"silu": {"activation": "silu"}, "rope_adjacent": {"rope": "adjacent"},
+            "no_sub_norm": {"sub_norm": False}}
+
+
+class EngineError(AssertionError):
+    pass
+
+
+class Harness:
+    """Memoises every expensive step so tests can run in any order / subset."""
+
+    def __init__(self, tmpdir: Path):
+        self.dir = tmpdir
+        self._models: dict = {}
+        self._eng: dict = {}
+        self._ref: dict = {}
+        self._verdicts: dict = {}
+        self._refmodels: OrderedDict = OrderedDict()
+        self.timing: dict[str, float] = {}
+
+    def _t(self, key, dt):
+        self.timing[key] = self.timing.get(key, 0.0) + dt
+
+    def run(self, args, timeout=300) -> subprocess.CompletedProcess:
+        t0 = time.time()
+        try:
+            r = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=timeout)
+        finally:
+            self._t("engine " + args[0], time.time() - t0)
+        if r.returncode != 0:
+            raise EngineError(f"`bitnet {' '.join(args)}` exited {r.returncode}\n"
+                              f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
+        return r
+
+    def model(self, preset: str, typ: str) -> str:
+        key = (preset, typ)
+        if key not in self._models:
+            out = self.dir / f"{preset}_{typ}_s{SEED}.gguf"
+            self.run(["fixture", "--preset", preset, "--type", typ, "--seed", str(SEED), "-o", str(out)])
+            assert out.is_file() and out.stat().st_size > 0, f"fixture did not write {out}"
+            self._models[key] = str(out)
+        return self._models[key]
+
+    def engine_logits(self, preset, typ, prompt) -> np.ndarray:
+        key = (preset, typ, prompt)
+        if key not in self._eng:
+            out = self.dir / f"eng_{preset}_{typ}_{prompt}.f32"
+            ids = ",".join(map(str, PROMPTS[prompt]))
+            self.run(["eval", "--model", self.model(preset, typ), "--ids", ids, "--logits-out", str(out)])
+            lg = np.fromfile(out, dtype="<f4")
+            assert lg.size == N_VOCAB, f"engine wrote {lg.size} logits, expected {N_VOCAB}"
+            self._eng[key] = lg
+        return self._eng[key]
+
+    def engine_generate(self, preset, typ, prompt) -> list[int]:
+        ids = ",".join(map(str, PROMPTS[prompt]))
+        r = self.run(["generate", "--model", self.model(preset, typ), "--ids", ids,
+                      "--max-tokens", str(GREEDY_TOKENS), "--temperature", "0", "--ignore-eos", "--json"])
+        obj = None
+        try:
+            obj = json.loads(r.stdout)
+        except json.JSONDecodeError:
+            for line in reversed(r.stdout.strip().splitlines()):
+                try:
+                    obj = json.loads(line)
+                    break
+                except json.JSONDecodeError:
+                    continue
+        if not isinstance(obj, dict) or "token_ids" not in obj:
+            raise EngineError(f"generate --json printed no JSON object with token_ids:\n{r.stdout[-2000:]}")
+        assert isinstance(obj.get("text"), str), "generate --json: missing `text`"
+        return [int(t) for t in obj["token_ids"]]
+
+    def ref_model(self, preset, typ, variant="") -> br.Model:
+        key = (preset, typ, variant)
+        m = self._refmodels.get(key)
+        if m is None:
+            t0 = time.time()
+            m = br.Model(self.model(preset, typ), **VARIANTS.get(variant, {}))
+            self._t("reference load", time.time() - t0)
+            self._refmodels[key] = m
+            while len(self._refmodels) > 2:      # each holds an f32 copy of the output head
+                self._refmodels.popitem(last=False)
+        else:
+            self._refmodels.move_to_end(key)
+        return m
+
+    def ref(self, preset, typ, prompt, variant=""):
+        """(reference logits, near-ties) for a case."""
+        key = (preset, typ, prompt, variant)
+        if key not in self._ref:
+            m = self.ref_model(preset, typ, variant)
+            t0 = time.time()
+            self._ref[key] = m.logits_and_ties(PROMPTS[prompt])
+            self._t("reference forward", time.time() - t0)
+        return self._ref[key]
+
+    def verdict(self, preset, typ, prompt, variant="") -> criteria.Verdict:
+        key = (preset, typ, prompt, variant)
+        if key not in self._verdicts:
+            lg, ties = self.ref(preset, typ, prompt, variant)
+            self._verdicts[key] = criteria.compare_logits(lg, self.engine_logits(preset, typ, prompt), len(ties))
+        return self._verdicts[key]
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    if not BIN.is_file() or not os.access(BIN, os.X_OK):
+        pytest.fail(f"engine binary not found or not executable: {BIN}\n"
+                    "Build it first (cargo build --release) or point BITNET_BIN at it.", pytrace=False)
+    h = Harness(tmp_path_factory.mktemp("parity"))
+    t0 = time.time()
+    yield h
+    REPORT_LINES.append(f"wall time in parity harness: {time.time() - t0:.1f}s; "
+                        + ", ".join(f"{k}: {v:.1f}s" for k, v in sorted(h.timing.items())))
+
+
+def _describe_ties(ties, n=5):
+    return "\n".join("    near-tie " + str(t) for t in ties[:n]) or "    (no near-ties)"
+
+
+# ------------------------------------------------------------------------- logits
+
+
+@pytest.mark.parametrize("preset,typ,prompt", CASES)
+def test_logits_agree(harness, preset, typ, prompt):
+    v = harness.verdict(preset, typ, prompt)
+    lg, ties = harness.ref(preset, typ, prompt)
+    line = f"{preset:5s} {typ:6s} {prompt:8s} {v}"
+    REPORT_LINES.append(line)
+    if not v.near_exact:
+        msg = (f"{preset}/{typ}/{prompt}: not near-exact; reference reports {len(ties)} activation "
+               f"rounding near-ties (closest first):\n{_describe_ties(ties)}")
+        print(msg)
+        REPORT_LINES.append(msg)
+    if v.ok:
+        return
+    # Diagnostic: does rounding ONE of the closest near-ties the other way reproduce the engine?
+    # (On the random fixtures attention is nearly one-hot, so a single legitimate flip can move
+    # the logits by whole std's; this tells an engine bug apart from a rounding tie.)
+    expl = _flip_explanation(harness, preset, typ, prompt, ties)
+    REPORT_LINES.append(f"    flip search: {expl or 'no single flip among the closest near-ties reproduces the engine'}")
+    if expl and ALLOW_FLIP_EXPLAINED:
+        return
+    assert v.ok, line + "\n" + _describe_ties(ties) + f"\n    flip search: {expl}"
+
+
+def _flip_explanation(harness, preset, typ, prompt, ties, k=FLIP_SEARCH):
+    m = harness.ref_model(preset, typ)
+    eng = harness.engine_logits(preset, typ, prompt)
+    for t in ties[:k]:
+        lg = m.logits(PROMPTS[prompt], flips={(t.layer, t.matmul, t.pos, t.index)})
+        fv = criteria.compare_logits(lg, eng, 1)
+        if fv.near_exact:
+            return f"engine == reference with [{t}] rounded the other way (max|d|/std {fv.max_over_std:.2g})"
+    return None
+
+
+def test_near_exact_majority(harness):
+    rows, n_exact = [], 0
+    for preset in PRESETS:
+        for typ in TYPES:
+            vs = [harness.verdict(preset, typ, q) for q in PROMPTS]
+            ne = sum(v.near_exact for v in vs)
+            n_exact += ne
+            rows.append(f"  {preset:5s} {typ:6s} | cases {len(vs)} | near-exact {ne} | "
+                        f"max|d|/std {max(v.max_over_std for v in vs):.3g} | "
+                        f"ok {sum(v.ok for v in vs)}")
+    frac = n_exact / len(CASES)
+    REPORT_LINES.append("summary (preset x type):")
+    REPORT_LINES.extend(rows)
+    REPORT_LINES.append(f"  near-exact {n_exact}/{len(CASES)} = {frac:.0%} (required >= {NEAR_EXACT_MAJORITY:.0%})")
+    print("\n".join(rows))
+    assert frac >= NEAR_EXACT_MAJORITY, f"only {n_exact}/{len(CASES)} cases near-exact"
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("prompt", list(PROMPTS))
+def test_engine_types_bit_identical(harness, preset, prompt):
+    base = harness.engine_logits(preset, TYPES[0], prompt)
+    for typ in TYPES[1:]:
+        other = harness.engine_logits(preset, typ, prompt)
+        assert base.tobytes() == other.tobytes(), (
+            f"{preset}/{prompt}: engine logits differ between {TYPES[0]} and {typ} "
+            f"(max |d| = {np.abs(base - other).max():.3g})")
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_fixture_types_hold_same_ternary_weights(harness, preset):
+    """Independent decoding of the engine's fixture files: same codes and scales per tensor."""
+    models = {t: harness.ref_model(preset, t) for t in TYPES}
+    g = models[TYPES[0]].g
+    names = [n for n, t in g.tensors.items() if t.type in (br.GGML_I2_S, br.GGML_TQ1_0, br.GGML_TQ2_0)]
+    assert names, "fixture has no ternary tensors"
+    for typ, m in models.items():
+        assert m.g.tensors[names[0]].type == {"i2_s": 36, "tq2_0": 35, "tq1_0": 34}[typ]
+    for name in names:
+        ws = {t: m.W(name) for t, m in models.items()}
+        base = ws[TYPES[0]]
+        for typ, w in ws.items():
+            assert np.array_equal(w.codes, base.codes), f"{name}: codes differ in {typ}"
+            assert w.general_rows.size == 0, f"{name} ({typ}): rows with differing block scales"
+            M = w.codes.shape[0]
+            assert np.array_equal(np.broadcast_to(w.row_scale, (M,)), np.broadcast_to(base.row_scale, (M,))), \
+                f"{name}: scales differ in {typ}"
+        # a per-tensor scale: every row carries the same value
+        assert np.unique(np.asarray(ws["tq2_0"].row_scale)).size <= 1
+    for m in models.values():
+        m._weights.clear()
+
+
+# ------------------------------------------------------------------------- greedy
+
+
+GREEDY_CASES = [(p, t, q) for p in PRESETS for t in TYPES for q in ("one", "sentence")]
+
+
+@pytest.mark.parametrize("preset,typ,prompt", GREEDY_CASES)
+def test_greedy_agrees(harness, preset, typ, prompt):
+    ids = PROMPTS[prompt]
+    eng = harness.engine_generate(preset, typ, prompt)
+    m = harness.ref_model(preset, typ)
+    t0 = time.time()
+    ref_ids, margins, stds = m.greedy(ids, GREEDY_TOKENS, with_std=True)
+    gv = criteria.compare_greedy(ref_ids, margins, stds, eng)
+    fok, fmsgs = True, []
+    if eng != ref_ids and len(eng) == GREEDY_TOKENS:
+        # teacher-forced check along the engine's own path (covers the steps after a divergence)
+        rows = m.head(m.forward(list(ids) + eng[:-1])[len(ids) - 1:])
+        fok, fmsgs = criteria.check_forced(rows, eng)
+    harness._t("reference greedy", time.time() - t0)
+    line = f"greedy {preset:5s} {typ:6s} {prompt:8s}: {gv.message}"
+    REPORT_LINES.append(line)
+    for msg in fmsgs:
+        REPORT_LINES.append("    teacher-forced " + msg)
+    assert gv.ok, f"{line}\nengine    {eng}\nreference {ref_ids}"
+    assert fok, f"{line}\n" + "\n".join(fmsgs)
+
+
+# ------------------------------------------------------------------------- teeth
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_teeth_wrong_reference_fails(harness, variant):
+    """A deliberately wrong reference must fail the same criteria on at least one case."""
+    seen = []
+    for preset in PRESETS:
+        for prompt in ["long", "sentence", "one"]:
+            typ = TYPES[0]
+            v = harness.verdict(preset, typ, prompt, variant)
+            seen.append(f"{preset}/{typ}/{prompt}: {v}")
+            if not v.ok:
+                REPORT_LINES.append(f"teeth {variant}: fails as it must on {seen[-1]}")
+                return
+    pytest.fail(f"reference variant {variant!r} passes the agreement criteria on every case; "
+                "the criteria have no teeth:\n" + "\n".join(seen))
+
+
+# ------------------------------------------------------------------------- no engine needed
+
+
+def test_criteria_selfcheck():
+    """The criteria function on synthetic arrays (runs without the engine)."""
+    rng = np.random.default_rng(1)
+    ref = (rng.standard_normal(N_VOCAB) * 2).astype(np.float32)
+    std = ref.astype(np.float64).std()
+    assert criteria.compare_logits(ref, ref + np.float32(1e-6), 0).near_exact
+    flipped = ref + (rng.standard_normal(N_VOCAB) * 0.02 * std).astype(np.float32)
+    flipped[np.argmax(ref)] += np.float32(0.05 * std)
+    assert not criteria.compare_logits(ref, flipped, 0).ok          # needs a near-tie
+    assert criteria.compare_logits(ref, flipped, 2).ok
+    assert not criteria.compare_logits(ref, ref + (rng.standard_normal(N_VOCAB) * 0.5 * std).astype(np.float32), 9).ok
+    assert not criteria.compare_logits(ref, -ref, 9).ok
