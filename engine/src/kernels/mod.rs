@@ -1,7 +1,132 @@
 //! Matmul drivers: split work across the thread pool and pick the fastest kernel the CPU
 //! has. Every fast path is checked against the scalar specification in `crate::quant`.
 
-use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix};
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
+
+use std::sync::OnceLock;
+
+use crate::gguf::GgmlType;
+use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale};
+
+/// Instruction sets the kernels can use, best last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub enum Isa {
+    Scalar,
+    /// AVX2 + FMA + F16C: the serverless baseline.
+    Avx2,
+    /// AVX-512 F/BW + VNNI (never AMX: it faults in these virtual machines).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best the CPU supports.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+                return Isa::Avx512Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// `detect()`, lowered by `BITNET_ISA=scalar|avx2|avx512` (never raised above the CPU).
+    pub fn from_env() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Isa::detect();
+            let wanted = match std::env::var("BITNET_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") => Isa::Avx2,
+                _ => best,
+            };
+            wanted.min(best)
+        })
+    }
+}
+
+/// `sum a*b` with the best available instructions (summation order differs from a plain
+/// loop, so results may differ from it in the last bits).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::dot_f32_avx2(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y += a * x`.
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::axpy_avx2(y, a, x) };
+    }
+    y.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
+}
+
+/// Exact integer dots `sum code * q` (codes unsigned 0..2) of one row against up to `T`
+/// tokens, with the given instruction set. Returns false when this ISA cannot do it (the
+/// caller then uses the scalar specification).
+#[inline]
+#[allow(unused_variables)]
+fn row_dots<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &QuantizedActs, t0: usize, out: &mut [i32; T]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Scalar || w.k % 256 != 0 || !matches!(w.scale, TernaryScale::Uniform(_)) {
+            return false;
+        }
+        let row = w.row(m);
+        match w.ty {
+            GgmlType::I2S | GgmlType::Tq2_0 => {
+                let kind = if w.ty == GgmlType::I2S { x86::TwoBit::I2s } else { x86::TwoBit::Tq2_0 };
+                let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm2_row(t0 + t));
+                // SAFETY: the ISA was detected; `row` is a whole row of this layout and each
+                // activation row has k bytes in the 2-bit plane order.
+                unsafe {
+                    if isa == Isa::Avx512Vnni { x86::dot2_avx512(kind, row, q, w.k, out) } else { x86::dot2_avx2(kind, row, q, w.k, out) }
+                }
+                true
+            }
+            GgmlType::Tq1_0 => {
+                let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm1_row(t0 + t));
+                // SAFETY: the ISA was detected; `row` is a whole TQ1_0 row and each activation
+                // row has k/256*320 bytes in TQ1_0 plane order.
+                unsafe {
+                    if isa == Isa::Avx512Vnni { x86::dot1_avx512(row, q, w.k, out) } else { x86::dot1_avx2(row, q, w.k, out) }
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// BitLinear outputs of row `m` for tokens `t0..t0+T` with `isa`, bit-identical to
+/// [`TernaryMatrix::row_dot_scalar`].
+#[inline]
+pub fn bitlinear_tile<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &QuantizedActs, t0: usize, out: &mut [f32; T]) {
+    let mut d = [0i32; T];
+    if let (true, TernaryScale::Uniform(scale)) = (row_dots(isa, w, m, acts, t0, &mut d), w.scale) {
+        for t in 0..T {
+            out[t] = ((d[t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
+        }
+    } else {
+        for t in 0..T {
+            out[t] = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
+        }
+    }
+}
 
 /// A raw output pointer shared by workers that write disjoint index sets.
 #[derive(Clone, Copy)]
@@ -27,6 +152,7 @@ impl SharedOut {
 pub struct Kernels {
     pool: rayon::ThreadPool,
     threads: usize,
+    pub isa: Isa,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -45,7 +171,7 @@ impl Kernels {
             .thread_name(|i| format!("bitnet-{i}"))
             .build()
             .expect("thread pool");
-        Self { pool, threads }
+        Self { pool, threads, isa: Isa::from_env() }
     }
 
     pub fn threads(&self) -> usize {
@@ -63,18 +189,32 @@ impl Kernels {
         assert_eq!(out.len(), n * rows);
         assert_eq!(acts.k, w.k);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
-        let chunk = rows.div_ceil(self.threads * 8).max(16);
+        let isa = self.isa;
+        // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
+        let chunk = rows.div_ceil(self.threads * 8).clamp(8, 64);
         self.pool.install(|| {
             use rayon::prelude::*;
             (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
                 let r0 = c * chunk;
                 let r1 = (r0 + chunk).min(rows);
-                for m in r0..r1 {
-                    for t in 0..n {
-                        let y = w.row_dot_scalar(m, acts.row(t), acts.scales[t]);
-                        // SAFETY: index t*rows+m < n*rows = len; row m belongs to this chunk
-                        // only, so no other worker writes it.
-                        unsafe { dst.write(t * rows + m, y) };
+                let mut t0 = 0;
+                // SAFETY (both writes): index t*rows+m < n*rows = len; row m belongs to this
+                // chunk only, so no other worker writes it.
+                while t0 + 4 <= n {
+                    for m in r0..r1 {
+                        let mut y = [0f32; 4];
+                        bitlinear_tile::<4>(isa, w, m, acts, t0, &mut y);
+                        for (t, v) in y.into_iter().enumerate() {
+                            unsafe { dst.write((t0 + t) * rows + m, v) };
+                        }
+                    }
+                    t0 += 4;
+                }
+                for t in t0..n {
+                    for m in r0..r1 {
+                        let mut y = [0f32; 1];
+                        bitlinear_tile::<1>(isa, w, m, acts, t, &mut y);
+                        unsafe { dst.write(t * rows + m, y[0]) };
                     }
                 }
             });
@@ -89,8 +229,24 @@ impl Kernels {
             use rayon::prelude::*;
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
                 let r0 = c * chunk;
-                w.matvec_scalar(x, r0..r0 + o.len(), o);
+                dense_rows(self.isa, w, x, r0, o);
             });
         });
     }
+}
+
+/// `out[i] = w_{r0+i} · x`, F16 rows with F16C when available.
+pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && w.ty == GgmlType::F16 {
+        let rb = 2 * w.k;
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = r0 + i;
+            // SAFETY: AVX2, F16C and FMA were detected; the row holds k f16 values.
+            *o = unsafe { x86::dot_f16_avx2(&w.data[r * rb..(r + 1) * rb], x) };
+        }
+        return;
+    }
+    let _ = isa;
+    w.matvec_scalar(x, r0..r0 + out.len(), out);
 }

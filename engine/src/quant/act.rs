@@ -12,13 +12,24 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
-/// Token rows quantized for one matmul: `n` rows of `k` int8 values and a scale per row.
+/// Token rows quantized for one matmul: `n` rows of `k` int8 values and a scale per row,
+/// plus the same values reordered for the SIMD kernels (see `kernels`): `perm2` in the
+/// order of the 2-bit planes of I2_S / TQ2_0, `perm1` in the order of TQ1_0's trit planes.
 #[derive(Debug, Default, Clone)]
 pub struct QuantizedActs {
     pub k: usize,
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
+    /// Sum of each row's q (D = sum code*q - sum q, codes being unsigned 0..2).
+    pub sums: Vec<i32>,
+    /// Per row: `k` bytes; empty when `k` is not a multiple of 256.
+    pub perm2: Vec<i8>,
+    /// Per row: `k / 256 * 320` bytes; empty when `k` is not a multiple of 256.
+    pub perm1: Vec<i8>,
 }
+
+/// Bytes of TQ1_0-ordered activations per 256-weight block (5 planes of 64).
+pub const PERM1_BLOCK: usize = 320;
 
 impl QuantizedActs {
     pub fn n_rows(&self) -> usize {
@@ -36,9 +47,57 @@ impl QuantizedActs {
         self.k = k;
         self.q.resize(n * k, 0);
         self.scales.resize(n, 0.0);
+        self.sums.resize(n, 0);
         for t in 0..n {
-            self.scales[t] = quantize_row(&x[t * k..(t + 1) * k], &mut self.q[t * k..(t + 1) * k]);
+            let q = &mut self.q[t * k..(t + 1) * k];
+            self.scales[t] = quantize_row(&x[t * k..(t + 1) * k], q);
+            self.sums[t] = q.iter().map(|&v| v as i32).sum();
         }
+        if k % 256 != 0 {
+            self.perm2.clear();
+            self.perm1.clear();
+            return;
+        }
+        let nb = k / 256;
+        self.perm2.resize(n * k, 0);
+        self.perm1.resize(n * nb * PERM1_BLOCK, 0);
+        for t in 0..n {
+            let q = &self.q[t * k..(t + 1) * k];
+            let p2 = &mut self.perm2[t * k..(t + 1) * k];
+            let p1 = &mut self.perm1[t * nb * PERM1_BLOCK..(t + 1) * nb * PERM1_BLOCK];
+            for b in 0..nb {
+                let qb = &q[b * 256..(b + 1) * 256];
+                // 2-bit planes: plane n of a 64-byte chunk covers weights 32n.. of the first
+                // 128 and 128 + 32n.. of the second.
+                for n in 0..4 {
+                    let dst = &mut p2[b * 256 + 64 * n..b * 256 + 64 * n + 64];
+                    dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
+                    dst[32..].copy_from_slice(&qb[128 + 32 * n..128 + 32 * n + 32]);
+                }
+                // TQ1_0 trit planes: bytes 0..32 -> m + 32n, 32..48 -> 160 + m + 16n,
+                // 48..52 -> 240 + j + 4n (n < 4), the rest zero.
+                for n in 0..5 {
+                    let dst = &mut p1[b * PERM1_BLOCK + 64 * n..b * PERM1_BLOCK + 64 * n + 64];
+                    dst.fill(0);
+                    dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
+                    dst[32..48].copy_from_slice(&qb[160 + 16 * n..160 + 16 * n + 16]);
+                    if n < 4 {
+                        for j in 0..4 {
+                            dst[48 + j] = qb[240 + j + 4 * n];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn perm2_row(&self, t: usize) -> &[i8] {
+        &self.perm2[t * self.k..(t + 1) * self.k]
+    }
+
+    pub fn perm1_row(&self, t: usize) -> &[i8] {
+        let w = self.k / 256 * PERM1_BLOCK;
+        &self.perm1[t * w..(t + 1) * w]
     }
 }
 

@@ -1,0 +1,280 @@
+//! x86-64 SIMD twins of the scalar kernels in `crate::quant` (AVX2 baseline, AVX-512 with
+//! VNNI where present). Each function computes the exact integer dots `sum code * q` for
+//! one weight row against `T` tokens; the caller turns them into `(D / s) * scale` exactly as
+//! the scalar reference does, so results are bit-identical to it.
+//!
+//! Activations come pre-permuted (`QuantizedActs::perm2` / `perm1`) so that each decoded
+//! code plane lines up with contiguous activation bytes.
+
+use std::arch::x86_64::*;
+
+use crate::quant::act::PERM1_BLOCK;
+
+/// Which 2-bit layout: I2_S stores plane n at shift `6 - 2n` in 64-byte chunks (two
+/// 128-blocks); TQ2_0 at shift `2n` in the first 64 bytes of each 66-byte block.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TwoBit {
+    I2s,
+    Tq2_0,
+}
+
+impl TwoBit {
+    #[inline(always)]
+    fn stride(self) -> usize {
+        match self {
+            TwoBit::I2s => 64,
+            TwoBit::Tq2_0 => 66,
+        }
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX2. `row` holds `k / 256` chunks of `kind.stride()` bytes (the last
+/// chunk needs only its first 64 bytes); each `q[t]` holds `k` bytes.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot2_avx2<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+    let nb = k / 256;
+    debug_assert!(row.len() >= (nb - 1) * kind.stride() + 64);
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); T];
+    for c in 0..nb {
+        // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row` (checked above).
+        let (lo, hi) = unsafe {
+            let p = row.as_ptr().add(c * kind.stride());
+            (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+        };
+        let mut acc16 = [_mm256_setzero_si256(); T];
+        for n in 0..4 {
+            let sh = if kind == TwoBit::I2s { 6 - 2 * n } else { 2 * n };
+            let shc = _mm_cvtsi32_si128(sh as i32);
+            let cl = _mm256_and_si256(_mm256_srl_epi16(lo, shc), mask);
+            let ch = _mm256_and_si256(_mm256_srl_epi16(hi, shc), mask);
+            for t in 0..T {
+                // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 < k.
+                let (ql, qh) = unsafe {
+                    let p = q[t].as_ptr().add(c * 256 + 64 * n);
+                    (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+                };
+                // u8 codes (0..2) x i8: pair sums fit i16 (|2*128*2| = 512); eight per chunk
+                // stay below 4096.
+                acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(cl, ql));
+                acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(ch, qh));
+            }
+        }
+        for t in 0..T {
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
+        }
+    }
+    for t in 0..T {
+        out[t] = hsum256(acc[t]);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum256(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+    _mm_cvtsi128_si32(s)
+}
+
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot2_avx2`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot2_avx512<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+    let nb = k / 256;
+    debug_assert!(row.len() >= (nb - 1) * kind.stride() + 64);
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [_mm512_setzero_si512(); T];
+    for c in 0..nb {
+        // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row`.
+        let v = unsafe { _mm512_loadu_si512(row.as_ptr().add(c * kind.stride()) as *const __m512i) };
+        for n in 0..4 {
+            let sh = if kind == TwoBit::I2s { 6 - 2 * n } else { 2 * n };
+            let codes = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(sh as i32)), mask);
+            for t in 0..T {
+                // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 <= k.
+                let qv = unsafe { _mm512_loadu_si512(q[t].as_ptr().add(c * 256 + 64 * n) as *const __m512i) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], codes, qv);
+            }
+        }
+    }
+    for t in 0..T {
+        out[t] = _mm512_reduce_add_epi32(acc[t]);
+    }
+}
+
+const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+
+/// # Safety
+/// The CPU supports AVX2. `row` holds `k / 256` TQ1_0 blocks of 54 bytes; each `q[t]` holds
+/// `k / 256 * 320` bytes of TQ1_0-ordered activations.
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+    let nb = k / 256;
+    debug_assert!(row.len() >= nb * 54);
+    let ones = _mm256_set1_epi16(1);
+    let three = _mm256_set1_epi16(3);
+    let hi_byte = _mm256_set1_epi16(0xFF00u16 as i16);
+    // Bytes 32..52 of a block: five dwords.
+    let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
+    let mut acc = [_mm256_setzero_si256(); T];
+    for b in 0..nb {
+        // SAFETY: block b spans bytes 54b .. 54b+54 of `row`; the masked load reads only
+        // bytes 32..52 of it and suppresses the rest.
+        let (lo, hi) = unsafe {
+            let p = row.as_ptr().add(b * 54);
+            (_mm256_loadu_si256(p as *const __m256i), _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask))
+        };
+        // Each byte moved to the high half of a 16-bit lane: (x * 3^n) mod 2^16 then keeps
+        // (byte * 3^n) mod 256 in the high byte, and mulhi(., 3) yields the trit.
+        let halves = [
+            (_mm256_slli_epi16(lo, 8), _mm256_and_si256(lo, hi_byte)),
+            (_mm256_slli_epi16(hi, 8), _mm256_and_si256(hi, hi_byte)),
+        ];
+        let mut acc16 = [_mm256_setzero_si256(); T];
+        for (n, &pow) in POW3.iter().enumerate() {
+            let pw = _mm256_set1_epi16(pow);
+            let mut planes = [_mm256_setzero_si256(); 2];
+            for (h, &(even, odd)) in halves.iter().enumerate() {
+                let te = _mm256_mulhi_epu16(_mm256_mullo_epi16(even, pw), three);
+                let to = _mm256_mulhi_epu16(_mm256_mullo_epi16(odd, pw), three);
+                planes[h] = _mm256_or_si256(te, _mm256_slli_epi16(to, 8));
+            }
+            for t in 0..T {
+                // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
+                let (ql, qh) = unsafe {
+                    let p = q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n);
+                    (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+                };
+                acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(planes[0], ql));
+                acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(planes[1], qh));
+            }
+        }
+        for t in 0..T {
+            acc[t] = _mm256_add_epi32(acc[t], _mm256_madd_epi16(acc16[t], ones));
+        }
+    }
+    for t in 0..T {
+        out[t] = hsum256(acc[t]);
+    }
+}
+
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot1_avx2`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+    let nb = k / 256;
+    debug_assert!(row.len() >= nb * 54);
+    let three = _mm512_set1_epi16(3);
+    let hi_byte = _mm512_set1_epi16(0xFF00u16 as i16);
+    let mut acc = [_mm512_setzero_si512(); T];
+    for b in 0..nb {
+        // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
+        // (qs and qh) and suppresses faults on the rest.
+        let v = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8) };
+        let even = _mm512_slli_epi16(v, 8);
+        let odd = _mm512_and_si512(v, hi_byte);
+        for (n, &pow) in POW3.iter().enumerate() {
+            let pw = _mm512_set1_epi16(pow);
+            let te = _mm512_mulhi_epu16(_mm512_mullo_epi16(even, pw), three);
+            let to = _mm512_mulhi_epu16(_mm512_mullo_epi16(odd, pw), three);
+            let plane = _mm512_or_si512(te, _mm512_slli_epi16(to, 8));
+            for t in 0..T {
+                // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
+                let qv = unsafe { _mm512_loadu_si512(q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n) as *const __m512i) };
+                acc[t] = _mm512_dpbusd_epi32(acc[t], plane, qv);
+            }
+        }
+    }
+    for t in 0..T {
+        out[t] = _mm512_reduce_add_epi32(acc[t]);
+    }
+}
+
+/// `sum row[i] * x[i]` over an F16 row, 32 lanes at a time (F16C + FMA).
+///
+/// # Safety
+/// The CPU supports AVX2, F16C and FMA; `row` holds `x.len()` f16 values (2 bytes each).
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
+    let k = x.len();
+    debug_assert!(row.len() >= 2 * k);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let main = k / 32 * 32;
+    let mut i = 0;
+    while i < main {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= main <= k: within both `row` (2k bytes) and `x`.
+            unsafe {
+                let h = _mm_loadu_si128(row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i);
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
+                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, *a);
+            }
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+    let mut sum: f32 = lanes.iter().sum();
+    for j in main..k {
+        sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    }
+    sum
+}
+
+/// `sum a[i] * b[i]` (AVX2 + FMA).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let k = a.len().min(b.len());
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    let main = k / 16 * 16;
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 16 <= k.
+        unsafe {
+            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), acc1);
+        }
+        i += 16;
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    let mut sum: f32 = lanes.iter().sum();
+    for j in main..k {
+        sum += a[j] * b[j];
+    }
+    sum
+}
+
+/// `y[i] += a * x[i]` (AVX2 + FMA).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
+    let k = y.len().min(x.len());
+    let av = _mm256_set1_ps(a);
+    let main = k / 8 * 8;
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 8 <= k.
+        unsafe {
+            let p = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+        }
+        i += 8;
+    }
+    for j in main..k {
+        y[j] += a * x[j];
+    }
+}

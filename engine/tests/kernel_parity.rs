@@ -1,0 +1,150 @@
+//! Every SIMD kernel against its scalar twin: bit-identical BitLinear outputs over random
+//! shapes, random and extreme activations, for I2_S, TQ2_0 and TQ1_0.
+
+use bitnet_engine::gguf::GgmlType;
+use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows};
+use bitnet_engine::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
+use half::f16;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+fn isas() -> Vec<Isa> {
+    let best = Isa::detect();
+    let all = [Isa::Avx2, Isa::Avx512Vnni];
+    let v: Vec<Isa> = all.into_iter().filter(|&i| i <= best).collect();
+    if v.is_empty() {
+        eprintln!("no SIMD instruction set on this CPU: only the scalar kernels run");
+    }
+    v
+}
+
+fn pack(ty: GgmlType, values: &[i8], k: usize, scale: f32, per_block: Option<&mut Rng>) -> Vec<u8> {
+    let blocks = values.len() / 256;
+    let scales: Vec<f16> = match per_block {
+        Some(r) => (0..blocks).map(|_| f16::from_f32(0.5 + r.f().abs())).collect(),
+        None => vec![f16::from_f32(scale); blocks],
+    };
+    match ty {
+        GgmlType::I2S => i2s::pack(values, k, scale),
+        GgmlType::Tq2_0 => tq2_0::pack(values, &scales),
+        GgmlType::Tq1_0 => tq1_0::pack(values, &scales),
+        _ => unreachable!(),
+    }
+}
+
+fn activations(r: &mut Rng, n: usize, k: usize, mode: usize) -> Vec<f32> {
+    (0..n * k)
+        .map(|i| match mode {
+            // plain random
+            0 => r.f() * 3.0,
+            // extreme: huge outliers, exact zeros, values on .5 boundaries after scaling
+            1 => match r.next() % 5 {
+                0 => 1e6,
+                1 => -1e6,
+                2 => 0.0,
+                _ => r.f() * 1e-3,
+            },
+            // all equal magnitude (every q is ±127)
+            2 => if i % 3 == 0 { -7.0 } else { 7.0 },
+            // all zero (scale floor)
+            _ => 0.0,
+        })
+        .collect()
+}
+
+#[test]
+fn simd_bitlinear_is_bit_identical_to_scalar() {
+    let mut r = Rng(0x5eed_1234_abcd_ef01);
+    let mut cases = 0;
+    for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
+        for &k in &[256usize, 512, 768, 2560, 6912] {
+            for mode in 0..4 {
+                for per_block in [false, true] {
+                    if per_block && ty == GgmlType::I2S {
+                        continue;
+                    }
+                    let rows = 1 + (r.next() % 7) as usize;
+                    let n = 1 + (r.next() % 9) as usize;
+                    let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
+                    let scale = f16::from_f32(0.01 + r.f().abs()).to_f32();
+                    let data = pack(ty, &values, k, scale, if per_block { Some(&mut r) } else { None });
+                    let w = TernaryMatrix { ty, rows, k, data: &data, scale: TernaryMatrix::detect_scale(ty, rows, k, &data) };
+                    let x = activations(&mut r, n, k, mode);
+                    let mut acts = QuantizedActs::default();
+                    acts.quantize(&x, k);
+                    for isa in isas() {
+                        for m in 0..rows {
+                            let mut t0 = 0;
+                            while t0 + 4 <= n {
+                                let mut y = [0f32; 4];
+                                bitlinear_tile::<4>(isa, &w, m, &acts, t0, &mut y);
+                                for t in 0..4 {
+                                    let want = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
+                                    assert_eq!(y[t].to_bits(), want.to_bits(), "{ty} k={k} mode={mode} {isa:?} row {m} token {}", t0 + t);
+                                }
+                                t0 += 4;
+                            }
+                            for t in t0..n {
+                                let mut y = [0f32; 1];
+                                bitlinear_tile::<1>(isa, &w, m, &acts, t, &mut y);
+                                let want = w.row_dot_scalar(m, acts.row(t), acts.scales[t]);
+                                assert_eq!(y[0].to_bits(), want.to_bits(), "{ty} k={k} mode={mode} {isa:?} row {m} token {t}");
+                            }
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{cases} row x ISA cases compared");
+}
+
+#[test]
+fn i2s_rows_of_128_fall_back_to_scalar_correctly() {
+    let k = 384;
+    let values: Vec<i8> = (0..2 * k).map(|i| (i % 3) as i8 - 1).collect();
+    let data = i2s::pack(&values, k, 0.5);
+    let w = TernaryMatrix { ty: GgmlType::I2S, rows: 2, k, data: &data, scale: TernaryMatrix::detect_scale(GgmlType::I2S, 2, k, &data) };
+    let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut acts = QuantizedActs::default();
+    acts.quantize(&x, k);
+    // Reference by hand: sum (v * q) exactly, then (D / s) * scale.
+    let d: i32 = values[..k].iter().zip(&acts.q).map(|(&v, &q)| v as i32 * q as i32).sum();
+    let want = (d as f32 / acts.scales[0]) * 0.5;
+    for isa in isas() {
+        let mut y = [0f32; 1];
+        bitlinear_tile::<1>(isa, &w, 0, &acts, 0, &mut y);
+        assert_eq!(y[0].to_bits(), want.to_bits());
+    }
+}
+
+#[test]
+fn f16_head_matches_scalar_within_summation_order() {
+    let mut r = Rng(77);
+    let (rows, k) = (37, 2560 + 24);
+    let data: Vec<u8> = (0..rows * k).flat_map(|_| f16::from_f32(r.f()).to_le_bytes()).collect();
+    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+    let w = DenseMatrix { ty: GgmlType::F16, rows, k, data: &data };
+    let mut want = vec![0f32; rows];
+    w.matvec_scalar(&x, 0..rows, &mut want);
+    for isa in isas() {
+        let mut got = vec![0f32; rows];
+        dense_rows(isa, &w, &x, 0, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            // Different summation order only: relative error of a few ulps of the row norm.
+            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{isa:?}: {g} vs {w}");
+        }
+    }
+}
