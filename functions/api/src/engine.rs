@@ -7,7 +7,9 @@ use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use bitnet_engine::{ChatMessage, EngineError, GenerateOutput, GenerateParams, LoadOptions, Model, Piece};
+use bitnet_engine::{
+    ChatMessage, EngineError, GenerateOutput, GenerateParams, LoadOptions, Model, Piece,
+};
 
 /// A loaded model the API can generate with. `generate` blocks: call it off the async runtime.
 pub trait Engine: Send + Sync + 'static {

@@ -50,7 +50,9 @@ impl ApiError {
 
     /// 400 for a parameter or value this server does not implement.
     pub fn unsupported(param: &str, message: impl Into<String>) -> Self {
-        Self::invalid(message).with_param(param).with_code("unsupported_parameter")
+        Self::invalid(message)
+            .with_param(param)
+            .with_code("unsupported_parameter")
     }
 
     pub fn malformed_json(detail: impl std::fmt::Display) -> Self {
@@ -181,13 +183,14 @@ impl From<EngineError> for ApiError {
                 max_tokens,
                 n_ctx,
             } => ApiError::context_length_exceeded(prompt, max_tokens, n_ctx),
-            EngineError::EmptyPrompt => {
-                ApiError::invalid_param("prompt", "The prompt is empty: at least one token is needed.")
+            EngineError::EmptyPrompt => ApiError::invalid_param(
+                "prompt",
+                "The prompt is empty: at least one token is needed.",
+            ),
+            e @ EngineError::TokenOutOfRange { .. } => {
+                ApiError::invalid_param("prompt", e.to_string())
             }
-            e @ EngineError::TokenOutOfRange { .. } => ApiError::invalid_param("prompt", e.to_string()),
-            e @ (EngineError::InvalidModel(_) | EngineError::Io { .. }) => {
-                ApiError::internal(e.to_string())
-            }
+            e => ApiError::internal(e.to_string()),
         }
     }
 }

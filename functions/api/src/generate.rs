@@ -33,7 +33,10 @@ pub struct StopBuffer {
 
 impl StopBuffer {
     pub fn new(stops: Vec<String>) -> Self {
-        Self { stops, ..Self::default() }
+        Self {
+            stops,
+            ..Self::default()
+        }
     }
 
     /// Adds text; returns what can be released now. After a stop sequence is found, `hit` is set
@@ -43,7 +46,12 @@ impl StopBuffer {
             return String::new();
         }
         self.pending.push_str(text);
-        if let Some(pos) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(pos) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             self.hit = true;
             let out = self.pending[..pos].to_string();
             self.pending.clear();
@@ -103,7 +111,12 @@ impl Drop for CancelOnDrop {
 enum Event {
     Delta(String),
     /// `text` is the whole completion; `rest` its part not yet sent as a delta.
-    Done { output: GenerateOutput, text: String, rest: String, hit_stop: bool },
+    Done {
+        output: GenerateOutput,
+        text: String,
+        rest: String,
+        hit_stop: bool,
+    },
     Failed(ApiError),
 }
 
@@ -126,7 +139,10 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
     .await
     .map_err(|e| ApiError::internal(format!("tokenizer failed: {}", panic_message(e))))?;
     if prompt.is_empty() {
-        return Err(ApiError::invalid_param("prompt", "The prompt is empty: at least one token is needed."));
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "The prompt is empty: at least one token is needed.",
+        ));
     }
     let n_vocab = engine.n_vocab();
     if let Some(&id) = prompt.iter().find(|&&id| id as usize >= n_vocab) {
@@ -174,12 +190,21 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
         stop_strings: req.stop.clone(),
         ..GenerateParams::default()
     };
-    Ok(Prepared { engine, prompt, params })
+    Ok(Prepared {
+        engine,
+        prompt,
+        params,
+    })
 }
 
 /// Runs on a blocking thread: generation with streaming into `tx` (a failed send means the
 /// receiver, i.e. the client, is gone) and the cancel flag checked at every token.
-fn run_blocking(p: Prepared, stops: Vec<String>, tx: Option<mpsc::Sender<Event>>, cancel: Arc<AtomicBool>) -> Event {
+fn run_blocking(
+    p: Prepared,
+    stops: Vec<String>,
+    tx: Option<mpsc::Sender<Event>>,
+    cancel: Arc<AtomicBool>,
+) -> Event {
     let mut buf = StopBuffer::new(stops);
     let mut client_gone = false;
     let result = p.engine.generate(&p.prompt, &p.params, &mut |piece| {
@@ -195,23 +220,38 @@ fn run_blocking(p: Prepared, stops: Vec<String>, tx: Option<mpsc::Sender<Event>>
             client_gone = true;
             return ControlFlow::Break(());
         }
-        if buf.hit { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        if buf.hit {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     });
     match result {
         Ok(mut output) => {
             let (text, rest) = buf.finish(&output.text);
             if client_gone {
-                tracing::info!(completion_tokens = output.completion_tokens, "client disconnected; generation stopped");
+                tracing::info!(
+                    completion_tokens = output.completion_tokens,
+                    "client disconnected; generation stopped"
+                );
                 output.stop_reason = StopReason::Cancelled;
             }
-            Event::Done { output, text, rest, hit_stop: buf.hit }
+            Event::Done {
+                output,
+                text,
+                rest,
+                hit_stop: buf.hit,
+            }
         }
         Err(e) => Event::Failed(e.into()),
     }
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn finish_reason(output: &GenerateOutput, hit_stop: bool) -> &'static str {
@@ -234,7 +274,13 @@ pub fn usage(o: &GenerateOutput) -> Value {
 
 /// llama-server's `timings` object.
 pub fn timings(o: &GenerateOutput) -> Value {
-    let per_s = |n: usize, ms: f64| if ms > 0.0 { n as f64 * 1000.0 / ms } else { 0.0 };
+    let per_s = |n: usize, ms: f64| {
+        if ms > 0.0 {
+            n as f64 * 1000.0 / ms
+        } else {
+            0.0
+        }
+    };
     json!({
         "prompt_n": o.prompt_tokens,
         "prompt_ms": o.prompt_ms,
@@ -261,7 +307,12 @@ impl Shape {
             Endpoint::Chat => "chatcmpl-",
             Endpoint::Completions => "cmpl-",
         };
-        Self { endpoint, id: format!("{prefix}{request_id}"), created: unix_now(), model }
+        Self {
+            endpoint,
+            id: format!("{prefix}{request_id}"),
+            created: unix_now(),
+            model,
+        }
     }
 
     fn full(&self, text: &str, output: &GenerateOutput, hit_stop: bool) -> Value {
@@ -360,7 +411,12 @@ pub async fn complete(
             .map_err(|e| ApiError::internal(format!("generation failed: {}", panic_message(e))))?;
         drop(guard);
         return match event {
-            Event::Done { output, text, hit_stop, .. } => {
+            Event::Done {
+                output,
+                text,
+                hit_stop,
+                ..
+            } => {
                 log_done(&output);
                 Ok(axum::Json(shape.full(&text, &output, hit_stop)).into_response())
             }
@@ -401,24 +457,41 @@ pub async fn complete(
             };
         }
         if shape.endpoint == Endpoint::Chat {
-            emit!(sse(&shape.chunk(Some(shape.delta_choice(Some(""), true, None)), include_usage)));
+            emit!(sse(&shape.chunk(
+                Some(shape.delta_choice(Some(""), true, None)),
+                include_usage
+            )));
         }
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Delta(text) => {
-                    emit!(sse(&shape.chunk(Some(shape.delta_choice(Some(&text), false, None)), include_usage)));
+                    emit!(sse(&shape.chunk(
+                        Some(shape.delta_choice(Some(&text), false, None)),
+                        include_usage
+                    )));
                 }
-                Event::Done { output, rest, hit_stop, .. } => {
+                Event::Done {
+                    output,
+                    rest,
+                    hit_stop,
+                    ..
+                } => {
                     log_done(&output);
                     if !rest.is_empty() {
-                        emit!(sse(&shape.chunk(Some(shape.delta_choice(Some(&rest), false, None)), include_usage)));
+                        emit!(sse(&shape.chunk(
+                            Some(shape.delta_choice(Some(&rest), false, None)),
+                            include_usage
+                        )));
                     }
                     let reason = finish_reason(&output, hit_stop);
                     let text = match shape.endpoint {
                         Endpoint::Chat => None,
                         Endpoint::Completions => Some(""),
                     };
-                    let mut last = shape.chunk(Some(shape.delta_choice(text, false, Some(reason))), include_usage);
+                    let mut last = shape.chunk(
+                        Some(shape.delta_choice(text, false, Some(reason))),
+                        include_usage,
+                    );
                     last["timings"] = timings(&output);
                     emit!(sse(&last));
                     if include_usage {
@@ -445,7 +518,10 @@ pub async fn complete(
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)

@@ -45,7 +45,11 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-const REQUEST_ID_HEADERS: [&str; 3] = ["x-request-id", "x-amzn-requestid", "x-azure-functions-invocationid"];
+const REQUEST_ID_HEADERS: [&str; 3] = [
+    "x-request-id",
+    "x-amzn-requestid",
+    "x-azure-functions-invocationid",
+];
 
 fn new_request_id() -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -53,7 +57,12 @@ fn new_request_id() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(n);
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     format!("{:016x}{:08x}", h.finish(), n as u32)
 }
 
@@ -106,9 +115,15 @@ pub fn authorized(headers: &HeaderMap, key: &str) -> bool {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
-    let api_key = headers.get("api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+    let api_key = headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
     [bearer, api_key]
         .into_iter()
         .flatten()
@@ -159,7 +174,8 @@ async fn health(State(state): State<AppState>) -> Response {
 /// 200 once the model can serve, else 503 with `Retry-After`.
 async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
-        return axum::Json(json!({ "status": "ready", "model": state.config().model_id })).into_response();
+        return axum::Json(json!({ "status": "ready", "model": state.config().model_id }))
+            .into_response();
     }
     state.start_loading();
     let status = state.model_status();
@@ -169,7 +185,8 @@ async fn ready(State(state): State<AppState>) -> Response {
         axum::Json(json!({ "status": "not_ready", "model": status })),
     )
         .into_response();
-    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry));
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry));
     resp
 }
 
@@ -178,10 +195,14 @@ fn model_object(id: &str) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<AppState>) -> Response {
-    axum::Json(json!({ "object": "list", "data": [model_object(&state.config().model_id)] })).into_response()
+    axum::Json(json!({ "object": "list", "data": [model_object(&state.config().model_id)] }))
+        .into_response()
 }
 
-async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if id.eq_ignore_ascii_case(&state.config().model_id) {
         Ok(axum::Json(model_object(&state.config().model_id)).into_response())
     } else {
@@ -190,7 +211,11 @@ async fn get_model(State(state): State<AppState>, Path(id): Path<String>) -> Res
 }
 
 /// Reads the body up to the configured limit: 413 beyond it.
-async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, ApiError> {
+async fn read_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, ApiError> {
     let limit = state.config().max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -211,7 +236,11 @@ async fn read_body(state: &AppState, headers: &HeaderMap, body: Body) -> Result<
     })
 }
 
-async fn completion(state: AppState, endpoint: Endpoint, req: Request) -> Result<Response, ApiError> {
+async fn completion(
+    state: AppState,
+    endpoint: Endpoint,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let id = parts
         .extensions
@@ -224,7 +253,10 @@ async fn completion(state: AppState, endpoint: Endpoint, req: Request) -> Result
     generate::complete(state, endpoint, parsed, id).await
 }
 
-async fn chat_completions(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+async fn chat_completions(
+    State(state): State<AppState>,
+    req: Request,
+) -> Result<Response, ApiError> {
     completion(state, Endpoint::Chat, req).await
 }
 

@@ -31,7 +31,11 @@ use std::sync::Arc;
 pub fn state_from_env() -> Result<AppState, String> {
     let config = ApiConfig::from_env();
     let source = store::StoreSource::from_env()?;
-    Ok(AppState::new(config.clone(), Arc::new(source), engine_loader(config.threads)))
+    Ok(AppState::new(
+        config.clone(),
+        Arc::new(source),
+        engine_loader(config.threads),
+    ))
 }
 
 /// Serves the router on `addr` until Ctrl-C or SIGTERM.

@@ -46,23 +46,23 @@ pub enum Endpoint {
 pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(ApiError::malformed_json)?;
     let Value::Object(obj) = value else {
-        return Err(ApiError::invalid(
-            "The request body must be a JSON object.",
-        ));
+        return Err(ApiError::invalid("The request body must be a JSON object."));
     };
     parse_object(endpoint, &obj)
 }
 
-fn parse_object(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<CompletionRequest, ApiError> {
+fn parse_object(
+    endpoint: Endpoint,
+    obj: &Map<String, Value>,
+) -> Result<CompletionRequest, ApiError> {
     reject_unsupported(endpoint, obj)?;
     let input = match endpoint {
         Endpoint::Chat => PromptInput::Chat(parse_messages(field(obj, "messages").ok_or_else(
             || ApiError::invalid_param("messages", "Missing required parameter: 'messages'."),
         )?)?),
-        Endpoint::Completions => parse_prompt(
-            field(obj, "prompt")
-                .ok_or_else(|| ApiError::invalid_param("prompt", "Missing required parameter: 'prompt'."))?,
-        )?,
+        Endpoint::Completions => parse_prompt(field(obj, "prompt").ok_or_else(|| {
+            ApiError::invalid_param("prompt", "Missing required parameter: 'prompt'.")
+        })?)?,
     };
     // `max_completion_tokens` is the newer name; when both are present it wins.
     let max_tokens = match opt_uint(obj, "max_completion_tokens")? {
@@ -75,7 +75,10 @@ fn parse_object(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<Completi
         } else {
             "max_tokens"
         };
-        return Err(ApiError::invalid_param(name, format!("'{name}' must be at least 1.")));
+        return Err(ApiError::invalid_param(
+            name,
+            format!("'{name}' must be at least 1."),
+        ));
     }
     let temperature = opt_f32_range(obj, "temperature", 0.0, 2.0)?;
     let top_p = opt_f32_range(obj, "top_p", 0.0, 1.0)?;
@@ -132,8 +135,11 @@ fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
 }
 
 fn type_error(param: &str, expected: &str) -> ApiError {
-    ApiError::invalid_param(param, format!("Invalid type for '{param}': expected {expected}."))
-        .with_code("invalid_type")
+    ApiError::invalid_param(
+        param,
+        format!("Invalid type for '{param}': expected {expected}."),
+    )
+    .with_code("invalid_type")
 }
 
 fn opt_bool(obj: &Map<String, Value>, name: &str) -> Result<Option<bool>, ApiError> {
@@ -160,7 +166,12 @@ fn opt_uint(obj: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiEr
     }
 }
 
-fn opt_f32_range(obj: &Map<String, Value>, name: &str, lo: f32, hi: f32) -> Result<Option<f32>, ApiError> {
+fn opt_f32_range(
+    obj: &Map<String, Value>,
+    name: &str,
+    lo: f32,
+    hi: f32,
+) -> Result<Option<f32>, ApiError> {
     match field(obj, name) {
         None => Ok(None),
         Some(v) => {
@@ -189,21 +200,34 @@ fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<()
     if let Some(v) = field(obj, "best_of")
         && v.as_u64() != Some(1)
     {
-        return Err(ApiError::unsupported("best_of", "Only best_of=1 is supported."));
+        return Err(ApiError::unsupported(
+            "best_of",
+            "Only best_of=1 is supported.",
+        ));
     }
     match (endpoint, field(obj, "logprobs")) {
         (_, None) | (_, Some(Value::Bool(false))) => {}
         (Endpoint::Completions, Some(v)) if v.as_u64() == Some(0) => {}
-        _ => return Err(ApiError::unsupported("logprobs", "logprobs are not supported.")),
+        _ => {
+            return Err(ApiError::unsupported(
+                "logprobs",
+                "logprobs are not supported.",
+            ));
+        }
     }
     if field(obj, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
-        return Err(ApiError::unsupported("top_logprobs", "top_logprobs are not supported."));
+        return Err(ApiError::unsupported(
+            "top_logprobs",
+            "top_logprobs are not supported.",
+        ));
     }
     for name in ["tools", "functions"] {
         if field(obj, name).is_some_and(|v| !matches!(v, Value::Array(a) if a.is_empty())) {
             return Err(ApiError::unsupported(
                 name,
-                format!("'{name}' (tool / function calling) is not supported by this model server."),
+                format!(
+                    "'{name}' (tool / function calling) is not supported by this model server."
+                ),
             ));
         }
     }
@@ -211,7 +235,9 @@ fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<()
         if field(obj, name).is_some_and(|v| v != "none" && v != "auto") {
             return Err(ApiError::unsupported(
                 name,
-                format!("'{name}' (tool / function calling) is not supported by this model server."),
+                format!(
+                    "'{name}' (tool / function calling) is not supported by this model server."
+                ),
             ));
         }
     }
@@ -225,18 +251,27 @@ fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<()
         }
     }
     if field(obj, "logit_bias").is_some_and(|v| !matches!(v, Value::Object(m) if m.is_empty())) {
-        return Err(ApiError::unsupported("logit_bias", "logit_bias is not supported."));
+        return Err(ApiError::unsupported(
+            "logit_bias",
+            "logit_bias is not supported.",
+        ));
     }
     if field(obj, "echo").is_some_and(|v| v != &Value::Bool(false)) {
         return Err(ApiError::unsupported("echo", "echo is not supported."));
     }
     if field(obj, "suffix").is_some_and(|v| v != "") {
-        return Err(ApiError::unsupported("suffix", "suffix (insertion) is not supported."));
+        return Err(ApiError::unsupported(
+            "suffix",
+            "suffix (insertion) is not supported.",
+        ));
     }
     if field(obj, "audio").is_some()
         || field(obj, "modalities").is_some_and(|v| v != &json!(["text"]))
     {
-        return Err(ApiError::unsupported("modalities", "Only text output is supported."));
+        return Err(ApiError::unsupported(
+            "modalities",
+            "Only text output is supported.",
+        ));
     }
     Ok(())
 }
@@ -261,7 +296,10 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
         let role = match m.get("role") {
             Some(Value::String(r)) => r.to_ascii_lowercase(),
             None | Some(Value::Null) => {
-                return Err(ApiError::invalid_param(&p("role"), format!("Missing required parameter: '{}'.", p("role"))));
+                return Err(ApiError::invalid_param(
+                    &p("role"),
+                    format!("Missing required parameter: '{}'.", p("role")),
+                ));
             }
             Some(_) => return Err(type_error(&p("role"), "a string")),
         };
@@ -270,12 +308,18 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
             "user" => "user",
             "assistant" => "assistant",
             "tool" | "function" => {
-                return Err(ApiError::unsupported(&p("role"), "Tool messages are not supported."));
+                return Err(ApiError::unsupported(
+                    &p("role"),
+                    "Tool messages are not supported.",
+                ));
             }
             other => {
                 return Err(ApiError::invalid_param(
                     &p("role"),
-                    format!("Invalid value '{other}' for '{}': expected system, developer, user or assistant.", p("role")),
+                    format!(
+                        "Invalid value '{other}' for '{}': expected system, developer, user or assistant.",
+                        p("role")
+                    ),
                 ));
             }
         };
@@ -284,7 +328,10 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
             // An assistant turn that only carried tool calls has null content.
             None | Some(Value::Null) if role == "assistant" => String::new(),
             None | Some(Value::Null) => {
-                return Err(ApiError::invalid_param(&p("content"), format!("Missing required parameter: '{}'.", p("content"))));
+                return Err(ApiError::invalid_param(
+                    &p("content"),
+                    format!("Missing required parameter: '{}'.", p("content")),
+                ));
             }
             Some(Value::Array(parts)) => {
                 let mut text = String::new();
@@ -298,7 +345,9 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                         Some(other) => {
                             return Err(ApiError::unsupported(
                                 &format!("{pp}.type"),
-                                format!("Content parts of type '{other}' are not supported: this model reads text only."),
+                                format!(
+                                    "Content parts of type '{other}' are not supported: this model reads text only."
+                                ),
                             ));
                         }
                         None => return Err(type_error(&format!("{pp}.type"), "a string")),
@@ -306,7 +355,12 @@ fn parse_messages(v: &Value) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 text
             }
-            Some(_) => return Err(type_error(&p("content"), "a string or an array of content parts")),
+            Some(_) => {
+                return Err(type_error(
+                    &p("content"),
+                    "a string or an array of content parts",
+                ));
+            }
         };
         out.push(ChatMessage {
             role: role.to_string(),
@@ -328,20 +382,32 @@ fn parse_prompt(v: &Value) -> Result<PromptInput, ApiError> {
     match v {
         Value::String(s) => Ok(PromptInput::Text(s.clone())),
         Value::Array(items) => match items.as_slice() {
-            [] => Err(ApiError::invalid_param("prompt", "'prompt' must not be empty.")),
+            [] => Err(ApiError::invalid_param(
+                "prompt",
+                "'prompt' must not be empty.",
+            )),
             [Value::String(s)] => Ok(PromptInput::Text(s.clone())),
-            [Value::Array(inner)] => ids(inner)
-                .map(PromptInput::Tokens)
-                .ok_or_else(|| type_error("prompt", "a string, an array of strings or an array of token ids")),
+            [Value::Array(inner)] => ids(inner).map(PromptInput::Tokens).ok_or_else(|| {
+                type_error(
+                    "prompt",
+                    "a string, an array of strings or an array of token ids",
+                )
+            }),
             [Value::String(_), ..] | [Value::Array(_), ..] => Err(ApiError::unsupported(
                 "prompt",
                 "Only one prompt per request is supported (send several requests).",
             )),
-            _ => ids(items)
-                .map(PromptInput::Tokens)
-                .ok_or_else(|| type_error("prompt", "a string, an array of strings or an array of token ids")),
+            _ => ids(items).map(PromptInput::Tokens).ok_or_else(|| {
+                type_error(
+                    "prompt",
+                    "a string, an array of strings or an array of token ids",
+                )
+            }),
         },
-        _ => Err(type_error("prompt", "a string, an array of strings or an array of token ids")),
+        _ => Err(type_error(
+            "prompt",
+            "a string, an array of strings or an array of token ids",
+        )),
     }
 }
 
@@ -362,7 +428,10 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         Some(_) => return Err(type_error("stop", "a string or an array of strings")),
     };
     if stops.len() > 4 {
-        return Err(ApiError::invalid_param("stop", "At most 4 stop sequences are allowed."));
+        return Err(ApiError::invalid_param(
+            "stop",
+            "At most 4 stop sequences are allowed.",
+        ));
     }
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
@@ -377,7 +446,9 @@ mod tests {
     fn comp(body: &str) -> Result<CompletionRequest, ApiError> {
         parse_request(Endpoint::Completions, body.as_bytes())
     }
-    fn param_of(r: Result<CompletionRequest, ApiError>) -> (u16, Option<String>, Option<&'static str>) {
+    fn param_of(
+        r: Result<CompletionRequest, ApiError>,
+    ) -> (u16, Option<String>, Option<&'static str>) {
         let e = r.unwrap_err();
         (e.status.as_u16(), e.param, e.code)
     }
@@ -395,8 +466,14 @@ mod tests {
         assert_eq!(
             r.input,
             PromptInput::Chat(vec![
-                ChatMessage { role: "system".into(), content: "be brief".into() },
-                ChatMessage { role: "user".into(), content: "hi".into() },
+                ChatMessage {
+                    role: "system".into(),
+                    content: "be brief".into()
+                },
+                ChatMessage {
+                    role: "user".into(),
+                    content: "hi".into()
+                },
             ])
         );
         assert_eq!(r.max_tokens, Some(5));
@@ -416,28 +493,70 @@ mod tests {
 
     #[test]
     fn prompt_forms() {
-        assert_eq!(comp(r#"{"prompt":"abc"}"#).unwrap().input, PromptInput::Text("abc".into()));
-        assert_eq!(comp(r#"{"prompt":["abc"]}"#).unwrap().input, PromptInput::Text("abc".into()));
-        assert_eq!(comp(r#"{"prompt":[1,2,3]}"#).unwrap().input, PromptInput::Tokens(vec![1, 2, 3]));
-        assert_eq!(comp(r#"{"prompt":[[4,5]]}"#).unwrap().input, PromptInput::Tokens(vec![4, 5]));
-        assert_eq!(param_of(comp(r#"{"prompt":["a","b"]}"#)).1.as_deref(), Some("prompt"));
+        assert_eq!(
+            comp(r#"{"prompt":"abc"}"#).unwrap().input,
+            PromptInput::Text("abc".into())
+        );
+        assert_eq!(
+            comp(r#"{"prompt":["abc"]}"#).unwrap().input,
+            PromptInput::Text("abc".into())
+        );
+        assert_eq!(
+            comp(r#"{"prompt":[1,2,3]}"#).unwrap().input,
+            PromptInput::Tokens(vec![1, 2, 3])
+        );
+        assert_eq!(
+            comp(r#"{"prompt":[[4,5]]}"#).unwrap().input,
+            PromptInput::Tokens(vec![4, 5])
+        );
+        assert_eq!(
+            param_of(comp(r#"{"prompt":["a","b"]}"#)).1.as_deref(),
+            Some("prompt")
+        );
         assert_eq!(param_of(comp(r#"{"prompt":[1,"b"]}"#)).0, 400);
         assert_eq!(param_of(comp(r#"{"prompt":[-1]}"#)).0, 400);
-        assert_eq!(param_of(comp(r#"{"prompt":5}"#)).1.as_deref(), Some("prompt"));
+        assert_eq!(
+            param_of(comp(r#"{"prompt":5}"#)).1.as_deref(),
+            Some("prompt")
+        );
         assert_eq!(param_of(comp(r#"{}"#)).1.as_deref(), Some("prompt"));
     }
 
     #[test]
     fn malformed_and_wrong_types() {
-        assert_eq!(param_of(chat("{not json")), (400, None, Some("invalid_json")));
+        assert_eq!(
+            param_of(chat("{not json")),
+            (400, None, Some("invalid_json"))
+        );
         assert_eq!(param_of(chat("")).0, 400);
         assert_eq!(param_of(chat("[1,2]")).0, 400);
-        assert_eq!(param_of(chat(r#"{"messages":"hi"}"#)).1.as_deref(), Some("messages"));
-        assert_eq!(param_of(chat(r#"{"messages":[]}"#)), (400, Some("messages".into()), Some("empty_array")));
+        assert_eq!(
+            param_of(chat(r#"{"messages":"hi"}"#)).1.as_deref(),
+            Some("messages")
+        );
+        assert_eq!(
+            param_of(chat(r#"{"messages":[]}"#)),
+            (400, Some("messages".into()), Some("empty_array"))
+        );
         assert_eq!(param_of(chat(r#"{}"#)).1.as_deref(), Some("messages"));
-        assert_eq!(param_of(chat(r#"{"messages":[{"role":"user"}]}"#)).1.as_deref(), Some("messages[0].content"));
-        assert_eq!(param_of(chat(r#"{"messages":[{"role":"wizard","content":"x"}]}"#)).1.as_deref(), Some("messages[0].role"));
-        assert_eq!(param_of(chat(r#"{"messages":[{"role":"user","content":1}]}"#)).1.as_deref(), Some("messages[0].content"));
+        assert_eq!(
+            param_of(chat(r#"{"messages":[{"role":"user"}]}"#))
+                .1
+                .as_deref(),
+            Some("messages[0].content")
+        );
+        assert_eq!(
+            param_of(chat(r#"{"messages":[{"role":"wizard","content":"x"}]}"#))
+                .1
+                .as_deref(),
+            Some("messages[0].role")
+        );
+        assert_eq!(
+            param_of(chat(r#"{"messages":[{"role":"user","content":1}]}"#))
+                .1
+                .as_deref(),
+            Some("messages[0].content")
+        );
         let m = r#""messages":[{"role":"user","content":"x"}]"#;
         for (extra, param) in [
             (r#""max_tokens":"5""#, "max_tokens"),
@@ -452,7 +571,10 @@ mod tests {
             (r#""stop":["a",1]"#, "stop[1]"),
             (r#""stop":["a","b","c","d","e"]"#, "stop"),
             (r#""stream":"yes""#, "stream"),
-            (r#""stream_options":{"include_usage":1}"#, "stream_options.include_usage"),
+            (
+                r#""stream_options":{"include_usage":1}"#,
+                "stream_options.include_usage",
+            ),
             (r#""model":3"#, "model"),
             (r#""presence_penalty":5"#, "presence_penalty"),
         ] {
@@ -468,18 +590,39 @@ mod tests {
             (r#""n":2"#, "n"),
             (r#""logprobs":true"#, "logprobs"),
             (r#""top_logprobs":2"#, "top_logprobs"),
-            (r#""tools":[{"type":"function","function":{"name":"f"}}]"#, "tools"),
+            (
+                r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
+                "tools",
+            ),
             (r#""tool_choice":"required""#, "tool_choice"),
             (r#""functions":[{"name":"f"}]"#, "functions"),
-            (r#""response_format":{"type":"json_object"}"#, "response_format"),
+            (
+                r#""response_format":{"type":"json_object"}"#,
+                "response_format",
+            ),
             (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
         ] {
             let (status, p, code) = param_of(chat(&format!("{{{m},{extra}}}")));
-            assert_eq!((status, p.as_deref(), code), (400, Some(param), Some("unsupported_parameter")), "{extra}");
+            assert_eq!(
+                (status, p.as_deref(), code),
+                (400, Some(param), Some("unsupported_parameter")),
+                "{extra}"
+            );
         }
-        assert_eq!(param_of(comp(r#"{"prompt":"x","echo":true}"#)).1.as_deref(), Some("echo"));
-        assert_eq!(param_of(comp(r#"{"prompt":"x","logprobs":3}"#)).1.as_deref(), Some("logprobs"));
-        assert_eq!(param_of(comp(r#"{"prompt":"x","best_of":3}"#)).1.as_deref(), Some("best_of"));
+        assert_eq!(
+            param_of(comp(r#"{"prompt":"x","echo":true}"#)).1.as_deref(),
+            Some("echo")
+        );
+        assert_eq!(
+            param_of(comp(r#"{"prompt":"x","logprobs":3}"#))
+                .1
+                .as_deref(),
+            Some("logprobs")
+        );
+        assert_eq!(
+            param_of(comp(r#"{"prompt":"x","best_of":3}"#)).1.as_deref(),
+            Some("best_of")
+        );
         comp(r#"{"prompt":"x","logprobs":null,"echo":false,"best_of":1,"suffix":null}"#).unwrap();
         let e = chat(r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));

@@ -19,9 +19,18 @@ pub enum Phase {
     /// Waiting for the model file (download, verification, cache).
     Fetching,
     /// The file is mapped; the engine is parsing it.
-    Loading { file_ms: u64 },
-    Ready { engine: Arc<dyn Engine>, file_ms: u64, load_ms: u64 },
-    Failed { error: String, at: Instant },
+    Loading {
+        file_ms: u64,
+    },
+    Ready {
+        engine: Arc<dyn Engine>,
+        file_ms: u64,
+        load_ms: u64,
+    },
+    Failed {
+        error: String,
+        at: Instant,
+    },
 }
 
 impl Phase {
@@ -116,13 +125,20 @@ impl AppState {
                 Ok(map) => map,
                 Err(error) => {
                     tracing::error!(%error, "model fetch failed");
-                    inner.phase.send_replace(Phase::Failed { error, at: Instant::now() });
+                    inner.phase.send_replace(Phase::Failed {
+                        error,
+                        at: Instant::now(),
+                    });
                     return;
                 }
             };
             let file_ms = t0.elapsed().as_millis() as u64;
             inner.phase.send_replace(Phase::Loading { file_ms });
-            tracing::info!(file_ms, bytes = map.len(), "model file ready; loading engine");
+            tracing::info!(
+                file_ms,
+                bytes = map.len(),
+                "model file ready; loading engine"
+            );
             let loader = inner.loader.clone();
             let t1 = Instant::now();
             let result = tokio::task::spawn_blocking(move || loader(map)).await;
@@ -130,16 +146,26 @@ impl AppState {
             let phase = match result {
                 Ok(Ok(engine)) => {
                     tracing::info!(load_ms, n_ctx = engine.n_ctx(), "model ready");
-                    Phase::Ready { engine, file_ms, load_ms }
+                    Phase::Ready {
+                        engine,
+                        file_ms,
+                        load_ms,
+                    }
                 }
                 Ok(Err(error)) => {
                     tracing::error!(%error, "model load failed");
-                    Phase::Failed { error, at: Instant::now() }
+                    Phase::Failed {
+                        error,
+                        at: Instant::now(),
+                    }
                 }
                 Err(join) => {
                     let error = format!("engine panicked while loading: {}", panic_message(join));
                     tracing::error!(%error, "model load failed");
-                    Phase::Failed { error, at: Instant::now() }
+                    Phase::Failed {
+                        error,
+                        at: Instant::now(),
+                    }
                 }
             };
             inner.phase.send_replace(phase);
@@ -193,9 +219,12 @@ impl AppState {
     /// Takes a place in the queue (429 when it is full), then waits for the engine to be free.
     /// Cancel-safe: a client that leaves while waiting gives its place back.
     pub async fn acquire_generation(&self) -> Result<GenerationPermit, ApiError> {
-        let admission = self.inner.admission.clone().try_acquire_owned().map_err(|_| {
-            ApiError::queue_full(self.inner.config.max_queue)
-        })?;
+        let admission = self
+            .inner
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::queue_full(self.inner.config.max_queue))?;
         let exec = self
             .inner
             .exec
@@ -203,7 +232,10 @@ impl AppState {
             .acquire_owned()
             .await
             .map_err(|_| ApiError::internal("generation semaphore closed"))?;
-        Ok(GenerationPermit { _admission: admission, _exec: exec })
+        Ok(GenerationPermit {
+            _admission: admission,
+            _exec: exec,
+        })
     }
 
     /// The model's status for `/health`: the source's file status while the file is not ready,
@@ -225,7 +257,11 @@ impl AppState {
                 s
             }
             Phase::Loading { file_ms } => json!({ "state": "loading", "file_ms": file_ms }),
-            Phase::Ready { engine, file_ms, load_ms } => json!({
+            Phase::Ready {
+                engine,
+                file_ms,
+                load_ms,
+            } => json!({
                 "state": "ready",
                 "n_ctx": engine.n_ctx(),
                 "n_vocab": engine.n_vocab(),
@@ -265,7 +301,9 @@ pub fn retry_after_estimate(status: &Value) -> u64 {
     let total = status["bytes_total"].as_f64();
     let rate = status["bytes_per_sec"].as_f64();
     match (done, total, rate) {
-        (Some(d), Some(t), Some(r)) if r > 0.0 && t >= d => (((t - d) / r).ceil() as u64).clamp(1, 60),
+        (Some(d), Some(t), Some(r)) if r > 0.0 && t >= d => {
+            (((t - d) / r).ceil() as u64).clamp(1, 60)
+        }
         _ => 5,
     }
 }

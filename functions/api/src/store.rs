@@ -39,7 +39,10 @@ impl StoreSource {
 
 impl ModelSource for StoreSource {
     fn status(&self) -> Value {
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, String>> {
@@ -48,17 +51,23 @@ impl ModelSource for StoreSource {
                 .map
                 .get_or_try_init(|| async {
                     self.set(json!({ "state": "verifying" }));
-                    let path = self.uri.strip_prefix("file://").unwrap_or(&self.uri).to_string();
+                    let path = self
+                        .uri
+                        .strip_prefix("file://")
+                        .unwrap_or(&self.uri)
+                        .to_string();
                     let t0 = std::time::Instant::now();
                     let p = path.clone();
-                    let map = tokio::task::spawn_blocking(move || -> Result<memmap2::Mmap, String> {
-                        let f = std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
-                        // SAFETY: the file is opened read-only and model files are never
-                        // modified in place while served.
-                        unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mmap {p}: {e}"))
-                    })
-                    .await
-                    .map_err(|e| e.to_string())??;
+                    let map =
+                        tokio::task::spawn_blocking(move || -> Result<memmap2::Mmap, String> {
+                            let f =
+                                std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
+                            // SAFETY: the file is opened read-only and model files are never
+                            // modified in place while served.
+                            unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mmap {p}: {e}"))
+                        })
+                        .await
+                        .map_err(|e| e.to_string())??;
                     self.set(json!({ "state": "ready", "path": path, "size": map.len(),
                         "seconds": t0.elapsed().as_secs_f64(), "source": self.uri }));
                     Ok::<_, String>(Arc::new(map))

@@ -2,8 +2,8 @@
 //! queueing, cancellation and health before the model is ready.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -58,7 +58,12 @@ impl Engine for FakeEngine {
             let piece = format!("tok{i} ");
             text.push_str(&piece);
             ids.push(i as u32);
-            if on_piece(Piece { text: &piece, token_id: i as u32 }).is_break() {
+            if on_piece(Piece {
+                text: &piece,
+                token_id: i as u32,
+            })
+            .is_break()
+            {
                 reason = StopReason::Cancelled;
                 self.cancelled.store(true, Ordering::SeqCst);
                 break;
@@ -89,7 +94,9 @@ impl ModelSource for FakeSource {
     fn status(&self) -> Value {
         match self.0 {
             SourceMode::Ready => json!({"state": "ready", "size": 0}),
-            SourceMode::Pending => json!({"state": "downloading", "bytes_done": 50, "bytes_total": 100, "bytes_per_sec": 10.0}),
+            SourceMode::Pending => {
+                json!({"state": "downloading", "bytes_done": 50, "bytes_total": 100, "bytes_per_sec": 10.0})
+            }
             SourceMode::Fail => json!({"state": "failed", "error": "no such object"}),
         }
     }
@@ -97,7 +104,14 @@ impl ModelSource for FakeSource {
         let mode = self.0;
         Box::pin(async move {
             match mode {
-                SourceMode::Ready => Ok(Arc::new(memmap2::MmapOptions::new().len(1).map_anon().unwrap().make_read_only().unwrap())),
+                SourceMode::Ready => Ok(Arc::new(
+                    memmap2::MmapOptions::new()
+                        .len(1)
+                        .map_anon()
+                        .unwrap()
+                        .make_read_only()
+                        .unwrap(),
+                )),
                 SourceMode::Pending => std::future::pending().await,
                 SourceMode::Fail => Err("no such object".to_string()),
             }
@@ -119,10 +133,18 @@ fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness
     let calls = Arc::new(AtomicUsize::new(0));
     let (c2, k2) = (cancelled.clone(), calls.clone());
     let loader: Loader = Arc::new(move |_map| {
-        Ok(Arc::new(FakeEngine { delay, cancelled: c2.clone(), calls: k2.clone() }) as Arc<dyn Engine>)
+        Ok(Arc::new(FakeEngine {
+            delay,
+            cancelled: c2.clone(),
+            calls: k2.clone(),
+        }) as Arc<dyn Engine>)
     });
     let state = AppState::new(config, Arc::new(FakeSource(mode)), loader);
-    Harness { state, cancelled, calls }
+    Harness {
+        state,
+        cancelled,
+        calls,
+    }
 }
 
 async fn ready_harness(config: ApiConfig) -> Harness {
@@ -141,12 +163,23 @@ async fn wait_ready(state: &AppState) {
     panic!("fake model never became ready");
 }
 
-async fn call(state: &AppState, method: &str, path: &str, body: Option<&str>, headers: &[(&str, &str)]) -> (StatusCode, axum::http::HeaderMap, String) {
+async fn call(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, axum::http::HeaderMap, String) {
     let mut b = Request::builder().method(method).uri(path);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
-    let req = b.body(body.map(|s| Body::from(s.to_string())).unwrap_or_else(Body::empty)).unwrap();
+    let req = b
+        .body(
+            body.map(|s| Body::from(s.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
     let resp = router(state.clone()).oneshot(req).await.unwrap();
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -158,13 +191,22 @@ fn json_of(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
-fn assert_openai_error(status: StatusCode, body: &str, want_status: u16, want_param: Option<&str>, want_code: Option<&str>) {
+fn assert_openai_error(
+    status: StatusCode,
+    body: &str,
+    want_status: u16,
+    want_param: Option<&str>,
+    want_code: Option<&str>,
+) {
     assert_eq!(status.as_u16(), want_status, "{body}");
     let v = json_of(body);
     let e = &v["error"];
     assert!(e["message"].is_string(), "{body}");
     assert!(e["type"].is_string(), "{body}");
-    assert!(e.get("param").is_some() && e.get("code").is_some(), "{body}");
+    assert!(
+        e.get("param").is_some() && e.get("code").is_some(),
+        "{body}"
+    );
     if let Some(p) = want_param {
         assert_eq!(e["param"], p, "{body}");
     }
@@ -173,7 +215,8 @@ fn assert_openai_error(status: StatusCode, body: &str, want_status: u16, want_pa
     }
 }
 
-const CHAT: &str = r#"{"model":"bitnet-b1.58-2b-4t","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
+const CHAT: &str =
+    r#"{"model":"bitnet-b1.58-2b-4t","messages":[{"role":"user","content":"hi"}],"max_tokens":3}"#;
 
 #[tokio::test]
 async fn health_and_ready_while_downloading() {
@@ -199,7 +242,10 @@ async fn health_and_ready_while_downloading() {
 
 #[tokio::test]
 async fn bounded_wait_for_model() {
-    let config = ApiConfig { wait_for_model: Duration::from_millis(50), ..ApiConfig::default() };
+    let config = ApiConfig {
+        wait_for_model: Duration::from_millis(50),
+        ..ApiConfig::default()
+    };
     let h = harness_with(SourceMode::Pending, Duration::ZERO, config);
     let t0 = std::time::Instant::now();
     let (s, _, body) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
@@ -216,14 +262,28 @@ async fn failed_source_reports_failed() {
     let v = json_of(&body);
     assert_eq!(v["model"]["state"], "failed", "{body}");
     assert_eq!(v["model"]["error"], "no such object");
-    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x"}"#), &[]).await;
+    let (s, _, body) = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x"}"#),
+        &[],
+    )
+    .await;
     assert_openai_error(s, &body, 503, None, Some("model_unavailable"));
 }
 
 #[tokio::test]
 async fn chat_completion_shape() {
     let h = ready_harness(ApiConfig::default()).await;
-    let (s, headers, body) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[("x-request-id", "abc123")]).await;
+    let (s, headers, body) = call(
+        &h.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(CHAT),
+        &[("x-request-id", "abc123")],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(headers["x-request-id"], "abc123");
     let v = json_of(&body);
@@ -240,7 +300,14 @@ async fn chat_completion_shape() {
     assert_eq!(v["timings"]["predicted_per_second"], 300.0);
     assert_eq!(v["timings"]["prompt_per_second"], 2000.0);
     // Also without the /v1 prefix, and with the Lambda request id.
-    let (s, headers, _) = call(&h.state, "POST", "/chat/completions", Some(CHAT), &[("x-amzn-requestid", "lambda-1")]).await;
+    let (s, headers, _) = call(
+        &h.state,
+        "POST",
+        "/chat/completions",
+        Some(CHAT),
+        &[("x-amzn-requestid", "lambda-1")],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(headers["x-request-id"], "lambda-1");
 }
@@ -248,7 +315,14 @@ async fn chat_completion_shape() {
 #[tokio::test]
 async fn completion_with_stop_string() {
     let h = ready_harness(ApiConfig::default()).await;
-    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x","max_tokens":10,"stop":["k2"]}"#), &[]).await;
+    let (s, _, body) = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x","max_tokens":10,"stop":["k2"]}"#),
+        &[],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let v = json_of(&body);
     assert_eq!(v["object"], "text_completion");
@@ -260,7 +334,11 @@ fn sse_events(body: &str) -> Vec<String> {
     assert!(body.ends_with("data: [DONE]\n\n"), "{body:?}");
     body.split("\n\n")
         .filter(|s| !s.is_empty())
-        .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("bad SSE event {e:?}")).to_string())
+        .map(|e| {
+            e.strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("bad SSE event {e:?}"))
+                .to_string()
+        })
         .collect()
 }
 
@@ -273,12 +351,21 @@ async fn chat_stream_framing_with_usage() {
     assert_eq!(headers["content-type"], "text/event-stream");
     let events = sse_events(&body);
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| json_of(e)).collect();
-    assert_eq!(chunks[0]["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .collect();
+    assert_eq!(
+        chunks[0]["choices"][0]["delta"],
+        json!({"role": "assistant", "content": ""})
+    );
     let mut text = String::new();
     for c in &chunks {
         assert_eq!(c["object"], "chat.completion.chunk");
-        assert!(c.get("usage").is_some(), "include_usage puts usage: null on every chunk");
+        assert!(
+            c.get("usage").is_some(),
+            "include_usage puts usage: null on every chunk"
+        );
         if let Some(t) = c["choices"][0]["delta"]["content"].as_str() {
             text.push_str(t);
         }
@@ -299,16 +386,32 @@ async fn completion_stream_without_usage_and_stop() {
     let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let events = sse_events(&body);
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| json_of(e)).collect();
-    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["text"].as_str()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .collect();
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["text"].as_str())
+        .collect();
     assert_eq!(text, "tok0 tok1 tok2 ");
-    assert!(chunks.iter().all(|c| c.get("usage").is_none() && c["object"] == "text_completion"));
-    assert_eq!(chunks.last().unwrap()["choices"][0]["finish_reason"], "stop");
+    assert!(
+        chunks
+            .iter()
+            .all(|c| c.get("usage").is_none() && c["object"] == "text_completion")
+    );
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
 }
 
 #[tokio::test]
 async fn client_errors() {
-    let config = ApiConfig { max_body_bytes: 1000, ..ApiConfig::default() };
+    let config = ApiConfig {
+        max_body_bytes: 1000,
+        ..ApiConfig::default()
+    };
     let h = ready_harness(config).await;
     let post = |path: &'static str, body: String| {
         let st = h.state.clone();
@@ -318,14 +421,36 @@ async fn client_errors() {
     assert_openai_error(s, &b, 400, None, Some("invalid_json"));
     let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[]}"#.into()).await;
     assert_openai_error(s, &b, 400, Some("messages"), None);
-    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.into()).await;
+    let (s, _, b) = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.into(),
+    )
+    .await;
     assert_openai_error(s, &b, 400, Some("temperature"), None);
-    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#.into()).await;
+    let (s, _, b) = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#.into(),
+    )
+    .await;
     assert_openai_error(s, &b, 400, Some("n"), Some("unsupported_parameter"));
-    let (s, _, b) = post("/v1/chat/completions", r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#.into()).await;
+    let (s, _, b) = post(
+        "/v1/chat/completions",
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#.into(),
+    )
+    .await;
     assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
-    let (s, _, b) = post("/v1/chat/completions", r#"{"messages":[{"role":"user","content":"hello"}],"max_tokens":60}"#.into()).await;
-    assert_openai_error(s, &b, 400, Some("messages"), Some("context_length_exceeded"));
+    let (s, _, b) = post(
+        "/v1/chat/completions",
+        r#"{"messages":[{"role":"user","content":"hello"}],"max_tokens":60}"#.into(),
+    )
+    .await;
+    assert_openai_error(
+        s,
+        &b,
+        400,
+        Some("messages"),
+        Some("context_length_exceeded"),
+    );
     let long = "y".repeat(70);
     let (s, _, b) = post("/v1/completions", format!(r#"{{"prompt":"{long}"}}"#)).await;
     assert_openai_error(s, &b, 400, Some("prompt"), Some("context_length_exceeded"));
@@ -335,8 +460,12 @@ async fn client_errors() {
     let (s, _, b) = post("/v1/completions", big).await;
     assert_openai_error(s, &b, 413, None, Some("request_too_large"));
     // A body without Content-Length (chunked) is limited too.
-    let stream = futures_util::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100]))));
-    let req = Request::post("/v1/completions").body(Body::from_stream(stream)).unwrap();
+    let stream = futures_util::stream::iter(
+        (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100]))),
+    );
+    let req = Request::post("/v1/completions")
+        .body(Body::from_stream(stream))
+        .unwrap();
     let resp = router(h.state.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let (s, _, b) = call(&h.state, "GET", "/v2/nothing", None, &[]).await;
@@ -345,20 +474,48 @@ async fn client_errors() {
     assert_openai_error(s, &b, 405, None, None);
     let (s, _, b) = call(&h.state, "GET", "/v1/models/other", None, &[]).await;
     assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
-    assert_eq!(h.calls.load(Ordering::SeqCst), 0, "no bad request reached the engine");
+    assert_eq!(
+        h.calls.load(Ordering::SeqCst),
+        0,
+        "no bad request reached the engine"
+    );
 }
 
 #[tokio::test]
 async fn bearer_auth() {
-    let config = ApiConfig { api_key: Some("sekrit".into()), ..ApiConfig::default() };
+    let config = ApiConfig {
+        api_key: Some("sekrit".into()),
+        ..ApiConfig::default()
+    };
     let h = ready_harness(config).await;
     let (s, _, b) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
     assert_openai_error(s, &b, 401, None, Some("invalid_api_key"));
-    let (s, _, b) = call(&h.state, "GET", "/v1/models", None, &[("authorization", "Bearer wrong")]).await;
+    let (s, _, b) = call(
+        &h.state,
+        "GET",
+        "/v1/models",
+        None,
+        &[("authorization", "Bearer wrong")],
+    )
+    .await;
     assert_openai_error(s, &b, 401, None, Some("invalid_api_key"));
-    let (s, _, _) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[("authorization", "Bearer sekrit")]).await;
+    let (s, _, _) = call(
+        &h.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(CHAT),
+        &[("authorization", "Bearer sekrit")],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
-    let (s, _, _) = call(&h.state, "GET", "/v1/models", None, &[("api-key", "sekrit")]).await;
+    let (s, _, _) = call(
+        &h.state,
+        "GET",
+        "/v1/models",
+        None,
+        &[("api-key", "sekrit")],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     for path in ["/", "/health", "/ready"] {
         let (s, _, _) = call(&h.state, "GET", path, None, &[]).await;
@@ -371,12 +528,21 @@ async fn bearer_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_is_429() {
-    let config = ApiConfig { max_queue: 1, ..ApiConfig::default() };
+    let config = ApiConfig {
+        max_queue: 1,
+        ..ApiConfig::default()
+    };
     let h = harness_with(SourceMode::Ready, Duration::from_millis(20), config);
     wait_ready(&h.state).await;
     let slow = r#"{"prompt":"x","max_tokens":10}"#;
-    let a = tokio::spawn({ let s = h.state.clone(); async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await } });
-    let b = tokio::spawn({ let s = h.state.clone(); async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await } });
+    let a = tokio::spawn({
+        let s = h.state.clone();
+        async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await }
+    });
+    let b = tokio::spawn({
+        let s = h.state.clone();
+        async move { call(&s, "POST", "/v1/completions", Some(slow), &[]).await }
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let (s, headers, body) = call(&h.state, "POST", "/v1/completions", Some(slow), &[]).await;
     assert_openai_error(s, &body, 429, None, Some("rate_limit_exceeded"));
@@ -388,10 +554,16 @@ async fn queue_full_is_429() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_disconnect_stops_generation() {
-    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), ApiConfig::default());
+    let h = harness_with(
+        SourceMode::Ready,
+        Duration::from_millis(5),
+        ApiConfig::default(),
+    );
     wait_ready(&h.state).await;
     let req = Request::post("/v1/completions")
-        .body(Body::from(r#"{"prompt":"x","max_tokens":50,"stream":true}"#))
+        .body(Body::from(
+            r#"{"prompt":"x","max_tokens":50,"stream":true}"#,
+        ))
         .unwrap();
     let resp = router(h.state.clone()).oneshot(req).await.unwrap();
     let mut body = resp.into_body();
@@ -404,22 +576,42 @@ async fn stream_disconnect_stops_generation() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(h.cancelled.load(Ordering::SeqCst), "generation did not stop after the client left");
+    assert!(
+        h.cancelled.load(Ordering::SeqCst),
+        "generation did not stop after the client left"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_request_stops_generation() {
-    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), ApiConfig::default());
+    let h = harness_with(
+        SourceMode::Ready,
+        Duration::from_millis(5),
+        ApiConfig::default(),
+    );
     wait_ready(&h.state).await;
-    let fut = call(&h.state, "POST", "/v1/completions", Some(r#"{"prompt":"x","max_tokens":60}"#), &[]);
-    assert!(tokio::time::timeout(Duration::from_millis(40), fut).await.is_err());
+    let fut = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x","max_tokens":60}"#),
+        &[],
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(40), fut)
+            .await
+            .is_err()
+    );
     for _ in 0..200 {
         if h.cancelled.load(Ordering::SeqCst) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(h.cancelled.load(Ordering::SeqCst), "generation did not stop after the request was dropped");
+    assert!(
+        h.cancelled.load(Ordering::SeqCst),
+        "generation did not stop after the request was dropped"
+    );
 }
 
 #[test]
@@ -431,7 +623,10 @@ fn stop_buffer_holds_back_prefixes() {
     assert_eq!(b.push("x"), "ENx");
     assert_eq!(b.push("yEND tail"), "y");
     assert!(b.hit);
-    assert_eq!(b.finish("whatever"), ("abc ENxy".to_string(), String::new()));
+    assert_eq!(
+        b.finish("whatever"),
+        ("abc ENxy".to_string(), String::new())
+    );
     let mut b = StopBuffer::new(vec!["\n\n".into()]);
     assert_eq!(b.push("a\n"), "a");
     assert_eq!(b.finish("a\n"), ("a\n".to_string(), "\n".to_string()));
@@ -443,4 +638,3 @@ fn stop_buffer_holds_back_prefixes() {
     assert_eq!(b.push("né"), "n");
     assert_eq!(b.push("?"), "é?");
 }
-
