@@ -62,6 +62,28 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// `sum a*b` of f32 vectors, accumulated in f64 (the attention scores).
+#[inline]
+pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::dot_f32_f64_avx2(a, b) };
+    }
+    a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
+}
+
+/// `y += a * x` into an f64 accumulator (the attention-weighted sum of values).
+#[inline]
+pub fn axpy_f64(y: &mut [f64], a: f64, x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::axpy_f64_avx2(y, a, x) };
+    }
+    y.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v as f64);
+}
+
 /// `y += a * x`.
 #[inline]
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {

@@ -278,3 +278,60 @@ pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
         y[j] += a * x[j];
     }
 }
+
+/// `sum a[i] * b[i]` with f32 inputs, products and sum in f64 (AVX2 + FMA).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn dot_f32_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
+    let k = a.len().min(b.len());
+    let mut acc0 = _mm256_setzero_pd();
+    let mut acc1 = _mm256_setzero_pd();
+    let main = k / 8 * 8;
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 8 <= k.
+        unsafe {
+            let a0 = _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr().add(i)));
+            let b0 = _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr().add(i)));
+            let a1 = _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr().add(i + 4)));
+            let b1 = _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr().add(i + 4)));
+            acc0 = _mm256_fmadd_pd(a0, b0, acc0);
+            acc1 = _mm256_fmadd_pd(a1, b1, acc1);
+        }
+        i += 8;
+    }
+    let mut lanes = [0f64; 4];
+    // SAFETY: `lanes` is 4 f64.
+    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc0, acc1)) };
+    let mut sum: f64 = lanes.iter().sum();
+    for j in main..k {
+        sum += a[j] as f64 * b[j] as f64;
+    }
+    sum
+}
+
+/// `y[i] += a * x[i]` with an f64 accumulator and f32 input (AVX2 + FMA).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn axpy_f64_avx2(y: &mut [f64], a: f64, x: &[f32]) {
+    let k = y.len().min(x.len());
+    let av = _mm256_set1_pd(a);
+    let main = k / 4 * 4;
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 4 <= k.
+        unsafe {
+            let p = y.as_mut_ptr().add(i);
+            let xv = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i)));
+            _mm256_storeu_pd(p, _mm256_fmadd_pd(av, xv, _mm256_loadu_pd(p)));
+        }
+        i += 4;
+    }
+    for j in main..k {
+        y[j] += a * x[j] as f64;
+    }
+}

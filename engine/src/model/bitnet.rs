@@ -297,7 +297,7 @@ struct Scratch {
     gate: Vec<f32>,
     up: Vec<f32>,
     acts: QuantizedActs,
-    scores: Vec<f32>,
+    rope: Vec<(f32, f32)>,
     last: Vec<f32>,
 }
 
@@ -322,9 +322,12 @@ impl Session {
     }
 }
 
+/// ggml's RMSNorm: f32 squares summed in f64, the mean rounded to f32, then
+/// `(x * (1 / sqrt(mean + eps))) * w` in f32.
 fn rmsnorm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
-    let r = 1.0 / (ss + eps).sqrt();
+    let ss: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (ss / x.len() as f64) as f32;
+    let r = 1.0 / (mean + eps).sqrt();
     for ((o, &xi), &wi) in out.iter_mut().zip(x).zip(w) {
         *o = xi * r * wi;
     }
@@ -337,13 +340,22 @@ fn rmsnorm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// NEOX RoPE on one head: pairs (x[i], x[i + n_rot/2]) rotated by `pos * base^(-2i/n_rot)`.
-fn rope_head(x: &mut [f32], pos: usize, n_rot: usize, base: f32) {
-    let half = n_rot / 2;
-    for i in 0..half {
-        let inv_freq = (base as f64).powf(-2.0 * i as f64 / n_rot as f64) as f32;
-        let theta = pos as f32 * inv_freq;
-        let (sin, cos) = theta.sin_cos();
+/// cos/sin of the RoPE angles of one position, as llama.cpp forms them: theta starts at
+/// `pos` and is multiplied in f32 by `base^(-2/n_rot)` for each successive pair.
+fn rope_table(pos: usize, n_rot: usize, base: f32, cs: &mut [(f32, f32)]) {
+    let theta_scale = (base as f64).powf(-2.0 / n_rot as f64) as f32;
+    let mut theta = pos as f32;
+    for c in cs.iter_mut().take(n_rot / 2) {
+        let (s, co) = (theta as f64).sin_cos();
+        *c = (co as f32, s as f32);
+        theta *= theta_scale;
+    }
+}
+
+/// NEOX RoPE on one head: pair (x[i], x[i + n_rot/2]) rotated by angle i of the table.
+fn rope_head(x: &mut [f32], cs: &[(f32, f32)]) {
+    let half = cs.len();
+    for (i, &(cos, sin)) in cs.iter().enumerate() {
         let (a, b) = (x[i], x[i + half]);
         x[i] = a * cos - b * sin;
         x[i + half] = a * sin + b * cos;
@@ -375,12 +387,15 @@ impl BitNet {
         sc.gate.resize(n * f, 0.0);
         sc.up.resize(n * f, 0.0);
 
+        let half = c.n_rot / 2;
+        sc.rope.resize(n * half, (0.0, 0.0));
+        for t in 0..n {
+            rope_table(s.pos + t, c.n_rot, c.rope_base, &mut sc.rope[t * half..(t + 1) * half]);
+        }
         let embd = self.tok_embd.matrix(file);
         for (t, &tok) in tokens.iter().enumerate() {
             embd.row_f32(tok as usize, &mut sc.x[t * d..(t + 1) * d]);
         }
-        let group = c.n_head / c.n_head_kv;
-        let inv_sqrt = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
@@ -389,47 +404,19 @@ impl BitNet {
             kern.bitlinear(&l.wk.matrix(file), &sc.acts, &mut sc.k);
             kern.bitlinear(&l.wv.matrix(file), &sc.acts, &mut sc.v);
             for t in 0..n {
-                let pos = s.pos + t;
+                let cs = &sc.rope[t * (c.n_rot / 2)..(t + 1) * (c.n_rot / 2)];
                 for h in 0..c.n_head {
-                    rope_head(&mut sc.q[t * d + h * hd..t * d + (h + 1) * hd], pos, c.n_rot, c.rope_base);
+                    rope_head(&mut sc.q[t * d + h * hd..t * d + (h + 1) * hd], cs);
                 }
                 for h in 0..c.n_head_kv {
-                    rope_head(&mut sc.k[t * kv + h * hd..t * kv + (h + 1) * hd], pos, c.n_rot, c.rope_base);
+                    rope_head(&mut sc.k[t * kv + h * hd..t * kv + (h + 1) * hd], cs);
                 }
             }
             let kc = &mut s.k_cache[li];
             let vc = &mut s.v_cache[li];
             kc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.k);
             vc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.v);
-            for t in 0..n {
-                let len = s.pos + t + 1; // causal: keys 0..=pos
-                sc.scores.resize(len, 0.0);
-                for h in 0..c.n_head {
-                    let kvh = h / group;
-                    let q = &sc.q[t * d + h * hd..t * d + (h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sj) in sc.scores.iter_mut().enumerate() {
-                        let kr = &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
-                        *sj = q.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>() * inv_sqrt;
-                        max = max.max(*sj);
-                    }
-                    let mut sum = 0f32;
-                    for sj in sc.scores.iter_mut() {
-                        *sj = (*sj - max).exp();
-                        sum += *sj;
-                    }
-                    let out = &mut sc.att[t * d + h * hd..t * d + (h + 1) * hd];
-                    out.fill(0.0);
-                    for (j, &p) in sc.scores.iter().enumerate() {
-                        let vr = &vc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd];
-                        for (o, &vv) in out.iter_mut().zip(vr) {
-                            *o += p * vv;
-                        }
-                    }
-                    let inv = 1.0 / sum;
-                    out.iter_mut().for_each(|o| *o *= inv);
-                }
-            }
+            attention(kern, c, &sc.q, kc, vc, s.pos, n, &mut sc.att);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
             sc.acts.quantize(&sc.h, d);
             kern.bitlinear(&l.wo.matrix(file), &sc.acts, &mut sc.o);
@@ -462,6 +449,44 @@ impl BitNet {
         rmsnorm(&sc.x[(n - 1) * d..], &self.output_norm, c.eps, &mut sc.last);
         kern.matvec(&self.output.matrix(file), &sc.last, logits);
     }
+}
+
+/// Causal multi-head attention with grouped KV heads for `n` queries at positions
+/// `pos0..pos0+n`, computed in f64 from the f32 cache and rounded once to f32 (close to exact,
+/// so that activation rounding downstream rarely depends on summation order).
+#[allow(clippy::too_many_arguments)]
+fn attention(kern: &Kernels, c: &Config, q: &[f32], kc: &[f32], vc: &[f32], pos0: usize, n: usize, att: &mut [f32]) {
+    let (d, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
+    let group = c.n_head / c.n_head_kv;
+    let inv_sqrt = 1.0 / (hd as f64).sqrt();
+    let work = |(t, h): (usize, usize), out: &mut [f32]| {
+        let len = pos0 + t + 1; // causal: keys 0..=pos
+        let kvh = h / group;
+        let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
+        let mut scores = vec![0f64; len];
+        let mut max = f64::NEG_INFINITY;
+        for (j, sj) in scores.iter_mut().enumerate() {
+            *sj = crate::kernels::dot_f32_f64(qh, &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd]) * inv_sqrt;
+            max = max.max(*sj);
+        }
+        let mut sum = 0f64;
+        for sj in scores.iter_mut() {
+            *sj = (*sj - max).exp();
+            sum += *sj;
+        }
+        let mut acc = vec![0f64; hd];
+        for (j, &p) in scores.iter().enumerate() {
+            crate::kernels::axpy_f64(&mut acc, p, &vc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd]);
+        }
+        for (o, a) in out.iter_mut().zip(&acc) {
+            *o = (a / sum) as f32;
+        }
+    };
+    // Each (token, head) writes its own head_dim slice of `att`.
+    kern.install(|| {
+        use rayon::prelude::*;
+        att[..n * d].par_chunks_mut(hd).enumerate().for_each(|(i, out)| work((i / c.n_head, i % c.n_head), out));
+    });
 }
 
 /// f16 helper used by the quantized-head conversion.
