@@ -1,0 +1,202 @@
+//! Configuration of a model store, from code or from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The model served when `BITNET_MODEL` is not set.
+pub const DEFAULT_MODEL_URI: &str = "hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf";
+/// The cache directory used when `BITNET_CACHE_DIR` is not set.
+pub const DEFAULT_CACHE_DIR: &str = "/tmp/bitnet-models";
+/// Default size of one ranged GET.
+pub const DEFAULT_PART_SIZE: u64 = 16 * 1024 * 1024;
+/// Default number of ranged GETs in flight.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Space kept free beyond the model's size, on disk or in memory.
+pub const DEFAULT_HEADROOM: u64 = 64 * 1024 * 1024;
+
+/// Where downloaded bytes are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StorageMode {
+    /// A file in the cache directory (Lambda `/tmp`, a container's disk): survives a process
+    /// restart in the same sandbox.
+    Disk,
+    /// An anonymous memory mapping (Azure Flex Consumption has only 0.8 GB of temporary disk):
+    /// lives as long as the process.
+    Memory,
+    /// Disk when the cache directory has room for the model plus headroom, else memory when
+    /// the memory limit allows, else an error.
+    #[default]
+    Auto,
+}
+
+impl std::str::FromStr for StorageMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "disk" => Ok(StorageMode::Disk),
+            "memory" | "mem" => Ok(StorageMode::Memory),
+            "auto" | "" => Ok(StorageMode::Auto),
+            other => Err(format!("unknown storage mode {other:?} (expected disk, memory or auto)")),
+        }
+    }
+}
+
+impl std::fmt::Display for StorageMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageMode::Disk => "disk",
+            StorageMode::Memory => "memory",
+            StorageMode::Auto => "auto",
+        })
+    }
+}
+
+/// Everything a [`crate::ModelStore`] needs to know.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `s3://bucket/key`, `az://account/container/blob`, `https://…`, `hf://org/repo/file`,
+    /// `file:///path` or a plain path.
+    pub uri: String,
+    /// Expected sha256 (hex). Overrides object metadata and `<name>.sha256` sidecars.
+    pub sha256: Option<String>,
+    /// Where verified files and their sidecar JSON are kept.
+    pub cache_dir: PathBuf,
+    /// Disk, memory, or decide from free space.
+    pub storage: StorageMode,
+    /// Bytes per ranged GET.
+    pub part_size: u64,
+    /// Ranged GETs in flight at once.
+    pub concurrency: usize,
+    /// Space to keep free beyond the model's size (disk or memory).
+    pub headroom: u64,
+    /// Upper bound on the disk space the cache may use (`BITNET_CACHE_MAX_BYTES`); the real
+    /// free space is used when it is smaller.
+    pub max_disk_bytes: Option<u64>,
+    /// Upper bound on the memory a memory-held model may use (`BITNET_MODEL_MAX_MEMORY`); the
+    /// cgroup limit / MemAvailable is used when it is smaller.
+    pub max_memory_bytes: Option<u64>,
+    /// Attempts per part for transient errors (first try included).
+    pub part_attempts: u32,
+    /// First back-off delay; doubled per retry, with jitter, capped at 5 s.
+    pub retry_base_delay: Duration,
+    /// No byte for this long on a connection counts as a transient error.
+    pub read_timeout: Duration,
+    /// Connect timeout for HTTP clients.
+    pub connect_timeout: Duration,
+    /// HEAD the source on a warm start and re-download when its ETag or size changed
+    /// (`BITNET_MODEL_REVALIDATE=1`). Off by default: a warm start makes no request.
+    pub revalidate: bool,
+    /// Endpoint for S3-compatible servers; `None` lets the AWS config chain decide
+    /// (`AWS_ENDPOINT_URL_S3`, `AWS_ENDPOINT_URL`, profile). Path-style addressing is used
+    /// whenever an endpoint is set.
+    pub s3_endpoint: Option<String>,
+    /// Azure Storage connection string (`AZURE_STORAGE_CONNECTION_STRING`).
+    pub azure_connection_string: Option<String>,
+    /// Hugging Face token (`HF_TOKEN`), sent only to huggingface.co.
+    pub hf_token: Option<String>,
+}
+
+impl StoreConfig {
+    /// Defaults for everything but the URI. Environment variables for credentials
+    /// (`AZURE_STORAGE_CONNECTION_STRING`, `HF_TOKEN`) are picked up here too; the AWS chain
+    /// reads its own.
+    pub fn new(uri: impl Into<String>) -> Self {
+        StoreConfig {
+            uri: uri.into(),
+            sha256: None,
+            cache_dir: PathBuf::from(DEFAULT_CACHE_DIR),
+            storage: StorageMode::Auto,
+            part_size: DEFAULT_PART_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            headroom: DEFAULT_HEADROOM,
+            max_disk_bytes: None,
+            max_memory_bytes: None,
+            part_attempts: 5,
+            retry_base_delay: Duration::from_millis(200),
+            read_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            revalidate: false,
+            s3_endpoint: None,
+            azure_connection_string: env_nonempty("AZURE_STORAGE_CONNECTION_STRING"),
+            hf_token: env_nonempty("HF_TOKEN"),
+        }
+    }
+
+    /// Reads `BITNET_MODEL` (default [`DEFAULT_MODEL_URI`]), `BITNET_MODEL_SHA256`,
+    /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, `BITNET_DOWNLOAD_PART_SIZE`,
+    /// `BITNET_DOWNLOAD_CONCURRENCY`, `BITNET_CACHE_MAX_BYTES`, `BITNET_MODEL_MAX_MEMORY`
+    /// and `BITNET_MODEL_REVALIDATE`. Unparsable values fall back to the default with a
+    /// warning.
+    pub fn from_env() -> Self {
+        let mut cfg = StoreConfig::new(env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()));
+        cfg.sha256 = env_nonempty("BITNET_MODEL_SHA256");
+        if let Some(dir) = env_nonempty("BITNET_CACHE_DIR") {
+            cfg.cache_dir = PathBuf::from(dir);
+        }
+        if let Some(v) = env_nonempty("BITNET_MODEL_STORAGE") {
+            match v.parse() {
+                Ok(mode) => cfg.storage = mode,
+                Err(e) => tracing::warn!(value = %v, "BITNET_MODEL_STORAGE: {e}; using auto"),
+            }
+        }
+        if let Some(n) = env_parse::<u64>("BITNET_DOWNLOAD_PART_SIZE", parse_bytes) {
+            cfg.part_size = n.max(1);
+        }
+        if let Some(n) = env_parse::<usize>("BITNET_DOWNLOAD_CONCURRENCY", |s| s.parse().ok()) {
+            cfg.concurrency = n.max(1);
+        }
+        cfg.max_disk_bytes = env_parse("BITNET_CACHE_MAX_BYTES", parse_bytes);
+        cfg.max_memory_bytes = env_parse("BITNET_MODEL_MAX_MEMORY", parse_bytes);
+        cfg.revalidate = matches!(env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(), Some("1" | "true" | "yes"));
+        cfg
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_parse<T>(name: &str, parse: impl Fn(&str) -> Option<T>) -> Option<T> {
+    let v = env_nonempty(name)?;
+    let parsed = parse(v.trim());
+    if parsed.is_none() {
+        tracing::warn!(value = %v, "{name}: cannot parse; using the default");
+    }
+    parsed
+}
+
+/// Parses a byte count: `16777216`, `16MiB`, `16M`, `1GiB`, `512k`.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("16MiB"), Some(16 << 20));
+        assert_eq!(parse_bytes("512k"), Some(512 << 10));
+        assert_eq!(parse_bytes("1234"), Some(1234));
+        assert_eq!(parse_bytes("1x"), None);
+    }
+
+    #[test]
+    fn storage_modes() {
+        assert_eq!("DISK".parse::<StorageMode>().unwrap(), StorageMode::Disk);
+        assert_eq!("memory".parse::<StorageMode>().unwrap(), StorageMode::Memory);
+        assert!("tape".parse::<StorageMode>().is_err());
+    }
+}

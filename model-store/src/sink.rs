@@ -1,0 +1,161 @@
+//! Where downloaded bytes land: a pre-sized temporary file in the cache directory (written with
+//! `pwrite`, read back through a read-only mapping for hashing) or an anonymous memory mapping
+//! (filled with `memcpy`, sealed read-only at the end).
+
+use crate::StoreError;
+use bytes::Bytes;
+use memmap2::{Mmap, MmapMut, MmapOptions, MmapRaw};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+pub(crate) struct Sink {
+    /// Base of the mapping that holds (memory) or mirrors (disk) the object's bytes.
+    ptr: *mut u8,
+    len: usize,
+    kind: Kind,
+}
+
+enum Kind {
+    Disk {
+        file: Arc<File>,
+        tmp: PathBuf,
+        /// Keeps `ptr` valid: the hasher reads the written bytes through it.
+        _map: MmapRaw,
+        published: Mutex<bool>,
+    },
+    Memory { map: MmapMut },
+}
+
+// SAFETY: `ptr` points into a mapping owned by the sink, which lives as long as the sink. The
+// download writes each byte range from exactly one task (parts are disjoint), and the hasher
+// reads only ranges whose writes have completed, which the part tracker's mutex orders before
+// the read. The file handle is thread-safe.
+unsafe impl Send for Sink {}
+// SAFETY: see `Send`; shared access never produces overlapping writes or racing reads.
+unsafe impl Sync for Sink {}
+
+impl Sink {
+    /// A pre-sized temporary file next to where the model will be published.
+    pub fn disk(tmp: PathBuf, size: u64) -> Result<Self, StoreError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(|e| StoreError::io("create", &tmp, e))?;
+        let cleanup = |e: std::io::Error, op: &'static str| {
+            let _ = std::fs::remove_file(&tmp);
+            StoreError::io(op, &tmp, e)
+        };
+        file.set_len(size).map_err(|e| cleanup(e, "size"))?;
+        // Reserve the blocks now so running out of space shows up here, not as a failed write
+        // halfway through. Not every file system supports it; that is fine.
+        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::NOSPC) => {
+                return Err(cleanup(std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()), "reserve space for"));
+            }
+            Err(_) => {}
+        }
+        let map = MmapOptions::new().map_raw_read_only(&file).map_err(|e| cleanup(e, "map"))?;
+        Ok(Sink {
+            ptr: map.as_mut_ptr(),
+            len: size as usize,
+            kind: Kind::Disk { file: Arc::new(file), tmp, _map: map, published: Mutex::new(false) },
+        })
+    }
+
+    /// An anonymous mapping of `size` bytes.
+    pub fn memory(size: u64) -> Result<Self, StoreError> {
+        let mut map = MmapMut::map_anon(size as usize).map_err(|e| StoreError::io("map anonymous memory of", Path::new(&format!("{size} bytes")), e))?;
+        Ok(Sink { ptr: map.as_mut_ptr(), len: size as usize, kind: Kind::Memory { map } })
+    }
+
+    pub fn is_disk(&self) -> bool {
+        matches!(self.kind, Kind::Disk { .. })
+    }
+
+    /// Writes consecutive chunks starting at `offset`. Each range must be written by one task.
+    pub async fn write_chunks(&self, offset: u64, chunks: Vec<Bytes>) -> Result<(), StoreError> {
+        let total: usize = chunks.iter().map(Bytes::len).sum();
+        assert!(offset as usize + total <= self.len, "write past the end of the sink");
+        match &self.kind {
+            Kind::Memory { .. } => {
+                let mut off = offset as usize;
+                for c in chunks {
+                    // SAFETY: off + c.len() <= len (asserted above); the range belongs to the
+                    // calling part only; source and destination do not overlap.
+                    unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), self.ptr.add(off), c.len()) };
+                    off += c.len();
+                }
+                Ok(())
+            }
+            Kind::Disk { file, tmp, .. } => {
+                let file = Arc::clone(file);
+                let res = tokio::task::spawn_blocking(move || {
+                    let mut off = offset;
+                    for c in chunks {
+                        file.write_all_at(&c, off)?;
+                        off += c.len() as u64;
+                    }
+                    Ok::<(), std::io::Error>(())
+                })
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+                res.map_err(|e| StoreError::io("write", tmp, e))
+            }
+        }
+    }
+
+    /// The bytes of a completed range.
+    ///
+    /// # Safety
+    /// Every write to `offset..offset + len` must have completed and be ordered before this
+    /// call (the part tracker guarantees it), and no write to the range may follow.
+    pub unsafe fn completed(&self, offset: u64, len: usize) -> &[u8] {
+        assert!(offset as usize + len <= self.len);
+        // SAFETY: in bounds (asserted); the caller guarantees no concurrent writes.
+        unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len) }
+    }
+
+    /// Disk: fsync, rename to `dest`, sync the directory and map the published file.
+    /// Memory: seal the mapping read-only.
+    pub fn publish(self, dest: Option<&Path>) -> Result<Mmap, StoreError> {
+        match &self.kind {
+            Kind::Memory { .. } => {
+                let Kind::Memory { map } = self.into_kind() else { unreachable!() };
+                map.make_read_only().map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e))
+            }
+            Kind::Disk { file, tmp, published, .. } => {
+                let dest = dest.expect("a disk sink is published to a path");
+                file.sync_all().map_err(|e| StoreError::io("fsync", tmp, e))?;
+                std::fs::rename(tmp, dest).map_err(|e| StoreError::io("rename", tmp, e))?;
+                *published.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                if let Some(dir) = dest.parent() {
+                    crate::cache::sync_dir(dir).map_err(|e| StoreError::io("fsync", dir, e))?;
+                }
+                // SAFETY: the published file is only ever replaced by rename, never written in
+                // place, so the mapping's contents do not change under the reader.
+                unsafe { Mmap::map(&**file) }.map_err(|e| StoreError::io("map", dest, e))
+            }
+        }
+    }
+
+    fn into_kind(self) -> Kind {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; the kind is moved out exactly once.
+        unsafe { std::ptr::read(&this.kind) }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Kind::Disk { tmp, published, .. } = &self.kind {
+            if !*published.lock().unwrap_or_else(|p| p.into_inner()) {
+                let _ = std::fs::remove_file(tmp);
+            }
+        }
+    }
+}
