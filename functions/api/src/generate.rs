@@ -402,8 +402,10 @@ pub async fn complete(
 
     if !req.stream {
         let guard = CancelOnDrop(cancel.clone());
+        let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let _span = span.entered();
             run_blocking(prepared, stops, None, cancel)
         });
         let event = task
@@ -428,8 +430,11 @@ pub async fn complete(
     // Streaming: a small bounded channel between the generation thread and the response body.
     let (tx, mut rx) = mpsc::channel::<Event>(8);
     let done_tx = tx.clone();
+    let span = tracing::Span::current();
+    let gen_span = span.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _span = gen_span.entered();
         let event = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             run_blocking(prepared, stops, Some(tx), cancel)
         }))
@@ -446,72 +451,75 @@ pub async fn complete(
 
     let include_usage = req.include_usage;
     let (btx, brx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(async move {
-        // Each send fails once the response body is dropped (the client left): stop then,
-        // which drops `rx` and makes the generation thread's next send fail too.
-        macro_rules! emit {
-            ($b:expr) => {
-                if btx.send($b).await.is_err() {
-                    return;
-                }
-            };
-        }
-        if shape.endpoint == Endpoint::Chat {
-            emit!(sse(&shape.chunk(
-                Some(shape.delta_choice(Some(""), true, None)),
-                include_usage
-            )));
-        }
-        while let Some(ev) = rx.recv().await {
-            match ev {
-                Event::Delta(text) => {
-                    emit!(sse(&shape.chunk(
-                        Some(shape.delta_choice(Some(&text), false, None)),
-                        include_usage
-                    )));
-                }
-                Event::Done {
-                    output,
-                    rest,
-                    hit_stop,
-                    ..
-                } => {
-                    log_done(&output);
-                    if !rest.is_empty() {
+    tokio::spawn(tracing::Instrument::instrument(
+        async move {
+            // Each send fails once the response body is dropped (the client left): stop then,
+            // which drops `rx` and makes the generation thread's next send fail too.
+            macro_rules! emit {
+                ($b:expr) => {
+                    if btx.send($b).await.is_err() {
+                        return;
+                    }
+                };
+            }
+            if shape.endpoint == Endpoint::Chat {
+                emit!(sse(&shape.chunk(
+                    Some(shape.delta_choice(Some(""), true, None)),
+                    include_usage
+                )));
+            }
+            while let Some(ev) = rx.recv().await {
+                match ev {
+                    Event::Delta(text) => {
                         emit!(sse(&shape.chunk(
-                            Some(shape.delta_choice(Some(&rest), false, None)),
+                            Some(shape.delta_choice(Some(&text), false, None)),
                             include_usage
                         )));
                     }
-                    let reason = finish_reason(&output, hit_stop);
-                    let text = match shape.endpoint {
-                        Endpoint::Chat => None,
-                        Endpoint::Completions => Some(""),
-                    };
-                    let mut last = shape.chunk(
-                        Some(shape.delta_choice(text, false, Some(reason))),
-                        include_usage,
-                    );
-                    last["timings"] = timings(&output);
-                    emit!(sse(&last));
-                    if include_usage {
-                        let mut u = shape.chunk(None, false);
-                        u["usage"] = usage(&output);
-                        u["timings"] = timings(&output);
-                        emit!(sse(&u));
+                    Event::Done {
+                        output,
+                        rest,
+                        hit_stop,
+                        ..
+                    } => {
+                        log_done(&output);
+                        if !rest.is_empty() {
+                            emit!(sse(&shape.chunk(
+                                Some(shape.delta_choice(Some(&rest), false, None)),
+                                include_usage
+                            )));
+                        }
+                        let reason = finish_reason(&output, hit_stop);
+                        let text = match shape.endpoint {
+                            Endpoint::Chat => None,
+                            Endpoint::Completions => Some(""),
+                        };
+                        let mut last = shape.chunk(
+                            Some(shape.delta_choice(text, false, Some(reason))),
+                            include_usage,
+                        );
+                        last["timings"] = timings(&output);
+                        emit!(sse(&last));
+                        if include_usage {
+                            let mut u = shape.chunk(None, false);
+                            u["usage"] = usage(&output);
+                            u["timings"] = timings(&output);
+                            emit!(sse(&u));
+                        }
+                        emit!(Bytes::from_static(SSE_DONE));
+                        return;
                     }
-                    emit!(Bytes::from_static(SSE_DONE));
-                    return;
-                }
-                Event::Failed(e) => {
-                    tracing::error!(error = %e, "generation failed mid-stream");
-                    emit!(sse(&e.body()));
-                    emit!(Bytes::from_static(SSE_DONE));
-                    return;
+                    Event::Failed(e) => {
+                        tracing::error!(error = %e, "generation failed mid-stream");
+                        emit!(sse(&e.body()));
+                        emit!(Bytes::from_static(SSE_DONE));
+                        return;
+                    }
                 }
             }
-        }
-    });
+        },
+        span,
+    ));
     let stream = futures_util::stream::unfold(brx, |mut brx| async move {
         brx.recv().await.map(|b| (Ok::<_, Infallible>(b), brx))
     });

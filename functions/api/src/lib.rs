@@ -20,6 +20,8 @@ pub use engine::{Engine, Loader, ModelSource, engine_loader};
 pub use error::ApiError;
 pub use http::{RequestId, router};
 pub use state::AppState;
+/// Re-exported so that front doors log through the same subscriber without their own dependency.
+pub use tracing;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

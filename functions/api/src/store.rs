@@ -18,9 +18,17 @@ pub struct StoreSource {
 
 impl StoreSource {
     pub fn from_env() -> Result<Self, String> {
-        let uri = std::env::var("BITNET_MODEL").unwrap_or_else(|_| {
-            "hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf".to_string()
-        });
+        Self::from_env_with_uri(None)
+    }
+
+    /// Like `from_env`, with the model URI replaced when `uri` is given (`bitnet serve --model`).
+    pub fn from_env_with_uri(uri: Option<&str>) -> Result<Self, String> {
+        let uri = match uri {
+            Some(u) => u.to_string(),
+            None => std::env::var("BITNET_MODEL").unwrap_or_else(|_| {
+                "hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf".to_string()
+            }),
+        };
         Ok(Self::from_uri(&uri))
     }
 
