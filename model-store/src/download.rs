@@ -239,7 +239,7 @@ pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
 }
 
 /// Runs `f` with the same retry policy as a part (for HEAD and the `.sha256` sidecar).
-pub(crate) async fn with_retries<T, F, Fut>(cfg: &StoreConfig, what: &str, uri: &str, mut f: F) -> Result<T, SourceError>
+pub(crate) async fn with_retries<T, F, Fut>(cfg: &StoreConfig, what: &str, uri: &str, mut f: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SourceError>>,
@@ -254,7 +254,7 @@ where
             Err(_) => SourceError::transient(format!("{what}: no response within {timeout:?}")),
         };
         if !err.is_transient() || attempt >= cfg.part_attempts.max(1) {
-            return Err(err);
+            return Err(err.into_store_error(uri, None, attempt));
         }
         let delay = backoff(cfg.retry_base_delay, attempt);
         tracing::warn!(source = %uri, attempt, error = %err.message, "{what} failed; retrying");

@@ -262,9 +262,7 @@ impl Inner {
         if let Some(s) = &info.sha256 {
             return Ok((Some(s.clone()), "object metadata".into()));
         }
-        let text = download::with_retries(&self.cfg, "GET <object>.sha256", shown, || backend.sidecar_text())
-            .await
-            .map_err(|e| e.into_store_error(&format!("{shown}.sha256"), None, 1))?;
+        let text = download::with_retries(&self.cfg, "GET <object>.sha256", &format!("{shown}.sha256"), || backend.sidecar_text()).await?;
         match text.as_deref().map(source::parse_sha256) {
             Some(Some(s)) => Ok((Some(s), format!("{shown}.sha256"))),
             Some(None) => {
@@ -451,7 +449,7 @@ impl Inner {
 }
 
 async fn head(cfg: &StoreConfig, backend: &Backend, shown: &str) -> Result<ObjectInfo, StoreError> {
-    download::with_retries(cfg, "HEAD", shown, || backend.head()).await.map_err(|e| e.into_store_error(shown, None, 1))
+    download::with_retries(cfg, "HEAD", shown, || backend.head()).await
 }
 
 /// Lower-case hex.

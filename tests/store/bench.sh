@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../.."
 source .ci/services.sh
 [ -n "${BITNET_TEST_S3_ENDPOINT:-}" ] || { echo "moto is not running" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-store}"
-cargo run -q -p model-store --example fetch_bench --profile test -- "$@"
+cargo run -q -p model-store --example fetch_bench --profile test -- "${@:-s3}"

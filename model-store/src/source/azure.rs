@@ -169,7 +169,12 @@ fn token_credential() -> Result<Arc<dyn TokenCredential>, String> {
 
 fn az_err(op: &str, e: azure_core::Error) -> SourceError {
     use azure_core::error::ErrorKind;
-    let msg = format!("{op}: {e}");
+    let mut msg = format!("{op}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
     match e.kind() {
         ErrorKind::HttpResponse { status, error_code, .. } => {
             let code = u16::from(*status);

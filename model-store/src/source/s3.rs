@@ -8,7 +8,7 @@ use aws_config::meta::region::RegionProviderChain;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 
 pub(crate) struct S3Source {
@@ -83,12 +83,17 @@ impl S3Source {
 
 fn sdk_err<E, R>(op: &str, e: SdkError<E, R>) -> SourceError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
     R: std::fmt::Debug + HasStatus,
 {
     let msg = format!("{op}: {}", DisplayErrorContext(&e));
     match &e {
-        SdkError::ServiceError(se) => SourceError::from_status(se.raw().status_u16(), format!("{op} answered HTTP {}: {msg}", se.raw().status_u16())),
+        SdkError::ServiceError(se) => {
+            let status = se.raw().status_u16();
+            let code = se.err().code().map(|c| format!(" ({c})")).unwrap_or_default();
+            let text = se.err().message().map(|m| format!(": {m}")).unwrap_or_default();
+            SourceError::from_status(status, format!("{op} answered HTTP {status}{code}{text}"))
+        }
         SdkError::ResponseError(re) => {
             let s = re.raw().status_u16();
             if s >= 400 { SourceError::from_status(s, msg) } else { SourceError::transient(msg) }

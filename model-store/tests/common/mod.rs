@@ -124,6 +124,9 @@ struct State {
     log: Vec<Logged>,
     version: u64,
     accept_ranges: bool,
+    /// Per-connection bandwidth cap in bytes/s (0 = none), like a cloud object store's
+    /// per-stream limit.
+    rate_limit: u64,
 }
 
 pub struct FaultServer {
@@ -165,6 +168,10 @@ impl FaultServer {
         st.version += 1;
         let etag = format!("\"v{}-{}\"", st.version, data.len());
         st.objects.insert(path.to_string(), Object { data: Arc::new(data), etag, meta_sha256 });
+    }
+
+    pub fn set_rate_limit(&self, bytes_per_sec_per_connection: u64) {
+        self.state.lock().unwrap().rate_limit = bytes_per_sec_per_connection;
     }
 
     pub fn set_accept_ranges(&self, on: bool) {
@@ -224,7 +231,7 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         let if_match = headers.get("if-match").cloned();
 
         // Decide what to do under the lock, act outside it.
-        let (fault, obj, accept_ranges) = {
+        let (fault, obj, accept_ranges, rate_limit) = {
             let mut s = st.lock().unwrap();
             let mut fault = None;
             if let Some(r) = s.rules.iter_mut().find(|r| r.times > 0 && (r.method == "*" || r.method == method) && path.ends_with(&r.path_suffix)) {
@@ -238,7 +245,7 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
                 s.objects.insert(path.clone(), Object { data: Arc::clone(data), etag, meta_sha256: meta });
                 fault = None;
             }
-            (fault, s.objects.get(&path).cloned(), s.accept_ranges)
+            (fault, s.objects.get(&path).cloned(), s.accept_ranges, s.rate_limit)
         };
         let log = |status: u16| {
             st.lock().unwrap().log.push(Logged { method: method.clone(), path: path.clone(), range: range.clone(), if_match: if_match.clone(), status });
@@ -307,6 +314,18 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
                 let _ = sock.set_linger(Some(Duration::ZERO));
                 drop(sock);
                 return Ok(());
+            }
+            _ if rate_limit > 0 => {
+                let t0 = std::time::Instant::now();
+                let mut sent = 0usize;
+                for chunk in body.chunks(64 * 1024) {
+                    sock.write_all(chunk).await?;
+                    sent += chunk.len();
+                    let due = Duration::from_secs_f64(sent as f64 / rate_limit as f64);
+                    if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                        tokio::time::sleep(wait).await;
+                    }
+                }
             }
             _ => sock.write_all(body).await?,
         }
