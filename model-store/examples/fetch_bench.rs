@@ -31,12 +31,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut _server = None;
     let (uri, endpoint) = match mode.as_str() {
         "s3" => {
-            let ep = std::env::var("BITNET_TEST_S3_ENDPOINT").map_err(|_| "BITNET_TEST_S3_ENDPOINT is not set: run `source .ci/services.sh` first")?;
+            let ep = std::env::var("BITNET_TEST_S3_ENDPOINT").map_err(
+                |_| "BITNET_TEST_S3_ENDPOINT is not set: run `source .ci/services.sh` first",
+            )?;
             let client = model_store::s3_client(Some(&ep), &StoreConfig::new("s3://bench/x")).await;
             let _ = client.create_bucket().bucket("bench").send().await;
             let t0 = Instant::now();
-            client.put_object().bucket("bench").key("bench.gguf").body(ByteStream::from(data)).send().await?;
-            eprintln!("uploaded {size_mb} MB to moto in {:.1} s", t0.elapsed().as_secs_f64());
+            client
+                .put_object()
+                .bucket("bench")
+                .key("bench.gguf")
+                .body(ByteStream::from(data))
+                .send()
+                .await?;
+            eprintln!(
+                "uploaded {size_mb} MB to moto in {:.1} s",
+                t0.elapsed().as_secs_f64()
+            );
             ("s3://bench/bench.gguf".to_string(), Some(ep))
         }
         "throttled" => {
@@ -71,10 +82,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for round in 1..=3 {
         let s = run(1, u64::MAX / 4).await;
         let p = run(concurrency, part_mib << 20).await;
-        println!("{mode} round {round}: single-stream {s:.1} MB/s, parallel ({concurrency} x {part_mib} MiB) {p:.1} MB/s");
+        println!(
+            "{mode} round {round}: single-stream {s:.1} MB/s, parallel ({concurrency} x {part_mib} MiB) {p:.1} MB/s"
+        );
         single = single.max(s);
         parallel = parallel.max(p);
     }
-    println!("{mode} best: single-stream {single:.1} MB/s, parallel {parallel:.1} MB/s, speed-up {:.2}x", parallel / single);
+    println!(
+        "{mode} best: single-stream {single:.1} MB/s, parallel {parallel:.1} MB/s, speed-up {:.2}x",
+        parallel / single
+    );
     Ok(())
 }

@@ -36,7 +36,10 @@ impl Entry {
             Some((b, e)) if !b.is_empty() => (b, format!(".{e}")),
             _ => (file_name, String::new()),
         };
-        Entry { dir: dir.to_path_buf(), stem: format!("{base}-{key}{ext}") }
+        Entry {
+            dir: dir.to_path_buf(),
+            stem: format!("{base}-{key}{ext}"),
+        }
     }
 
     pub fn file(&self) -> PathBuf {
@@ -49,8 +52,15 @@ impl Entry {
 
     /// A temporary name unique to this process and attempt.
     pub fn temp(&self, what: &str) -> PathBuf {
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        self.dir.join(format!(".{}.{}.{nanos:x}.{what}", self.stem, std::process::id()))
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.dir.join(format!(
+            ".{}.{}.{nanos:x}.{what}",
+            self.stem,
+            std::process::id()
+        ))
     }
 
     pub fn read_sidecar(&self) -> Option<Sidecar> {
@@ -67,11 +77,15 @@ impl Entry {
     /// Deletes temporary files of this entry left by processes that no longer exist (a
     /// function killed mid-download leaves its `.part` file in /tmp).
     pub fn remove_orphans(&self) {
-        let Ok(rd) = fs::read_dir(&self.dir) else { return };
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return;
+        };
         let prefix = format!(".{}.", self.stem);
         for ent in rd.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
-            let Some(rest) = name.strip_prefix(&prefix) else { continue };
+            let Some(rest) = name.strip_prefix(&prefix) else {
+                continue;
+            };
             let pid: Option<u32> = rest.split('.').next().and_then(|p| p.parse().ok());
             if let Some(pid) = pid {
                 if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
@@ -112,10 +126,20 @@ mod tests {
     #[test]
     fn names() {
         let e = Entry::new(Path::new("/c"), "m.gguf", "s3://b/m.gguf");
-        assert!(e.stem.starts_with("m-") && e.stem.ends_with(".gguf"), "{}", e.stem);
+        assert!(
+            e.stem.starts_with("m-") && e.stem.ends_with(".gguf"),
+            "{}",
+            e.stem
+        );
         assert_eq!(e.sidecar(), PathBuf::from(format!("/c/{}.json", e.stem)));
         let other = Entry::new(Path::new("/c"), "m.gguf", "s3://b2/m.gguf");
         assert_ne!(e.stem, other.stem);
-        assert!(e.temp("part").file_name().unwrap().to_string_lossy().starts_with(&format!(".{}.", e.stem)));
+        assert!(
+            e.temp("part")
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with(&format!(".{}.", e.stem))
+        );
     }
 }

@@ -36,7 +36,9 @@ impl std::str::FromStr for StorageMode {
             "disk" => Ok(StorageMode::Disk),
             "memory" | "mem" => Ok(StorageMode::Memory),
             "auto" | "" => Ok(StorageMode::Auto),
-            other => Err(format!("unknown storage mode {other:?} (expected disk, memory or auto)")),
+            other => Err(format!(
+                "unknown storage mode {other:?} (expected disk, memory or auto)"
+            )),
         }
     }
 }
@@ -128,7 +130,9 @@ impl StoreConfig {
     /// and `BITNET_MODEL_REVALIDATE`. Unparsable values fall back to the default with a
     /// warning.
     pub fn from_env() -> Self {
-        let mut cfg = StoreConfig::new(env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()));
+        let mut cfg = StoreConfig::new(
+            env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()),
+        );
         cfg.sha256 = env_nonempty("BITNET_MODEL_SHA256");
         if let Some(dir) = env_nonempty("BITNET_CACHE_DIR") {
             cfg.cache_dir = PathBuf::from(dir);
@@ -147,7 +151,10 @@ impl StoreConfig {
         }
         cfg.max_disk_bytes = env_parse("BITNET_CACHE_MAX_BYTES", parse_bytes);
         cfg.max_memory_bytes = env_parse("BITNET_MODEL_MAX_MEMORY", parse_bytes);
-        cfg.revalidate = matches!(env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(), Some("1" | "true" | "yes"));
+        cfg.revalidate = matches!(
+            env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(),
+            Some("1" | "true" | "yes")
+        );
         cfg
     }
 }
@@ -196,7 +203,10 @@ mod tests {
     #[test]
     fn storage_modes() {
         assert_eq!("DISK".parse::<StorageMode>().unwrap(), StorageMode::Disk);
-        assert_eq!("memory".parse::<StorageMode>().unwrap(), StorageMode::Memory);
+        assert_eq!(
+            "memory".parse::<StorageMode>().unwrap(),
+            StorageMode::Memory
+        );
         assert!("tape".parse::<StorageMode>().is_err());
     }
 }

@@ -72,14 +72,22 @@ pub(crate) async fn download(
     status: Arc<StatusCell>,
 ) -> Result<String, StoreError> {
     let size = info.size;
-    let part_size = if info.ranges { cfg.part_size.max(64 * 1024) } else { size.max(1) };
+    let part_size = if info.ranges {
+        cfg.part_size.max(64 * 1024)
+    } else {
+        size.max(1)
+    };
     let parts = size.div_ceil(part_size).max(1) as usize;
     let workers = cfg.concurrency.clamp(1, parts);
     let started = Instant::now();
     tracing::info!(source = %uri, size, parts, part_size, workers, storage = if sink.is_disk() { "disk" } else { "memory" }, "download started");
     status.start_download(size);
 
-    let tracker = Arc::new(Tracker { done: Mutex::new(vec![false; parts]), cv: Condvar::new(), abort: AtomicBool::new(false) });
+    let tracker = Arc::new(Tracker {
+        done: Mutex::new(vec![false; parts]),
+        cv: Condvar::new(),
+        abort: AtomicBool::new(false),
+    });
     let hasher = {
         let (tracker, sink) = (Arc::clone(&tracker), Arc::clone(&sink));
         tokio::task::spawn_blocking(move || {
@@ -152,13 +160,21 @@ pub(crate) async fn download(
     status.set(crate::ModelStatus::Verifying);
     let secs = started.elapsed().as_secs_f64();
     tracing::info!(source = %uri, size, seconds = secs, mb_per_sec = size as f64 / 1e6 / secs.max(1e-9), "download complete");
-    hasher.await.map_err(|e| StoreError::Internal(format!("hasher: {e}")))?.ok_or_else(|| StoreError::Internal("hasher abandoned".into()))
+    hasher
+        .await
+        .map_err(|e| StoreError::Internal(format!("hasher: {e}")))?
+        .ok_or_else(|| StoreError::Internal("hasher abandoned".into()))
 }
 
 fn log_progress(status: &StatusCell, size: u64, started: Instant) {
     let done = status.bytes_done.load(Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
-    tracing::info!(bytes_done = done, bytes_total = size, mb_per_sec = done as f64 / 1e6 / secs.max(1e-9), "downloading");
+    tracing::info!(
+        bytes_done = done,
+        bytes_total = size,
+        mb_per_sec = done as f64 / 1e6 / secs.max(1e-9),
+        "downloading"
+    );
 }
 
 /// Fetches part `i`, resuming after the last byte received when a transient error interrupts
@@ -170,8 +186,16 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let err = match tokio::time::timeout(ctx.request_timeout, ctx.backend.get_range(pos, end, ctx.size, ctx.etag.as_deref())).await {
-            Err(_) => SourceError::transient(format!("no response within {:?}", ctx.request_timeout)),
+        let err = match tokio::time::timeout(
+            ctx.request_timeout,
+            ctx.backend
+                .get_range(pos, end, ctx.size, ctx.etag.as_deref()),
+        )
+        .await
+        {
+            Err(_) => {
+                SourceError::transient(format!("no response within {:?}", ctx.request_timeout))
+            }
             Ok(Err(e)) => e,
             Ok(Ok(mut body)) => {
                 let mut pending: Vec<Bytes> = Vec::new();
@@ -179,7 +203,12 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
                 let mut pending_off = pos;
                 let outcome = loop {
                     match tokio::time::timeout(ctx.read_timeout, body.next_chunk()).await {
-                        Err(_) => break Err(SourceError::transient(format!("no data for {:?}", ctx.read_timeout))),
+                        Err(_) => {
+                            break Err(SourceError::transient(format!(
+                                "no data for {:?}",
+                                ctx.read_timeout
+                            )));
+                        }
                         Ok(Err(e)) => break Err(e),
                         Ok(Ok(None)) => break Ok(()),
                         Ok(Ok(Some(mut chunk))) => {
@@ -193,10 +222,14 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
                             }
                             pos += chunk.len() as u64;
                             pending_len += chunk.len();
-                            ctx.status.bytes_done.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                            ctx.status
+                                .bytes_done
+                                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
                             pending.push(chunk);
                             if pending_len >= WRITE_BATCH {
-                                ctx.sink.write_chunks(pending_off, std::mem::take(&mut pending)).await?;
+                                ctx.sink
+                                    .write_chunks(pending_off, std::mem::take(&mut pending))
+                                    .await?;
                                 pending_off = pos;
                                 pending_len = 0;
                             }
@@ -213,7 +246,11 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
                 }
                 match outcome {
                     Ok(()) if pos == end => return Ok(()),
-                    Ok(()) => SourceError::transient(format!("response ended early: {} of {} bytes of part {i}", pos - start, end - start)),
+                    Ok(()) => SourceError::transient(format!(
+                        "response ended early: {} of {} bytes of part {i}",
+                        pos - start,
+                        end - start
+                    )),
                     Err(e) => e,
                 }
             }
@@ -232,14 +269,24 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
 
 /// `base * 2^(attempt-1)`, at most 5 s, with ±25 % jitter so parts do not retry in lockstep.
 pub(crate) fn backoff(base: Duration, attempt: u32) -> Duration {
-    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(10)).min(Duration::from_secs(5));
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let exp = base
+        .saturating_mul(1 << attempt.saturating_sub(1).min(10))
+        .min(Duration::from_secs(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let jitter = (nanos % 500) as f64 / 1000.0 + 0.75; // 0.75 ..= 1.25
     exp.mul_f64(jitter)
 }
 
 /// Runs `f` with the same retry policy as a part (for HEAD and the `.sha256` sidecar).
-pub(crate) async fn with_retries<T, F, Fut>(cfg: &StoreConfig, what: &str, uri: &str, mut f: F) -> Result<T, StoreError>
+pub(crate) async fn with_retries<T, F, Fut>(
+    cfg: &StoreConfig,
+    what: &str,
+    uri: &str,
+    mut f: F,
+) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, SourceError>>,

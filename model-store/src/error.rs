@@ -19,15 +19,30 @@ pub enum StoreError {
 
     /// The object changed while it was being downloaded (ETag differs or If-Match failed).
     #[error("{uri}: the object changed during the download (ETag {expected} at start, now {got})")]
-    ObjectChanged { uri: String, expected: String, got: String },
+    ObjectChanged {
+        uri: String,
+        expected: String,
+        got: String,
+    },
 
     /// The downloaded bytes do not hash to the expected sha256.
-    #[error("{uri}: sha256 mismatch: expected {expected}, got {actual} (expected value from {origin})")]
-    ChecksumMismatch { uri: String, expected: String, actual: String, origin: String },
+    #[error(
+        "{uri}: sha256 mismatch: expected {expected}, got {actual} (expected value from {origin})"
+    )]
+    ChecksumMismatch {
+        uri: String,
+        expected: String,
+        actual: String,
+        origin: String,
+    },
 
     /// The downloaded size differs from the size announced or configured.
     #[error("{uri}: size mismatch: expected {expected} bytes, got {actual}")]
-    SizeMismatch { uri: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        uri: String,
+        expected: u64,
+        actual: u64,
+    },
 
     /// The bytes are not a GGUF file (bad magic, unknown version, absurd counts).
     #[error("{uri}: not a usable GGUF file: {reason}")]
@@ -35,15 +50,28 @@ pub enum StoreError {
 
     /// Not enough disk (or memory) for the model.
     #[error("not enough space for {uri}: need {} (model plus headroom); {detail}", crate::space::human(*needed))]
-    NoSpace { uri: String, needed: u64, detail: String },
+    NoSpace {
+        uri: String,
+        needed: u64,
+        detail: String,
+    },
 
     /// A network transfer failed; `retryable` says whether trying later may help.
     #[error("{uri}: download failed after {attempts} attempt(s): {message}")]
-    Transfer { uri: String, message: String, attempts: u32, retryable: bool },
+    Transfer {
+        uri: String,
+        message: String,
+        attempts: u32,
+        retryable: bool,
+    },
 
     /// A local file-system operation failed.
     #[error("{op} {path}: {message}")]
-    Io { op: &'static str, path: String, message: String },
+    Io {
+        op: &'static str,
+        path: String,
+        message: String,
+    },
 
     /// Credentials or client set-up failed before any transfer.
     #[error("{uri}: {message}")]
@@ -76,6 +104,10 @@ impl StoreError {
     }
 
     pub(crate) fn io(op: &'static str, path: &std::path::Path, err: std::io::Error) -> Self {
-        StoreError::Io { op, path: path.display().to_string(), message: err.to_string() }
+        StoreError::Io {
+            op,
+            path: path.display().to_string(),
+            message: err.to_string(),
+        }
     }
 }

@@ -9,15 +9,22 @@ pub const HEADER_LEN: usize = 24;
 /// `file_size` bytes. Returns a reason on failure.
 pub fn check_header(head: &[u8], file_size: u64) -> Result<(), String> {
     if head.len() < HEADER_LEN || file_size < HEADER_LEN as u64 {
-        return Err(format!("only {file_size} bytes, shorter than a GGUF header"));
+        return Err(format!(
+            "only {file_size} bytes, shorter than a GGUF header"
+        ));
     }
     if &head[0..4] != b"GGUF" {
-        let shown: String = head[0..4].iter().map(|&b| if b.is_ascii_graphic() { b as char } else { '.' }).collect();
+        let shown: String = head[0..4]
+            .iter()
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+            .collect();
         return Err(format!("bad magic {shown:?} (expected \"GGUF\")"));
     }
     let version = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
     if !(2..=3).contains(&version) {
-        return Err(format!("unsupported GGUF version {version} (expected 2 or 3)"));
+        return Err(format!(
+            "unsupported GGUF version {version} (expected 2 or 3)"
+        ));
     }
     let tensors = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let kvs = u64::from_le_bytes(head[16..24].try_into().expect("8 bytes"));
@@ -27,7 +34,9 @@ pub fn check_header(head: &[u8], file_size: u64) -> Result<(), String> {
         .saturating_add(tensors.saturating_mul(24))
         .saturating_add(kvs.saturating_mul(12));
     if tensors > 1 << 20 || kvs > 1 << 20 || min_bytes > file_size {
-        return Err(format!("implausible counts: {tensors} tensors, {kvs} metadata keys in {file_size} bytes"));
+        return Err(format!(
+            "implausible counts: {tensors} tensors, {kvs} metadata keys in {file_size} bytes"
+        ));
     }
     Ok(())
 }
@@ -53,9 +62,25 @@ mod tests {
     #[test]
     fn rejects_bad_headers() {
         assert!(check_header(b"<html>", 6).unwrap_err().contains("shorter"));
-        assert!(check_header(&header(b"<!DO", 3, 1, 1), 4096).unwrap_err().contains("bad magic"));
-        assert!(check_header(&header(b"GGUF", 1, 1, 1), 4096).unwrap_err().contains("version 1"));
-        assert!(check_header(&header(b"GGUF", 3, 1 << 40, 1), 4096).unwrap_err().contains("implausible"));
-        assert!(check_header(&header(b"GGUF", 3, 1000, 1), 4096).unwrap_err().contains("implausible"));
+        assert!(
+            check_header(&header(b"<!DO", 3, 1, 1), 4096)
+                .unwrap_err()
+                .contains("bad magic")
+        );
+        assert!(
+            check_header(&header(b"GGUF", 1, 1, 1), 4096)
+                .unwrap_err()
+                .contains("version 1")
+        );
+        assert!(
+            check_header(&header(b"GGUF", 3, 1 << 40, 1), 4096)
+                .unwrap_err()
+                .contains("implausible")
+        );
+        assert!(
+            check_header(&header(b"GGUF", 3, 1000, 1), 4096)
+                .unwrap_err()
+                .contains("implausible")
+        );
     }
 }

@@ -32,8 +32,8 @@ pub mod uri;
 
 pub use cache::Sidecar;
 pub use config::{
-    DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_HEADROOM, DEFAULT_MODEL_URI, DEFAULT_PART_SIZE, StorageMode,
-    StoreConfig, parse_bytes,
+    DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_HEADROOM, DEFAULT_MODEL_URI, DEFAULT_PART_SIZE,
+    StorageMode, StoreConfig, parse_bytes,
 };
 pub use error::StoreError;
 pub use memmap2;
@@ -96,14 +96,23 @@ enum Slot {
 
 impl std::fmt::Debug for ModelStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelStore").field("source", &uri::redact(&self.inner.cfg.uri)).field("status", &self.status()).finish()
+        f.debug_struct("ModelStore")
+            .field("source", &uri::redact(&self.inner.cfg.uri))
+            .field("status", &self.status())
+            .finish()
     }
 }
 
 impl ModelStore {
     /// Does nothing yet: the first [`get`](Self::get) starts the work.
     pub fn new(cfg: StoreConfig) -> Self {
-        ModelStore { inner: Arc::new(Inner { cfg, status: Arc::new(StatusCell::new()), slot: Mutex::new(Slot::Idle) }) }
+        ModelStore {
+            inner: Arc::new(Inner {
+                cfg,
+                status: Arc::new(StatusCell::new()),
+                slot: Mutex::new(Slot::Idle),
+            }),
+        }
     }
 
     /// The configuration this store was made with.
@@ -142,7 +151,9 @@ impl ModelStore {
         };
         match rx.wait_for(Option::is_some).await {
             Ok(v) => v.clone().expect("waited for Some"),
-            Err(_) => Err(StoreError::Internal("the download task stopped without a result".into())),
+            Err(_) => Err(StoreError::Internal(
+                "the download task stopped without a result".into(),
+            )),
         }
     }
 
@@ -160,7 +171,9 @@ impl Drop for ResetOnDrop {
         if matches!(*slot, Slot::Running(_)) {
             *slot = Slot::Idle;
         }
-        self.0.status.set(ModelStatus::Failed { error: "model download task ended unexpectedly".into() });
+        self.0.status.set(ModelStatus::Failed {
+            error: "model download task ended unexpectedly".into(),
+        });
     }
 }
 
@@ -177,7 +190,11 @@ impl Inner {
                 let seconds = t0.elapsed().as_secs_f64();
                 tracing::info!(source = %f.source, path = ?f.path, size = f.size, seconds, "model ready");
                 self.status.set(ModelStatus::Ready {
-                    path: f.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(memory)".into()),
+                    path: f
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "(memory)".into()),
                     size: f.size,
                     sha256: f.sha256.clone(),
                     seconds,
@@ -186,7 +203,9 @@ impl Inner {
             }
             Err(e) => {
                 tracing::error!(error = %e, "model load failed");
-                self.status.set(ModelStatus::Failed { error: e.to_string() });
+                self.status.set(ModelStatus::Failed {
+                    error: e.to_string(),
+                });
             }
         }
         res.map(Arc::new)
@@ -197,10 +216,12 @@ impl Inner {
         let spec = uri::parse(&cfg.uri)?;
         let shown = uri::redact(&cfg.uri);
         let configured_sha = match &cfg.sha256 {
-            Some(s) => Some(source::normalise_sha256(s).ok_or_else(|| StoreError::Setup {
-                uri: shown.clone(),
-                message: format!("expected sha256 {s:?} is not 64 hex digits"),
-            })?),
+            Some(s) => Some(
+                source::normalise_sha256(s).ok_or_else(|| StoreError::Setup {
+                    uri: shown.clone(),
+                    message: format!("expected sha256 {s:?} is not 64 hex digits"),
+                })?,
+            ),
             None => None,
         };
         if let SourceSpec::Local(path) = &spec {
@@ -208,7 +229,11 @@ impl Inner {
         }
 
         let entry = Entry::new(&cfg.cache_dir, &uri::file_name(&spec), &shown);
-        let cached = if cfg.storage == StorageMode::Memory { None } else { self.try_cached(&entry, &shown, configured_sha.as_deref()) };
+        let cached = if cfg.storage == StorageMode::Memory {
+            None
+        } else {
+            self.try_cached(&entry, &shown, configured_sha.as_deref())
+        };
         if let Some((file, _)) = &cached {
             if !cfg.revalidate {
                 tracing::info!(path = %entry.file().display(), "using the verified cached file");
@@ -232,10 +257,24 @@ impl Inner {
 
         let mut last_err = None;
         for attempt in 1..=2u32 {
-            let (expected, origin) = self.expected_sha(&backend, &info, configured_sha.as_deref(), &shown).await?;
-            match self.download_once(&backend, &entry, &info, expected.as_deref(), &origin, &shown).await {
+            let (expected, origin) = self
+                .expected_sha(&backend, &info, configured_sha.as_deref(), &shown)
+                .await?;
+            match self
+                .download_once(
+                    &backend,
+                    &entry,
+                    &info,
+                    expected.as_deref(),
+                    &origin,
+                    &shown,
+                )
+                .await
+            {
                 Ok(f) => return Ok(f),
-                Err(e @ (StoreError::ChecksumMismatch { .. } | StoreError::ObjectChanged { .. })) if attempt == 1 => {
+                Err(
+                    e @ (StoreError::ChecksumMismatch { .. } | StoreError::ObjectChanged { .. }),
+                ) if attempt == 1 => {
                     tracing::warn!(error = %e, "verification failed; discarding the download and trying once more");
                     if matches!(e, StoreError::ObjectChanged { .. }) {
                         info = head(cfg, &backend, &shown).await?;
@@ -262,7 +301,13 @@ impl Inner {
         if let Some(s) = &info.sha256 {
             return Ok((Some(s.clone()), "object metadata".into()));
         }
-        let text = download::with_retries(&self.cfg, "GET <object>.sha256", &format!("{shown}.sha256"), || backend.sidecar_text()).await?;
+        let text = download::with_retries(
+            &self.cfg,
+            "GET <object>.sha256",
+            &format!("{shown}.sha256"),
+            || backend.sidecar_text(),
+        )
+        .await?;
         match text.as_deref().map(source::parse_sha256) {
             Some(Some(s)) => Ok((Some(s), format!("{shown}.sha256"))),
             Some(None) => {
@@ -287,16 +332,35 @@ impl Inner {
     ) -> Result<ModelFile, StoreError> {
         let cfg = &self.cfg;
         if info.size < gguf::HEADER_LEN as u64 {
-            return Err(StoreError::NotGguf { uri: shown.into(), reason: format!("only {} bytes", info.size) });
+            return Err(StoreError::NotGguf {
+                uri: shown.into(),
+                reason: format!("only {} bytes", info.size),
+            });
         }
         let on_disk = self.choose_storage(entry, info.size, shown)?;
-        let sink = Arc::new(if on_disk { Sink::disk(entry.temp("part"), info.size)? } else { Sink::memory(info.size)? });
-        let actual = download::download(Arc::clone(backend), Arc::clone(&sink), info, cfg, shown, Arc::clone(&self.status)).await?;
-        let sink = Arc::try_unwrap(sink).map_err(|_| StoreError::Internal("sink still shared after the download".into()))?;
+        let sink = Arc::new(if on_disk {
+            Sink::disk(entry.temp("part"), info.size)?
+        } else {
+            Sink::memory(info.size)?
+        });
+        let actual = download::download(
+            Arc::clone(backend),
+            Arc::clone(&sink),
+            info,
+            cfg,
+            shown,
+            Arc::clone(&self.status),
+        )
+        .await?;
+        let sink = Arc::try_unwrap(sink)
+            .map_err(|_| StoreError::Internal("sink still shared after the download".into()))?;
 
         // SAFETY: the download is complete; nothing writes to the sink any more.
         let head = unsafe { sink.completed(0, gguf::HEADER_LEN) };
-        gguf::check_header(head, info.size).map_err(|reason| StoreError::NotGguf { uri: shown.into(), reason })?;
+        gguf::check_header(head, info.size).map_err(|reason| StoreError::NotGguf {
+            uri: shown.into(),
+            reason,
+        })?;
         if let Some(expected) = expected {
             if expected != actual {
                 return Err(StoreError::ChecksumMismatch {
@@ -311,7 +375,11 @@ impl Inner {
         let map = sink.publish(path.as_deref())?;
         if map.len() as u64 != info.size {
             entry.remove();
-            return Err(StoreError::SizeMismatch { uri: shown.into(), expected: info.size, actual: map.len() as u64 });
+            return Err(StoreError::SizeMismatch {
+                uri: shown.into(),
+                expected: info.size,
+                actual: map.len() as u64,
+            });
         }
         if on_disk {
             let sidecar = Sidecar {
@@ -319,14 +387,23 @@ impl Inner {
                 etag: info.etag.clone(),
                 sha256: actual.clone(),
                 source: shown.into(),
-                created: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                created: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
             };
             if let Err(e) = entry.write_sidecar(&sidecar) {
                 entry.remove();
                 return Err(e);
             }
         }
-        Ok(ModelFile { map: Arc::new(map), path, size: info.size, sha256: Some(actual), source: shown.into() })
+        Ok(ModelFile {
+            map: Arc::new(map),
+            path,
+            size: info.size,
+            sha256: Some(actual),
+            source: shown.into(),
+        })
     }
 
     /// `true` for disk, `false` for memory; an error naming sizes when neither fits.
@@ -368,14 +445,19 @@ impl Inner {
                 detail: format!("disk: {disk_text} (BITNET_MODEL_STORAGE=disk)"),
             });
         }
-        let mem = space::memory_available().map(|m| cfg.max_memory_bytes.map_or(m, |x| m.min(x))).or(cfg.max_memory_bytes);
+        let mem = space::memory_available()
+            .map(|m| cfg.max_memory_bytes.map_or(m, |x| m.min(x)))
+            .or(cfg.max_memory_bytes);
         let mem_text = match mem {
             Some(m) => format!("{} of memory available", space::human(m)),
             None => "memory limit unknown".into(),
         };
         if mem.is_none_or(|m| m >= needed) {
             if cfg.storage == StorageMode::Auto {
-                tracing::info!(needed, "{disk_text}; holding the model in memory instead ({mem_text})");
+                tracing::info!(
+                    needed,
+                    "{disk_text}; holding the model in memory instead ({mem_text})"
+                );
             }
             return Ok(false);
         }
@@ -384,11 +466,20 @@ impl Inner {
         } else {
             format!("memory: {mem_text} (BITNET_MODEL_STORAGE=memory)")
         };
-        Err(StoreError::NoSpace { uri: shown.into(), needed, detail })
+        Err(StoreError::NoSpace {
+            uri: shown.into(),
+            needed,
+            detail,
+        })
     }
 
     /// The cached file, when its sidecar is valid for this source: no request, no hashing.
-    fn try_cached(&self, entry: &Entry, shown: &str, configured_sha: Option<&str>) -> Option<(ModelFile, Sidecar)> {
+    fn try_cached(
+        &self,
+        entry: &Entry,
+        shown: &str,
+        configured_sha: Option<&str>,
+    ) -> Option<(ModelFile, Sidecar)> {
         let sc = entry.read_sidecar()?;
         let stale = |why: &str| {
             tracing::info!(path = %entry.file().display(), "cached copy not used: {why}");
@@ -403,30 +494,62 @@ impl Inner {
         let file = std::fs::File::open(entry.file()).ok()?;
         let len = file.metadata().ok()?.len();
         if len != sc.size {
-            return stale(&format!("size {len} differs from the sidecar's {}", sc.size));
+            return stale(&format!(
+                "size {len} differs from the sidecar's {}",
+                sc.size
+            ));
         }
         // SAFETY: published cache files are replaced only by rename, never written in place.
         let map = unsafe { Mmap::map(&file) }.ok()?;
         if gguf::check_header(&map[..map.len().min(gguf::HEADER_LEN)], len).is_err() {
             return stale("GGUF header check failed");
         }
-        let file = ModelFile { map: Arc::new(map), path: Some(entry.file()), size: len, sha256: Some(sc.sha256.clone()), source: shown.into() };
+        let file = ModelFile {
+            map: Arc::new(map),
+            path: Some(entry.file()),
+            size: len,
+            sha256: Some(sc.sha256.clone()),
+            source: shown.into(),
+        };
         Some((file, sc))
     }
 
-    async fn load_local(&self, path: &Path, shown: &str, expected: Option<String>) -> Result<ModelFile, StoreError> {
+    async fn load_local(
+        &self,
+        path: &Path,
+        shown: &str,
+        expected: Option<String>,
+    ) -> Result<ModelFile, StoreError> {
         let file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::NotFound { uri: shown.into(), detail: "no such file".into() },
-            std::io::ErrorKind::PermissionDenied => StoreError::Forbidden { uri: shown.into(), detail: "permission denied".into() },
+            std::io::ErrorKind::NotFound => StoreError::NotFound {
+                uri: shown.into(),
+                detail: "no such file".into(),
+            },
+            std::io::ErrorKind::PermissionDenied => StoreError::Forbidden {
+                uri: shown.into(),
+                detail: "permission denied".into(),
+            },
             _ => StoreError::io("open", path, e),
         })?;
-        let size = file.metadata().map_err(|e| StoreError::io("stat", path, e))?.len();
+        let size = file
+            .metadata()
+            .map_err(|e| StoreError::io("stat", path, e))?
+            .len();
         if size < gguf::HEADER_LEN as u64 {
-            return Err(StoreError::NotGguf { uri: shown.into(), reason: format!("only {size} bytes") });
+            return Err(StoreError::NotGguf {
+                uri: shown.into(),
+                reason: format!("only {size} bytes"),
+            });
         }
         // SAFETY: a model file on a mounted volume is treated as immutable while in use.
-        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io("map", path, e))?);
-        gguf::check_header(&map[..gguf::HEADER_LEN], size).map_err(|reason| StoreError::NotGguf { uri: shown.into(), reason })?;
+        let map =
+            Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| StoreError::io("map", path, e))?);
+        gguf::check_header(&map[..gguf::HEADER_LEN], size).map_err(|reason| {
+            StoreError::NotGguf {
+                uri: shown.into(),
+                reason,
+            }
+        })?;
         let sha256 = match expected {
             None => None,
             Some(expected) => {
@@ -439,12 +562,23 @@ impl Inner {
                 .await
                 .map_err(|e| StoreError::Internal(e.to_string()))?;
                 if actual != expected {
-                    return Err(StoreError::ChecksumMismatch { uri: shown.into(), expected, actual, origin: "configuration".into() });
+                    return Err(StoreError::ChecksumMismatch {
+                        uri: shown.into(),
+                        expected,
+                        actual,
+                        origin: "configuration".into(),
+                    });
                 }
                 Some(actual)
             }
         };
-        Ok(ModelFile { map, path: Some(path.to_path_buf()), size, sha256, source: shown.into() })
+        Ok(ModelFile {
+            map,
+            path: Some(path.to_path_buf()),
+            size,
+            sha256,
+            source: shown.into(),
+        })
     }
 }
 

@@ -35,7 +35,12 @@ impl ConnectionString {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut protocol = "https".to_string();
         let mut suffix = "core.windows.net".to_string();
-        let mut out = ConnectionString { account_name: None, account_key: None, sas: None, blob_endpoint: None };
+        let mut out = ConnectionString {
+            account_name: None,
+            account_key: None,
+            sas: None,
+            blob_endpoint: None,
+        };
         for part in s.split(';').map(str::trim).filter(|p| !p.is_empty()) {
             let Some((k, v)) = part.split_once('=') else {
                 return Err("connection string: expected Key=Value pairs separated by ';'".into());
@@ -61,7 +66,9 @@ impl ConnectionString {
             }
         }
         if out.account_key.is_none() && out.sas.is_none() {
-            return Err("connection string has neither AccountKey nor SharedAccessSignature".into());
+            return Err(
+                "connection string has neither AccountKey nor SharedAccessSignature".into(),
+            );
         }
         Ok(out)
     }
@@ -70,17 +77,28 @@ impl ConnectionString {
 /// Azurite's well-known development account.
 pub const DEV_ACCOUNT: &str = "devstoreaccount1";
 /// Azurite's well-known development key (public, documented by Microsoft).
-pub const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+pub const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// Builds an account SAS query string (without the leading `?`) for the blob service.
 /// `permissions` as in the REST docs (`r` read, `w` write, `c` create, `l` list, …),
 /// `resource_types` a combination of `s` service, `c` container, `o` object.
-pub fn account_sas(account: &str, key_b64: &str, permissions: &str, resource_types: &str, valid_for: Duration) -> Result<String, String> {
+pub fn account_sas(
+    account: &str,
+    key_b64: &str,
+    permissions: &str,
+    resource_types: &str,
+    valid_for: Duration,
+) -> Result<String, String> {
     const VERSION: &str = "2018-11-09";
-    let key = B64.decode(key_b64.trim()).map_err(|_| "AccountKey is not valid base64".to_string())?;
+    let key = B64
+        .decode(key_b64.trim())
+        .map_err(|_| "AccountKey is not valid base64".to_string())?;
     let expiry = iso8601(SystemTime::now() + valid_for);
     let start = iso8601(SystemTime::now() - Duration::from_secs(300));
-    let string_to_sign = format!("{account}\n{permissions}\nb\n{resource_types}\n{start}\n{expiry}\n\n\n{VERSION}\n");
+    let string_to_sign = format!(
+        "{account}\n{permissions}\nb\n{resource_types}\n{start}\n{expiry}\n\n\n{VERSION}\n"
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
     mac.update(string_to_sign.as_bytes());
     let sig = B64.encode(mac.finalize().into_bytes());
@@ -97,10 +115,18 @@ pub fn account_sas(account: &str, key_b64: &str, permissions: &str, resource_typ
 
 /// `YYYY-MM-DDTHH:MM:SSZ` in UTC.
 fn iso8601(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -124,17 +150,30 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
-        assert_eq!(iso8601(UNIX_EPOCH + Duration::from_secs(1_767_225_599)), "2025-12-31T23:59:59Z");
+        assert_eq!(
+            iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            iso8601(UNIX_EPOCH + Duration::from_secs(1_767_225_599)),
+            "2025-12-31T23:59:59Z"
+        );
     }
 
     #[test]
     fn connection_strings() {
         let cs = ConnectionString::parse("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1/;").unwrap();
-        assert_eq!(cs.blob_endpoint.as_deref(), Some("http://127.0.0.1:10000/devstoreaccount1"));
+        assert_eq!(
+            cs.blob_endpoint.as_deref(),
+            Some("http://127.0.0.1:10000/devstoreaccount1")
+        );
         assert_eq!(cs.account_key.as_deref(), Some("a2V5"));
-        let cs = ConnectionString::parse("AccountName=acct;SharedAccessSignature=?sv=1&sig=abc==").unwrap();
-        assert_eq!(cs.blob_endpoint.as_deref(), Some("https://acct.blob.core.windows.net"));
+        let cs = ConnectionString::parse("AccountName=acct;SharedAccessSignature=?sv=1&sig=abc==")
+            .unwrap();
+        assert_eq!(
+            cs.blob_endpoint.as_deref(),
+            Some("https://acct.blob.core.windows.net")
+        );
         assert_eq!(cs.sas.as_deref(), Some("sv=1&sig=abc=="));
         assert!(!format!("{cs:?}").contains("sig"));
         assert!(ConnectionString::parse("AccountName=x").is_err());

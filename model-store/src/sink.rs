@@ -25,7 +25,9 @@ enum Kind {
         _map: MmapRaw,
         published: Mutex<bool>,
     },
-    Memory { map: MmapMut },
+    Memory {
+        map: MmapMut,
+    },
 }
 
 // SAFETY: `ptr` points into a mapping owned by the sink, which lives as long as the sink. The
@@ -55,22 +57,42 @@ impl Sink {
         match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOSPC) => {
-                return Err(cleanup(std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()), "reserve space for"));
+                return Err(cleanup(
+                    std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+                    "reserve space for",
+                ));
             }
             Err(_) => {}
         }
-        let map = MmapOptions::new().map_raw_read_only(&file).map_err(|e| cleanup(e, "map"))?;
+        let map = MmapOptions::new()
+            .map_raw_read_only(&file)
+            .map_err(|e| cleanup(e, "map"))?;
         Ok(Sink {
             ptr: map.as_mut_ptr(),
             len: size as usize,
-            kind: Kind::Disk { file: Arc::new(file), tmp, _map: map, published: Mutex::new(false) },
+            kind: Kind::Disk {
+                file: Arc::new(file),
+                tmp,
+                _map: map,
+                published: Mutex::new(false),
+            },
         })
     }
 
     /// An anonymous mapping of `size` bytes.
     pub fn memory(size: u64) -> Result<Self, StoreError> {
-        let mut map = MmapMut::map_anon(size as usize).map_err(|e| StoreError::io("map anonymous memory of", Path::new(&format!("{size} bytes")), e))?;
-        Ok(Sink { ptr: map.as_mut_ptr(), len: size as usize, kind: Kind::Memory { map } })
+        let mut map = MmapMut::map_anon(size as usize).map_err(|e| {
+            StoreError::io(
+                "map anonymous memory of",
+                Path::new(&format!("{size} bytes")),
+                e,
+            )
+        })?;
+        Ok(Sink {
+            ptr: map.as_mut_ptr(),
+            len: size as usize,
+            kind: Kind::Memory { map },
+        })
     }
 
     pub fn is_disk(&self) -> bool {
@@ -80,14 +102,19 @@ impl Sink {
     /// Writes consecutive chunks starting at `offset`. Each range must be written by one task.
     pub async fn write_chunks(&self, offset: u64, chunks: Vec<Bytes>) -> Result<(), StoreError> {
         let total: usize = chunks.iter().map(Bytes::len).sum();
-        assert!(offset as usize + total <= self.len, "write past the end of the sink");
+        assert!(
+            offset as usize + total <= self.len,
+            "write past the end of the sink"
+        );
         match &self.kind {
             Kind::Memory { .. } => {
                 let mut off = offset as usize;
                 for c in chunks {
                     // SAFETY: off + c.len() <= len (asserted above); the range belongs to the
                     // calling part only; source and destination do not overlap.
-                    unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), self.ptr.add(off), c.len()) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(c.as_ptr(), self.ptr.add(off), c.len())
+                    };
                     off += c.len();
                 }
                 Ok(())
@@ -125,12 +152,21 @@ impl Sink {
     pub fn publish(self, dest: Option<&Path>) -> Result<Mmap, StoreError> {
         match &self.kind {
             Kind::Memory { .. } => {
-                let Kind::Memory { map } = self.into_kind() else { unreachable!() };
-                map.make_read_only().map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e))
+                let Kind::Memory { map } = self.into_kind() else {
+                    unreachable!()
+                };
+                map.make_read_only()
+                    .map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e))
             }
-            Kind::Disk { file, tmp, published, .. } => {
+            Kind::Disk {
+                file,
+                tmp,
+                published,
+                ..
+            } => {
                 let dest = dest.expect("a disk sink is published to a path");
-                file.sync_all().map_err(|e| StoreError::io("fsync", tmp, e))?;
+                file.sync_all()
+                    .map_err(|e| StoreError::io("fsync", tmp, e))?;
                 std::fs::rename(tmp, dest).map_err(|e| StoreError::io("rename", tmp, e))?;
                 *published.lock().unwrap_or_else(|p| p.into_inner()) = true;
                 if let Some(dir) = dest.parent() {

@@ -39,10 +39,15 @@ fn cgroup_v2_available() -> Option<u64> {
     // The process's own cgroup: "0::/some/path" in /proc/self/cgroup.
     let rel = std::fs::read_to_string("/proc/self/cgroup")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string())))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+        })
         .unwrap_or_default();
     for dir in [format!("/sys/fs/cgroup{rel}"), "/sys/fs/cgroup".to_string()] {
-        let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max")) else { continue };
+        let Ok(max) = std::fs::read_to_string(format!("{dir}/memory.max")) else {
+            continue;
+        };
         let max = max.trim();
         if max == "max" {
             return None;
@@ -72,7 +77,11 @@ pub(crate) fn human(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {} ({n} bytes)", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {} ({n} bytes)", UNITS[u])
+    }
 }
 
 #[cfg(test)]

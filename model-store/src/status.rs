@@ -13,12 +13,22 @@ pub enum ModelStatus {
     /// `get()` has not been called yet.
     NotStarted,
     /// Bytes are arriving.
-    Downloading { bytes_done: u64, bytes_total: u64, bytes_per_sec: f64 },
+    Downloading {
+        bytes_done: u64,
+        bytes_total: u64,
+        bytes_per_sec: f64,
+    },
     /// Hashing and header checks before the file is published.
     Verifying,
     /// Mapped and ready. `seconds` is the time the load took; `path` is `(memory)` for a
     /// model held in memory; `sha256` is null only for an unhashed local file.
-    Ready { path: String, size: u64, sha256: Option<String>, seconds: f64, source: String },
+    Ready {
+        path: String,
+        size: u64,
+        sha256: Option<String>,
+        seconds: f64,
+        source: String,
+    },
     /// The last attempt failed; the next `get()` tries again.
     Failed { error: String },
 }
@@ -50,7 +60,9 @@ impl StatusCell {
     pub(crate) fn start_download(&self, total: u64) {
         self.bytes_done.store(0, Ordering::Relaxed);
         self.bytes_total.store(total, Ordering::Relaxed);
-        *self.lock() = Phase::Downloading { since: Instant::now() };
+        *self.lock() = Phase::Downloading {
+            since: Instant::now(),
+        };
     }
 
     pub(crate) fn set(&self, status: ModelStatus) {
@@ -86,8 +98,16 @@ mod tests {
     fn serialises_with_state_tag() {
         let s = serde_json::to_string(&ModelStatus::NotStarted).unwrap();
         assert_eq!(s, r#"{"state":"not_started"}"#);
-        let s = serde_json::to_string(&ModelStatus::Downloading { bytes_done: 1, bytes_total: 2, bytes_per_sec: 0.5 }).unwrap();
-        assert_eq!(s, r#"{"state":"downloading","bytes_done":1,"bytes_total":2,"bytes_per_sec":0.5}"#);
+        let s = serde_json::to_string(&ModelStatus::Downloading {
+            bytes_done: 1,
+            bytes_total: 2,
+            bytes_per_sec: 0.5,
+        })
+        .unwrap();
+        assert_eq!(
+            s,
+            r#"{"state":"downloading","bytes_done":1,"bytes_total":2,"bytes_per_sec":0.5}"#
+        );
         let s = serde_json::to_string(&ModelStatus::Failed { error: "x".into() }).unwrap();
         assert_eq!(s, r#"{"state":"failed","error":"x"}"#);
         let s = serde_json::to_string(&ModelStatus::Verifying).unwrap();

@@ -14,7 +14,12 @@ pub(crate) enum SourceSpec {
     S3 { bucket: String, key: String },
     /// Azure Blob Storage. `url` is the full blob URL (it may carry a SAS query) or `None` when
     /// the endpoint is to come from a connection string or the default public cloud.
-    Azure { account: String, container: String, blob: String, url: Option<String> },
+    Azure {
+        account: String,
+        container: String,
+        blob: String,
+        url: Option<String>,
+    },
 }
 
 /// Suffixes of Azure Blob endpoints in the public and sovereign clouds.
@@ -25,7 +30,10 @@ const AZURE_BLOB_HOST_SUFFIXES: &[&str] = &[
 ];
 
 pub(crate) fn parse(uri: &str) -> Result<SourceSpec, StoreError> {
-    let bad = |reason: &str| StoreError::InvalidUri { uri: redact(uri), reason: reason.to_string() };
+    let bad = |reason: &str| StoreError::InvalidUri {
+        uri: redact(uri),
+        reason: reason.to_string(),
+    };
     let uri = uri.trim();
     if uri.is_empty() {
         return Err(bad("empty"));
@@ -37,11 +45,16 @@ pub(crate) fn parse(uri: &str) -> Result<SourceSpec, StoreError> {
         return Ok(SourceSpec::Local(PathBuf::from(percent_decode(rest))));
     }
     if let Some(rest) = uri.strip_prefix("s3://") {
-        let (bucket, key) = rest.split_once('/').ok_or_else(|| bad("expected s3://bucket/key"))?;
+        let (bucket, key) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("expected s3://bucket/key"))?;
         if bucket.is_empty() || key.is_empty() {
             return Err(bad("expected s3://bucket/key"));
         }
-        return Ok(SourceSpec::S3 { bucket: bucket.into(), key: key.into() });
+        return Ok(SourceSpec::S3 {
+            bucket: bucket.into(),
+            key: key.into(),
+        });
     }
     if let Some(rest) = uri.strip_prefix("az://") {
         let mut it = rest.splitn(3, '/');
@@ -85,7 +98,11 @@ pub(crate) fn parse(uri: &str) -> Result<SourceSpec, StoreError> {
         if let Some(rest) = uri.strip_prefix(prefix) {
             let url = format!("{scheme}://{rest}");
             let parsed = url::Url::parse(&url).map_err(|e| bad(&e.to_string()))?;
-            let segs: Vec<&str> = parsed.path().trim_start_matches('/').splitn(3, '/').collect();
+            let segs: Vec<&str> = parsed
+                .path()
+                .trim_start_matches('/')
+                .splitn(3, '/')
+                .collect();
             if segs.len() != 3 || segs.iter().any(|s| s.is_empty()) {
                 return Err(bad("expected azblob+http(s)://host/account/container/blob"));
             }
@@ -104,10 +121,14 @@ pub(crate) fn parse(uri: &str) -> Result<SourceSpec, StoreError> {
             let account = host.trim_end_matches(suffix).to_string();
             let mut segs = parsed.path().trim_start_matches('/').splitn(2, '/');
             let (Some(container), Some(blob)) = (segs.next(), segs.next()) else {
-                return Err(bad("expected https://ACCOUNT.blob.core.windows.net/container/blob"));
+                return Err(bad(
+                    "expected https://ACCOUNT.blob.core.windows.net/container/blob",
+                ));
             };
             if container.is_empty() || blob.is_empty() {
-                return Err(bad("expected https://ACCOUNT.blob.core.windows.net/container/blob"));
+                return Err(bad(
+                    "expected https://ACCOUNT.blob.core.windows.net/container/blob",
+                ));
             }
             return Ok(SourceSpec::Azure {
                 account,
@@ -117,10 +138,15 @@ pub(crate) fn parse(uri: &str) -> Result<SourceSpec, StoreError> {
             });
         }
         let hf = host == "huggingface.co" || host.ends_with(".huggingface.co");
-        return Ok(SourceSpec::Http { url: uri.to_string(), hf });
+        return Ok(SourceSpec::Http {
+            url: uri.to_string(),
+            hf,
+        });
     }
     if uri.contains("://") {
-        return Err(bad("unknown scheme (use s3://, az://, https://, hf://, file:// or a path)"));
+        return Err(bad(
+            "unknown scheme (use s3://, az://, https://, hf://, file:// or a path)",
+        ));
     }
     Ok(SourceSpec::Local(PathBuf::from(uri)))
 }
@@ -139,7 +165,9 @@ pub fn redact(uri: &str) -> String {
 }
 
 fn redact_word(word: &str) -> String {
-    let Some(scheme_end) = word.find("://") else { return word.to_string() };
+    let Some(scheme_end) = word.find("://") else {
+        return word.to_string();
+    };
     let (head, rest) = word.split_at(scheme_end + 3);
     // user-info (user:password@host)
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
@@ -151,7 +179,9 @@ fn redact_word(word: &str) -> String {
     // Drop the query and fragment; keep what follows the URL in prose ("(url): …").
     let path = match path.find(['?', '#']) {
         Some(q) => {
-            let end = path[q..].find([')', '"', '\'', '>', ']']).map_or(path.len(), |e| q + e);
+            let end = path[q..]
+                .find([')', '"', '\'', '>', ']'])
+                .map_or(path.len(), |e| q + e);
             format!("{}{}", &path[..q], &path[end..])
         }
         None => path.to_string(),
@@ -181,18 +211,45 @@ fn percent_decode(s: &str) -> String {
 /// The last path segment of a URI, for naming the cached file.
 pub(crate) fn file_name(spec: &SourceSpec) -> String {
     let raw = match spec {
-        SourceSpec::Local(p) => p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
-        SourceSpec::Http { url, .. } => url.split(['?', '#']).next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string(),
+        SourceSpec::Local(p) => p
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        SourceSpec::Http { url, .. } => url
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string(),
         SourceSpec::S3 { key, .. } => key.rsplit('/').next().unwrap_or("").to_string(),
-        SourceSpec::Azure { blob, .. } => blob.split(['?', '#']).next().unwrap_or("").rsplit('/').next().unwrap_or("").to_string(),
+        SourceSpec::Azure { blob, .. } => blob
+            .split(['?', '#'])
+            .next()
+            .unwrap_or("")
+            .rsplit('/')
+            .next()
+            .unwrap_or("")
+            .to_string(),
     };
     let clean: String = raw
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(80)
         .collect();
     let clean = clean.trim_start_matches('.').to_string();
-    if clean.is_empty() { "model.gguf".to_string() } else { clean }
+    if clean.is_empty() {
+        "model.gguf".to_string()
+    } else {
+        clean
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +260,10 @@ mod tests {
     fn parses_every_scheme() {
         assert_eq!(
             parse("s3://b/dir/m.gguf").unwrap(),
-            SourceSpec::S3 { bucket: "b".into(), key: "dir/m.gguf".into() }
+            SourceSpec::S3 {
+                bucket: "b".into(),
+                key: "dir/m.gguf".into()
+            }
         );
         assert_eq!(
             parse("hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf").unwrap(),
@@ -214,22 +274,41 @@ mod tests {
         );
         assert!(matches!(parse("az://acct/c/dir/b.gguf").unwrap(),
             SourceSpec::Azure { account, container, blob, url: None } if account == "acct" && container == "c" && blob == "dir/b.gguf"));
-        assert!(matches!(parse("https://acct.blob.core.windows.net/c/b.gguf?sv=1&sig=x").unwrap(),
-            SourceSpec::Azure { account, url: Some(_), .. } if account == "acct"));
-        assert!(matches!(parse("azblob+http://127.0.0.1:1/devstoreaccount1/c/b.gguf?sig=x").unwrap(),
-            SourceSpec::Azure { account, url: Some(u), .. } if account == "devstoreaccount1" && u.starts_with("http://127.0.0.1:1/")));
-        assert_eq!(parse("/models/m.gguf").unwrap(), SourceSpec::Local("/models/m.gguf".into()));
-        assert_eq!(parse("file:///models/a%20b.gguf").unwrap(), SourceSpec::Local("/models/a b.gguf".into()));
-        assert!(matches!(parse("https://example.com/m.gguf").unwrap(), SourceSpec::Http { hf: false, .. }));
+        assert!(
+            matches!(parse("https://acct.blob.core.windows.net/c/b.gguf?sv=1&sig=x").unwrap(),
+            SourceSpec::Azure { account, url: Some(_), .. } if account == "acct")
+        );
+        assert!(
+            matches!(parse("azblob+http://127.0.0.1:1/devstoreaccount1/c/b.gguf?sig=x").unwrap(),
+            SourceSpec::Azure { account, url: Some(u), .. } if account == "devstoreaccount1" && u.starts_with("http://127.0.0.1:1/"))
+        );
+        assert_eq!(
+            parse("/models/m.gguf").unwrap(),
+            SourceSpec::Local("/models/m.gguf".into())
+        );
+        assert_eq!(
+            parse("file:///models/a%20b.gguf").unwrap(),
+            SourceSpec::Local("/models/a b.gguf".into())
+        );
+        assert!(matches!(
+            parse("https://example.com/m.gguf").unwrap(),
+            SourceSpec::Http { hf: false, .. }
+        ));
         assert!(parse("s3://bucket").is_err());
         assert!(parse("gopher://x/y").is_err());
     }
 
     #[test]
     fn redaction_drops_queries_and_userinfo() {
-        assert_eq!(redact("https://a.blob.core.windows.net/c/b?sv=2020&sig=SECRET"), "https://a.blob.core.windows.net/c/b");
+        assert_eq!(
+            redact("https://a.blob.core.windows.net/c/b?sv=2020&sig=SECRET"),
+            "https://a.blob.core.windows.net/c/b"
+        );
         assert_eq!(redact("https://user:pw@host/x"), "https://host/x");
-        assert_eq!(redact("error for url (http://h/x?sig=S): boom"), "error for url (http://h/x): boom");
+        assert_eq!(
+            redact("error for url (http://h/x?sig=S): boom"),
+            "error for url (http://h/x): boom"
+        );
         assert_eq!(redact("s3://b/k"), "s3://b/k");
     }
 

@@ -51,16 +51,29 @@ async fn parallel_download_verifies_publishes_and_reports_status() {
     // metadata carried the sha256.
     assert_eq!(srv.count("HEAD", "/m/model.gguf"), 1);
     assert_eq!(gets(&srv, "/m/model.gguf"), PARTS);
-    assert!(srv.log().iter().filter(|l| l.method == "GET").all(|l| l.range.is_some() && l.if_match.is_some()));
+    assert!(
+        srv.log()
+            .iter()
+            .filter(|l| l.method == "GET")
+            .all(|l| l.range.is_some() && l.if_match.is_some())
+    );
     assert_eq!(srv.count("GET", "/m/model.gguf.sha256"), 0);
 
-    let sidecar: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{}.json", path.display())).unwrap()).unwrap();
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}.json", path.display())).unwrap())
+            .unwrap();
     assert_eq!(sidecar["size"], SIZE as u64);
     assert_eq!(sidecar["sha256"], sha256_hex(&data));
     assert!(sidecar["etag"].as_str().unwrap().starts_with("\"v"));
 
     match store.status() {
-        ModelStatus::Ready { size, sha256, path: p, source, .. } => {
+        ModelStatus::Ready {
+            size,
+            sha256,
+            path: p,
+            source,
+            ..
+        } => {
             assert_eq!(size, SIZE as u64);
             assert_eq!(sha256, Some(sha256_hex(&data)));
             assert_eq!(p, path.display().to_string());
@@ -85,7 +98,10 @@ async fn warm_start_in_a_new_store_makes_no_request_and_no_hash() {
     let data = gguf_payload(SIZE, 2);
     let srv = server_with("/warm.gguf", &data, true).await;
     let dir = temp_dir("warm");
-    ModelStore::new(config(&srv.url("/warm.gguf"), &dir)).get().await.unwrap();
+    ModelStore::new(config(&srv.url("/warm.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     srv.clear_log();
 
     // A "restarted process": a new store with the same cache dir.
@@ -93,14 +109,24 @@ async fn warm_start_in_a_new_store_makes_no_request_and_no_hash() {
     let t0 = Instant::now();
     let f = store.get().await.unwrap();
     let warm = t0.elapsed();
-    eprintln!("warm path: {warm:?} from get() to mapped file ({} bytes)", f.size);
-    assert_eq!(srv.requests(), 0, "warm start must not touch the network: {:?}", srv.log());
+    eprintln!(
+        "warm path: {warm:?} from get() to mapped file ({} bytes)",
+        f.size
+    );
+    assert_eq!(
+        srv.requests(),
+        0,
+        "warm start must not touch the network: {:?}",
+        srv.log()
+    );
     assert_eq!(f.bytes(), &data[..]);
     assert!(warm < Duration::from_millis(200), "warm path took {warm:?}");
 
     // Even with the server gone the warm path works.
     drop(srv);
-    let f2 = ModelStore::new(config("http://127.0.0.1:9/warm.gguf", &dir)).get().await;
+    let f2 = ModelStore::new(config("http://127.0.0.1:9/warm.gguf", &dir))
+        .get()
+        .await;
     assert!(f2.is_err(), "a different URI is a different cache entry");
 }
 
@@ -117,13 +143,18 @@ async fn concurrent_callers_share_one_download() {
     }
     let files: Vec<_> = futures_join(handles).await;
     for f in &files {
-        assert!(Arc::ptr_eq(f, &files[0]), "all callers get the same mapping");
+        assert!(
+            Arc::ptr_eq(f, &files[0]),
+            "all callers get the same mapping"
+        );
     }
     assert_eq!(srv.count("HEAD", "/c.gguf"), 1);
     assert_eq!(gets(&srv, "/c.gguf"), PARTS, "one download for all callers");
 }
 
-async fn futures_join(handles: Vec<tokio::task::JoinHandle<Result<Arc<model_store::ModelFile>, StoreError>>>) -> Vec<Arc<model_store::ModelFile>> {
+async fn futures_join(
+    handles: Vec<tokio::task::JoinHandle<Result<Arc<model_store::ModelFile>, StoreError>>>,
+) -> Vec<Arc<model_store::ModelFile>> {
     let mut out = Vec::new();
     for h in handles {
         out.push(h.await.unwrap().unwrap());
@@ -136,17 +167,28 @@ async fn stale_sidecar_size_triggers_a_new_download() {
     let data = gguf_payload(SIZE, 4);
     let srv = server_with("/s.gguf", &data, true).await;
     let dir = temp_dir("stale");
-    let f = ModelStore::new(config(&srv.url("/s.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/s.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     let sidecar = format!("{}.json", f.path.as_ref().unwrap().display());
     drop(f);
-    let mut sc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    let mut sc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
     sc["size"] = serde_json::json!(SIZE as u64 + 1);
     std::fs::write(&sidecar, serde_json::to_vec(&sc).unwrap()).unwrap();
     srv.clear_log();
 
-    let f = ModelStore::new(config(&srv.url("/s.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/s.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.bytes(), &data[..]);
-    assert_eq!(gets(&srv, "/s.gguf"), PARTS, "a stale sidecar means a fresh download");
+    assert_eq!(
+        gets(&srv, "/s.gguf"),
+        PARTS,
+        "a stale sidecar means a fresh download"
+    );
     let sc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
     assert_eq!(sc["size"], SIZE as u64);
 }
@@ -157,7 +199,10 @@ async fn revalidation_notices_a_replaced_object() {
     let new = gguf_payload(SIZE, 6);
     let srv = server_with("/r.gguf", &old, false).await;
     let dir = temp_dir("revalidate");
-    ModelStore::new(config(&srv.url("/r.gguf"), &dir)).get().await.unwrap();
+    ModelStore::new(config(&srv.url("/r.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
 
     // Same ETag: only a HEAD.
     let mut cfg = config(&srv.url("/r.gguf"), &dir);
@@ -181,7 +226,10 @@ async fn server_errors_that_recover_are_retried_per_part() {
     srv.rule("HEAD", "/e.gguf", 1, Fault::Status(503));
     srv.rule("GET", "/e.gguf", 3, Fault::Status(500));
     let dir = temp_dir("5xx");
-    let f = ModelStore::new(config(&srv.url("/e.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/e.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.bytes(), &data[..]);
     assert_eq!(srv.count("HEAD", "/e.gguf"), 2);
     assert_eq!(gets(&srv, "/e.gguf"), PARTS + 3);
@@ -198,7 +246,17 @@ async fn persistent_server_errors_fail_cleanly() {
     let store = ModelStore::new(cfg);
     let err = store.get().await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::Transfer { retryable: true, attempts: 3, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            StoreError::Transfer {
+                retryable: true,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(msg.contains("503") && msg.contains("/p.gguf"), "{msg}");
     assert!(err.is_retryable());
     assert_nothing_cached(&dir);
@@ -213,13 +271,28 @@ async fn responses_cut_short_are_resumed() {
     let srv = server_with("/cut.gguf", &data, true).await;
     srv.rule("GET", "/cut.gguf", 3, Fault::CutShort(10_000));
     let dir = temp_dir("cut");
-    let f = ModelStore::new(config(&srv.url("/cut.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/cut.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.bytes(), &data[..]);
     // The retries asked only for what was missing.
-    let resumed: Vec<_> = srv.log().into_iter().filter(|l| l.method == "GET").filter_map(|l| l.range).filter(|r| {
-        let start: u64 = r.trim_start_matches("bytes=").split('-').next().unwrap().parse().unwrap();
-        start % PART != 0
-    }).collect();
+    let resumed: Vec<_> = srv
+        .log()
+        .into_iter()
+        .filter(|l| l.method == "GET")
+        .filter_map(|l| l.range)
+        .filter(|r| {
+            let start: u64 = r
+                .trim_start_matches("bytes=")
+                .split('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            start % PART != 0
+        })
+        .collect();
     assert_eq!(resumed.len(), 3, "{resumed:?}");
 }
 
@@ -229,7 +302,10 @@ async fn connections_reset_mid_part_are_resumed() {
     let srv = server_with("/rst.gguf", &data, true).await;
     srv.rule("GET", "/rst.gguf", 2, Fault::Reset(50_000));
     let dir = temp_dir("reset");
-    let f = ModelStore::new(config(&srv.url("/rst.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/rst.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.bytes(), &data[..]);
     assert_eq!(gets(&srv, "/rst.gguf"), PARTS + 2);
 }
@@ -258,9 +334,19 @@ async fn wrong_sha256_is_retried_once_then_named() {
     cfg.sha256 = Some(wrong.clone());
     let err = ModelStore::new(cfg).get().await.unwrap_err();
     let msg = err.to_string();
-    assert!(matches!(err, StoreError::ChecksumMismatch { .. }), "{err:?}");
-    assert!(msg.contains(&wrong) && msg.contains(&sha256_hex(&data)), "{msg}");
-    assert_eq!(gets(&srv, "/sha.gguf"), 2 * PARTS, "downloaded twice (one retry)");
+    assert!(
+        matches!(err, StoreError::ChecksumMismatch { .. }),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains(&wrong) && msg.contains(&sha256_hex(&data)),
+        "{msg}"
+    );
+    assert_eq!(
+        gets(&srv, "/sha.gguf"),
+        2 * PARTS,
+        "downloaded twice (one retry)"
+    );
     assert!(!err.is_retryable());
     assert_nothing_cached(&dir);
 }
@@ -269,23 +355,39 @@ async fn wrong_sha256_is_retried_once_then_named() {
 async fn sha256_sidecar_object_is_used_and_checked() {
     let data = gguf_payload(SIZE, 13);
     let srv = server_with("/side.gguf", &data, false).await;
-    srv.put("/side.gguf.sha256", format!("{}  side.gguf\n", sha256_hex(&data)).into_bytes(), None);
+    srv.put(
+        "/side.gguf.sha256",
+        format!("{}  side.gguf\n", sha256_hex(&data)).into_bytes(),
+        None,
+    );
     let dir = temp_dir("sidecar-ok");
-    let f = ModelStore::new(config(&srv.url("/side.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/side.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
     assert_eq!(srv.count("GET", "/side.gguf.sha256"), 1);
 
     // A wrong sidecar fails the download.
     srv.put("/side.gguf.sha256", "00".repeat(32).into_bytes(), None);
     let dir = temp_dir("sidecar-bad");
-    let err = ModelStore::new(config(&srv.url("/side.gguf"), &dir)).get().await.unwrap_err();
-    assert!(err.to_string().contains(&"00".repeat(32)) && err.to_string().contains(".sha256"), "{err}");
+    let err = ModelStore::new(config(&srv.url("/side.gguf"), &dir))
+        .get()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&"00".repeat(32)) && err.to_string().contains(".sha256"),
+        "{err}"
+    );
     assert_nothing_cached(&dir);
 
     // No sidecar (404) and no metadata: accepted on size and header alone.
     let srv2 = server_with("/none.gguf", &data, false).await;
     let dir = temp_dir("sidecar-none");
-    let f = ModelStore::new(config(&srv2.url("/none.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv2.url("/none.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
     assert_eq!(srv2.count("GET", "/none.gguf.sha256"), 1);
 }
@@ -308,13 +410,21 @@ async fn object_replaced_between_parts_restarts_once_then_fails_clearly() {
 
     // Replaced on every GET: a clear error and nothing cached.
     let srv = server_with("/chg2.gguf", &old, false).await;
-    srv.rule("GET", "/chg2.gguf", 1000, Fault::Replace(Arc::new(new.clone())));
+    srv.rule(
+        "GET",
+        "/chg2.gguf",
+        1000,
+        Fault::Replace(Arc::new(new.clone())),
+    );
     let dir = temp_dir("changed-fail");
     let mut cfg = config(&srv.url("/chg2.gguf"), &dir);
     cfg.concurrency = 1;
     let err = ModelStore::new(cfg).get().await.unwrap_err();
     assert!(matches!(err, StoreError::ObjectChanged { .. }), "{err:?}");
-    assert!(err.to_string().contains("changed during the download"), "{err}");
+    assert!(
+        err.to_string().contains("changed during the download"),
+        "{err}"
+    );
     assert_nothing_cached(&dir);
 }
 
@@ -337,9 +447,15 @@ async fn forbidden_fails_at_once_naming_the_source_without_secrets() {
     let srv = server_with("/f2.gguf", &data, true).await;
     srv.rule("GET", "/f2.gguf", 1000, Fault::Status(403));
     let dir = temp_dir("403-get");
-    let err = ModelStore::new(config(&srv.url("/f2.gguf"), &dir)).get().await.unwrap_err();
+    let err = ModelStore::new(config(&srv.url("/f2.gguf"), &dir))
+        .get()
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Forbidden { .. }), "{err:?}");
-    assert!(gets(&srv, "/f2.gguf") <= 4, "one failed request per worker at most");
+    assert!(
+        gets(&srv, "/f2.gguf") <= 4,
+        "one failed request per worker at most"
+    );
     assert_nothing_cached(&dir);
 }
 
@@ -347,9 +463,15 @@ async fn forbidden_fails_at_once_naming_the_source_without_secrets() {
 async fn not_found_names_the_source() {
     let srv = FaultServer::start().await;
     let dir = temp_dir("404");
-    let err = ModelStore::new(config(&srv.url("/missing.gguf"), &dir)).get().await.unwrap_err();
+    let err = ModelStore::new(config(&srv.url("/missing.gguf"), &dir))
+        .get()
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
-    assert!(err.to_string().contains("/missing.gguf") && err.to_string().contains("not found"), "{err}");
+    assert!(
+        err.to_string().contains("/missing.gguf") && err.to_string().contains("not found"),
+        "{err}"
+    );
     assert_eq!(srv.requests(), 1);
     assert_nothing_cached(&dir);
 }
@@ -360,7 +482,10 @@ async fn not_a_gguf_is_refused() {
     html.resize(4096, b' ');
     let srv = server_with("/page.gguf", &html, false).await;
     let dir = temp_dir("html");
-    let err = ModelStore::new(config(&srv.url("/page.gguf"), &dir)).get().await.unwrap_err();
+    let err = ModelStore::new(config(&srv.url("/page.gguf"), &dir))
+        .get()
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::NotGguf { .. }), "{err:?}");
     assert!(err.to_string().contains("bad magic"), "{err}");
     assert_nothing_cached(&dir);
@@ -378,7 +503,12 @@ async fn not_enough_space_is_refused_before_downloading() {
     let err = ModelStore::new(cfg).get().await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, StoreError::NoSpace { .. }), "{err:?}");
-    assert!(msg.contains("need") && msg.contains("available") && msg.contains(&dir.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("need")
+            && msg.contains("available")
+            && msg.contains(&dir.display().to_string()),
+        "{msg}"
+    );
     assert_eq!(gets(&srv, "/big.gguf"), 0, "nothing downloaded");
     assert_nothing_cached(&dir);
 
@@ -391,7 +521,13 @@ async fn not_enough_space_is_refused_before_downloading() {
     cfg.max_memory_bytes = Some(2048);
     let err = ModelStore::new(cfg).get().await.unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("disk:") && msg.contains("memory:") && msg.contains("1024 bytes") && msg.contains("2048 bytes"), "{msg}");
+    assert!(
+        msg.contains("disk:")
+            && msg.contains("memory:")
+            && msg.contains("1024 bytes")
+            && msg.contains("2048 bytes"),
+        "{msg}"
+    );
     assert_nothing_cached(&dir);
 }
 
@@ -425,7 +561,10 @@ async fn servers_without_ranges_get_one_stream() {
     let srv = server_with("/nr.gguf", &data, true).await;
     srv.set_accept_ranges(false);
     let dir = temp_dir("noranges");
-    let f = ModelStore::new(config(&srv.url("/nr.gguf"), &dir)).get().await.unwrap();
+    let f = ModelStore::new(config(&srv.url("/nr.gguf"), &dir))
+        .get()
+        .await
+        .unwrap();
     assert_eq!(f.bytes(), &data[..]);
     assert_eq!(gets(&srv, "/nr.gguf"), 1);
 }
@@ -437,7 +576,10 @@ async fn a_failed_get_can_be_retried_by_the_next_call() {
     srv.rule("HEAD", "/again.gguf", 1, Fault::Status(404));
     let dir = temp_dir("again");
     let store = ModelStore::new(config(&srv.url("/again.gguf"), &dir));
-    assert!(matches!(store.get().await, Err(StoreError::NotFound { .. })));
+    assert!(matches!(
+        store.get().await,
+        Err(StoreError::NotFound { .. })
+    ));
     assert!(matches!(store.status(), ModelStatus::Failed { .. }));
     let f = store.get().await.unwrap();
     assert_eq!(f.bytes(), &data[..]);

@@ -45,7 +45,9 @@ fn parse_storage(s: &str) -> Result<StorageMode, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    model_store::parse_bytes(s).filter(|n| *n > 0).ok_or_else(|| format!("not a byte count: {s:?}"))
+    model_store::parse_bytes(s)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("not a byte count: {s:?}"))
 }
 
 impl FetchArgs {
@@ -63,7 +65,10 @@ impl FetchArgs {
 
 /// Runs the subcommand. Errors come back as one line (the caller prints them and exits 1).
 pub fn run(args: FetchArgs) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     rt.block_on(async move {
         if args.bench {
             return bench(&args).await;
@@ -80,7 +85,9 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
         );
         match &file.path {
             Some(p) => println!("{}", p.display()),
-            None => bail!("the model is held in memory (--storage memory or no disk space), so it has no path"),
+            None => bail!(
+                "the model is held in memory (--storage memory or no disk space), so it has no path"
+            ),
         }
         Ok(())
     })
@@ -88,17 +95,26 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
 
 async fn bench(args: &FetchArgs) -> anyhow::Result<()> {
     let mut results = Vec::new();
-    for (label, concurrency, part) in [("single-stream", 1usize, u64::MAX / 2), ("parallel", args.concurrency.max(1), args.part_size)] {
+    for (label, concurrency, part) in [
+        ("single-stream", 1usize, u64::MAX / 2),
+        ("parallel", args.concurrency.max(1), args.part_size),
+    ] {
         let mut cfg = args.config();
         cfg.storage = StorageMode::Memory;
         cfg.concurrency = concurrency;
         cfg.part_size = part;
         let store = ModelStore::new(cfg);
         let t0 = Instant::now();
-        let file = store.get().await.map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
+        let file = store
+            .get()
+            .await
+            .map_err(|e| anyhow::anyhow!("{label}: {e}"))?;
         let secs = t0.elapsed().as_secs_f64();
         let mbps = file.size as f64 / 1e6 / secs;
-        println!("{label}: {} bytes in {secs:.3} s = {mbps:.1} MB/s (concurrency {concurrency})", file.size);
+        println!(
+            "{label}: {} bytes in {secs:.3} s = {mbps:.1} MB/s (concurrency {concurrency})",
+            file.size
+        );
         if let ModelStatus::Ready { sha256, .. } = store.status() {
             eprintln!("{label}: sha256 {}", sha256.unwrap_or_default());
         }

@@ -31,7 +31,9 @@ pub(crate) enum FailKind {
     NotFound,
     Forbidden,
     /// 412 or a different ETag: the object was replaced.
-    Changed { got: String },
+    Changed {
+        got: String,
+    },
     /// Anything else: give up at once.
     Fatal,
 }
@@ -45,17 +47,25 @@ pub(crate) struct SourceError {
 
 impl SourceError {
     pub fn transient(message: impl Into<String>) -> Self {
-        SourceError { kind: FailKind::Transient, message: crate::uri::redact(&message.into()) }
+        SourceError {
+            kind: FailKind::Transient,
+            message: crate::uri::redact(&message.into()),
+        }
     }
     pub fn fatal(message: impl Into<String>) -> Self {
-        SourceError { kind: FailKind::Fatal, message: crate::uri::redact(&message.into()) }
+        SourceError {
+            kind: FailKind::Fatal,
+            message: crate::uri::redact(&message.into()),
+        }
     }
     pub fn from_status(status: u16, message: impl Into<String>) -> Self {
         let message = crate::uri::redact(&message.into());
         let kind = match status {
             404 | 410 => FailKind::NotFound,
             401 | 403 => FailKind::Forbidden,
-            412 | 416 => FailKind::Changed { got: format!("(HTTP {status})") },
+            412 | 416 => FailKind::Changed {
+                got: format!("(HTTP {status})"),
+            },
             408 | 429 | 500..=599 => FailKind::Transient,
             _ => FailKind::Fatal,
         };
@@ -66,18 +76,39 @@ impl SourceError {
     }
 
     /// The public error, naming the source.
-    pub fn into_store_error(self, uri: &str, expected_etag: Option<&str>, attempts: u32) -> StoreError {
+    pub fn into_store_error(
+        self,
+        uri: &str,
+        expected_etag: Option<&str>,
+        attempts: u32,
+    ) -> StoreError {
         let uri = uri.to_string();
         match self.kind {
-            FailKind::NotFound => StoreError::NotFound { uri, detail: self.message },
-            FailKind::Forbidden => StoreError::Forbidden { uri, detail: self.message },
+            FailKind::NotFound => StoreError::NotFound {
+                uri,
+                detail: self.message,
+            },
+            FailKind::Forbidden => StoreError::Forbidden {
+                uri,
+                detail: self.message,
+            },
             FailKind::Changed { got } => StoreError::ObjectChanged {
                 uri,
                 expected: expected_etag.unwrap_or("(none)").to_string(),
                 got,
             },
-            FailKind::Transient => StoreError::Transfer { uri, message: self.message, attempts, retryable: true },
-            FailKind::Fatal => StoreError::Transfer { uri, message: self.message, attempts, retryable: false },
+            FailKind::Transient => StoreError::Transfer {
+                uri,
+                message: self.message,
+                attempts,
+                retryable: true,
+            },
+            FailKind::Fatal => StoreError::Transfer {
+                uri,
+                message: self.message,
+                attempts,
+                retryable: false,
+            },
         }
     }
 }
@@ -93,10 +124,12 @@ impl Body {
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, SourceError> {
         match self {
             Body::Http(b) => b.next_chunk().await,
-            Body::S3(b) => b
-                .try_next()
-                .await
-                .map_err(|e| SourceError::transient(format!("reading S3 body: {}", aws_sdk_s3::error::DisplayErrorContext(&e)))),
+            Body::S3(b) => b.try_next().await.map_err(|e| {
+                SourceError::transient(format!(
+                    "reading S3 body: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(&e)
+                ))
+            }),
             Body::Azure(b) => b.next_chunk().await,
         }
     }
@@ -112,10 +145,21 @@ impl Backend {
     pub async fn new(spec: &SourceSpec, cfg: &StoreConfig) -> Result<Self, StoreError> {
         Ok(match spec {
             SourceSpec::Http { url, hf } => Backend::Http(http::HttpSource::new(url, *hf, cfg)?),
-            SourceSpec::S3 { bucket, key } => Backend::S3(s3::S3Source::new(bucket, key, cfg).await),
-            SourceSpec::Azure { account, container, blob, url } => {
-                Backend::Azure(azure::AzureSource::new(account, container, blob, url.as_deref(), cfg)?)
+            SourceSpec::S3 { bucket, key } => {
+                Backend::S3(s3::S3Source::new(bucket, key, cfg).await)
             }
+            SourceSpec::Azure {
+                account,
+                container,
+                blob,
+                url,
+            } => Backend::Azure(azure::AzureSource::new(
+                account,
+                container,
+                blob,
+                url.as_deref(),
+                cfg,
+            )?),
             SourceSpec::Local(_) => unreachable!("local files are not downloaded"),
         })
     }
@@ -129,7 +173,13 @@ impl Backend {
     }
 
     /// Bytes `start..end` of the version whose ETag is `etag`.
-    pub async fn get_range(&self, start: u64, end: u64, size: u64, etag: Option<&str>) -> Result<Body, SourceError> {
+    pub async fn get_range(
+        &self,
+        start: u64,
+        end: u64,
+        size: u64,
+        etag: Option<&str>,
+    ) -> Result<Body, SourceError> {
         match self {
             Backend::Http(s) => s.get_range(start, end, size, etag).await.map(Body::Http),
             Backend::S3(s) => s.get_range(start, end, etag).await.map(Body::S3),
@@ -146,7 +196,10 @@ impl Backend {
         };
         match res {
             // A missing object can read as 403 on S3 without s3:ListBucket.
-            Err(SourceError { kind: FailKind::NotFound | FailKind::Forbidden, .. }) => Ok(None),
+            Err(SourceError {
+                kind: FailKind::NotFound | FailKind::Forbidden,
+                ..
+            }) => Ok(None),
             other => other,
         }
     }
@@ -170,8 +223,14 @@ mod tests {
     #[test]
     fn sha256_forms() {
         let h = "A".repeat(64);
-        assert_eq!(super::parse_sha256(&format!("{h}  model.gguf\n")), Some("a".repeat(64)));
-        assert_eq!(super::normalise_sha256(&format!("\"{h}\"")), Some("a".repeat(64)));
+        assert_eq!(
+            super::parse_sha256(&format!("{h}  model.gguf\n")),
+            Some("a".repeat(64))
+        );
+        assert_eq!(
+            super::normalise_sha256(&format!("\"{h}\"")),
+            Some("a".repeat(64))
+        );
         assert_eq!(super::normalise_sha256("abc"), None);
     }
 }

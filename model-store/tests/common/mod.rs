@@ -32,7 +32,10 @@ pub fn gguf_payload(len: usize, seed: u64) -> Vec<u8> {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An endpoint exported by `.ci/services.sh`. Fails when it is missing and `CI` is set (CI
@@ -41,7 +44,9 @@ pub fn service_endpoint(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Some(v),
         _ => {
-            let msg = format!("{var} is not set: run `source .ci/services.sh` first (it starts moto and Azurite)");
+            let msg = format!(
+                "{var} is not set: run `source .ci/services.sh` first (it starts moto and Azurite)"
+            );
             if std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false") {
                 panic!("{msg}");
             }
@@ -64,7 +69,10 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Names in `dir` (hidden temporaries included).
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
         Err(_) => Vec::new(),
     };
     v.sort();
@@ -74,7 +82,11 @@ pub fn listing(dir: &Path) -> Vec<String> {
 /// Asserts that a failed load left nothing behind: no model, no sidecar, no temporary.
 pub fn assert_nothing_cached(dir: &Path) {
     let l = listing(dir);
-    assert!(l.is_empty(), "cache dir {} should be empty after a failure, holds {l:?}", dir.display());
+    assert!(
+        l.is_empty(),
+        "cache dir {} should be empty after a failure, holds {l:?}",
+        dir.display()
+    );
 }
 
 #[derive(Clone, Debug)]
@@ -145,11 +157,16 @@ impl FaultServer {
     pub async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(State { accept_ranges: true, ..Default::default() }));
+        let state = Arc::new(Mutex::new(State {
+            accept_ranges: true,
+            ..Default::default()
+        }));
         let st = Arc::clone(&state);
         let task = tokio::spawn(async move {
             loop {
-                let Ok((sock, _)) = listener.accept().await else { return };
+                let Ok((sock, _)) = listener.accept().await else {
+                    return;
+                };
                 let st = Arc::clone(&st);
                 tokio::spawn(async move {
                     let _ = serve_conn(sock, st).await;
@@ -167,7 +184,14 @@ impl FaultServer {
         let mut st = self.state.lock().unwrap();
         st.version += 1;
         let etag = format!("\"v{}-{}\"", st.version, data.len());
-        st.objects.insert(path.to_string(), Object { data: Arc::new(data), etag, meta_sha256 });
+        st.objects.insert(
+            path.to_string(),
+            Object {
+                data: Arc::new(data),
+                etag,
+                meta_sha256,
+            },
+        );
     }
 
     pub fn set_rate_limit(&self, bytes_per_sec_per_connection: u64) {
@@ -179,7 +203,12 @@ impl FaultServer {
     }
 
     pub fn rule(&self, method: &'static str, path_suffix: &str, times: usize, fault: Fault) {
-        self.state.lock().unwrap().rules.push(Rule { method, path_suffix: path_suffix.into(), times, fault });
+        self.state.lock().unwrap().rules.push(Rule {
+            method,
+            path_suffix: path_suffix.into(),
+            times,
+            fault,
+        });
     }
 
     pub fn log(&self) -> Vec<Logged> {
@@ -191,7 +220,13 @@ impl FaultServer {
     }
 
     pub fn count(&self, method: &str, path: &str) -> usize {
-        self.state.lock().unwrap().log.iter().filter(|l| l.method == method && l.path == path).count()
+        self.state
+            .lock()
+            .unwrap()
+            .log
+            .iter()
+            .filter(|l| l.method == method && l.path == path)
+            .count()
     }
 
     pub fn clear_log(&self) {
@@ -234,7 +269,11 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         let (fault, obj, accept_ranges, rate_limit) = {
             let mut s = st.lock().unwrap();
             let mut fault = None;
-            if let Some(r) = s.rules.iter_mut().find(|r| r.times > 0 && (r.method == "*" || r.method == method) && path.ends_with(&r.path_suffix)) {
+            if let Some(r) = s.rules.iter_mut().find(|r| {
+                r.times > 0
+                    && (r.method == "*" || r.method == method)
+                    && path.ends_with(&r.path_suffix)
+            }) {
                 r.times -= 1;
                 fault = Some(r.fault.clone());
             }
@@ -242,13 +281,31 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
                 s.version += 1;
                 let etag = format!("\"v{}-{}\"", s.version, data.len());
                 let meta = None;
-                s.objects.insert(path.clone(), Object { data: Arc::clone(data), etag, meta_sha256: meta });
+                s.objects.insert(
+                    path.clone(),
+                    Object {
+                        data: Arc::clone(data),
+                        etag,
+                        meta_sha256: meta,
+                    },
+                );
                 fault = None;
             }
-            (fault, s.objects.get(&path).cloned(), s.accept_ranges, s.rate_limit)
+            (
+                fault,
+                s.objects.get(&path).cloned(),
+                s.accept_ranges,
+                s.rate_limit,
+            )
         };
         let log = |status: u16| {
-            st.lock().unwrap().log.push(Logged { method: method.clone(), path: path.clone(), range: range.clone(), if_match: if_match.clone(), status });
+            st.lock().unwrap().log.push(Logged {
+                method: method.clone(),
+                path: path.clone(),
+                range: range.clone(),
+                if_match: if_match.clone(),
+                status,
+            });
         };
 
         if let Some(Fault::Status(code)) = fault {
@@ -264,7 +321,12 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         if let Some(tag) = &if_match {
             if tag != &obj.etag && tag != "*" {
                 log(412);
-                write_head(&mut sock, 412, &[("Content-Length", "0".into()), ("ETag", obj.etag.clone())]).await?;
+                write_head(
+                    &mut sock,
+                    412,
+                    &[("Content-Length", "0".into()), ("ETag", obj.etag.clone())],
+                )
+                .await?;
                 continue;
             }
         }
@@ -276,14 +338,30 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         if let Some(s) = &obj.meta_sha256 {
             hdrs.push(("x-amz-meta-sha256", s.clone()));
         }
-        let (status, start, end) = match range.as_deref().and_then(|r| r.strip_prefix("bytes=")).filter(|_| accept_ranges) {
+        let (status, start, end) = match range
+            .as_deref()
+            .and_then(|r| r.strip_prefix("bytes="))
+            .filter(|_| accept_ranges)
+        {
             Some(r) => {
                 let (a, b) = r.split_once('-').unwrap_or((r, ""));
                 let a: u64 = a.parse().unwrap_or(0);
-                let b: u64 = if b.is_empty() { total - 1 } else { b.parse::<u64>().unwrap_or(total - 1).min(total - 1) };
+                let b: u64 = if b.is_empty() {
+                    total - 1
+                } else {
+                    b.parse::<u64>().unwrap_or(total - 1).min(total - 1)
+                };
                 if a >= total || a > b {
                     log(416);
-                    write_head(&mut sock, 416, &[("Content-Length", "0".into()), ("Content-Range", format!("bytes */{total}"))]).await?;
+                    write_head(
+                        &mut sock,
+                        416,
+                        &[
+                            ("Content-Length", "0".into()),
+                            ("Content-Range", format!("bytes */{total}")),
+                        ],
+                    )
+                    .await?;
                     continue;
                 }
                 hdrs.push(("Content-Range", format!("bytes {a}-{b}/{total}")));
@@ -332,7 +410,11 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
     }
 }
 
-async fn write_head(sock: &mut TcpStream, status: u16, headers: &[(&str, String)]) -> std::io::Result<()> {
+async fn write_head(
+    sock: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
