@@ -13,5 +13,5 @@ pub mod tokenizer;
 
 pub use error::EngineError;
 pub use generate::{GenerateOutput, GenerateParams, Piece, SamplingParams, StopReason};
-pub use model::{LoadOptions, Model};
+pub use model::{HeadPrecision, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -10,6 +10,9 @@ use std::arch::x86_64::*;
 
 use crate::quant::act::PERM1_BLOCK;
 
+/// How far ahead of the current weight bytes to prefetch.
+const PREFETCH: usize = 1024;
+
 /// Which 2-bit layout: I2_S stores plane n at shift `6 - 2n` in 64-byte chunks (two
 /// 128-blocks); TQ2_0 at shift `2n` in the first 64 bytes of each 66-byte block.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,6 +42,7 @@ pub unsafe fn dot2_avx2<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T],
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_si256(); T];
     for c in 0..nb {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8);
         // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row` (checked above).
         let (lo, hi) = unsafe {
             let p = row.as_ptr().add(c * kind.stride());
@@ -89,6 +93,9 @@ pub unsafe fn dot2_avx512<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T
     let mask = _mm512_set1_epi8(3);
     let mut acc = [_mm512_setzero_si512(); T];
     for c in 0..nb {
+        // Prefetch across page boundaries, which the hardware prefetcher does not cross
+        // (prefetching past the row is harmless: it never faults).
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8);
         // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row`.
         let v = unsafe { _mm512_loadu_si512(row.as_ptr().add(c * kind.stride()) as *const __m512i) };
         for n in 0..4 {
@@ -122,6 +129,7 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
     let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
     let mut acc = [_mm256_setzero_si256(); T];
     for b in 0..nb {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
         // SAFETY: block b spans bytes 54b .. 54b+54 of `row`; the masked load reads only
         // bytes 32..52 of it and suppresses the rest.
         let (lo, hi) = unsafe {
@@ -172,6 +180,7 @@ pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, o
     let hi_byte = _mm512_set1_epi16(0xFF00u16 as i16);
     let mut acc = [_mm512_setzero_si512(); T];
     for b in 0..nb {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
         // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
         // (qs and qh) and suppresses faults on the rest.
         let v = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8) };
@@ -206,6 +215,7 @@ pub unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
     let main = k / 32 * 32;
     let mut i = 0;
     while i < main {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(2 * i + PREFETCH) as *const i8);
         for (j, a) in acc.iter_mut().enumerate() {
             // SAFETY: i + 8j + 8 <= main <= k: within both `row` (2k bytes) and `x`.
             unsafe {
@@ -334,4 +344,39 @@ pub unsafe fn axpy_f64_avx2(y: &mut [f64], a: f64, x: &[f32]) {
     for j in main..k {
         y[j] += a * x[j] as f64;
     }
+}
+
+/// `sum_b d_b * sum_j q_j * x_j` over a Q8_0 row with f32 activations (AVX2 + FMA + F16C).
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; `row` holds `x.len() / 32` blocks of 34 bytes and
+/// `x.len()` is a multiple of 32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 32;
+    debug_assert!(row.len() >= nb * 34);
+    let mut acc0 = _mm256_setzero_ps();
+    let mut acc1 = _mm256_setzero_ps();
+    for b in 0..nb {
+        // SAFETY: block b spans 34 bytes from 34b; x has 32 values from 32b.
+        unsafe {
+            let p = row.as_ptr().add(b * 34);
+            let d = _mm256_set1_ps(half::f16::from_le_bytes([*p, *p.add(1)]).to_f32());
+            let xs = x.as_ptr().add(b * 32);
+            let mut part = _mm256_setzero_ps();
+            for j in 0..4 {
+                let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(2 + 8 * j) as *const __m128i));
+                part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_loadu_ps(xs.add(8 * j)), part);
+            }
+            if b % 2 == 0 {
+                acc0 = _mm256_fmadd_ps(part, d, acc0);
+            } else {
+                acc1 = _mm256_fmadd_ps(part, d, acc1);
+            }
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    lanes.iter().sum()
 }

@@ -12,7 +12,8 @@
 //! Weights stay in the memory mapping; only F16/F32 projections holding ternary values
 //! (test files) are repacked to I2_S in memory at load.
 
-use half::f16;
+use std::sync::OnceLock;
+
 
 use super::config::{Activation, Config};
 use crate::EngineError;
@@ -38,23 +39,37 @@ impl Storage {
 
 #[derive(Debug)]
 pub(crate) struct TernaryWeight {
+    name: String,
     pub(crate) ty: GgmlType,
     pub(crate) rows: usize,
     pub(crate) k: usize,
     storage: Storage,
-    pub(crate) scale: TernaryScale,
+    /// Worked out from the whole tensor on first use, not at load: reading every block's
+    /// scale (and checking I2_S codes) touches every page, which the first forward pass does
+    /// anyway, while start-up must stay a few milliseconds.
+    checked: OnceLock<Result<TernaryScale, String>>,
 }
 
 impl TernaryWeight {
-    pub(crate) fn matrix<'a>(&'a self, file: &'a [u8]) -> TernaryMatrix<'a> {
-        TernaryMatrix {
-            ty: self.ty,
-            rows: self.rows,
-            k: self.k,
-            data: self.storage.bytes(file),
-            scale: self.scale,
-        }
+    pub(crate) fn matrix<'a>(&'a self, file: &'a [u8]) -> Result<TernaryMatrix<'a>, EngineError> {
+        let data = self.storage.bytes(file);
+        let scale = self.checked.get_or_init(|| check_ternary(&self.name, self.ty, self.rows, self.k, data)).clone().map_err(invalid)?;
+        Ok(TernaryMatrix { ty: self.ty, rows: self.rows, k: self.k, data, scale })
     }
+}
+
+/// Full validation of a ternary tensor: no reserved I2_S code, a finite scale.
+fn check_ternary(name: &str, ty: GgmlType, rows: usize, k: usize, data: &[u8]) -> Result<TernaryScale, String> {
+    if ty == GgmlType::I2S && i2s::has_invalid_code(&data[..rows * k / 4]) {
+        return Err(format!("{name}: I2_S data holds the reserved code 3"));
+    }
+    let scale = TernaryMatrix::detect_scale(ty, rows, k, data);
+    if let TernaryScale::Uniform(s) = scale
+        && !s.is_finite()
+    {
+        return Err(format!("{name}: scale {s} is not finite"));
+    }
+    Ok(scale)
 }
 
 #[derive(Debug)]
@@ -151,21 +166,13 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
     let data = g.tensor_data(t);
     match t.ty {
         GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
-            if t.ty == GgmlType::I2S {
-                if k % i2s::BLOCK != 0 {
-                    return Err(invalid(format!("{name}: I2_S rows need a multiple of 128 weights")));
-                }
-                if i2s::has_invalid_code(&data[..rows * k / 4]) {
-                    return Err(invalid(format!("{name}: I2_S data holds the reserved code 3")));
-                }
+            if t.ty == GgmlType::I2S && k % i2s::BLOCK != 0 {
+                return Err(invalid(format!("{name}: I2_S rows need a multiple of 128 weights")));
             }
-            let scale = TernaryMatrix::detect_scale(t.ty, rows, k, data);
-            if let TernaryScale::Uniform(s) = scale
-                && !s.is_finite()
-            {
-                return Err(invalid(format!("{name}: scale {s} is not finite")));
-            }
+            let _ = data;
             Ok(TernaryWeight {
+                name: name.to_owned(),
+                checked: OnceLock::new(),
                 ty: t.ty,
                 rows,
                 k,
@@ -173,7 +180,6 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
                     offset: t.offset as usize,
                     len: t.size as usize,
                 },
-                scale,
             })
         }
         GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => repack_float_ternary(name, t.ty, data, k, rows),
@@ -215,11 +221,12 @@ fn repack_float_ternary(
         }
     }
     Ok(TernaryWeight {
+        name: name.to_owned(),
         ty: GgmlType::I2S,
         rows,
         k,
         storage: Storage::Owned(i2s::pack(&values, k, scale)),
-        scale: TernaryScale::Uniform(scale),
+        checked: OnceLock::from(Ok(TernaryScale::Uniform(scale))),
     })
 }
 
@@ -365,13 +372,7 @@ fn rope_head(x: &mut [f32], cs: &[(f32, f32)]) {
 impl BitNet {
     /// Runs `tokens` (at positions `session.pos..`) through the model and returns the
     /// logits of the last one. `tokens` must be non-empty, in vocabulary, and fit.
-    pub fn forward(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32]) -> Vec<f32> {
-        let mut logits = vec![0f32; self.config.n_vocab];
-        self.forward_into(file, kern, s, tokens, &mut logits);
-        logits
-    }
-
-    pub fn forward_into(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32], logits: &mut [f32]) {
+    pub fn forward_into(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32], logits: &mut [f32]) -> Result<(), EngineError> {
         let c = &self.config;
         let n = tokens.len();
         let (d, kv, hd, f) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
@@ -400,9 +401,9 @@ impl BitNet {
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
             sc.acts.quantize(&sc.h, d);
-            kern.bitlinear(&l.wq.matrix(file), &sc.acts, &mut sc.q);
-            kern.bitlinear(&l.wk.matrix(file), &sc.acts, &mut sc.k);
-            kern.bitlinear(&l.wv.matrix(file), &sc.acts, &mut sc.v);
+            kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
+            kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
+            kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
             for t in 0..n {
                 let cs = &sc.rope[t * (c.n_rot / 2)..(t + 1) * (c.n_rot / 2)];
                 for h in 0..c.n_head {
@@ -419,14 +420,14 @@ impl BitNet {
             attention(kern, c, &sc.q, kc, vc, s.pos, n, &mut sc.att);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
             sc.acts.quantize(&sc.h, d);
-            kern.bitlinear(&l.wo.matrix(file), &sc.acts, &mut sc.o);
+            kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
 
             // Feed-forward block.
             rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
             sc.acts.quantize(&sc.h, d);
-            kern.bitlinear(&l.w_gate.matrix(file), &sc.acts, &mut sc.gate);
-            kern.bitlinear(&l.w_up.matrix(file), &sc.acts, &mut sc.up);
+            kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
+            kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
             match c.activation {
                 Activation::Relu2 => sc.gate.iter_mut().zip(&sc.up).for_each(|(g, u)| {
                     let r = g.max(0.0);
@@ -439,7 +440,7 @@ impl BitNet {
             sc.up.copy_from_slice(&sc.gate);
             rmsnorm_rows(&sc.up, &l.ffn_sub_norm, c.eps, &mut sc.gate);
             sc.acts.quantize(&sc.gate, f);
-            kern.bitlinear(&l.w_down.matrix(file), &sc.acts, &mut sc.o);
+            kern.bitlinear(&l.w_down.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }
         s.pos += n;
@@ -448,6 +449,7 @@ impl BitNet {
         sc.last.resize(d, 0.0);
         rmsnorm(&sc.x[(n - 1) * d..], &self.output_norm, c.eps, &mut sc.last);
         kern.matvec(&self.output.matrix(file), &sc.last, logits);
+        Ok(())
     }
 }
 
@@ -487,9 +489,4 @@ fn attention(kern: &Kernels, c: &Config, q: &[f32], kc: &[f32], vc: &[f32], pos0
         use rayon::prelude::*;
         att[..n * d].par_chunks_mut(hd).enumerate().for_each(|(i, out)| work((i / c.n_head, i % c.n_head), out));
     });
-}
-
-/// f16 helper used by the quantized-head conversion.
-pub(crate) fn f16_bytes(v: f32) -> [u8; 2] {
-    f16::from_f32(v).to_le_bytes()
 }

@@ -7,6 +7,7 @@
 
 pub mod act;
 pub mod i2s;
+pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
 

@@ -12,6 +12,8 @@ use bitnet_engine::tokenizer::PreTokenizer;
 use bitnet_engine::{ChatMessage, GenerateParams, LoadOptions, Model, SamplingParams, Tokenizer};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(name = "bitnet", version, about = "Serve and run BitNet b1.58 ternary models")]
 struct Cli {
@@ -31,6 +33,8 @@ enum Cmd {
     Generate(GenerateArgs),
     /// Run token ids through the model and write the last position's logits (raw f32 LE).
     Eval(EvalArgs),
+    /// Measure prompt and generation tokens/s, start-up time and peak RSS.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -167,6 +171,7 @@ fn main() {
         Cmd::Tokenize(a) => cmd_tokenize(a),
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -269,7 +274,7 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
 }
 
 fn load(m: &ModelArgs) -> Result<Model> {
-    Model::load(&m.model, &LoadOptions { threads: m.threads }).with_context(|| format!("loading {}", m.model.display()))
+    Model::load(&m.model, &LoadOptions { threads: m.threads, ..Default::default() }).with_context(|| format!("loading {}", m.model.display()))
 }
 
 fn read_chat(path: &PathBuf) -> Result<Vec<ChatMessage>> {

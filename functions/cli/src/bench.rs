@@ -1,0 +1,144 @@
+//! `bitnet bench`: prompt and generation throughput, start-up time and peak memory, as
+//! medians over repetitions (llama-bench's pp/tg convention).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use bitnet_engine::{LoadOptions, Model};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Worker threads (default: all available cores).
+    #[arg(long, env = "BITNET_THREADS")]
+    threads: Option<usize>,
+    /// Prompt length for the prefill measurement (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    pp: usize,
+    /// Tokens generated for the decode measurement (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    tg: usize,
+    /// Repetitions; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Output head: f16 (the file's) or q8_0 (quantized at load; opt-in, lower precision).
+    #[arg(long, default_value = "f16")]
+    head: String,
+    #[arg(long)]
+    json: bool,
+    /// Internal: load the model, print "ready", exit (used to time process start to ready).
+    #[arg(long, hide = true)]
+    load_probe: bool,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
+/// Peak resident set (VmHWM) of this process, in MB.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn load_options(a: &BenchArgs) -> Result<LoadOptions> {
+    Ok(LoadOptions { threads: a.threads, head: a.head.parse().map_err(anyhow::Error::msg)? })
+}
+
+/// Spawns `bitnet bench --load-probe` and times exec to its "ready" line.
+fn time_process_start_to_ready(a: &BenchArgs) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let t0 = Instant::now();
+    let mut cmd = Command::new(exe);
+    cmd.args(["bench", "--load-probe", "--head", &a.head, "--model"]).arg(&a.model);
+    if let Some(t) = a.threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let status = child.wait()?;
+    if !status.success() || line.trim() != "ready" {
+        bail!("load probe failed ({status})");
+    }
+    Ok(ms)
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.load_probe {
+        let model = Model::load(&a.model, &load_options(&a)?)?;
+        std::hint::black_box(&model);
+        println!("ready");
+        return Ok(());
+    }
+    let reps = a.reps.max(1);
+    let mut load_ms: Vec<f64> = (0..reps).map(|_| time_process_start_to_ready(&a)).collect::<Result<_>>()?;
+    let model = Model::load(&a.model, &load_options(&a)?).with_context(|| format!("loading {}", a.model.display()))?;
+    let n_vocab = model.n_vocab() as u64;
+    // Fixed pseudo-random prompt ids (not special tokens).
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let prompt: Vec<u32> = (0..a.pp.max(1))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n_vocab.min(128_000)) as u32
+        })
+        .collect();
+    // Warm-up: first use validates the tensors and faults the pages in.
+    let mut s = model.new_session(2);
+    model.forward(&mut s, &prompt[..1])?;
+
+    let mut pp = Vec::new();
+    let mut tg = Vec::new();
+    for _ in 0..reps {
+        if a.pp > 0 {
+            let mut s = model.new_session(a.pp);
+            let t = Instant::now();
+            model.forward(&mut s, &prompt[..a.pp])?;
+            pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
+        }
+        if a.tg > 0 {
+            let mut s = model.new_session(a.tg + 1);
+            let mut logits = vec![0f32; model.n_vocab()];
+            model.forward_into(&mut s, &prompt[..1], &mut logits)?;
+            let t = Instant::now();
+            for _ in 0..a.tg {
+                let next = bitnet_engine::generate::sampler::argmax(&logits);
+                model.forward_into(&mut s, &[next], &mut logits)?;
+            }
+            tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
+        }
+    }
+    let (pp_med, tg_med, load_med) = (median(&mut pp), median(&mut tg), median(&mut load_ms));
+    let rss = peak_rss_mb();
+    let file_mb = std::fs::metadata(&a.model)?.len() as f64 / (1024.0 * 1024.0);
+    if a.json {
+        let v = serde_json::json!({
+            "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head,
+            "pp": a.pp, "tg": a.tg, "reps": reps,
+            "pp_tok_s": pp_med, "tg_tok_s": tg_med, "load_ms": load_med, "peak_rss_mb": rss, "file_mb": file_mb,
+            "pp_samples": pp, "tg_samples": tg, "load_samples_ms": load_ms,
+        });
+        println!("{v}");
+    } else {
+        println!("model {} ({file_mb:.0} MB), {} threads, {:?}, head {}", a.model.display(), model.threads(), model.isa(), a.head);
+        println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
+        println!("tg{:<5} {:>9.2} tok/s", a.tg, tg_med);
+        println!("load     {:>9.1} ms (process start to ready)", load_med);
+        println!("peak RSS {:>9.1} MB", rss);
+    }
+    Ok(())
+}
