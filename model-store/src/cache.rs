@@ -87,11 +87,12 @@ impl Entry {
                 continue;
             };
             let pid: Option<u32> = rest.split('.').next().and_then(|p| p.parse().ok());
-            if let Some(pid) = pid {
-                if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
-                    tracing::info!(file = %ent.path().display(), "removing a partial download left by an ended process");
-                    let _ = fs::remove_file(ent.path());
-                }
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                tracing::info!(file = %ent.path().display(), "removing a partial download left by an ended process");
+                let _ = fs::remove_file(ent.path());
             }
         }
     }

@@ -136,13 +136,16 @@ impl ModelStore {
                     tokio::spawn(async move {
                         // Resets the slot if this task dies without a result (panic, runtime
                         // shutdown), so that a later call can try again.
-                        let guard = ResetOnDrop(Arc::clone(&inner));
+                        let mut guard = ResetOnDrop {
+                            inner: Arc::clone(&inner),
+                            armed: true,
+                        };
                         let res = inner.load().await;
                         *inner.lock_slot() = match &res {
                             Ok(f) => Slot::Ready(Arc::clone(f)),
                             Err(_) => Slot::Idle,
                         };
-                        std::mem::forget(guard);
+                        guard.armed = false;
                         let _ = tx.send(Some(res));
                     });
                     rx
@@ -163,15 +166,21 @@ impl ModelStore {
     }
 }
 
-struct ResetOnDrop(Arc<Inner>);
+struct ResetOnDrop {
+    inner: Arc<Inner>,
+    armed: bool,
+}
 
 impl Drop for ResetOnDrop {
     fn drop(&mut self) {
-        let mut slot = self.0.lock_slot();
+        if !self.armed {
+            return;
+        }
+        let mut slot = self.inner.lock_slot();
         if matches!(*slot, Slot::Running(_)) {
             *slot = Slot::Idle;
         }
-        self.0.status.set(ModelStatus::Failed {
+        self.inner.status.set(ModelStatus::Failed {
             error: "model download task ended unexpectedly".into(),
         });
     }
@@ -361,15 +370,15 @@ impl Inner {
             uri: shown.into(),
             reason,
         })?;
-        if let Some(expected) = expected {
-            if expected != actual {
-                return Err(StoreError::ChecksumMismatch {
-                    uri: shown.into(),
-                    expected: expected.into(),
-                    actual,
-                    origin: origin.into(),
-                });
-            }
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(StoreError::ChecksumMismatch {
+                uri: shown.into(),
+                expected: expected.into(),
+                actual,
+                origin: origin.into(),
+            });
         }
         let path = on_disk.then(|| entry.file());
         let map = sink.publish(path.as_deref())?;
@@ -430,10 +439,10 @@ impl Inner {
             Some(Err(e)) => format!("cache directory {} unusable: {e}", dir.display()),
             None => String::new(),
         };
-        if let Some(Ok(a)) = disk {
-            if a >= needed {
-                return Ok(true);
-            }
+        if let Some(Ok(a)) = disk
+            && a >= needed
+        {
+            return Ok(true);
         }
         if cfg.storage == StorageMode::Disk {
             if let Some(Err(e)) = disk {

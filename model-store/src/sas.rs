@@ -60,10 +60,10 @@ impl ConnectionString {
                 _ => {}
             }
         }
-        if out.blob_endpoint.is_none() {
-            if let Some(account) = &out.account_name {
-                out.blob_endpoint = Some(format!("{protocol}://{account}.blob.{suffix}"));
-            }
+        if out.blob_endpoint.is_none()
+            && let Some(account) = &out.account_name
+        {
+            out.blob_endpoint = Some(format!("{protocol}://{account}.blob.{suffix}"));
         }
         if out.account_key.is_none() && out.sas.is_none() {
             return Err(

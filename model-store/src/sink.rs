@@ -188,10 +188,10 @@ impl Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        if let Kind::Disk { tmp, published, .. } = &self.kind {
-            if !*published.lock().unwrap_or_else(|p| p.into_inner()) {
-                let _ = std::fs::remove_file(tmp);
-            }
+        if let Kind::Disk { tmp, published, .. } = &self.kind
+            && !*published.lock().unwrap_or_else(|p| p.into_inner())
+        {
+            let _ = std::fs::remove_file(tmp);
         }
     }
 }

@@ -290,7 +290,7 @@ async fn responses_cut_short_are_resumed() {
                 .unwrap()
                 .parse()
                 .unwrap();
-            start % PART != 0
+            !start.is_multiple_of(PART)
         })
         .collect();
     assert_eq!(resumed.len(), 3, "{resumed:?}");

@@ -90,20 +90,20 @@ impl AzureSource {
                 (base, None)
             }
         };
-        if sas.is_none() {
-            if let Some(c) = &conn {
-                sas = match (&c.sas, &c.account_key) {
-                    (Some(s), _) => Some(s.clone()),
-                    (None, Some(key)) => {
-                        let name = c.account_name.as_deref().unwrap_or(account);
-                        Some(
-                            account_sas(name, key, "r", "o", Duration::from_secs(6 * 3600))
-                                .map_err(setup)?,
-                        )
-                    }
-                    (None, None) => None,
-                };
-            }
+        if sas.is_none()
+            && let Some(c) = &conn
+        {
+            sas = match (&c.sas, &c.account_key) {
+                (Some(s), _) => Some(s.clone()),
+                (None, Some(key)) => {
+                    let name = c.account_name.as_deref().unwrap_or(account);
+                    Some(
+                        account_sas(name, key, "r", "o", Duration::from_secs(6 * 3600))
+                            .map_err(setup)?,
+                    )
+                }
+                (None, None) => None,
+            };
         }
         let credential = if sas.is_some() {
             None
@@ -182,13 +182,12 @@ impl AzureSource {
             .await
             .map_err(|e| az_err("GET", e))?;
         if let (Some(want), Some(got)) = (etag, res.properties.etag.as_ref().map(|e| e.to_string()))
+            && want != got
         {
-            if want != got {
-                return Err(SourceError {
-                    kind: FailKind::Changed { got },
-                    message: "ETag differs".into(),
-                });
-            }
+            return Err(SourceError {
+                kind: FailKind::Changed { got },
+                message: "ETag differs".into(),
+            });
         }
         Ok(AzureBody(res.body))
     }

@@ -236,13 +236,13 @@ impl HttpSource {
                 ));
             }
         }
-        if let (Some(want), Some(got)) = (etag, header_str(resp.headers(), header::ETAG.as_str())) {
-            if strip_weak(want) != strip_weak(&got) {
-                return Err(SourceError {
-                    kind: super::FailKind::Changed { got },
-                    message: "ETag differs".into(),
-                });
-            }
+        if let (Some(want), Some(got)) = (etag, header_str(resp.headers(), header::ETAG.as_str()))
+            && strip_weak(want) != strip_weak(&got)
+        {
+            return Err(SourceError {
+                kind: super::FailKind::Changed { got },
+                message: "ETag differs".into(),
+            });
         }
         Ok(HttpBody(resp))
     }

@@ -97,15 +97,15 @@ impl S3Source {
             req = req.if_match(tag);
         }
         let out = req.send().await.map_err(|e| sdk_err("GET", e))?;
-        if let (Some(want), Some(got)) = (etag, out.e_tag()) {
-            if want != got {
-                return Err(SourceError {
-                    kind: FailKind::Changed {
-                        got: got.to_string(),
-                    },
-                    message: "ETag differs".into(),
-                });
-            }
+        if let (Some(want), Some(got)) = (etag, out.e_tag())
+            && want != got
+        {
+            return Err(SourceError {
+                kind: FailKind::Changed {
+                    got: got.to_string(),
+                },
+                message: "ETag differs".into(),
+            });
         }
         Ok(out.body)
     }

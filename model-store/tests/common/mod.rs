@@ -318,17 +318,18 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
             write_head(&mut sock, 404, &[("Content-Length", "0".into())]).await?;
             continue;
         };
-        if let Some(tag) = &if_match {
-            if tag != &obj.etag && tag != "*" {
-                log(412);
-                write_head(
-                    &mut sock,
-                    412,
-                    &[("Content-Length", "0".into()), ("ETag", obj.etag.clone())],
-                )
-                .await?;
-                continue;
-            }
+        if let Some(tag) = &if_match
+            && tag != &obj.etag
+            && tag != "*"
+        {
+            log(412);
+            write_head(
+                &mut sock,
+                412,
+                &[("Content-Length", "0".into()), ("ETag", obj.etag.clone())],
+            )
+            .await?;
+            continue;
         }
         let total = obj.data.len() as u64;
         let mut hdrs = vec![("ETag", obj.etag.clone())];
