@@ -65,10 +65,11 @@ _store_install_azurite() {
 store_services_stop() {
     local pid
     for pid in ${STORE_MOTO_PID:-} ${STORE_AZURITE_PID:-}; do
-        kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+        { kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; } || true
     done
     STORE_MOTO_PID= STORE_AZURITE_PID=
-    [ -n "${STORE_AZURITE_DIR:-}" ] && rm -rf "$STORE_AZURITE_DIR"
+    if [ -n "${STORE_AZURITE_DIR:-}" ]; then rm -rf "$STORE_AZURITE_DIR"; fi
+    STORE_AZURITE_DIR=
     return 0
 }
 
