@@ -1,95 +1,61 @@
-//! The model source used by the binaries.
-//!
-//! TEMPORARY stand-in until `model_store` lands: serves a local file (`BITNET_MODEL`, a path or
-//! `file://` URI) with the same status shape (`not_started` / `verifying` / `ready` /
-//! `failed`). Replaced by a thin wrapper over `model_store::ModelStore`.
+//! The model source the binaries use: a thin wrapper over `model_store::ModelStore`
+//! (download from S3 / Azure Blob / HTTPS / Hugging Face or a local path, verified, cached,
+//! mapped; shared by concurrent callers).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use model_store::{ModelStore, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::engine::{BoxFuture, ModelSource};
 
 pub struct StoreSource {
-    uri: String,
-    status: Arc<Mutex<Value>>,
-    map: tokio::sync::OnceCell<Arc<memmap2::Mmap>>,
+    store: ModelStore,
 }
 
 impl StoreSource {
+    /// `model_store::StoreConfig::from_env()`: `BITNET_MODEL`, `BITNET_MODEL_SHA256`,
+    /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, ...
     pub fn from_env() -> Result<Self, String> {
         Self::from_env_with_uri(None)
     }
 
     /// Like `from_env`, with the model URI replaced when `uri` is given (`bitnet serve --model`).
     pub fn from_env_with_uri(uri: Option<&str>) -> Result<Self, String> {
-        let uri = match uri {
-            Some(u) => u.to_string(),
-            None => std::env::var("BITNET_MODEL").unwrap_or_else(|_| {
-                "hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf".to_string()
-            }),
-        };
-        Ok(Self::from_uri(&uri))
-    }
-
-    pub fn from_uri(uri: &str) -> Self {
-        Self {
-            uri: uri.to_string(),
-            status: Arc::new(Mutex::new(json!({ "state": "not_started" }))),
-            map: tokio::sync::OnceCell::new(),
+        let mut cfg = StoreConfig::from_env();
+        if let Some(u) = uri {
+            cfg.uri = u.to_string();
         }
+        Ok(Self::new(cfg))
     }
 
-    fn set(&self, v: Value) {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner()) = v;
+    /// A store for one URI with every other setting at its default.
+    pub fn from_uri(uri: &str) -> Self {
+        Self::new(StoreConfig::new(uri))
+    }
+
+    pub fn new(cfg: StoreConfig) -> Self {
+        Self {
+            store: ModelStore::new(cfg),
+        }
     }
 }
 
 impl ModelSource for StoreSource {
     fn status(&self) -> Value {
-        self.status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        serde_json::to_value(self.store.status())
+            .unwrap_or_else(|e| json!({ "state": "unknown", "error": e.to_string() }))
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, String>> {
         Box::pin(async move {
-            let r = self
-                .map
-                .get_or_try_init(|| async {
-                    self.set(json!({ "state": "verifying" }));
-                    let path = self
-                        .uri
-                        .strip_prefix("file://")
-                        .unwrap_or(&self.uri)
-                        .to_string();
-                    let t0 = std::time::Instant::now();
-                    let p = path.clone();
-                    let map =
-                        tokio::task::spawn_blocking(move || -> Result<memmap2::Mmap, String> {
-                            let f =
-                                std::fs::File::open(&p).map_err(|e| format!("open {p}: {e}"))?;
-                            // SAFETY: the file is opened read-only and model files are never
-                            // modified in place while served.
-                            unsafe { memmap2::Mmap::map(&f) }.map_err(|e| format!("mmap {p}: {e}"))
-                        })
-                        .await
-                        .map_err(|e| e.to_string())??;
-                    self.set(json!({ "state": "ready", "path": path, "size": map.len(),
-                        "seconds": t0.elapsed().as_secs_f64(), "source": self.uri }));
-                    Ok::<_, String>(Arc::new(map))
-                })
-                .await
-                .cloned();
-            if let Err(e) = &r {
-                self.set(json!({ "state": "failed", "error": e }));
-            }
-            r
+            let file = self.store.get().await.map_err(|e| e.to_string())?;
+            tracing::info!(source = %file.source, size = file.size, sha256 = ?file.sha256, path = ?file.path, "model file ready");
+            Ok(file.map.clone())
         })
     }
 
     fn describe(&self) -> String {
-        self.uri.clone()
+        model_store::uri::redact(&self.store.config().uri)
     }
 }

@@ -348,7 +348,7 @@ async fn chat_stream_framing_with_usage() {
     let req = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":3,"stream":true,"stream_options":{"include_usage":true}}"#;
     let (s, headers, body) = call(&h.state, "POST", "/v1/chat/completions", Some(req), &[]).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(headers["content-type"], "text/event-stream");
+    assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
     let events = sse_events(&body);
     assert_eq!(events.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = events[..events.len() - 1]

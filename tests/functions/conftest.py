@@ -1,0 +1,183 @@
+"""Fixtures for the functions tests: the real binaries (bitnet serve, bootstrap, handler) started
+as subprocesses on free loopback ports, and the synthetic `tiny` model.
+
+Binaries come from $BITNET_BIN_DIR, else $CARGO_TARGET_DIR/release, else target/release.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL_ID = "bitnet-b1.58-2b-4t"
+
+
+def bin_dir() -> Path:
+    if os.environ.get("BITNET_BIN_DIR"):
+        return Path(os.environ["BITNET_BIN_DIR"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    if not target.is_absolute():
+        target = ROOT / target
+    return target / "release"
+
+
+def binary(name: str) -> Path:
+    p = bin_dir() / name
+    if not p.exists():
+        pytest.skip(f"{p} not built (cargo build --release -p bitnet-cli -p bitnet-lambda -p bitnet-azure)")
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_SERVE_OK = None
+
+
+def serve_available() -> bool:
+    """`bitnet serve` exists once the CLI wires functions/cli/src/serve.rs."""
+    global _SERVE_OK
+    if _SERVE_OK is None:
+        p = bin_dir() / "bitnet"
+        _SERVE_OK = p.exists() and subprocess.run([p, "serve", "--help"], capture_output=True).returncode == 0
+    return _SERVE_OK
+
+
+class Proc:
+    """A binary under test, with its log captured to a file."""
+
+    def __init__(self, argv, env, url, log_path):
+        self.url = url
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "API_KEY", "FUNCTIONS_"))}
+        full_env.update({"RUST_LOG": "info", "BITNET_THREADS": "2"})
+        full_env.update(env)
+        self.p = subprocess.Popen([str(a) for a in argv], env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def wait_http(self, path="/health", timeout=30.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"process exited with {self.p.returncode}:\n{self.log()}")
+            try:
+                requests.get(self.url + path, timeout=1)
+                return self
+            except requests.RequestException:
+                time.sleep(0.05)
+        raise TimeoutError(f"{self.url}{path} did not answer in {timeout}s:\n{self.log()}")
+
+    def wait_ready(self, timeout=60.0, headers=None):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            r = requests.get(self.url + "/ready", timeout=2, headers=headers or {})
+            if r.status_code == 200:
+                return self
+            if self.p.poll() is not None:
+                raise RuntimeError(self.log())
+            time.sleep(0.1)
+        raise TimeoutError(f"model not ready in {timeout}s: {requests.get(self.url + '/health').text}\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return Path(self.log_path).read_text(errors="replace")[-6000:]
+
+    def log_lines(self):
+        out = []
+        for line in Path(self.log_path).read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="bitnet-functions-") as d:
+        yield Path(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(workdir) -> Path:
+    """The synthetic tiny model (2 layers of 256, real Llama 3 tokenizer, n_ctx 4096)."""
+    out = workdir / "tiny.gguf"
+    subprocess.run([binary("bitnet"), "fixture", "--preset", "tiny", "--type", "i2_s", "--seed", "1", "-o", out],
+                   check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture
+def start_server(workdir, request):
+    """start_server(env={...}, args=[...]) -> Proc: `bitnet serve` on a free port (or, until the CLI
+    wires it, the Azure `handler`, which serves the same router on 127.0.0.1)."""
+    procs = []
+
+    def start(env=None, args=(), wait=True, use_handler=False):
+        port = free_port()
+        env = dict(env or {})
+        env.setdefault("BITNET_CACHE_DIR", str(workdir / f"cache-{port}"))
+        log = workdir / f"{request.node.name}-{port}.log"
+        if serve_available() and not use_handler:
+            argv = [binary("bitnet"), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+        else:
+            env["FUNCTIONS_CUSTOMHANDLER_PORT"] = str(port)
+            argv = [binary("handler")]
+        p = Proc(argv, env, f"http://127.0.0.1:{port}", log)
+        procs.append(p)
+        if wait:
+            p.wait_http()
+        return p
+
+    yield start
+    for p in procs:
+        p.stop()
+        if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+            sys.stderr.write(f"--- log of {p.url}\n{p.log()}\n")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture(scope="module")
+def model_server(tiny_model, tmp_path_factory):
+    """One ready server on the tiny model for the read-only tests of a module."""
+    d = tmp_path_factory.mktemp("srv")
+    port = free_port()
+    env = {"BITNET_MODEL": str(tiny_model), "BITNET_CACHE_DIR": str(d / "cache"), "BITNET_MAX_BODY_BYTES": "65536"}
+    if serve_available():
+        argv = [binary("bitnet"), "serve", "--port", str(port)]
+    else:
+        env["FUNCTIONS_CUSTOMHANDLER_PORT"] = str(port)
+        argv = [binary("handler")]
+    p = Proc(argv, env, f"http://127.0.0.1:{port}", d / "server.log")
+    try:
+        p.wait_http().wait_ready()
+        yield p
+    finally:
+        p.stop()

@@ -1,0 +1,294 @@
+"""The local server (`bitnet serve`) against the tiny model: OpenAI shapes, the `openai` client
+unchanged, SSE, health/ready, every client error, auth, queueing and disconnects."""
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import MODEL_ID, binary, free_port, serve_available, Proc
+
+CHAT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 8, "temperature": 0}
+
+
+def post(srv, path, body, **kw):
+    data = body if isinstance(body, (str, bytes)) else json.dumps(body)
+    return requests.post(srv.url + path, data=data, headers={"content-type": "application/json", **kw.pop("headers", {})}, timeout=60, **kw)
+
+
+def assert_error(r, status, param=None, code=None):
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert set(e) >= {"message", "type", "param", "code"}, e
+    assert e["message"]
+    if param is not None:
+        assert e["param"] == param, e
+    if code is not None:
+        assert e["code"] == code, e
+    return e
+
+
+def sse_events(text):
+    assert text.endswith("data: [DONE]\n\n"), text[-200:]
+    events = [e for e in text.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events), events
+    return [json.loads(e[6:]) for e in events[:-1]]
+
+
+# ---- shapes -----------------------------------------------------------------------------------
+
+def test_chat_completion(model_server):
+    r = post(model_server, "/v1/chat/completions", CHAT)
+    assert r.status_code == 200, r.text
+    v = r.json()
+    assert v["object"] == "chat.completion" and v["model"] == MODEL_ID and v["id"].startswith("chatcmpl-")
+    c = v["choices"][0]
+    assert c["message"]["role"] == "assistant" and isinstance(c["message"]["content"], str)
+    assert c["finish_reason"] in ("length", "stop")
+    u = v["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] <= 8
+    t = v["timings"]
+    for k in ("prompt_n", "prompt_ms", "prompt_per_second", "predicted_n", "predicted_ms", "predicted_per_second"):
+        assert k in t, t
+    assert t["predicted_n"] == u["completion_tokens"] and t["prompt_n"] == u["prompt_tokens"]
+    assert r.headers["x-request-id"]
+
+
+def test_greedy_is_deterministic_and_stream_matches(model_server):
+    a = post(model_server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}).json()
+    b = post(model_server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0}).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+    assert a["object"] == "text_completion"
+    r = post(model_server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 12, "temperature": 0, "stream": True}, stream=True)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    chunks = sse_events(r.content.decode())
+    assert "".join(c["choices"][0]["text"] for c in chunks) == a["choices"][0]["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == a["choices"][0]["finish_reason"]
+    assert all(c["object"] == "text_completion" and c["id"] == chunks[0]["id"] for c in chunks)
+
+
+def test_chat_stream_chunks(model_server):
+    body = dict(CHAT, stream=True, stream_options={"include_usage": True})
+    r = post(model_server, "/v1/chat/completions", body, stream=True)
+    chunks = sse_events(r.content.decode())
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert all("usage" in c for c in chunks)
+    fin = chunks[-2]
+    assert fin["choices"][0]["finish_reason"] in ("length", "stop") and fin["choices"][0]["delta"] == {}
+    last = chunks[-1]
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] >= 1
+    full = post(model_server, "/v1/chat/completions", CHAT).json()
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks[:-1])
+    assert streamed == full["choices"][0]["message"]["content"]
+
+
+def test_stop_sequence(model_server):
+    base = post(model_server, "/v1/completions", {"prompt": "The", "max_tokens": 16, "temperature": 0}).json()["choices"][0]["text"]
+    stop = base[3:6] if len(base) > 6 else base[-1:]
+    r = post(model_server, "/v1/completions", {"prompt": "The", "max_tokens": 16, "temperature": 0, "stop": [stop]}).json()
+    assert r["choices"][0]["text"] == base[: base.index(stop)]
+    assert r["choices"][0]["finish_reason"] == "stop"
+    s = post(model_server, "/v1/completions", {"prompt": "The", "max_tokens": 16, "temperature": 0, "stop": stop, "stream": True})
+    assert "".join(c["choices"][0]["text"] for c in sse_events(s.content.decode())) == r["choices"][0]["text"]
+
+
+def test_prompt_forms_and_seed(model_server):
+    ids = post(model_server, "/v1/completions", {"prompt": [128000, 9906, 1917], "max_tokens": 4, "temperature": 0})
+    assert ids.status_code == 200, ids.text
+    assert ids.json()["usage"]["prompt_tokens"] == 3
+    one = post(model_server, "/v1/completions", {"prompt": ["Hi"], "max_tokens": 4, "temperature": 0})
+    assert one.status_code == 200
+    s1 = post(model_server, "/v1/completions", {"prompt": "Hi", "max_tokens": 8, "temperature": 1.0, "seed": 42}).json()
+    s2 = post(model_server, "/v1/completions", {"prompt": "Hi", "max_tokens": 8, "temperature": 1.0, "seed": 42}).json()
+    assert s1["choices"][0]["text"] == s2["choices"][0]["text"]
+    # Unknown fields are ignored; max_completion_tokens is honoured.
+    r = post(model_server, "/v1/chat/completions", dict(CHAT, max_completion_tokens=2, frobnicate={"x": 1}, user="u1",
+                                                        presence_penalty=0.5, frequency_penalty=0.5, top_p=0.9))
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+
+
+def test_models_health_ready_root(model_server):
+    m = requests.get(model_server.url + "/v1/models").json()
+    assert m["object"] == "list" and m["data"][0]["id"] == MODEL_ID
+    assert requests.get(model_server.url + f"/v1/models/{MODEL_ID}").json()["id"] == MODEL_ID
+    h = requests.get(model_server.url + "/health").json()
+    assert h["status"] == "ok" and h["model"]["state"] == "ready" and h["model"]["n_ctx"] == 4096
+    assert requests.get(model_server.url + "/ready").status_code == 200
+    assert requests.get(model_server.url + "/").status_code == 200
+
+
+# ---- the openai client, unchanged -------------------------------------------------------------
+
+def test_openai_client(model_server):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=model_server.url + "/v1", api_key="unused", max_retries=0)
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL_ID]
+    r = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0)
+    assert r.choices[0].message.role == "assistant" and r.usage.completion_tokens <= 6
+    stream = client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+                                            temperature=0, stream=True, stream_options={"include_usage": True})
+    parts, usage = [], None
+    for chunk in stream:
+        if chunk.choices:
+            parts.append(chunk.choices[0].delta.content or "")
+        if chunk.usage:
+            usage = chunk.usage
+    assert "".join(parts) == r.choices[0].message.content
+    assert usage is not None and usage.completion_tokens == r.usage.completion_tokens
+    c = client.completions.create(model=MODEL_ID, prompt="Hello", max_tokens=4, temperature=0, stop=["\n\n"])
+    assert c.choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    assert e.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "x"}], n=2)
+    assert e.value.param == "n"
+
+
+# ---- client errors ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("body,status,param,code", [
+    ("{not json", 400, None, "invalid_json"),
+    ("", 400, None, "invalid_json"),
+    ("[1,2,3]", 400, None, None),
+    ({"messages": []}, 400, "messages", None),
+    ({"messages": "hi"}, 400, "messages", None),
+    ({}, 400, "messages", None),
+    ({"messages": [{"role": "user"}]}, 400, "messages[0].content", None),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": "8"}, 400, "max_tokens", None),
+    ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, 400, "temperature", None),
+    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, 400, "stream", None),
+    ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, 400, "stop", None),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, 400, "messages", "context_length_exceeded"),
+    ({"messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n", "unsupported_parameter"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400, "logprobs", "unsupported_parameter"),
+    ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "unsupported_parameter"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}, 404, "model", "model_not_found"),
+])
+def test_chat_client_errors(model_server, body, status, param, code):
+    assert_error(post(model_server, "/v1/chat/completions", body), status, param, code)
+
+
+def test_other_client_errors(model_server):
+    assert_error(post(model_server, "/v1/completions", {"prompt": "word " * 4100}), 400, "prompt", "context_length_exceeded")
+    assert_error(post(model_server, "/v1/completions", {"prompt": [999999]}), 400, "prompt")
+    assert_error(post(model_server, "/v1/completions", {"prompt": ["a", "b"]}), 400, "prompt")
+    assert_error(post(model_server, "/v1/completions", {"prompt": "x", "echo": True}), 400, "echo")
+    big = {"messages": [{"role": "user", "content": "x" * 70000}]}
+    assert_error(post(model_server, "/v1/chat/completions", big), 413, None, "request_too_large")
+    # Chunked upload without Content-Length is limited too.
+    gen = (b"x" * 8192 for _ in range(10))
+    r = requests.post(model_server.url + "/v1/chat/completions", data=gen, timeout=30)
+    assert_error(r, 413)
+    assert_error(requests.get(model_server.url + "/v1/nope"), 404, None, "unknown_url")
+    assert_error(requests.get(model_server.url + "/v1/chat/completions"), 405)
+    assert_error(requests.get(model_server.url + "/v1/models/other"), 404, "model", "model_not_found")
+    # Still alive and well.
+    assert post(model_server, "/v1/chat/completions", CHAT).status_code == 200
+
+
+# ---- lifecycle, auth, queue, disconnect --------------------------------------------------------
+
+def test_missing_model_reports_failed(start_server, workdir):
+    srv = start_server(env={"BITNET_MODEL": str(workdir / "does-not-exist.gguf")})
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        h = requests.get(srv.url + "/health")
+        assert h.status_code == 200
+        if h.json()["model"]["state"] == "failed":
+            break
+        time.sleep(0.1)
+    assert h.json()["model"]["state"] == "failed", h.text
+    assert h.json()["model"]["error"]
+    r = requests.get(srv.url + "/ready")
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    e = assert_error(post(srv, "/v1/chat/completions", CHAT), 503, None, "model_unavailable")
+    assert "does-not-exist" in e["message"] or e["message"]
+    assert requests.get(srv.url + "/v1/models").status_code == 200
+
+
+def test_auth(start_server, tiny_model):
+    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "API_KEY": "s3cret"})
+    for path in ("/", "/health", "/ready"):
+        requests.get(srv.url + path)  # exempt: any answer but 401
+        assert requests.get(srv.url + path).status_code != 401, path
+    srv.wait_ready()
+    assert_error(post(srv, "/v1/chat/completions", CHAT), 401, None, "invalid_api_key")
+    assert_error(requests.get(srv.url + "/v1/models", headers={"authorization": "Bearer nope"}), 401)
+    ok = post(srv, "/v1/chat/completions", CHAT, headers={"authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="s3cret", max_retries=0)
+    assert client.models.list().data[0].id == MODEL_ID
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=srv.url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+@pytest.mark.skipif(not serve_available(), reason="`bitnet serve` is not wired into the CLI yet")
+def test_non_loopback_needs_a_key(tiny_model, workdir):
+    port = free_port()
+    p = Proc([binary("bitnet"), "serve", "--host", "0.0.0.0", "--port", str(port)],
+             {"BITNET_MODEL": str(tiny_model)}, f"http://127.0.0.1:{port}", workdir / "nokey.log")
+    assert p.p.wait(20) != 0
+    assert "API key" in p.log() or "api-key" in p.log()
+    p.stop()
+    p = Proc([binary("bitnet"), "serve", "--host", "0.0.0.0", "--port", str(port), "--no-auth"],
+             {"BITNET_MODEL": str(tiny_model)}, f"http://127.0.0.1:{port}", workdir / "noauth.log")
+    try:
+        p.wait_http()
+    finally:
+        p.stop()
+    p = Proc([binary("bitnet"), "serve", "--host", "0.0.0.0", "--port", str(port)],
+             {"BITNET_MODEL": str(tiny_model), "API_KEY": "k"}, f"http://127.0.0.1:{port}", workdir / "key.log")
+    try:
+        p.wait_http()
+    finally:
+        p.stop()
+
+
+def test_disconnect_stops_generation_and_queue(start_server, tiny_model):
+    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_MAX_QUEUE": "0"})
+    srv.wait_ready()
+    long_req = {"prompt": "Tell me a long story", "max_tokens": 3000, "temperature": 0.8, "stream": True, "stop": []}
+    r = post(srv, "/v1/completions", long_req, stream=True)
+    it = r.iter_lines()
+    first = next(l for l in it if l)
+    assert first.startswith(b"data: ")
+    # While it runs, the queue (0 waiting) is full.
+    busy = post(srv, "/v1/completions", {"prompt": "x", "max_tokens": 1})
+    assert_error(busy, 429, None, "rate_limit_exceeded")
+    assert "retry-after" in busy.headers
+    t0 = time.time()
+    r.close()
+    # The engine is freed within a few tokens of the disconnect.
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        ok = post(srv, "/v1/completions", {"prompt": "x", "max_tokens": 1})
+        if ok.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert ok.status_code == 200, ok.text
+    assert time.time() - t0 < 10
+    msgs = [l.get("message", "") for l in srv.log_lines()]
+    assert any("client disconnected" in m for m in msgs), srv.log()
+    # Non-streaming: a client that times out also stops its generation.
+    with pytest.raises(requests.Timeout):
+        requests.post(srv.url + "/v1/completions", json=dict(long_req, stream=False), timeout=0.5)
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if sum("client disconnected" in l.get("message", "") for l in srv.log_lines()) >= 2:
+            break
+        time.sleep(0.1)
+    assert sum("client disconnected" in l.get("message", "") for l in srv.log_lines()) >= 2, srv.log()
+
+
+def test_request_id_in_logs(model_server):
+    r = post(model_server, "/v1/chat/completions", CHAT, headers={"x-request-id": "test-rid-42"})
+    assert r.headers["x-request-id"] == "test-rid-42"
+    time.sleep(0.2)
+    lines = [l for l in model_server.log_lines() if l.get("span", {}).get("request_id") == "test-rid-42"]
+    assert any(l.get("message") == "request done" and l.get("status") == 200 for l in lines), model_server.log()
+    assert any(l.get("message") == "generation done" for l in lines), model_server.log()
