@@ -27,10 +27,34 @@ pub struct Preset {
 }
 
 pub const PRESETS: [Preset; 3] = [
-    Preset { name: "tiny", n_layer: 2, dim: 256, ffn_dim: 768, n_head: 2, n_head_kv: 1, n_ctx: 4096 },
-    Preset { name: "small", n_layer: 4, dim: 512, ffn_dim: 1536, n_head: 4, n_head_kv: 1, n_ctx: 4096 },
+    Preset {
+        name: "tiny",
+        n_layer: 2,
+        dim: 256,
+        ffn_dim: 768,
+        n_head: 2,
+        n_head_kv: 1,
+        n_ctx: 4096,
+    },
+    Preset {
+        name: "small",
+        n_layer: 4,
+        dim: 512,
+        ffn_dim: 1536,
+        n_head: 4,
+        n_head_kv: 1,
+        n_ctx: 4096,
+    },
     // The official 2B4T shapes.
-    Preset { name: "2b4t", n_layer: 30, dim: 2560, ffn_dim: 6912, n_head: 20, n_head_kv: 5, n_ctx: 4096 },
+    Preset {
+        name: "2b4t",
+        n_layer: 30,
+        dim: 2560,
+        ffn_dim: 6912,
+        n_head: 20,
+        n_head_kv: 5,
+        n_ctx: 4096,
+    },
 ];
 
 pub fn preset(name: &str) -> Option<Preset> {
@@ -70,7 +94,11 @@ pub fn find_tokenizer_json() -> Option<PathBuf> {
     if let Ok(cwd) = std::env::current_dir() {
         roots.extend(cwd.ancestors().map(Path::to_path_buf));
     }
-    roots.extend(Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().map(Path::to_path_buf));
+    roots.extend(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(Path::to_path_buf),
+    );
     roots.into_iter().map(|r| r.join(rel)).find(|p| p.is_file())
 }
 
@@ -80,15 +108,29 @@ pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, Fixtu
     let err = |m: String| FixtureError::Tokenizer(format!("{}: {m}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
-    let vocab = j["model"]["vocab"].as_object().ok_or_else(|| err("no model.vocab".into()))?;
+    let vocab = j["model"]["vocab"]
+        .as_object()
+        .ok_or_else(|| err("no model.vocab".into()))?;
     let mut entries: Vec<(u64, String, i32)> = vocab
         .iter()
-        .map(|(t, id)| (id.as_u64().unwrap_or(u64::MAX), t.clone(), token_type::NORMAL))
+        .map(|(t, id)| {
+            (
+                id.as_u64().unwrap_or(u64::MAX),
+                t.clone(),
+                token_type::NORMAL,
+            )
+        })
         .collect();
     for a in j["added_tokens"].as_array().into_iter().flatten() {
-        let id = a["id"].as_u64().ok_or_else(|| err("added token without id".into()))?;
+        let id = a["id"]
+            .as_u64()
+            .ok_or_else(|| err("added token without id".into()))?;
         let content = a["content"].as_str().unwrap_or_default().to_owned();
-        let ty = if a["special"].as_bool() == Some(true) { token_type::CONTROL } else { token_type::USER_DEFINED };
+        let ty = if a["special"].as_bool() == Some(true) {
+            token_type::CONTROL
+        } else {
+            token_type::USER_DEFINED
+        };
         entries.retain(|e| e.0 != id);
         entries.push((id, content, ty));
     }
@@ -102,15 +144,17 @@ pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, Fixtu
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+            serde_json::Value::Array(p) => {
+                Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+            }
             _ => None,
         })
         .collect::<Option<Vec<_>>>()
         .ok_or_else(|| err("malformed merges".into()))?;
     Ok(TokenizerParts {
         token_types: entries.iter().map(|e| e.2).collect(),
-        tokens: entries.into_iter().map(|e| e.1).collect(),
-        merges,
+        tokens: entries.iter().map(|e| e.1.as_str()).collect(),
+        merges: merges.iter().collect(),
         bos: 128000,
         eos: 128001,
         eot: None,
@@ -132,7 +176,9 @@ fn name_seed(seed: u64, name: &str) -> u64 {
 /// representable in f16 so that every storage type holds the same weights).
 pub fn ternary_weights(seed: u64, name: &str, rows: usize, k: usize) -> (Vec<i8>, f32) {
     let mut rng = Rng::new(name_seed(seed, name));
-    let values = (0..rows * k).map(|_| (rng.next_u64() % 3) as i8 - 1).collect();
+    let values = (0..rows * k)
+        .map(|_| (rng.next_u64() % 3) as i8 - 1)
+        .collect();
     // Keeps activations O(1) through the residual stream: ~ 1/sqrt(k * 2/3) with a spread.
     let r = 0.5 + rng.next_f64();
     let scale = f16::from_f64(r / (k as f64 * 2.0 / 3.0).sqrt()).to_f32();
@@ -160,8 +206,14 @@ fn encode_ternary(ty: GgmlType, values: &[i8], k: usize, scale: f32) -> Vec<u8> 
         GgmlType::I2S => i2s::pack(values, k, scale),
         GgmlType::Tq2_0 => tq2_0::pack(values, &vec![f16::from_f32(scale); blocks]),
         GgmlType::Tq1_0 => tq1_0::pack(values, &vec![f16::from_f32(scale); blocks]),
-        GgmlType::F16 => values.iter().flat_map(|&v| f16::from_f32(v as f32 * scale).to_le_bytes()).collect(),
-        GgmlType::F32 => values.iter().flat_map(|&v| (v as f32 * scale).to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v as f32 * scale).to_le_bytes())
+            .collect(),
+        GgmlType::F32 => values
+            .iter()
+            .flat_map(|&v| (v as f32 * scale).to_le_bytes())
+            .collect(),
         other => unreachable!("{other} is not a projection type"),
     }
 }
@@ -179,20 +231,32 @@ fn file_type(ty: GgmlType) -> u32 {
 }
 
 /// Writes a complete synthetic model to `w`. Same spec and tokenizer, same bytes.
-pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Write) -> Result<(), FixtureError> {
+pub fn write_fixture(
+    spec: &FixtureSpec,
+    tok: &TokenizerParts,
+    w: &mut impl Write,
+) -> Result<(), FixtureError> {
     let p = spec.preset;
     let ty = spec.ty;
-    if !matches!(ty, GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 | GgmlType::F16 | GgmlType::F32) {
-        return Err(FixtureError::Spec(format!("type {ty} cannot hold the projections")));
+    if !matches!(
+        ty,
+        GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 | GgmlType::F16 | GgmlType::F32
+    ) {
+        return Err(FixtureError::Spec(format!(
+            "type {ty} cannot hold the projections"
+        )));
     }
     if ty == GgmlType::I2S && spec.arch == "bitnet" {
         return Err(FixtureError::Spec(
-            "upstream's `bitnet` architecture has no I2_S (type id 36 means something else there)".into(),
+            "upstream's `bitnet` architecture has no I2_S (type id 36 means something else there)"
+                .into(),
         ));
     }
     for d in [p.dim, p.ffn_dim] {
         if d % 256 != 0 {
-            return Err(FixtureError::Spec(format!("dimension {d} is not a multiple of 256")));
+            return Err(FixtureError::Spec(format!(
+                "dimension {d} is not a multiple of 256"
+            )));
         }
     }
     let arch = spec.arch.as_str();
@@ -202,7 +266,10 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
     let mut g = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");
     g.add("general.architecture", Value::String(arch.into()));
-    g.add("general.name", Value::String(format!("synthetic-bitnet-{}-seed{}", p.name, spec.seed)));
+    g.add(
+        "general.name",
+        Value::String(format!("synthetic-bitnet-{}-seed{}", p.name, spec.seed)),
+    );
     g.add(k("vocab_size"), Value::U32(n_vocab as u32));
     g.add(k("context_length"), Value::U32(p.n_ctx as u32));
     g.add(k("embedding_length"), Value::U32(p.dim as u32));
@@ -218,7 +285,7 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
     }
     g.add("general.file_type", Value::U32(file_type(ty)));
     g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
-    g.add("tokenizer.ggml.tokens", Value::string_array(tok.tokens.clone()));
+    g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
     g.add(
         "tokenizer.ggml.token_type",
         Value::Array {
@@ -226,7 +293,7 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
             items: tok.token_types.iter().map(|&t| Value::I32(t)).collect(),
         },
     );
-    g.add("tokenizer.ggml.merges", Value::string_array(tok.merges.clone()));
+    g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
     g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));
     g.add("tokenizer.ggml.eos_token_id", Value::U32(tok.eos));
     g.add("tokenizer.ggml.padding_token_id", Value::U32(tok.eos));
@@ -238,7 +305,11 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
     g.add("general.quantization_version", Value::U32(2));
 
     // Declaration order follows the official file: embedding, then per layer, then output norm.
-    let mut plan: Vec<(String, Vec<u64>, GgmlType)> = vec![("token_embd.weight".into(), vec![p.dim as u64, n_vocab as u64], GgmlType::F16)];
+    let mut plan: Vec<(String, Vec<u64>, GgmlType)> = vec![(
+        "token_embd.weight".into(),
+        vec![p.dim as u64, n_vocab as u64],
+        GgmlType::F16,
+    )];
     for i in 0..p.n_layer {
         let n = |s: &str| format!("blk.{i}.{s}.weight");
         let (d, f, kv) = (p.dim as u64, p.ffn_dim as u64, kv as u64);
@@ -254,7 +325,11 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
         plan.push((n("ffn_down"), vec![f, d], ty));
         plan.push((n("ffn_sub_norm"), vec![f], GgmlType::F32));
     }
-    plan.push(("output_norm.weight".into(), vec![p.dim as u64], GgmlType::F32));
+    plan.push((
+        "output_norm.weight".into(),
+        vec![p.dim as u64],
+        GgmlType::F32,
+    ));
     for (name, dims, t) in &plan {
         g.add_tensor(name.clone(), dims, *t);
     }
@@ -264,7 +339,10 @@ pub fn write_fixture(spec: &FixtureSpec, tok: &TokenizerParts, w: &mut impl Writ
         let data = if name == "token_embd.weight" {
             embedding_f16(spec.seed, n_vocab, p.dim)
         } else if dims.len() == 1 {
-            norm_weights(spec.seed, name, dims[0] as usize).iter().flat_map(|v| v.to_le_bytes()).collect()
+            norm_weights(spec.seed, name, dims[0] as usize)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect()
         } else {
             let (kk, rows) = (dims[0] as usize, dims[1] as usize);
             let (values, scale) = ternary_weights(spec.seed, name, rows, kk);

@@ -4,8 +4,8 @@
 
 pub mod error;
 pub mod fixture;
-pub mod gguf;
 pub mod generate;
+pub mod gguf;
 pub mod kernels;
 pub mod model;
 pub mod quant;

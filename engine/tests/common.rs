@@ -11,7 +11,8 @@ use bitnet_engine::tokenizer::TokenizerParts;
 pub fn tokenizer_parts() -> &'static TokenizerParts {
     static P: OnceLock<TokenizerParts> = OnceLock::new();
     P.get_or_init(|| {
-        let path = fixture::find_tokenizer_json().expect("shared/fixtures/llama3/tokenizer.json not found");
+        let path = fixture::find_tokenizer_json()
+            .expect("shared/fixtures/llama3/tokenizer.json not found");
         fixture::tokenizer_parts_from_hf_json(&path).expect("tokenizer.json")
     })
 }
@@ -47,16 +48,21 @@ pub fn fixture_bytes(preset: &str, ty: GgmlType, seed: u64) -> Arc<Vec<u8>> {
 /// enough to corrupt at every header byte.
 pub fn mini_vocab_parts() -> TokenizerParts {
     let full = tokenizer_parts();
-    let mut tokens: Vec<String> = full.tokens[..256].to_vec();
+    let mut tokens: Vec<String> = full.tokens.iter().take(256).map(str::to_owned).collect();
     let mut types = vec![1; 256];
-    for s in ["<|begin_of_text|>", "<|end_of_text|>", "<|x|>", "<|eot_id|>"] {
+    for s in [
+        "<|begin_of_text|>",
+        "<|end_of_text|>",
+        "<|x|>",
+        "<|eot_id|>",
+    ] {
         tokens.push(s.into());
         types.push(3);
     }
     TokenizerParts {
-        tokens,
+        tokens: tokens.iter().collect(),
         token_types: types,
-        merges: vec![],
+        merges: Default::default(),
         bos: 256,
         eos: 257,
         eot: Some(259),

@@ -32,7 +32,9 @@ fn isas() -> Vec<Isa> {
 fn pack(ty: GgmlType, values: &[i8], k: usize, scale: f32, per_block: Option<&mut Rng>) -> Vec<u8> {
     let blocks = values.len() / 256;
     let scales: Vec<f16> = match per_block {
-        Some(r) => (0..blocks).map(|_| f16::from_f32(0.5 + r.f().abs())).collect(),
+        Some(r) => (0..blocks)
+            .map(|_| f16::from_f32(0.5 + r.f().abs()))
+            .collect(),
         None => vec![f16::from_f32(scale); blocks],
     };
     match ty {
@@ -56,7 +58,13 @@ fn activations(r: &mut Rng, n: usize, k: usize, mode: usize) -> Vec<f32> {
                 _ => r.f() * 1e-3,
             },
             // all equal magnitude (every q is ±127)
-            2 => if i % 3 == 0 { -7.0 } else { 7.0 },
+            2 => {
+                if i % 3 == 0 {
+                    -7.0
+                } else {
+                    7.0
+                }
+            }
             // all zero (scale floor)
             _ => 0.0,
         })
@@ -78,8 +86,20 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                     let n = 1 + (r.next() % 9) as usize;
                     let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
                     let scale = f16::from_f32(0.01 + r.f().abs()).to_f32();
-                    let data = pack(ty, &values, k, scale, if per_block { Some(&mut r) } else { None });
-                    let w = TernaryMatrix { ty, rows, k, data: &data, scale: TernaryMatrix::detect_scale(ty, rows, k, &data) };
+                    let data = pack(
+                        ty,
+                        &values,
+                        k,
+                        scale,
+                        if per_block { Some(&mut r) } else { None },
+                    );
+                    let w = TernaryMatrix {
+                        ty,
+                        rows,
+                        k,
+                        data: &data,
+                        scale: TernaryMatrix::detect_scale(ty, rows, k, &data),
+                    };
                     let x = activations(&mut r, n, k, mode);
                     let mut acts = QuantizedActs::default();
                     acts.quantize(&x, k);
@@ -90,8 +110,14 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                                 let mut y = [0f32; 4];
                                 bitlinear_tile::<4>(isa, &w, m, &acts, t0, &mut y);
                                 for t in 0..4 {
-                                    let want = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
-                                    assert_eq!(y[t].to_bits(), want.to_bits(), "{ty} k={k} mode={mode} {isa:?} row {m} token {}", t0 + t);
+                                    let want =
+                                        w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
+                                    assert_eq!(
+                                        y[t].to_bits(),
+                                        want.to_bits(),
+                                        "{ty} k={k} mode={mode} {isa:?} row {m} token {}",
+                                        t0 + t
+                                    );
                                 }
                                 t0 += 4;
                             }
@@ -99,7 +125,11 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                                 let mut y = [0f32; 1];
                                 bitlinear_tile::<1>(isa, &w, m, &acts, t, &mut y);
                                 let want = w.row_dot_scalar(m, acts.row(t), acts.scales[t]);
-                                assert_eq!(y[0].to_bits(), want.to_bits(), "{ty} k={k} mode={mode} {isa:?} row {m} token {t}");
+                                assert_eq!(
+                                    y[0].to_bits(),
+                                    want.to_bits(),
+                                    "{ty} k={k} mode={mode} {isa:?} row {m} token {t}"
+                                );
                             }
                             cases += 1;
                         }
@@ -116,12 +146,22 @@ fn i2s_rows_of_128_fall_back_to_scalar_correctly() {
     let k = 384;
     let values: Vec<i8> = (0..2 * k).map(|i| (i % 3) as i8 - 1).collect();
     let data = i2s::pack(&values, k, 0.5);
-    let w = TernaryMatrix { ty: GgmlType::I2S, rows: 2, k, data: &data, scale: TernaryMatrix::detect_scale(GgmlType::I2S, 2, k, &data) };
+    let w = TernaryMatrix {
+        ty: GgmlType::I2S,
+        rows: 2,
+        k,
+        data: &data,
+        scale: TernaryMatrix::detect_scale(GgmlType::I2S, 2, k, &data),
+    };
     let x: Vec<f32> = (0..k).map(|i| (i as f32 * 0.37).sin()).collect();
     let mut acts = QuantizedActs::default();
     acts.quantize(&x, k);
     // Reference by hand: sum (v * q) exactly, then (D / s) * scale.
-    let d: i32 = values[..k].iter().zip(&acts.q).map(|(&v, &q)| v as i32 * q as i32).sum();
+    let d: i32 = values[..k]
+        .iter()
+        .zip(&acts.q)
+        .map(|(&v, &q)| v as i32 * q as i32)
+        .sum();
     let want = (d as f32 / acts.scales[0]) * 0.5;
     for isa in isas() {
         let mut y = [0f32; 1];
@@ -134,9 +174,16 @@ fn i2s_rows_of_128_fall_back_to_scalar_correctly() {
 fn f16_head_matches_scalar_within_summation_order() {
     let mut r = Rng(77);
     let (rows, k) = (37, 2560 + 24);
-    let data: Vec<u8> = (0..rows * k).flat_map(|_| f16::from_f32(r.f()).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..rows * k)
+        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
+        .collect();
     let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
-    let w = DenseMatrix { ty: GgmlType::F16, rows, k, data: &data };
+    let w = DenseMatrix {
+        ty: GgmlType::F16,
+        rows,
+        k,
+        data: &data,
+    };
     let mut want = vec![0f32; rows];
     w.matvec_scalar(&x, 0..rows, &mut want);
     for isa in isas() {
@@ -144,7 +191,10 @@ fn f16_head_matches_scalar_within_summation_order() {
         dense_rows(isa, &w, &x, 0, &mut got);
         for (g, w) in got.iter().zip(&want) {
             // Different summation order only: relative error of a few ulps of the row norm.
-            assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "{isa:?}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{isa:?}: {g} vs {w}"
+            );
         }
     }
 }

@@ -5,7 +5,11 @@ mod common;
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
-    bitnet_engine::fixture::find_tokenizer_json().expect("tokenizer.json").parent().unwrap().to_path_buf()
+    bitnet_engine::fixture::find_tokenizer_json()
+        .expect("tokenizer.json")
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 #[test]
@@ -20,14 +24,23 @@ fn every_llama_bpe_vector_matches() {
     let tok = common::tokenizer();
     let mut failures = Vec::new();
     for (text, want) in inputs.iter().zip(&expected) {
-        let want: Vec<u32> = want.split_whitespace().map(|s| s.parse().unwrap()).collect();
+        let want: Vec<u32> = want
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
         let got = tok.encode(text, false);
         if got != want {
             failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
         }
     }
     assert!(expected.len() > 20, "too few vectors read");
-    assert!(failures.is_empty(), "{} of {} vectors differ:\n{}", failures.len(), expected.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors differ:\n{}",
+        failures.len(),
+        expected.len(),
+        failures.join("\n")
+    );
     eprintln!("{} tokenizer vectors pass", expected.len());
 }
 
@@ -42,10 +55,17 @@ fn special_token_text_in_user_input_stays_plain_text() {
 #[test]
 fn chat_format_is_role_colon_content_eot_then_assistant() {
     let tok = common::tokenizer();
-    let msgs = [bitnet_engine::ChatMessage { role: "user".into(), content: "Hi <|eot_id|>".into() }];
+    let msgs = [bitnet_engine::ChatMessage {
+        role: "user".into(),
+        content: "Hi <|eot_id|>".into(),
+    }];
     let ids = tok.encode_chat(&msgs);
     assert_eq!(ids[0], 128000);
-    assert_eq!(ids.iter().filter(|&&i| i == 128009).count(), 1, "only the real terminator is eot");
+    assert_eq!(
+        ids.iter().filter(|&&i| i == 128009).count(),
+        1,
+        "only the real terminator is eot"
+    );
     let mut want = vec![128000];
     want.extend(tok.encode("User: ", false));
     want.extend(tok.encode("Hi <|eot_id|>", false));
@@ -63,7 +83,10 @@ fn streaming_decoder_never_splits_a_character() {
     let mut out = String::new();
     for &id in &ids {
         let piece = dec.push(tok, id);
-        assert!(!piece.contains('\u{FFFD}'), "replacement char in piece {piece:?}");
+        assert!(
+            !piece.contains('\u{FFFD}'),
+            "replacement char in piece {piece:?}"
+        );
         out.push_str(&piece);
     }
     out.push_str(&dec.finish());

@@ -84,7 +84,13 @@ impl StopMatcher<'_> {
     /// Adds text; returns (text safe to emit, whether a stop string matched).
     fn push(&mut self, s: &str) -> (String, bool) {
         self.held.push_str(s);
-        if let Some(cut) = self.stops.iter().filter(|x| !x.is_empty()).filter_map(|x| self.held.find(x.as_str())).min() {
+        if let Some(cut) = self
+            .stops
+            .iter()
+            .filter(|x| !x.is_empty())
+            .filter_map(|x| self.held.find(x.as_str()))
+            .min()
+        {
             let out = self.held[..cut].to_owned();
             self.held.clear();
             return (out, true);
@@ -132,7 +138,10 @@ pub(crate) fn generate(
     let mut sampler = Sampler::new(params.sampling.clone());
     let mut history = prompt.to_vec();
     let mut decoder = StreamDecoder::new();
-    let mut stops = StopMatcher { stops: &params.stop_strings, held: String::new() };
+    let mut stops = StopMatcher {
+        stops: &params.stop_strings,
+        held: String::new(),
+    };
     let mut text = String::new();
     let mut ids = Vec::new();
     let mut stop_reason = StopReason::Length;
@@ -147,7 +156,12 @@ pub(crate) fn generate(
         history.push(id);
         let (piece, hit) = stops.push(&decoder.push(tok, id));
         text.push_str(&piece);
-        if on_piece(Piece { text: &piece, token_id: id }).is_break() {
+        if on_piece(Piece {
+            text: &piece,
+            token_id: id,
+        })
+        .is_break()
+        {
             stop_reason = StopReason::Cancelled;
             break;
         }
@@ -168,7 +182,10 @@ pub(crate) fn generate(
         if !rest.is_empty() {
             text.push_str(&rest);
             let last = ids.last().copied().unwrap_or(0);
-            let _ = on_piece(Piece { text: &rest, token_id: last });
+            let _ = on_piece(Piece {
+                text: &rest,
+                token_id: last,
+            });
         }
     }
     Ok(GenerateOutput {

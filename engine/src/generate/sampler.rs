@@ -99,7 +99,8 @@ impl Sampler {
     /// `history` = prompt and generated ids so far (the penalties look at its tail).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;
-        let penalize = p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
+        let penalize =
+            p.repeat_penalty != 1.0 || p.presence_penalty != 0.0 || p.frequency_penalty != 0.0;
         if penalize && p.penalty_last_n > 0 {
             self.counts.clear();
             let start = history.len().saturating_sub(p.penalty_last_n);
@@ -107,9 +108,15 @@ impl Sampler {
                 *self.counts.entry(t).or_insert(0) += 1;
             }
             for (&t, &n) in &self.counts {
-                let Some(l) = logits.get_mut(t as usize) else { continue };
+                let Some(l) = logits.get_mut(t as usize) else {
+                    continue;
+                };
                 if p.repeat_penalty != 1.0 {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
                 *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
             }
@@ -120,7 +127,8 @@ impl Sampler {
         let c = &mut self.cand;
         c.clear();
         c.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
-        let by_logit_desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let by_logit_desc =
+            |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit_desc);
             c.truncate(p.top_k);
@@ -189,15 +197,27 @@ mod tests {
     fn greedy_is_argmax() {
         let mut l = logits();
         let best = argmax(&l);
-        assert_eq!(Sampler::new(SamplingParams::greedy()).sample(&mut l, &[]), best);
+        assert_eq!(
+            Sampler::new(SamplingParams::greedy()).sample(&mut l, &[]),
+            best
+        );
     }
 
     #[test]
     fn seed_reproduces_and_differs() {
-        let p = |seed| SamplingParams { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: Some(seed), ..Default::default() };
+        let p = |seed| SamplingParams {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: Some(seed),
+            ..Default::default()
+        };
         let run = |seed| {
             let mut s = Sampler::new(p(seed));
-            (0..32).map(|_| s.sample(&mut logits(), &[])).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| s.sample(&mut logits(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
@@ -205,10 +225,17 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_penalties_move_the_choice() {
-        let mut s = Sampler::new(SamplingParams { top_k: 1, seed: Some(1), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            top_k: 1,
+            seed: Some(1),
+            ..Default::default()
+        });
         let best = argmax(&logits());
         assert_eq!(s.sample(&mut logits(), &[]), best);
-        let mut s = Sampler::new(SamplingParams { presence_penalty: 100.0, ..SamplingParams::greedy() });
+        let mut s = Sampler::new(SamplingParams {
+            presence_penalty: 100.0,
+            ..SamplingParams::greedy()
+        });
         assert_ne!(s.sample(&mut logits(), &[best]), best);
     }
 
@@ -216,7 +243,14 @@ mod tests {
     fn min_p_keeps_only_the_dominant_token() {
         let mut l = vec![0.0f32; 10];
         l[3] = 20.0;
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.5, seed: Some(3), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            seed: Some(3),
+            ..Default::default()
+        });
         for _ in 0..20 {
             assert_eq!(s.sample(&mut l.clone(), &[]), 3);
         }

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use types::GgmlType;
-pub use value::{Value, type_id};
+pub use value::{StringArray, Value, type_id};
 pub use writer::GgufWriter;
 
 pub const MAGIC: &[u8; 4] = b"GGUF";
@@ -242,7 +242,12 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn value(&mut self, ty: u32, field: &dyn Fn() -> String, depth: u32) -> Result<Value, GgufError> {
+    fn value(
+        &mut self,
+        ty: u32,
+        field: &dyn Fn() -> String,
+        depth: u32,
+    ) -> Result<Value, GgufError> {
         use type_id::*;
         Ok(match ty {
             U8 => Value::U8(self.array::<1>(field)?[0]),
@@ -287,7 +292,10 @@ impl<'a> Cursor<'a> {
                     }
                 };
                 // Cap the allocation by what the remaining bytes could possibly hold.
-                if count.checked_mul(min_elem).is_none_or(|n| n > self.remaining()) {
+                if count
+                    .checked_mul(min_elem)
+                    .is_none_or(|n| n > self.remaining())
+                {
                     return Err(GgufError::Truncated {
                         field: format!("{} (array of {count})", field()),
                         offset: count_at,
@@ -295,9 +303,28 @@ impl<'a> Cursor<'a> {
                         available: self.remaining(),
                     });
                 }
+                if elem_type == STRING {
+                    // Compact form; UTF-8 checked once per string, no allocation per string.
+                    let mut a = StringArray::with_capacity(count as usize, 0);
+                    for i in 0..count {
+                        let f = || format!("{}[{i}]", field());
+                        let at = self.pos as u64;
+                        let len = self.u64(&|| format!("{} (string length)", f()))?;
+                        let bytes = self.take(len, &f)?;
+                        let s = std::str::from_utf8(bytes).map_err(|e| {
+                            self.invalid(f(), at, format!("string is not UTF-8 ({e})"))
+                        })?;
+                        a.push(s);
+                    }
+                    return Ok(Value::Strings(a));
+                }
                 let mut items = Vec::with_capacity(count as usize);
                 for i in 0..count {
-                    items.push(self.value(elem_type, &|| format!("{}[{i}]", field()), depth + 1)?);
+                    items.push(self.value(
+                        elem_type,
+                        &|| format!("{}[{i}]", field()),
+                        depth + 1,
+                    )?);
                 }
                 Value::Array { elem_type, items }
             }
@@ -332,7 +359,10 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         return Err(c.invalid(
             "metadata_kv_count".into(),
             kv_count_at,
-            format!("{kv_count} pairs cannot fit in the {} bytes left", c.remaining()),
+            format!(
+                "{kv_count} pairs cannot fit in the {} bytes left",
+                c.remaining()
+            ),
         ));
     }
     let mut metadata = Vec::with_capacity(kv_count as usize);
@@ -361,11 +391,17 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
     };
 
     // A tensor info needs at least 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
-    if tensor_count.checked_mul(24).is_none_or(|n| n > c.remaining()) {
+    if tensor_count
+        .checked_mul(24)
+        .is_none_or(|n| n > c.remaining())
+    {
         return Err(c.invalid(
             "tensor_count".into(),
             tensor_count_at,
-            format!("{tensor_count} tensors cannot fit in the {} bytes left", c.remaining()),
+            format!(
+                "{tensor_count} tensors cannot fit in the {} bytes left",
+                c.remaining()
+            ),
         ));
     }
     let mut raw = Vec::with_capacity(tensor_count as usize);

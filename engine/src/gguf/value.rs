@@ -19,8 +19,64 @@ pub mod type_id {
     pub const F64: u32 = 12;
 }
 
+/// An array of strings held in one buffer (a tokenizer's 128k tokens and 280k merges would
+/// otherwise cost one allocation each at every start-up).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StringArray {
+    buf: String,
+    /// End offset of each string in `buf`.
+    ends: Vec<usize>,
+}
+
+impl StringArray {
+    pub fn with_capacity(count: usize, bytes: usize) -> Self {
+        Self {
+            buf: String::with_capacity(bytes),
+            ends: Vec::with_capacity(count),
+        }
+    }
+
+    pub fn push(&mut self, s: &str) {
+        self.buf.push_str(s);
+        self.ends.push(self.buf.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.buf[start..end])
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or_default())
+    }
+
+    /// Total bytes of all strings.
+    pub fn total_bytes(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StringArray {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut a = StringArray::default();
+        for s in iter {
+            a.push(s.as_ref());
+        }
+        a
+    }
+}
+
 /// One metadata value. Arrays keep their declared element type so that a writer can
-/// reproduce them (an empty array still has one).
+/// reproduce them (an empty array still has one); arrays of strings are [`Value::Strings`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     U8(u8),
@@ -35,7 +91,12 @@ pub enum Value {
     F64(f64),
     Bool(bool),
     String(String),
-    Array { elem_type: u32, items: Vec<Value> },
+    /// An array whose element type is STRING.
+    Strings(StringArray),
+    Array {
+        elem_type: u32,
+        items: Vec<Value>,
+    },
 }
 
 impl Value {
@@ -54,7 +115,7 @@ impl Value {
             Value::F64(_) => F64,
             Value::Bool(_) => BOOL,
             Value::String(_) => STRING,
-            Value::Array { .. } => ARRAY,
+            Value::Array { .. } | Value::Strings(_) => ARRAY,
         }
     }
 
@@ -102,11 +163,15 @@ impl Value {
         }
     }
 
-    pub fn string_array(items: Vec<String>) -> Self {
-        Value::Array {
-            elem_type: type_id::STRING,
-            items: items.into_iter().map(Value::String).collect(),
+    pub fn as_strings(&self) -> Option<&StringArray> {
+        match self {
+            Value::Strings(a) => Some(a),
+            _ => None,
         }
+    }
+
+    pub fn string_array<S: AsRef<str>>(items: impl IntoIterator<Item = S>) -> Self {
+        Value::Strings(items.into_iter().collect())
     }
 }
 
@@ -125,6 +190,19 @@ impl fmt::Display for Value {
             Value::F64(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
             Value::String(s) => write!(f, "{s:?}"),
+            Value::Strings(a) => {
+                write!(f, "[")?;
+                for (i, v) in a.iter().take(4).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v:?}")?;
+                }
+                if a.len() > 4 {
+                    write!(f, ", ... ({} items)", a.len())?;
+                }
+                write!(f, "]")
+            }
             Value::Array { items, .. } => {
                 write!(f, "[")?;
                 for (i, v) in items.iter().take(4).enumerate() {

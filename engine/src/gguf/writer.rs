@@ -127,6 +127,13 @@ fn put_value(buf: &mut Vec<u8>, v: &Value) {
         Value::F64(x) => buf.extend_from_slice(&x.to_le_bytes()),
         Value::Bool(x) => buf.push(u8::from(*x)),
         Value::String(s) => put_str(buf, s),
+        Value::Strings(a) => {
+            buf.extend_from_slice(&super::type_id::STRING.to_le_bytes());
+            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for s in a.iter() {
+                put_str(buf, s);
+            }
+        }
         Value::Array { elem_type, items } => {
             buf.extend_from_slice(&elem_type.to_le_bytes());
             buf.extend_from_slice(&(items.len() as u64).to_le_bytes());

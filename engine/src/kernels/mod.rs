@@ -24,8 +24,14 @@ impl Isa {
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
-            if avx2 && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512vnni") {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+            {
                 return Isa::Avx512Vnni;
             }
             if avx2 {
@@ -100,7 +106,14 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// caller then uses the scalar specification).
 #[inline]
 #[allow(unused_variables)]
-fn row_dots<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &QuantizedActs, t0: usize, out: &mut [i32; T]) -> bool {
+fn row_dots<const T: usize>(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    m: usize,
+    acts: &QuantizedActs,
+    t0: usize,
+    out: &mut [i32; T],
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         if isa == Isa::Scalar || w.k % 256 != 0 || !matches!(w.scale, TernaryScale::Uniform(_)) {
@@ -109,12 +122,20 @@ fn row_dots<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &Qu
         let row = w.row(m);
         match w.ty {
             GgmlType::I2S | GgmlType::Tq2_0 => {
-                let kind = if w.ty == GgmlType::I2S { x86::TwoBit::I2s } else { x86::TwoBit::Tq2_0 };
+                let kind = if w.ty == GgmlType::I2S {
+                    x86::TwoBit::I2s
+                } else {
+                    x86::TwoBit::Tq2_0
+                };
                 let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm2_row(t0 + t));
                 // SAFETY: the ISA was detected; `row` is a whole row of this layout and each
                 // activation row has k bytes in the 2-bit plane order.
                 unsafe {
-                    if isa == Isa::Avx512Vnni { x86::dot2_avx512(kind, row, q, w.k, out) } else { x86::dot2_avx2(kind, row, q, w.k, out) }
+                    if isa == Isa::Avx512Vnni {
+                        x86::dot2_avx512(kind, row, q, w.k, out)
+                    } else {
+                        x86::dot2_avx2(kind, row, q, w.k, out)
+                    }
                 }
                 true
             }
@@ -123,7 +144,11 @@ fn row_dots<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &Qu
                 // SAFETY: the ISA was detected; `row` is a whole TQ1_0 row and each activation
                 // row has k/256*320 bytes in TQ1_0 plane order.
                 unsafe {
-                    if isa == Isa::Avx512Vnni { x86::dot1_avx512(row, q, w.k, out) } else { x86::dot1_avx2(row, q, w.k, out) }
+                    if isa == Isa::Avx512Vnni {
+                        x86::dot1_avx512(row, q, w.k, out)
+                    } else {
+                        x86::dot1_avx2(row, q, w.k, out)
+                    }
                 }
                 true
             }
@@ -137,7 +162,14 @@ fn row_dots<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &Qu
 /// BitLinear outputs of row `m` for tokens `t0..t0+T` with `isa`, bit-identical to
 /// [`TernaryMatrix::row_dot_scalar`].
 #[inline]
-pub fn bitlinear_tile<const T: usize>(isa: Isa, w: &TernaryMatrix<'_>, m: usize, acts: &QuantizedActs, t0: usize, out: &mut [f32; T]) {
+pub fn bitlinear_tile<const T: usize>(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    m: usize,
+    acts: &QuantizedActs,
+    t0: usize,
+    out: &mut [f32; T],
+) {
     let mut d = [0i32; T];
     if let (true, TernaryScale::Uniform(scale)) = (row_dots(isa, w, m, acts, t0, &mut d), w.scale) {
         for t in 0..T {
@@ -179,7 +211,9 @@ pub struct Kernels {
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kernels").field("threads", &self.threads).finish()
+        f.debug_struct("Kernels")
+            .field("threads", &self.threads)
+            .finish()
     }
 }
 
@@ -193,7 +227,11 @@ impl Kernels {
             .thread_name(|i| format!("bitnet-{i}"))
             .build()
             .expect("thread pool");
-        Self { pool, threads, isa: Isa::from_env() }
+        Self {
+            pool,
+            threads,
+            isa: Isa::from_env(),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -220,24 +258,50 @@ impl Kernels {
                 let r0 = c * chunk;
                 let r1 = (r0 + chunk).min(rows);
                 let mut t0 = 0;
-                // SAFETY (both writes): index t*rows+m < n*rows = len; row m belongs to this
-                // chunk only, so no other worker writes it.
-                while t0 + 4 <= n {
+                // Token tiles share each decoded weight chunk: 8, then 4, then single tokens.
+                while t0 < n {
+                    let tile = if n - t0 >= 8 {
+                        8
+                    } else if n - t0 >= 4 {
+                        4
+                    } else {
+                        1
+                    };
                     for m in r0..r1 {
-                        let mut y = [0f32; 4];
-                        bitlinear_tile::<4>(isa, w, m, acts, t0, &mut y);
-                        for (t, v) in y.into_iter().enumerate() {
+                        let mut y = [0f32; 8];
+                        match tile {
+                            8 => bitlinear_tile::<8>(
+                                isa,
+                                w,
+                                m,
+                                acts,
+                                t0,
+                                (&mut y[..8]).try_into().unwrap(),
+                            ),
+                            4 => bitlinear_tile::<4>(
+                                isa,
+                                w,
+                                m,
+                                acts,
+                                t0,
+                                (&mut y[..4]).try_into().unwrap(),
+                            ),
+                            _ => bitlinear_tile::<1>(
+                                isa,
+                                w,
+                                m,
+                                acts,
+                                t0,
+                                (&mut y[..1]).try_into().unwrap(),
+                            ),
+                        }
+                        for (t, &v) in y[..tile].iter().enumerate() {
+                            // SAFETY: index (t0+t)*rows+m < n*rows = len; row m belongs to
+                            // this chunk only, so no other worker writes it.
                             unsafe { dst.write((t0 + t) * rows + m, v) };
                         }
                     }
-                    t0 += 4;
-                }
-                for t in t0..n {
-                    for m in r0..r1 {
-                        let mut y = [0f32; 1];
-                        bitlinear_tile::<1>(isa, w, m, acts, t, &mut y);
-                        unsafe { dst.write(t * rows + m, y[0]) };
-                    }
+                    t0 += tile;
                 }
             });
         });

@@ -35,22 +35,37 @@ impl TwoBit {
 /// The CPU supports AVX2. `row` holds `k / 256` chunks of `kind.stride()` bytes (the last
 /// chunk needs only its first 64 bytes); each `q[t]` holds `k` bytes.
 #[target_feature(enable = "avx2")]
-pub unsafe fn dot2_avx2<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+pub unsafe fn dot2_avx2<const T: usize>(
+    kind: TwoBit,
+    row: &[u8],
+    q: [&[i8]; T],
+    k: usize,
+    out: &mut [i32; T],
+) {
     let nb = k / 256;
     debug_assert!(row.len() >= (nb - 1) * kind.stride() + 64);
     let mask = _mm256_set1_epi8(3);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_si256(); T];
     for c in 0..nb {
-        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(
+            row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8
+        );
         // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row` (checked above).
         let (lo, hi) = unsafe {
             let p = row.as_ptr().add(c * kind.stride());
-            (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+            (
+                _mm256_loadu_si256(p as *const __m256i),
+                _mm256_loadu_si256(p.add(32) as *const __m256i),
+            )
         };
         let mut acc16 = [_mm256_setzero_si256(); T];
         for n in 0..4 {
-            let sh = if kind == TwoBit::I2s { 6 - 2 * n } else { 2 * n };
+            let sh = if kind == TwoBit::I2s {
+                6 - 2 * n
+            } else {
+                2 * n
+            };
             let shc = _mm_cvtsi32_si128(sh as i32);
             let cl = _mm256_and_si256(_mm256_srl_epi16(lo, shc), mask);
             let ch = _mm256_and_si256(_mm256_srl_epi16(hi, shc), mask);
@@ -58,7 +73,10 @@ pub unsafe fn dot2_avx2<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T],
                 // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 < k.
                 let (ql, qh) = unsafe {
                     let p = q[t].as_ptr().add(c * 256 + 64 * n);
-                    (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+                    (
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(32) as *const __m256i),
+                    )
                 };
                 // u8 codes (0..2) x i8: pair sums fit i16 (|2*128*2| = 512); eight per chunk
                 // stay below 4096.
@@ -87,7 +105,13 @@ fn hsum256(v: __m256i) -> i32 {
 /// # Safety
 /// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot2_avx2`].
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-pub unsafe fn dot2_avx512<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
+pub unsafe fn dot2_avx512<const T: usize>(
+    kind: TwoBit,
+    row: &[u8],
+    q: [&[i8]; T],
+    k: usize,
+    out: &mut [i32; T],
+) {
     let nb = k / 256;
     debug_assert!(row.len() >= (nb - 1) * kind.stride() + 64);
     let mask = _mm512_set1_epi8(3);
@@ -95,15 +119,24 @@ pub unsafe fn dot2_avx512<const T: usize>(kind: TwoBit, row: &[u8], q: [&[i8]; T
     for c in 0..nb {
         // Prefetch across page boundaries, which the hardware prefetcher does not cross
         // (prefetching past the row is harmless: it never faults).
-        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(
+            row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8
+        );
         // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of `row`.
-        let v = unsafe { _mm512_loadu_si512(row.as_ptr().add(c * kind.stride()) as *const __m512i) };
+        let v =
+            unsafe { _mm512_loadu_si512(row.as_ptr().add(c * kind.stride()) as *const __m512i) };
         for n in 0..4 {
-            let sh = if kind == TwoBit::I2s { 6 - 2 * n } else { 2 * n };
+            let sh = if kind == TwoBit::I2s {
+                6 - 2 * n
+            } else {
+                2 * n
+            };
             let codes = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(sh as i32)), mask);
             for t in 0..T {
                 // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 <= k.
-                let qv = unsafe { _mm512_loadu_si512(q[t].as_ptr().add(c * 256 + 64 * n) as *const __m512i) };
+                let qv = unsafe {
+                    _mm512_loadu_si512(q[t].as_ptr().add(c * 256 + 64 * n) as *const __m512i)
+                };
                 acc[t] = _mm512_dpbusd_epi32(acc[t], codes, qv);
             }
         }
@@ -134,7 +167,10 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
         // bytes 32..52 of it and suppresses the rest.
         let (lo, hi) = unsafe {
             let p = row.as_ptr().add(b * 54);
-            (_mm256_loadu_si256(p as *const __m256i), _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask))
+            (
+                _mm256_loadu_si256(p as *const __m256i),
+                _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
+            )
         };
         // Each byte moved to the high half of a 16-bit lane: (x * 3^n) mod 2^16 then keeps
         // (byte * 3^n) mod 256 in the high byte, and mulhi(., 3) yields the trit.
@@ -155,7 +191,10 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
                 let (ql, qh) = unsafe {
                     let p = q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n);
-                    (_mm256_loadu_si256(p as *const __m256i), _mm256_loadu_si256(p.add(32) as *const __m256i))
+                    (
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(32) as *const __m256i),
+                    )
                 };
                 acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(planes[0], ql));
                 acc16[t] = _mm256_add_epi16(acc16[t], _mm256_maddubs_epi16(planes[1], qh));
@@ -183,7 +222,9 @@ pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, o
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
         // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
         // (qs and qh) and suppresses faults on the rest.
-        let v = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8) };
+        let v = unsafe {
+            _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8)
+        };
         let even = _mm512_slli_epi16(v, 8);
         let odd = _mm512_and_si512(v, hi_byte);
         for (n, &pow) in POW3.iter().enumerate() {
@@ -193,7 +234,9 @@ pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, o
             let plane = _mm512_or_si512(te, _mm512_slli_epi16(to, 8));
             for t in 0..T {
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
-                let qv = unsafe { _mm512_loadu_si512(q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n) as *const __m512i) };
+                let qv = unsafe {
+                    _mm512_loadu_si512(q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n) as *const __m512i)
+                };
                 acc[t] = _mm512_dpbusd_epi32(acc[t], plane, qv);
             }
         }
@@ -251,8 +294,16 @@ pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     while i < main {
         // SAFETY: i + 16 <= k.
         unsafe {
-            acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i + 8)), _mm256_loadu_ps(b.as_ptr().add(i + 8)), acc1);
+            acc0 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+                acc0,
+            );
+            acc1 = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
+                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
+                acc1,
+            );
         }
         i += 16;
     }
@@ -280,7 +331,10 @@ pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
         // SAFETY: i + 8 <= k.
         unsafe {
             let p = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+            _mm256_storeu_ps(
+                p,
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)),
+            );
         }
         i += 8;
     }

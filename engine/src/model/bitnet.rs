@@ -14,7 +14,6 @@
 
 use std::sync::OnceLock;
 
-
 use super::config::{Activation, Config};
 use crate::EngineError;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
@@ -53,13 +52,29 @@ pub(crate) struct TernaryWeight {
 impl TernaryWeight {
     pub(crate) fn matrix<'a>(&'a self, file: &'a [u8]) -> Result<TernaryMatrix<'a>, EngineError> {
         let data = self.storage.bytes(file);
-        let scale = self.checked.get_or_init(|| check_ternary(&self.name, self.ty, self.rows, self.k, data)).clone().map_err(invalid)?;
-        Ok(TernaryMatrix { ty: self.ty, rows: self.rows, k: self.k, data, scale })
+        let scale = self
+            .checked
+            .get_or_init(|| check_ternary(&self.name, self.ty, self.rows, self.k, data))
+            .clone()
+            .map_err(invalid)?;
+        Ok(TernaryMatrix {
+            ty: self.ty,
+            rows: self.rows,
+            k: self.k,
+            data,
+            scale,
+        })
     }
 }
 
 /// Full validation of a ternary tensor: no reserved I2_S code, a finite scale.
-fn check_ternary(name: &str, ty: GgmlType, rows: usize, k: usize, data: &[u8]) -> Result<TernaryScale, String> {
+fn check_ternary(
+    name: &str,
+    ty: GgmlType,
+    rows: usize,
+    k: usize,
+    data: &[u8],
+) -> Result<TernaryScale, String> {
     if ty == GgmlType::I2S && i2s::has_invalid_code(&data[..rows * k / 4]) {
         return Err(format!("{name}: I2_S data holds the reserved code 3"));
     }
@@ -121,10 +136,14 @@ fn invalid(m: String) -> EngineError {
 }
 
 fn tensor<'a>(g: &'a GgufFile, name: &str, dims: &[usize]) -> Result<&'a TensorInfo, EngineError> {
-    let t = g.tensor(name).ok_or_else(|| invalid(format!("missing tensor {name}")))?;
+    let t = g
+        .tensor(name)
+        .ok_or_else(|| invalid(format!("missing tensor {name}")))?;
     let got: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     if got != dims {
-        return Err(invalid(format!("tensor {name} has shape {got:?}, expected {dims:?}")));
+        return Err(invalid(format!(
+            "tensor {name} has shape {got:?}, expected {dims:?}"
+        )));
     }
     Ok(t)
 }
@@ -138,7 +157,10 @@ fn norm(g: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError> {
         data: g.tensor_data(t),
     };
     if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16) {
-        return Err(invalid(format!("norm {name} has type {}, expected F32", t.ty)));
+        return Err(invalid(format!(
+            "norm {name} has type {}, expected F32",
+            t.ty
+        )));
     }
     let mut v = vec![0f32; n];
     m.row_f32(0, &mut v);
@@ -147,8 +169,14 @@ fn norm(g: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, EngineError> {
 
 fn dense(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<DenseWeight, EngineError> {
     let t = tensor(g, name, &[k, rows])?;
-    if !matches!(t.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0) {
-        return Err(invalid(format!("tensor {name} has unsupported type {}", t.ty)));
+    if !matches!(
+        t.ty,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0
+    ) {
+        return Err(invalid(format!(
+            "tensor {name} has unsupported type {}",
+            t.ty
+        )));
     }
     Ok(DenseWeight {
         ty: t.ty,
@@ -167,7 +195,9 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
     match t.ty {
         GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
             if t.ty == GgmlType::I2S && k % i2s::BLOCK != 0 {
-                return Err(invalid(format!("{name}: I2_S rows need a multiple of 128 weights")));
+                return Err(invalid(format!(
+                    "{name}: I2_S rows need a multiple of 128 weights"
+                )));
             }
             let _ = data;
             Ok(TernaryWeight {
@@ -182,8 +212,12 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
                 },
             })
         }
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => repack_float_ternary(name, t.ty, data, k, rows),
-        other => Err(invalid(format!("tensor {name} has type {other}, expected a ternary type"))),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => {
+            repack_float_ternary(name, t.ty, data, k, rows)
+        }
+        other => Err(invalid(format!(
+            "tensor {name} has type {other}, expected a ternary type"
+        ))),
     }
 }
 
@@ -197,7 +231,9 @@ fn repack_float_ternary(
     rows: usize,
 ) -> Result<TernaryWeight, EngineError> {
     if k % i2s::BLOCK != 0 {
-        return Err(invalid(format!("{name}: rows need a multiple of 128 weights")));
+        return Err(invalid(format!(
+            "{name}: rows need a multiple of 128 weights"
+        )));
     }
     let m = DenseMatrix { ty, rows, k, data };
     let mut row = vec![0f32; k];
@@ -372,11 +408,21 @@ fn rope_head(x: &mut [f32], cs: &[(f32, f32)]) {
 impl BitNet {
     /// Runs `tokens` (at positions `session.pos..`) through the model and returns the
     /// logits of the last one. `tokens` must be non-empty, in vocabulary, and fit.
-    pub fn forward_into(&self, file: &[u8], kern: &Kernels, s: &mut Session, tokens: &[u32], logits: &mut [f32]) -> Result<(), EngineError> {
+    pub fn forward_into(
+        &self,
+        file: &[u8],
+        kern: &Kernels,
+        s: &mut Session,
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<(), EngineError> {
         let c = &self.config;
         let n = tokens.len();
         let (d, kv, hd, f) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
-        assert!(n > 0 && s.pos + n <= s.capacity, "tokens must fit the session");
+        assert!(
+            n > 0 && s.pos + n <= s.capacity,
+            "tokens must fit the session"
+        );
         let sc = &mut s.scratch;
         sc.x.resize(n * d, 0.0);
         sc.h.resize(n * d, 0.0);
@@ -391,7 +437,12 @@ impl BitNet {
         let half = c.n_rot / 2;
         sc.rope.resize(n * half, (0.0, 0.0));
         for t in 0..n {
-            rope_table(s.pos + t, c.n_rot, c.rope_base, &mut sc.rope[t * half..(t + 1) * half]);
+            rope_table(
+                s.pos + t,
+                c.n_rot,
+                c.rope_base,
+                &mut sc.rope[t * half..(t + 1) * half],
+            );
         }
         let embd = self.tok_embd.matrix(file);
         for (t, &tok) in tokens.iter().enumerate() {
@@ -457,7 +508,16 @@ impl BitNet {
 /// `pos0..pos0+n`, computed in f64 from the f32 cache and rounded once to f32 (close to exact,
 /// so that activation rounding downstream rarely depends on summation order).
 #[allow(clippy::too_many_arguments)]
-fn attention(kern: &Kernels, c: &Config, q: &[f32], kc: &[f32], vc: &[f32], pos0: usize, n: usize, att: &mut [f32]) {
+fn attention(
+    kern: &Kernels,
+    c: &Config,
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    pos0: usize,
+    n: usize,
+    att: &mut [f32],
+) {
     let (d, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
     let group = c.n_head / c.n_head_kv;
     let inv_sqrt = 1.0 / (hd as f64).sqrt();
@@ -468,7 +528,8 @@ fn attention(kern: &Kernels, c: &Config, q: &[f32], kc: &[f32], vc: &[f32], pos0
         let mut scores = vec![0f64; len];
         let mut max = f64::NEG_INFINITY;
         for (j, sj) in scores.iter_mut().enumerate() {
-            *sj = crate::kernels::dot_f32_f64(qh, &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd]) * inv_sqrt;
+            *sj = crate::kernels::dot_f32_f64(qh, &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd])
+                * inv_sqrt;
             max = max.max(*sj);
         }
         let mut sum = 0f64;
@@ -487,6 +548,9 @@ fn attention(kern: &Kernels, c: &Config, q: &[f32], kc: &[f32], vc: &[f32], pos0
     // Each (token, head) writes its own head_dim slice of `att`.
     kern.install(|| {
         use rayon::prelude::*;
-        att[..n * d].par_chunks_mut(hd).enumerate().for_each(|(i, out)| work((i / c.n_head, i % c.n_head), out));
+        att[..n * d]
+            .par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(i, out)| work((i / c.n_head, i % c.n_head), out));
     });
 }

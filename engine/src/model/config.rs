@@ -49,7 +49,9 @@ impl Config {
         let key = |k: &str| format!("{arch}.{k}");
         let req = |k: &str| -> Result<usize, EngineError> {
             let name = key(k);
-            let v = g.get(&name).ok_or_else(|| invalid(format!("missing key {name}")))?;
+            let v = g
+                .get(&name)
+                .ok_or_else(|| invalid(format!("missing key {name}")))?;
             v.as_u64()
                 .filter(|&n| n > 0 && n < 1 << 31)
                 .map(|n| n as usize)
@@ -62,7 +64,9 @@ impl Config {
                     .as_f64()
                     .map(|f| f as f32)
                     .filter(|f| f.is_finite() && *f > 0.0)
-                    .ok_or_else(|| invalid(format!("key {} = {v} is not a positive number", key(k)))),
+                    .ok_or_else(|| {
+                        invalid(format!("key {} = {v} is not a positive number", key(k)))
+                    }),
             }
         };
         let n_layer = req("block_count")?;
@@ -75,10 +79,14 @@ impl Config {
         };
         let n_ctx = req("context_length")?;
         if dim % n_head != 0 {
-            return Err(invalid(format!("embedding_length {dim} is not divisible by head_count {n_head}")));
+            return Err(invalid(format!(
+                "embedding_length {dim} is not divisible by head_count {n_head}"
+            )));
         }
         if n_head % n_head_kv != 0 {
-            return Err(invalid(format!("head_count {n_head} is not divisible by head_count_kv {n_head_kv}")));
+            return Err(invalid(format!(
+                "head_count {n_head} is not divisible by head_count_kv {n_head_kv}"
+            )));
         }
         let head_dim = dim / n_head;
         let n_rot = match g.get(&key("rope.dimension_count")) {
@@ -111,7 +119,7 @@ impl Config {
             .tensor("token_embd.weight")
             .map(|t| t.dims.get(1).copied().unwrap_or(1) as usize)
             .ok_or_else(|| invalid("missing tensor token_embd.weight".into()))?;
-        if let Some(Value::Array { items, .. }) = g.get("tokenizer.ggml.tokens")
+        if let Some(Value::Strings(items)) = g.get("tokenizer.ggml.tokens")
             && items.len() > n_vocab
         {
             return Err(invalid(format!(

@@ -11,7 +11,6 @@ use std::sync::Arc;
 pub use bitnet::{BitNet, Session};
 pub use config::{Activation, Config};
 
-
 use crate::generate::{GenerateOutput, GenerateParams, Piece};
 use crate::gguf::{Backing, GgufFile};
 use crate::kernels::Kernels;
@@ -58,7 +57,9 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("config", &self.net.config).finish()
+        f.debug_struct("Model")
+            .field("config", &self.net.config)
+            .finish()
     }
 }
 
@@ -87,7 +88,12 @@ impl Model {
                 net.set_output(crate::gguf::GgmlType::Q8_0, data);
             }
         }
-        Ok(Self { gguf, net, tokenizer, kernels })
+        Ok(Self {
+            gguf,
+            net,
+            tokenizer,
+            kernels,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -151,10 +157,18 @@ impl Model {
         Ok(logits)
     }
 
-    pub fn forward_into(&self, session: &mut Session, tokens: &[u32], logits: &mut [f32]) -> Result<(), EngineError> {
+    pub fn forward_into(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: &mut [f32],
+    ) -> Result<(), EngineError> {
         self.check_tokens(session, tokens)?;
         let file = self.gguf.bytes();
-        self.kernels.install(|| self.net.forward_into(file, &self.kernels, session, tokens, logits))
+        self.kernels.install(|| {
+            self.net
+                .forward_into(file, &self.kernels, session, tokens, logits)
+        })
     }
 
     /// Runs the prompt, then samples until a stop condition. `on_piece` sees every generated

@@ -102,7 +102,11 @@ impl<'a> TernaryMatrix<'a> {
     }
 
     fn tq_scale_pos(&self) -> (usize, usize) {
-        if self.ty == GgmlType::Tq2_0 { (tq2_0::BLOCK_BYTES, 64) } else { (tq1_0::BLOCK_BYTES, 52) }
+        if self.ty == GgmlType::Tq2_0 {
+            (tq2_0::BLOCK_BYTES, 64)
+        } else {
+            (tq1_0::BLOCK_BYTES, 52)
+        }
     }
 
     fn tq_blocks(&self, row: &[u8], q: &[i8], f: impl FnMut(usize, i32)) {
@@ -152,17 +156,26 @@ impl DenseMatrix<'_> {
         let k = self.k;
         match self.ty {
             GgmlType::F32 => {
-                for (o, c) in out.iter_mut().zip(self.data[r * k * 4..(r + 1) * k * 4].chunks_exact(4)) {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(self.data[r * k * 4..(r + 1) * k * 4].chunks_exact(4))
+                {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
             GgmlType::F16 => {
-                for (o, c) in out.iter_mut().zip(self.data[r * k * 2..(r + 1) * k * 2].chunks_exact(2)) {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(self.data[r * k * 2..(r + 1) * k * 2].chunks_exact(2))
+                {
                     *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }
             GgmlType::Bf16 => {
-                for (o, c) in out.iter_mut().zip(self.data[r * k * 2..(r + 1) * k * 2].chunks_exact(2)) {
+                for (o, c) in out
+                    .iter_mut()
+                    .zip(self.data[r * k * 2..(r + 1) * k * 2].chunks_exact(2))
+                {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
             }

@@ -26,12 +26,14 @@ pub fn quantize_matrix(m: &DenseMatrix<'_>) -> Vec<u8> {
     use rayon::prelude::*;
     let rb = m.k / BLOCK * BLOCK_BYTES;
     let mut out = vec![0u8; m.rows * rb];
-    out.par_chunks_mut(rb * 64).enumerate().for_each(|(c, chunk)| {
-        let mut row = vec![0f32; m.k];
-        for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
-            m.row_f32(c * 64 + i, &mut row);
-            quantize_row(&row, o);
-        }
-    });
+    out.par_chunks_mut(rb * 64)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut row = vec![0f32; m.k];
+            for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
+                m.row_f32(c * 64 + i, &mut row);
+                quantize_row(&row, o);
+            }
+        });
     out
 }

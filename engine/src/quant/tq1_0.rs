@@ -21,7 +21,11 @@ pub const BLOCK_BYTES: usize = size_of::<BlockTq1_0>();
 const POW3: [u8; 5] = [1, 3, 9, 27, 81];
 
 fn encode5(t: [u8; 5]) -> u8 {
-    let v: u16 = t.iter().zip(POW3.iter().rev()).map(|(&t, &p)| t as u16 * p as u16).sum();
+    let v: u16 = t
+        .iter()
+        .zip(POW3.iter().rev())
+        .map(|(&t, &p)| t as u16 * p as u16)
+        .sum();
     // ceil(v * 256 / 243)
     (v * 256).div_ceil(243) as u8
 }
@@ -45,7 +49,9 @@ pub fn pack(values: &[i8], block_scales: &[f16]) -> Vec<u8> {
             blk[32 + m] = encode5(std::array::from_fn(|n| t(160 + m + 16 * n)));
         }
         for j in 0..4 {
-            blk[48 + j] = encode5(std::array::from_fn(|n| if n < 4 { t(240 + j + 4 * n) } else { 0 }));
+            blk[48 + j] = encode5(std::array::from_fn(|n| {
+                if n < 4 { t(240 + j + 4 * n) } else { 0 }
+            }));
         }
         blk[52..54].copy_from_slice(&d.to_le_bytes());
         out.extend_from_slice(&blk);
@@ -83,7 +89,11 @@ pub fn dot_blocks_scalar(row: &[u8], q: &[i8], mut f: impl FnMut(usize, i32)) {
     for (b, blk) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         decode_block(blk, &mut t);
         let qb = &q[b * BLOCK..(b + 1) * BLOCK];
-        let d: i32 = t.iter().zip(qb).map(|(&t, &q)| (t as i32 - 1) * q as i32).sum();
+        let d: i32 = t
+            .iter()
+            .zip(qb)
+            .map(|(&t, &q)| (t as i32 - 1) * q as i32)
+            .sum();
         f(b, d);
     }
 }

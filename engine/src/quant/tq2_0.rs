@@ -49,7 +49,11 @@ pub fn dot_blocks_scalar(row: &[u8], q: &[i8], mut f: impl FnMut(usize, i32)) {
     for (b, blk) in row.chunks_exact(BLOCK_BYTES).enumerate() {
         decode_block(blk, &mut t);
         let qb = &q[b * BLOCK..(b + 1) * BLOCK];
-        let d: i32 = t.iter().zip(qb).map(|(&t, &q)| (t as i32 - 1) * q as i32).sum();
+        let d: i32 = t
+            .iter()
+            .zip(qb)
+            .map(|(&t, &q)| (t as i32 - 1) * q as i32)
+            .sum();
         f(b, d);
     }
 }

@@ -7,13 +7,16 @@
 pub mod pretokenize;
 mod stream;
 
-use rustc_hash::FxHashMap;
+use std::hash::{Hash, Hasher};
+
+use hashbrown::HashTable;
+use rustc_hash::{FxHashMap, FxHasher};
 
 pub use pretokenize::PreTokenizer;
 pub use stream::StreamDecoder;
 
 use crate::EngineError;
-use crate::gguf::{GgufFile, Value};
+use crate::gguf::{GgufFile, StringArray, Value};
 
 /// llama.cpp's token types.
 pub mod token_type {
@@ -32,40 +35,43 @@ pub struct ChatMessage {
     pub content: String,
 }
 
-/// GPT-2's reversible byte <-> printable-char map used by byte-level BPE vocabularies.
-fn byte_to_char_table() -> [char; 256] {
-    let mut table = ['\0'; 256];
-    let mut n = 0u32;
-    for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-        table[b as usize] = if printable {
-            char::from_u32(b).unwrap_or('\0')
+/// GPT-2's reversible byte <-> printable-char map used by byte-level BPE vocabularies:
+/// printable bytes map to themselves, the others to U+0100 and up, in byte order. Returns
+/// the inverse, indexed by code point (every mapped char is below U+0144).
+fn char_to_byte_table() -> [u16; 324] {
+    let mut table = [u16::MAX; 324];
+    let mut n = 0usize;
+    for b in 0..256usize {
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let c = if printable {
+            b
         } else {
             n += 1;
-            char::from_u32(255 + n).unwrap_or('\0')
+            255 + n
         };
+        table[c] = b as u16;
     }
     table
 }
 
-fn token_text_to_bytes(s: &str, char_to_byte: &FxHashMap<char, u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(s.len());
+/// Appends the raw bytes of a byte-level token text.
+fn push_token_bytes(s: &str, c2b: &[u16; 324], out: &mut Vec<u8>) {
     for c in s.chars() {
-        match char_to_byte.get(&c) {
-            Some(&b) => out.push(b),
+        match c2b.get(c as usize) {
+            Some(&b) if b != u16::MAX => out.push(b as u8),
             // Not a byte-level char: keep its UTF-8 (never the case in Llama 3's vocabulary).
-            None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            _ => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
         }
     }
-    out
 }
 
 /// The tokenizer's inputs, as stored in GGUF (`tokenizer.ggml.*`).
 #[derive(Debug, Clone, Default)]
 pub struct TokenizerParts {
-    pub tokens: Vec<String>,
+    pub tokens: StringArray,
     pub token_types: Vec<i32>,
-    pub merges: Vec<String>,
+    pub merges: StringArray,
     pub bos: u32,
     pub eos: u32,
     pub eot: Option<u32>,
@@ -73,14 +79,41 @@ pub struct TokenizerParts {
     pub pre: PreTokenizer,
 }
 
+fn hash_bytes(b: &[u8]) -> u64 {
+    let mut h = FxHasher::default();
+    b.hash(&mut h);
+    h.finish()
+}
+
+/// Token bytes in one arena, plus a hash table from bytes to id over it (no per-token
+/// allocation: building this for 128k tokens is on every cold start's path).
+struct Vocab {
+    arena: Vec<u8>,
+    /// `ends[i]` = end of token i in `arena`.
+    ends: Vec<u32>,
+    /// Ids of the non-control tokens, hashed by their bytes.
+    table: HashTable<u32>,
+}
+
+impl Vocab {
+    fn bytes(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.arena[start..self.ends[i] as usize]
+    }
+
+    fn get(&self, b: &[u8]) -> Option<u32> {
+        self.table
+            .find(hash_bytes(b), |&id| self.bytes(id) == b)
+            .copied()
+    }
+}
+
 pub struct Tokenizer {
-    /// Raw bytes of every token (control tokens: their text).
-    token_bytes: Vec<Vec<u8>>,
+    vocab: Vocab,
     is_control: Vec<bool>,
-    /// Raw bytes -> id, for non-control tokens.
-    vocab: FxHashMap<Vec<u8>, u32>,
-    /// (left, right) -> (rank, merged id).
-    merges: FxHashMap<(u32, u32), (u32, u32)>,
+    /// (left << 32 | right) -> (rank << 32 | merged id).
+    merges: FxHashMap<u64, u64>,
     byte_ids: [u32; 256],
     pub bos: u32,
     pub eos: u32,
@@ -92,10 +125,18 @@ pub struct Tokenizer {
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
-            .field("tokens", &self.token_bytes.len())
+            .field("tokens", &self.is_control.len())
             .field("merges", &self.merges.len())
             .finish()
     }
+}
+
+struct SpecialIds {
+    bos: u32,
+    eos: u32,
+    eot: Option<u32>,
+    add_bos: bool,
+    pre: PreTokenizer,
 }
 
 /// Id of `<|eot_id|>` in Llama 3 vocabularies (files often lack `eot_token_id`).
@@ -106,19 +147,21 @@ impl Tokenizer {
         let invalid = |m: String| EngineError::InvalidModel(m);
         match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
             Some("gpt2") => {}
-            Some(other) => return Err(invalid(format!("tokenizer model {other:?} is not supported (expected gpt2)"))),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "tokenizer model {other:?} is not supported (expected gpt2)"
+                )));
+            }
             None => return Err(invalid("missing key tokenizer.ggml.model".into())),
         }
-        let strings = |key: &str| -> Result<Vec<String>, EngineError> {
-            let items = g
-                .get(key)
-                .and_then(Value::as_array)
-                .ok_or_else(|| invalid(format!("missing key {key}")))?;
-            items
-                .iter()
-                .map(|v| v.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| invalid(format!("{key} is not an array of strings")))
+        let empty = StringArray::default();
+        let strings = |key: &str| -> Result<&StringArray, EngineError> {
+            match g.get(key) {
+                Some(Value::Strings(a)) => Ok(a),
+                Some(Value::Array { items, .. }) if items.is_empty() => Ok(&empty),
+                Some(_) => Err(invalid(format!("{key} is not an array of strings"))),
+                None => Err(invalid(format!("missing key {key}"))),
+            }
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
@@ -130,80 +173,180 @@ impl Tokenizer {
                     other => other.as_u64().map(|t| t as i32),
                 })
                 .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| invalid("tokenizer.ggml.token_type is not an integer array".into()))?,
+                .ok_or_else(|| {
+                    invalid("tokenizer.ggml.token_type is not an integer array".into())
+                })?,
             None => vec![token_type::NORMAL; tokens.len()],
         };
         let id = |key: &str, default: u32| -> u32 {
-            g.get(key).and_then(Value::as_u64).map_or(default, |v| v as u32)
+            g.get(key)
+                .and_then(Value::as_u64)
+                .map_or(default, |v| v as u32)
         };
         let pre = match g.get("tokenizer.ggml.pre").and_then(Value::as_str) {
             // Absent in the official file: the model was trained with the Llama 3 rule.
             None | Some("llama-bpe" | "llama3" | "llama-v3") => PreTokenizer::Llama3,
             Some("default") => PreTokenizer::LlamaCppDefault,
-            Some(other) => return Err(invalid(format!("pre-tokenizer {other:?} is not supported"))),
+            Some(other) => {
+                return Err(invalid(format!("pre-tokenizer {other:?} is not supported")));
+            }
         };
-        Self::from_parts(TokenizerParts {
+        let ids = SpecialIds {
             bos: id("tokenizer.ggml.bos_token_id", 128000),
             eos: id("tokenizer.ggml.eos_token_id", 128001),
-            eot: g.get("tokenizer.ggml.eot_token_id").and_then(Value::as_u64).map(|v| v as u32),
-            add_bos: g.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(true),
-            tokens,
-            token_types,
-            merges,
+            eot: g
+                .get("tokenizer.ggml.eot_token_id")
+                .and_then(Value::as_u64)
+                .map(|v| v as u32),
+            add_bos: g
+                .get("tokenizer.ggml.add_bos_token")
+                .and_then(Value::as_bool)
+                .unwrap_or(true),
             pre,
-        })
+        };
+        Self::build(tokens, &token_types, merges, ids)
     }
 
     pub fn from_parts(p: TokenizerParts) -> Result<Self, EngineError> {
+        let ids = SpecialIds {
+            bos: p.bos,
+            eos: p.eos,
+            eot: p.eot,
+            add_bos: p.add_bos,
+            pre: p.pre,
+        };
+        Self::build(&p.tokens, &p.token_types, &p.merges, ids)
+    }
+
+    fn build(
+        tokens: &StringArray,
+        token_types: &[i32],
+        merges_in: &StringArray,
+        p: SpecialIds,
+    ) -> Result<Self, EngineError> {
         let invalid = |m: String| EngineError::InvalidModel(m);
-        let n = p.tokens.len();
-        if n == 0 || p.token_types.len() != n {
-            return Err(invalid(format!("{n} tokens but {} token types", p.token_types.len())));
+        let n = tokens.len();
+        if n == 0 || token_types.len() != n || n >= u32::MAX as usize {
+            return Err(invalid(format!(
+                "{n} tokens but {} token types",
+                token_types.len()
+            )));
         }
-        let b2c = byte_to_char_table();
-        let c2b: FxHashMap<char, u8> = b2c.iter().enumerate().map(|(b, &c)| (c, b as u8)).collect();
-        let mut token_bytes = Vec::with_capacity(n);
+        let c2b = char_to_byte_table();
+        let mut arena = Vec::with_capacity(tokens.total_bytes());
+        let mut ends = Vec::with_capacity(n);
         let mut is_control = Vec::with_capacity(n);
-        let mut vocab = FxHashMap::with_capacity_and_hasher(n, Default::default());
-        for (i, (t, &ty)) in p.tokens.iter().zip(&p.token_types).enumerate() {
+        for (t, &ty) in tokens.iter().zip(token_types) {
             let control = ty == token_type::CONTROL;
-            let bytes = if control { t.as_bytes().to_vec() } else { token_text_to_bytes(t, &c2b) };
-            if !control {
-                vocab.entry(bytes.clone()).or_insert(i as u32);
+            if control {
+                arena.extend_from_slice(t.as_bytes());
+            } else {
+                push_token_bytes(t, &c2b, &mut arena);
             }
-            token_bytes.push(bytes);
+            let end = u32::try_from(arena.len())
+                .map_err(|_| invalid("vocabulary text exceeds 4 GiB".into()))?;
+            ends.push(end);
             is_control.push(control);
+        }
+        let mut vocab = Vocab {
+            arena,
+            ends,
+            table: HashTable::with_capacity(n),
+        };
+        for id in 0..n as u32 {
+            if is_control[id as usize] {
+                continue;
+            }
+            let h = hash_bytes(vocab.bytes(id));
+            // The first id wins for duplicate texts.
+            if vocab
+                .table
+                .find(h, |&o| vocab.bytes(o) == vocab.bytes(id))
+                .is_none()
+            {
+                let Vocab { table, arena, ends } = &mut vocab;
+                let bytes_of = |i: u32| {
+                    let i = i as usize;
+                    &arena[if i == 0 { 0 } else { ends[i - 1] as usize }..ends[i] as usize]
+                };
+                table.insert_unique(h, id, |&o| hash_bytes(bytes_of(o)));
+            }
         }
         let mut byte_ids = [0u32; 256];
         for b in 0..256 {
-            byte_ids[b] = *vocab
-                .get(&[b as u8][..])
+            byte_ids[b] = vocab
+                .get(&[b as u8])
                 .ok_or_else(|| invalid(format!("vocabulary lacks the byte token for {b:#04x}")))?;
         }
-        let text_id: FxHashMap<&str, u32> = p
-            .tokens
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| !is_control[i])
-            .map(|(i, t)| (t.as_str(), i as u32))
-            .collect();
-        let mut merges = FxHashMap::with_capacity_and_hasher(p.merges.len(), Default::default());
-        for (rank, m) in p.merges.iter().enumerate() {
-            let (a, b) = m
-                .split_once(' ')
-                .ok_or_else(|| invalid(format!("merge #{rank} {m:?} has no space")))?;
-            let look = |s: &str| text_id.get(s).copied();
-            let (Some(ia), Some(ib)) = (look(a), look(b)) else {
-                return Err(invalid(format!("merge #{rank} {m:?} names unknown tokens")));
-            };
-            let merged = [a, b].concat();
-            let Some(im) = look(&merged) else {
-                return Err(invalid(format!("merge #{rank} {m:?} makes the unknown token {merged:?}")));
-            };
-            merges.entry((ia, ib)).or_insert((rank as u32, im));
+        // Resolving 280k merges is three hash lookups each, bound by memory latency: split
+        // it across threads (cold start path), then insert in rank order.
+        let resolve = |range: std::ops::Range<usize>| -> Result<Vec<(u64, u64)>, EngineError> {
+            let mut out = Vec::with_capacity(range.len());
+            let (mut left, mut right) = (Vec::new(), Vec::new());
+            for rank in range {
+                let m = merges_in.get(rank).unwrap_or_default();
+                let (a, b) = m
+                    .split_once(' ')
+                    .ok_or_else(|| invalid(format!("merge #{rank} {m:?} has no space")))?;
+                left.clear();
+                push_token_bytes(a, &c2b, &mut left);
+                let split = left.len();
+                push_token_bytes(b, &c2b, &mut left);
+                right.clear();
+                right.extend_from_slice(&left[split..]);
+                let (Some(ia), Some(ib)) = (vocab.get(&left[..split]), vocab.get(&right)) else {
+                    return Err(invalid(format!("merge #{rank} {m:?} names unknown tokens")));
+                };
+                let Some(im) = vocab.get(&left) else {
+                    return Err(invalid(format!(
+                        "merge #{rank} {m:?} makes a token that is not in the vocabulary"
+                    )));
+                };
+                out.push((
+                    (ia as u64) << 32 | ib as u64,
+                    (rank as u64) << 32 | im as u64,
+                ));
+            }
+            Ok(out)
+        };
+        let nm = merges_in.len();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8);
+        let per = nm.div_ceil(workers).max(1);
+        let parts: Vec<Result<Vec<(u64, u64)>, EngineError>> = if workers > 1 && nm > 10_000 {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| {
+                        let r = (w * per).min(nm)..((w + 1) * per).min(nm);
+                        sc.spawn(move || resolve(r))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| Err(invalid("merge resolution panicked".into())))
+                    })
+                    .collect()
+            })
+        } else {
+            vec![resolve(0..nm)]
+        };
+        let mut merges = FxHashMap::with_capacity_and_hasher(nm, Default::default());
+        for part in parts {
+            for (k, v) in part? {
+                merges.entry(k).or_insert(v);
+            }
         }
         let check = |id: u32, what: &str| {
-            if (id as usize) < n { Ok(id) } else { Err(invalid(format!("{what} id {id} is outside the vocabulary of {n}"))) }
+            if (id as usize) < n {
+                Ok(id)
+            } else {
+                Err(invalid(format!(
+                    "{what} id {id} is outside the vocabulary of {n}"
+                )))
+            }
         };
         let eot = match p.eot {
             Some(e) => check(e, "eot")?,
@@ -216,16 +359,15 @@ impl Tokenizer {
             eot,
             add_bos: p.add_bos,
             pre: p.pre,
-            token_bytes,
-            is_control,
             vocab,
+            is_control,
             merges,
             byte_ids,
         })
     }
 
     pub fn n_tokens(&self) -> usize {
-        self.token_bytes.len()
+        self.is_control.len()
     }
 
     /// Encodes plain text (special-token text stays plain text), optionally with BOS first.
@@ -250,7 +392,7 @@ impl Tokenizer {
 
     fn encode_piece(&self, piece: &[u8], ids: &mut Vec<u32>, sym: &mut Vec<u32>) {
         if self.pre == PreTokenizer::Llama3
-            && let Some(&id) = self.vocab.get(piece)
+            && let Some(id) = self.vocab.get(piece)
         {
             ids.push(id);
             return;
@@ -261,10 +403,14 @@ impl Tokenizer {
         loop {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..sym.len().saturating_sub(1) {
-                if let Some(&(rank, id)) = self.merges.get(&(sym[i], sym[i + 1]))
-                    && best.is_none_or(|(r, _, _)| rank < r)
+                if let Some(&packed) = self
+                    .merges
+                    .get(&((sym[i] as u64) << 32 | sym[i + 1] as u64))
                 {
-                    best = Some((rank, i, id));
+                    let (rank, id) = ((packed >> 32) as u32, packed as u32);
+                    if best.is_none_or(|(r, _, _)| rank < r) {
+                        best = Some((rank, i, id));
+                    }
                 }
             }
             let Some((_, i, id)) = best else { break };
@@ -289,18 +435,19 @@ impl Tokenizer {
 
     /// Raw bytes of one token; control tokens give nothing (they are not text).
     pub fn token_bytes(&self, id: u32) -> &[u8] {
-        match self.token_bytes.get(id as usize) {
-            Some(b) if !self.is_control[id as usize] => b,
+        match self.is_control.get(id as usize) {
+            Some(false) => self.vocab.bytes(id),
             _ => &[],
         }
     }
 
     /// The text of a token, control tokens included (for display).
     pub fn token_text(&self, id: u32) -> String {
-        self.token_bytes
-            .get(id as usize)
-            .map(|b| String::from_utf8_lossy(b).into_owned())
-            .unwrap_or_default()
+        if (id as usize) < self.n_tokens() {
+            String::from_utf8_lossy(self.vocab.bytes(id)).into_owned()
+        } else {
+            String::new()
+        }
     }
 
     pub fn is_control(&self, id: u32) -> bool {
@@ -309,7 +456,10 @@ impl Tokenizer {
 
     /// Text of `ids` (control tokens skipped; invalid UTF-8 replaced by U+FFFD).
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&id| self.token_bytes(id).iter().copied()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| self.token_bytes(id).iter().copied())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -317,7 +467,10 @@ impl Tokenizer {
 fn role_title(role: &str) -> String {
     let mut c = role.chars();
     match c.next() {
-        Some(f) => f.to_uppercase().chain(c.flat_map(char::to_lowercase)).collect(),
+        Some(f) => f
+            .to_uppercase()
+            .chain(c.flat_map(char::to_lowercase))
+            .collect(),
         None => String::new(),
     }
 }

@@ -94,14 +94,25 @@ fn split_llama3(ch: &Chars, start: usize, end: usize, out: &mut Vec<(usize, usiz
     }
 }
 
-fn llama3_match(c: &[char], cls: &[Class], i: usize, n: usize, is_nl: &dyn Fn(usize) -> bool) -> usize {
+fn llama3_match(
+    c: &[char],
+    cls: &[Class],
+    i: usize,
+    n: usize,
+    is_nl: &dyn Fn(usize) -> bool,
+) -> usize {
     let lower = |j: usize| c[j].to_ascii_lowercase();
     // 1. contractions, case-insensitive
     if c[i] == '\'' && i + 1 < n {
         if matches!(lower(i + 1), 's' | 't' | 'm' | 'd') {
             return 2;
         }
-        if i + 2 < n && matches!((lower(i + 1), lower(i + 2)), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
+        if i + 2 < n
+            && matches!(
+                (lower(i + 1), lower(i + 2)),
+                ('r', 'e') | ('v', 'e') | ('l', 'l')
+            )
+        {
             return 3;
         }
     }
@@ -127,7 +138,11 @@ fn llama3_match(c: &[char], cls: &[Class], i: usize, n: usize, is_nl: &dyn Fn(us
         return j - i;
     }
     // 4. ' '?[^\s\p{L}\p{N}]+[\r\n]*
-    let p = if c[i] == ' ' && i + 1 < n && cls[i + 1] == Class::Other { i + 1 } else { i };
+    let p = if c[i] == ' ' && i + 1 < n && cls[i + 1] == Class::Other {
+        i + 1
+    } else {
+        i
+    };
     if cls[p] == Class::Other {
         let mut j = p + 1;
         while j < n && cls[j] == Class::Other {
@@ -205,7 +220,9 @@ fn split_default(ch: &Chars, out: &mut Vec<(usize, usize)>) {
                     } else {
                         // Non-matching digits stay together until the next group of three.
                         let mut m = k + 1;
-                        while m < j && !(m + 3 <= j && ch.c[m..m + 3].iter().all(char::is_ascii_digit)) {
+                        while m < j
+                            && !(m + 3 <= j && ch.c[m..m + 3].iter().all(char::is_ascii_digit))
+                        {
                             m += 1;
                         }
                         pieces.push((k, m));
@@ -230,7 +247,11 @@ fn gpt2_match(c: &[char], cls: &[Class], i: usize, n: usize) -> usize {
             return 3;
         }
     }
-    let p = if c[i] == ' ' && i + 1 < n && cls[i + 1] != Class::Space { i + 1 } else { i };
+    let p = if c[i] == ' ' && i + 1 < n && cls[i + 1] != Class::Space {
+        i + 1
+    } else {
+        i
+    };
     let run = |k: Class| {
         let mut j = p + 1;
         while j < n && cls[j] == k {

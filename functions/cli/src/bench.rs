@@ -41,19 +41,30 @@ fn median(v: &mut [f64]) -> f64 {
     if n == 0 {
         return f64::NAN;
     }
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 /// Peak resident set (VmHWM) of this process, in MB.
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
 
 fn load_options(a: &BenchArgs) -> Result<LoadOptions> {
-    Ok(LoadOptions { threads: a.threads, head: a.head.parse().map_err(anyhow::Error::msg)? })
+    Ok(LoadOptions {
+        threads: a.threads,
+        head: a.head.parse().map_err(anyhow::Error::msg)?,
+    })
 }
 
 /// Spawns `bitnet bench --load-probe` and times exec to its "ready" line.
@@ -61,11 +72,15 @@ fn time_process_start_to_ready(a: &BenchArgs) -> Result<f64> {
     let exe = std::env::current_exe()?;
     let t0 = Instant::now();
     let mut cmd = Command::new(exe);
-    cmd.args(["bench", "--load-probe", "--head", &a.head, "--model"]).arg(&a.model);
+    cmd.args(["bench", "--load-probe", "--head", &a.head, "--model"])
+        .arg(&a.model);
     if let Some(t) = a.threads {
         cmd.args(["--threads", &t.to_string()]);
     }
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("child stdout")?).read_line(&mut line)?;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -84,8 +99,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let reps = a.reps.max(1);
-    let mut load_ms: Vec<f64> = (0..reps).map(|_| time_process_start_to_ready(&a)).collect::<Result<_>>()?;
-    let model = Model::load(&a.model, &load_options(&a)?).with_context(|| format!("loading {}", a.model.display()))?;
+    let mut load_ms: Vec<f64> = (0..reps)
+        .map(|_| time_process_start_to_ready(&a))
+        .collect::<Result<_>>()?;
+    let model = Model::load(&a.model, &load_options(&a)?)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let n_vocab = model.n_vocab() as u64;
     // Fixed pseudo-random prompt ids (not special tokens).
     let mut x = 0x2545_F491_4F6C_DD1Du64;
@@ -134,7 +152,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
         });
         println!("{v}");
     } else {
-        println!("model {} ({file_mb:.0} MB), {} threads, {:?}, head {}", a.model.display(), model.threads(), model.isa(), a.head);
+        println!(
+            "model {} ({file_mb:.0} MB), {} threads, {:?}, head {}",
+            a.model.display(),
+            model.threads(),
+            model.isa(),
+            a.head
+        );
         println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
         println!("tg{:<5} {:>9.2} tok/s", a.tg, tg_med);
         println!("load     {:>9.1} ms (process start to ready)", load_med);

@@ -13,9 +13,14 @@ use bitnet_engine::{ChatMessage, GenerateParams, LoadOptions, Model, SamplingPar
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod fetch;
 
 #[derive(Parser)]
-#[command(name = "bitnet", version, about = "Serve and run BitNet b1.58 ternary models")]
+#[command(
+    name = "bitnet",
+    version,
+    about = "Serve and run BitNet b1.58 ternary models"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -35,6 +40,8 @@ enum Cmd {
     Eval(EvalArgs),
     /// Measure prompt and generation tokens/s, start-up time and peak RSS.
     Bench(bench::BenchArgs),
+    /// Download a model (s3://, az://, https://, hf://, path) into the cache; print its path.
+    Fetch(fetch::FetchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -172,6 +179,7 @@ fn main() {
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Fetch(a) => fetch::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -180,7 +188,8 @@ fn main() {
 }
 
 fn cmd_fixture(a: FixtureArgs) -> Result<()> {
-    let preset = fixture::preset(&a.preset).with_context(|| format!("unknown preset {:?} (tiny, small, 2b4t)", a.preset))?;
+    let preset = fixture::preset(&a.preset)
+        .with_context(|| format!("unknown preset {:?} (tiny, small, 2b4t)", a.preset))?;
     let ty = match a.ty {
         FixtureType::I2s => GgmlType::I2S,
         FixtureType::Tq2_0 => GgmlType::Tq2_0,
@@ -193,11 +202,17 @@ fn cmd_fixture(a: FixtureArgs) -> Result<()> {
         .or_else(fixture::find_tokenizer_json)
         .context("no tokenizer.json found: pass --tokenizer or set BITNET_TOKENIZER_JSON")?;
     let tok = fixture::tokenizer_parts_from_hf_json(&tok_path)?;
-    let spec = FixtureSpec { preset, ty, seed: a.seed, arch: a.arch };
+    let spec = FixtureSpec {
+        preset,
+        ty,
+        seed: a.seed,
+        arch: a.arch,
+    };
     let t0 = std::time::Instant::now();
     // Write to a temporary name, then rename: a failed run never leaves a file that looks valid.
     let tmp = a.output.with_extension("gguf.partial");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
     fixture::write_fixture(&spec, &tok, &mut f)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &a.output)?;
@@ -224,14 +239,25 @@ fn value_json(v: &Value) -> serde_json::Value {
             let head: Vec<_> = items.iter().take(8).map(value_json).collect();
             serde_json::json!({"len": items.len(), "head": head})
         }
-        other => other.as_u64().map(Into::into).unwrap_or_else(|| other.to_string().into()),
+        Value::Strings(a) => {
+            let head: Vec<_> = a.iter().take(8).collect();
+            serde_json::json!({"len": a.len(), "head": head})
+        }
+        other => other
+            .as_u64()
+            .map(Into::into)
+            .unwrap_or_else(|| other.to_string().into()),
     }
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {
     let g = GgufFile::open(&a.file)?;
     if a.json {
-        let meta: serde_json::Map<_, _> = g.metadata.iter().map(|(k, v)| (k.clone(), value_json(v))).collect();
+        let meta: serde_json::Map<_, _> = g
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect();
         let tensors: Vec<_> = g
             .tensors
             .iter()
@@ -244,13 +270,30 @@ fn cmd_inspect(a: InspectArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    println!("GGUF v{}, {} bytes, {} metadata keys, {} tensors, alignment {}", g.version, g.bytes().len(), g.metadata.len(), g.tensors.len(), g.alignment);
+    println!(
+        "GGUF v{}, {} bytes, {} metadata keys, {} tensors, alignment {}",
+        g.version,
+        g.bytes().len(),
+        g.metadata.len(),
+        g.tensors.len(),
+        g.alignment
+    );
     for (k, v) in &g.metadata {
         println!("  {k:<45} {v}");
     }
-    println!("{:<32} {:>8} {:<20} {:>14} {:>12}", "tensor", "type", "dims", "offset", "bytes");
+    println!(
+        "{:<32} {:>8} {:<20} {:>14} {:>12}",
+        "tensor", "type", "dims", "offset", "bytes"
+    );
     for t in &g.tensors {
-        println!("{:<32} {:>8} {:<20} {:>14} {:>12}", t.name, t.ty.name(), format!("{:?}", t.dims), t.offset, t.size);
+        println!(
+            "{:<32} {:>8} {:<20} {:>14} {:>12}",
+            t.name,
+            t.ty.name(),
+            format!("{:?}", t.dims),
+            t.offset,
+            t.size
+        );
     }
     Ok(())
 }
@@ -263,7 +306,9 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     }
     let text = if a.text == "-" {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading standard input")?;
         s
     } else {
         a.text
@@ -274,14 +319,24 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
 }
 
 fn load(m: &ModelArgs) -> Result<Model> {
-    Model::load(&m.model, &LoadOptions { threads: m.threads, ..Default::default() }).with_context(|| format!("loading {}", m.model.display()))
+    Model::load(
+        &m.model,
+        &LoadOptions {
+            threads: m.threads,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("loading {}", m.model.display()))
 }
 
 fn read_chat(path: &PathBuf) -> Result<Vec<ChatMessage>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     let list = v.get("messages").cloned().unwrap_or(v);
-    let msgs: Vec<ChatMessage> = serde_json::from_value(list).context("expected a list of {\"role\", \"content\"} messages")?;
+    let msgs: Vec<ChatMessage> = serde_json::from_value(list)
+        .context("expected a list of {\"role\", \"content\"} messages")?;
     if msgs.is_empty() {
         bail!("the chat has no messages");
     }
@@ -311,7 +366,13 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             seed: a.seed,
             ..SamplingParams::default()
         },
-        stop_ids: if a.ignore_eos { vec![] } else { a.stop_ids.clone().unwrap_or_else(|| bitnet_engine::generate::DEFAULT_STOP_IDS.to_vec()) },
+        stop_ids: if a.ignore_eos {
+            vec![]
+        } else {
+            a.stop_ids
+                .clone()
+                .unwrap_or_else(|| bitnet_engine::generate::DEFAULT_STOP_IDS.to_vec())
+        },
         stop_strings: a.stop.clone(),
     };
     let mut stdout = std::io::stdout().lock();
@@ -319,7 +380,11 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let out = model.generate(&prompt, &params, &mut |p| {
         if !json {
             // A closed stdout (e.g. `| head`) ends generation quietly.
-            if stdout.write_all(p.text.as_bytes()).and_then(|_| stdout.flush()).is_err() {
+            if stdout
+                .write_all(p.text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
                 return ControlFlow::Break(());
             }
         }
@@ -345,6 +410,7 @@ fn cmd_eval(a: EvalArgs) -> Result<()> {
     let mut session = model.new_session(a.ids.len());
     let logits = model.forward(&mut session, &a.ids)?;
     let bytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
-    std::fs::write(&a.logits_out, bytes).with_context(|| format!("writing {}", a.logits_out.display()))?;
+    std::fs::write(&a.logits_out, bytes)
+        .with_context(|| format!("writing {}", a.logits_out.display()))?;
     Ok(())
 }
