@@ -1,0 +1,157 @@
+"""The Lambda `bootstrap` under cargo-lambda's local Runtime API (`cargo lambda watch
+--only-lambda-apis`): the prebuilt release binary connects to it as it would to Lambda's, so
+no second build is needed. Events from events/ go through `cargo lambda invoke --data-file`;
+streaming goes through the function-URL emulation (`/lambda-url/<name>/...`)."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import MODEL_ID, ROOT, Proc, binary, free_port
+
+EVENTS = ROOT / "events"
+
+
+def cargo_lambda_ok():
+    return shutil.which("cargo-lambda") is not None
+
+
+pytestmark = pytest.mark.skipif(not cargo_lambda_ok(), reason="cargo-lambda not installed (pip install cargo-lambda)")
+
+
+class LambdaEnv:
+    def __init__(self, workdir, tiny_model, mode, extra_env=None):
+        self.port = free_port()
+        self.name = "_"  # cargo lambda's function name with --only-lambda-apis
+        self.watch_log = open(workdir / f"watch-{self.port}.log", "wb")
+        self.watch = subprocess.Popen(
+            ["cargo", "lambda", "watch", "--only-lambda-apis", "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port)],
+            cwd=ROOT, stdout=self.watch_log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                requests.get(f"http://127.0.0.1:{self.port}/", timeout=1)
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        env = {
+            "AWS_LAMBDA_FUNCTION_VERSION": "1",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096",
+            "AWS_LAMBDA_RUNTIME_API": f"http://127.0.0.1:{self.port}/.rt",
+            "AWS_LAMBDA_FUNCTION_NAME": self.name,
+            "BITNET_MODEL": str(tiny_model),
+            "BITNET_CACHE_DIR": str(workdir / f"lambda-cache-{self.port}"),
+            "BITNET_LAMBDA_MODE": mode,
+            "AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH": "1",
+        }
+        env.update(extra_env or {})
+        self.fn = Proc([binary("bootstrap")], env, f"http://127.0.0.1:{self.port}/lambda-url/{self.name}", workdir / f"bootstrap-{self.port}.log")
+
+    def invoke(self, event_file, timeout=120):
+        r = subprocess.run(["cargo", "lambda", "invoke", self.name, "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port),
+                            "--data-file", str(EVENTS / event_file), "--output-format", "json"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        assert r.returncode == 0, r.stderr + "\n" + self.fn.log()
+        return json.loads(r.stdout)
+
+    def stop(self):
+        self.fn.stop()
+        if self.watch.poll() is None:
+            self.watch.terminate()
+            try:
+                self.watch.wait(10)
+            except subprocess.TimeoutExpired:
+                self.watch.kill()
+        self.watch_log.close()
+
+
+@pytest.fixture(scope="module")
+def lambda_stream(tiny_model, tmp_path_factory):
+    env = LambdaEnv(tmp_path_factory.mktemp("lambda-stream"), tiny_model, "stream")
+    yield env
+    env.stop()
+
+
+@pytest.fixture(scope="module")
+def lambda_buffered(tiny_model, tmp_path_factory):
+    env = LambdaEnv(tmp_path_factory.mktemp("lambda-buffered"), tiny_model, "buffered")
+    yield env
+    env.stop()
+
+
+def body_of(out):
+    """A buffered invoke returns the HTTP integration response ({statusCode, headers, body});
+    a streaming one returns the body itself."""
+    if isinstance(out, dict) and "statusCode" in out:
+        return out["statusCode"], json.loads(out["body"]) if out.get("body") else None
+    return 200, out
+
+
+def test_function_url_health_and_chat(lambda_stream):
+    # The first request waits for the model (BITNET_WAIT_FOR_MODEL_SECS defaults to 900 here).
+    status, chat = body_of(lambda_stream.invoke("function-url-chat.json"))
+    assert status == 200 and chat["object"] == "chat.completion", chat
+    assert chat["model"] == MODEL_ID and chat["usage"]["completion_tokens"] <= 8
+    status, health = body_of(lambda_stream.invoke("function-url-health.json"))
+    assert health["status"] == "ok" and health["model"]["state"] == "ready"
+
+
+def test_function_url_streams(lambda_stream):
+    url = lambda_stream.fn.url + "/v1/chat/completions"
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
+            "stream": True, "stream_options": {"include_usage": True}}
+    t0 = time.time()
+    r = requests.post(url, json=body, stream=True, timeout=60)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/event-stream")
+    first_at = None
+    raw = b""
+    for chunk in r.iter_content(chunk_size=None):
+        if first_at is None:
+            first_at = time.time() - t0
+        raw += chunk
+    text = raw.decode()
+    assert text.endswith("data: [DONE]\n\n"), text
+    events = [json.loads(e[6:]) for e in text.split("\n\n") if e and e != "data: [DONE]"]
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert events[-1]["usage"]["completion_tokens"] >= 1
+    # The Lambda request id is the response id's suffix and in the logs.
+    rid = events[0]["id"].removeprefix("chatcmpl-")
+    assert any(l.get("span", {}).get("request_id") == rid for l in lambda_stream.fn.log_lines())
+    # Same text as the non-streaming answer.
+    r2 = requests.post(url, json=dict(body, stream=False), timeout=60).json()
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert streamed == r2["choices"][0]["message"]["content"]
+
+
+def test_function_url_errors(lambda_stream):
+    r = requests.post(lambda_stream.fn.url + "/v1/chat/completions", data="{nope", timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = requests.get(lambda_stream.fn.url + "/nothing", timeout=30)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
+
+
+@pytest.mark.parametrize("event,check", [
+    ("apigw-v2-chat.json", lambda b: b["object"] == "chat.completion"),
+    ("apigw-v2-health.json", lambda b: b["model"]["state"] in ("ready", "loading", "not_started")),
+    ("alb-completions.json", lambda b: b["object"] == "text_completion"),
+    ("alb-health.json", lambda b: b["status"] == "ok"),
+    ("apigw-rest-models.json", lambda b: b["data"][0]["id"] == MODEL_ID),
+])
+def test_buffered_events(lambda_buffered, event, check):
+    out = lambda_buffered.invoke(event)
+    assert "statusCode" in out, out
+    status, body = body_of(out)
+    assert status == 200, out
+    assert check(body), body
+
+
+def test_buffered_sse_is_returned_whole(lambda_buffered):
+    out = lambda_buffered.invoke("function-url-chat-stream.json")
+    assert out["statusCode"] == 200
+    assert out["headers"]["content-type"].startswith("text/event-stream")
+    assert out["body"].endswith("data: [DONE]\n\n")
