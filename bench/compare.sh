@@ -91,7 +91,7 @@ for line in sys.stdin:
 done
 
 # 5. The table.
-python3 - "$RESULTS" "$MODELS/2b4t-i2_s.gguf" "$BITNET" <<'PY'
+python3 - "$RESULTS" "$MODELS/2b4t-i2_s.gguf" "$BITNET" "$PP" <<'PY'
 import json, subprocess, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 info = json.loads(subprocess.check_output([sys.argv[3], "inspect", "--json", sys.argv[2]]))
@@ -100,7 +100,7 @@ head = next(t["size"] for t in info["tensors"] if t["name"] == "token_embd.weigh
 bytes_per_token = tern + head
 ths = sorted({r["threads"] for r in rows})
 print(f"\n2B4T shapes, F16 head, {bytes_per_token/1e9:.3f} GB read per decoded token (I2_S)")
-print(f"{'engine':<22}{'thr':>4}{'decode tok/s':>14}{'pp'+str(128)+' tok/s':>13}{'vs llama.cpp':>20}{'load ms':>9}{'peak RSS MB':>12}{'roofline':>10}")
+print(f"{'engine':<22}{'thr':>4}{'decode tok/s':>14}{'pp'+sys.argv[4]+' tok/s':>13}{'vs llama.cpp':>20}{'load ms':>9}{'peak RSS MB':>12}{'roofline':>10}")
 for th in ths:
     bw = next(r["gb_s"] for r in rows if r["engine"] == "membw" and r["threads"] == th)
     ceil = bw * 1e9 / bytes_per_token

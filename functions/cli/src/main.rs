@@ -93,6 +93,9 @@ struct TokenizeArgs {
     /// Use llama.cpp's default pre-tokenizer (what bitnet.cpp does on the official file).
     #[arg(long)]
     llamacpp_default_split: bool,
+    /// Time N encodings of TEXT instead; print {"bytes","tokens","mb_per_s"} (median).
+    #[arg(long, value_name = "N")]
+    bench: Option<usize>,
     /// The text; `-` reads standard input.
     text: String,
 }
@@ -313,6 +316,20 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     } else {
         a.text
     };
+    if let Some(reps) = a.bench {
+        let mut secs: Vec<f64> = Vec::new();
+        let mut n = 0;
+        for _ in 0..reps.max(1) {
+            let t = std::time::Instant::now();
+            n = std::hint::black_box(tok.encode(&text, !a.no_bos)).len();
+            secs.push(t.elapsed().as_secs_f64());
+        }
+        secs.sort_by(f64::total_cmp);
+        let med = secs[secs.len() / 2];
+        let v = serde_json::json!({"bytes": text.len(), "tokens": n, "reps": secs.len(), "mb_per_s": text.len() as f64 / med / 1e6});
+        println!("{v}");
+        return Ok(());
+    }
     let ids = tok.encode(&text, !a.no_bos);
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
