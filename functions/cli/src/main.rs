@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod fetch;
+mod serve;
 
 #[derive(Parser)]
 #[command(
@@ -28,6 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Serve the OpenAI-compatible HTTP API (model from a path or s3://, az://, https://, hf://).
+    Serve(serve::ServeArgs),
     /// Write a synthetic BitNet model (random ternary weights, real Llama 3 tokenizer).
     Fixture(FixtureArgs),
     /// Print a GGUF file's metadata and tensor table.
@@ -176,6 +179,7 @@ struct EvalArgs {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Serve(a) => serve::run(a),
         Cmd::Fixture(a) => cmd_fixture(a),
         Cmd::Inspect(a) => cmd_inspect(a),
         Cmd::Tokenize(a) => cmd_tokenize(a),
