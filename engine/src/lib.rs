@@ -2,6 +2,9 @@
 //! tokenizer and generation. Layering (each module only uses the ones before it):
 //! `gguf` -> `quant` (kernels) -> `model` -> `tokenizer` / `generate`.
 
+// Layout code indexes by weight position exactly as the format description does.
+#![allow(clippy::needless_range_loop)]
+
 pub mod error;
 pub mod fixture;
 pub mod generate;

@@ -1,5 +1,6 @@
 //! Every SIMD kernel against its scalar twin: bit-identical BitLinear outputs over random
 //! shapes, random and extreme activations, for I2_S, TQ2_0 and TQ1_0.
+#![allow(clippy::needless_range_loop)]
 
 use bitnet_engine::gguf::GgmlType;
 use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows};

@@ -56,7 +56,7 @@ impl GgmlType {
     /// Storage size of a tensor with `n_elems` elements whose first dimension is `ne0`,
     /// or `None` on overflow or a first dimension that is not a whole number of blocks.
     pub fn tensor_bytes(self, ne0: u64, n_elems: u64) -> Option<u64> {
-        if ne0 % self.block_elems() != 0 {
+        if !ne0.is_multiple_of(self.block_elems()) {
             return None;
         }
         let blocks = n_elems / self.block_elems();

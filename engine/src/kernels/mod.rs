@@ -116,7 +116,10 @@ fn row_dots<const T: usize>(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if isa == Isa::Scalar || w.k % 256 != 0 || !matches!(w.scale, TernaryScale::Uniform(_)) {
+        if isa == Isa::Scalar
+            || !w.k.is_multiple_of(256)
+            || !matches!(w.scale, TernaryScale::Uniform(_))
+        {
             return false;
         }
         let row = w.row(m);
@@ -334,7 +337,7 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && w.ty == GgmlType::Q8_0 && w.k % 32 == 0 {
+    if isa >= Isa::Avx2 && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {
         let rb = w.k / 32 * 34;
         for (i, o) in out.iter_mut().enumerate() {
             let r = r0 + i;

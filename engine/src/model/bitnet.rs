@@ -194,7 +194,7 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
     let data = g.tensor_data(t);
     match t.ty {
         GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
-            if t.ty == GgmlType::I2S && k % i2s::BLOCK != 0 {
+            if t.ty == GgmlType::I2S && !k.is_multiple_of(i2s::BLOCK) {
                 return Err(invalid(format!(
                     "{name}: I2_S rows need a multiple of 128 weights"
                 )));
@@ -230,7 +230,7 @@ fn repack_float_ternary(
     k: usize,
     rows: usize,
 ) -> Result<TernaryWeight, EngineError> {
-    if k % i2s::BLOCK != 0 {
+    if !k.is_multiple_of(i2s::BLOCK) {
         return Err(invalid(format!(
             "{name}: rows need a multiple of 128 weights"
         )));

@@ -92,23 +92,29 @@ impl QuantizedActs {
         self.q.resize(n * k, 0);
         self.scales.resize(n, 0.0);
         self.sums.resize(n, 0);
-        let rows = self
-            .q
-            .chunks_exact_mut(k)
-            .zip(self.scales.iter_mut())
-            .zip(self.sums.iter_mut())
-            .zip(x.chunks_exact(k));
-        let one = |(((q, s), sum), x): (((&mut [i8], &mut f32), &mut i32), &[f32])| {
-            *s = quantize_row(x, q);
-            *sum = q.iter().map(|&v| v as i32).sum();
+        let one = |q: &mut [i8], x: &[f32]| {
+            let s = quantize_row(x, q);
+            (s, q.iter().map(|&v| v as i32).sum::<i32>())
         };
         if n > 1 {
+            // Prefill: rows in parallel (decode, n = 1, stays allocation-free).
             use rayon::prelude::*;
-            rows.par_bridge().for_each(one);
-        } else {
-            rows.for_each(one);
+            let done: Vec<(f32, i32)> = self
+                .q
+                .par_chunks_exact_mut(k)
+                .zip(x.par_chunks_exact(k))
+                .map(|(q, x)| one(q, x))
+                .collect();
+            for (t, (s, sum)) in done.into_iter().enumerate() {
+                self.scales[t] = s;
+                self.sums[t] = sum;
+            }
+        } else if n == 1 {
+            let (s, sum) = one(&mut self.q[..k], &x[..k]);
+            self.scales[0] = s;
+            self.sums[0] = sum;
         }
-        if k % 256 != 0 {
+        if !k.is_multiple_of(256) {
             self.perm2.clear();
             self.perm1.clear();
             return;
