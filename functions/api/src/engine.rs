@@ -67,8 +67,14 @@ pub type Loader = Arc<dyn Fn(Arc<memmap2::Mmap>) -> Result<Arc<dyn Engine>, Stri
 /// The real loader: `bitnet_engine::Model::from_mmap`.
 pub fn engine_loader(threads: Option<usize>) -> Loader {
     Arc::new(move |map| {
-        Model::from_mmap(map, &LoadOptions { threads, ..Default::default() })
-            .map(|m| Arc::new(m) as Arc<dyn Engine>)
-            .map_err(|e| e.to_string())
+        Model::from_mmap(
+            map,
+            &LoadOptions {
+                threads,
+                ..Default::default()
+            },
+        )
+        .map(|m| Arc::new(m) as Arc<dyn Engine>)
+        .map_err(|e| e.to_string())
     })
 }
