@@ -143,6 +143,11 @@ fn row_dots<const T: usize>(
                 true
             }
             GgmlType::Tq1_0 => {
+                if T == 1 && isa == Isa::Avx512Vnni {
+                    // SAFETY: AVX-512 VNNI was detected; layouts as below.
+                    out[0] = unsafe { x86::dot1_avx512_gemv(row, acts.perm1_row(t0), w.k) };
+                    return true;
+                }
                 let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm1_row(t0 + t));
                 // SAFETY: the ISA was detected; `row` is a whole TQ1_0 row and each activation
                 // row has k/256*320 bytes in TQ1_0 plane order.

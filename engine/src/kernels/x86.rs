@@ -115,7 +115,9 @@ pub unsafe fn dot2_avx512<const T: usize>(
     let nb = k / 256;
     debug_assert!(row.len() >= (nb - 1) * kind.stride() + 64);
     let mask = _mm512_set1_epi8(3);
-    let mut acc = [_mm512_setzero_si512(); T];
+    // One token has a single chain of dependent dpbusd (latency ~5): give it four.
+    let chains = if T == 1 { 4 } else { 1 };
+    let mut acc = [[_mm512_setzero_si512(); 4]; T];
     for c in 0..nb {
         // Prefetch across page boundaries, which the hardware prefetcher does not cross
         // (prefetching past the row is harmless: it never faults).
@@ -137,12 +139,16 @@ pub unsafe fn dot2_avx512<const T: usize>(
                 let qv = unsafe {
                     _mm512_loadu_si512(q[t].as_ptr().add(c * 256 + 64 * n) as *const __m512i)
                 };
-                acc[t] = _mm512_dpbusd_epi32(acc[t], codes, qv);
+                acc[t][n % chains] = _mm512_dpbusd_epi32(acc[t][n % chains], codes, qv);
             }
         }
     }
     for t in 0..T {
-        out[t] = _mm512_reduce_add_epi32(acc[t]);
+        let a = &acc[t];
+        out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(
+            _mm512_add_epi32(a[0], a[1]),
+            _mm512_add_epi32(a[2], a[3]),
+        ));
     }
 }
 
@@ -215,34 +221,45 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
 pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
     let nb = k / 256;
     debug_assert!(row.len() >= nb * 54);
-    let three = _mm512_set1_epi16(3);
-    let hi_byte = _mm512_set1_epi16(0xFF00u16 as i16);
-    let mut acc = [_mm512_setzero_si512(); T];
+    let c86 = _mm512_set1_epi8(86);
+    let c171 = _mm512_set1_epi8(171u8 as i8);
+    let one = _mm512_set1_epi8(1);
+    // One token has a single chain of dependent dpbusd (latency ~5): give it four.
+    let chains = if T == 1 { 4 } else { 1 };
+    let mut acc = [[_mm512_setzero_si512(); 4]; T];
     for b in 0..nb {
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
         // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
         // (qs and qh) and suppresses faults on the rest.
-        let v = unsafe {
+        let mut x = unsafe {
             _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8)
         };
-        let even = _mm512_slli_epi16(v, 8);
-        let odd = _mm512_and_si512(v, hi_byte);
-        for (n, &pow) in POW3.iter().enumerate() {
-            let pw = _mm512_set1_epi16(pow);
-            let te = _mm512_mulhi_epu16(_mm512_mullo_epi16(even, pw), three);
-            let to = _mm512_mulhi_epu16(_mm512_mullo_epi16(odd, pw), three);
-            let plane = _mm512_or_si512(te, _mm512_slli_epi16(to, 8));
+        // Trit n of byte b is floor(3 * x_n / 256) with x_n = b * 3^n mod 256, that is
+        // (x_n >= 86) + (x_n >= 171); x_{n+1} = 3 * x_n mod 256 is two wrapping byte adds.
+        // Single-cycle byte operations only, no 16-bit multiplies.
+        for n in 0..5 {
+            let m1 = _mm512_cmpge_epu8_mask(x, c86);
+            let m2 = _mm512_cmpge_epu8_mask(x, c171);
+            let t1 = _mm512_maskz_mov_epi8(m1, one);
+            let plane = _mm512_mask_add_epi8(t1, m2, t1, one);
+            if n < 4 {
+                x = _mm512_add_epi8(x, _mm512_add_epi8(x, x));
+            }
             for t in 0..T {
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
                 let qv = unsafe {
                     _mm512_loadu_si512(q[t].as_ptr().add(b * PERM1_BLOCK + 64 * n) as *const __m512i)
                 };
-                acc[t] = _mm512_dpbusd_epi32(acc[t], plane, qv);
+                acc[t][n % chains] = _mm512_dpbusd_epi32(acc[t][n % chains], plane, qv);
             }
         }
     }
     for t in 0..T {
-        out[t] = _mm512_reduce_add_epi32(acc[t]);
+        let a = &acc[t];
+        out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(
+            _mm512_add_epi32(a[0], a[1]),
+            _mm512_add_epi32(a[2], a[3]),
+        ));
     }
 }
 
@@ -409,28 +426,74 @@ pub unsafe fn axpy_f64_avx2(y: &mut [f64], a: f64, x: &[f32]) {
 pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
     let nb = x.len() / 32;
     debug_assert!(row.len() >= nb * 34);
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+    // Four independent FMA chains (one per 8-value slice of a block).
+    let mut acc = [_mm256_setzero_ps(); 4];
     for b in 0..nb {
         // SAFETY: block b spans 34 bytes from 34b; x has 32 values from 32b.
         unsafe {
             let p = row.as_ptr().add(b * 34);
             let d = _mm256_set1_ps(half::f16::from_le_bytes([*p, *p.add(1)]).to_f32());
             let xs = x.as_ptr().add(b * 32);
-            let mut part = _mm256_setzero_ps();
-            for j in 0..4 {
+            for (j, a) in acc.iter_mut().enumerate() {
                 let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(2 + 8 * j) as *const __m128i));
-                part = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_loadu_ps(xs.add(8 * j)), part);
-            }
-            if b % 2 == 0 {
-                acc0 = _mm256_fmadd_ps(part, d, acc0);
-            } else {
-                acc1 = _mm256_fmadd_ps(part, d, acc1);
+                let w = _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+                *a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs.add(8 * j)), *a);
             }
         }
     }
     let mut lanes = [0f32; 8];
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
     // SAFETY: `lanes` is 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
     lanes.iter().sum()
+}
+
+/// TQ1_0 against one token without extracting trits: with `x_n = b * 3^n mod 256` and
+/// `x_{n+1} = 3 * x_n mod 256`, trit n is exactly `(3 * x_n - x_{n+1}) / 256`, so
+/// `sum trit * q = (3 * sum x_n * q - sum x_{n+1} * q) / 256`: two dpbusd on the raw bytes per
+/// plane and two byte adds, instead of compares and masks (decode is one token at a time).
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot1_avx2`].
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
+    let nb = k / 256;
+    debug_assert!(row.len() >= nb * 54 && q.len() >= nb * PERM1_BLOCK);
+    // Sums of x_n * q_n (a) and x_{n+1} * q_n (b), split in two chains each.
+    let (mut a0, mut a1, mut b0, mut b1) = (
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
+    );
+    for blk in 0..nb {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(blk * 54 + PREFETCH) as *const i8);
+        // SAFETY: block `blk` spans 54 bytes from 54*blk; the masked load touches only its
+        // first 52 (qs and qh) and suppresses faults on the rest.
+        let mut x = unsafe {
+            _mm512_maskz_loadu_epi8(
+                0x000F_FFFF_FFFF_FFFF,
+                row.as_ptr().add(blk * 54) as *const i8,
+            )
+        };
+        for n in 0..5 {
+            let next = _mm512_add_epi8(x, _mm512_add_epi8(x, x));
+            // SAFETY: q has nb*320 bytes; this reads blk*320 + 64n .. +64.
+            let qv = unsafe {
+                _mm512_loadu_si512(q.as_ptr().add(blk * PERM1_BLOCK + 64 * n) as *const __m512i)
+            };
+            if n % 2 == 0 {
+                a0 = _mm512_dpbusd_epi32(a0, x, qv);
+                b0 = _mm512_dpbusd_epi32(b0, next, qv);
+            } else {
+                a1 = _mm512_dpbusd_epi32(a1, x, qv);
+                b1 = _mm512_dpbusd_epi32(b1, next, qv);
+            }
+            x = next;
+        }
+    }
+    // Per-element exactness makes the totals exact too (|sums| < 2^31 for k < 2^14 · 5).
+    let a = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
+    let b = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
+    (3 * a - b) / 256
 }

@@ -1,0 +1,59 @@
+//! Compute throughput of the BitLinear kernels on a cache-resident matrix (1 thread):
+//! `cargo run --release -p bitnet-engine --example kernel_speed`.
+use std::time::Instant;
+
+use bitnet_engine::gguf::GgmlType;
+use bitnet_engine::kernels::{Isa, bitlinear_tile};
+use bitnet_engine::quant::{QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
+use half::f16;
+
+fn main() {
+    let (rows, k) = (512, 2560);
+    let values: Vec<i8> = (0..rows * k).map(|i| ((i * 7919) % 3) as i8 - 1).collect();
+    let x: Vec<f32> = (0..8 * k).map(|i| ((i as f32) * 0.37).sin()).collect();
+    let mut acts = QuantizedActs::default();
+    acts.quantize(&x, k);
+    for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
+        let d = vec![f16::from_f32(0.5); values.len() / 256];
+        let data = match ty {
+            GgmlType::I2S => i2s::pack(&values, k, 0.5),
+            GgmlType::Tq2_0 => tq2_0::pack(&values, &d),
+            _ => tq1_0::pack(&values, &d),
+        };
+        let w = TernaryMatrix {
+            ty,
+            rows,
+            k,
+            data: &data,
+            scale: TernaryMatrix::detect_scale(ty, rows, k, &data),
+        };
+        for isa in [Isa::Avx2, Isa::Avx512Vnni]
+            .into_iter()
+            .filter(|&i| i <= Isa::detect())
+        {
+            let reps = 200;
+            let t = Instant::now();
+            let mut sink = 0f32;
+            for _ in 0..reps {
+                for m in 0..rows {
+                    let mut y = [0f32; 1];
+                    bitlinear_tile::<1>(isa, &w, m, &acts, 0, &mut y);
+                    sink += y[0];
+                }
+            }
+            let gemv = (reps * rows * k) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = Instant::now();
+            for _ in 0..reps / 4 {
+                for m in 0..rows {
+                    let mut y = [0f32; 8];
+                    bitlinear_tile::<8>(isa, &w, m, &acts, 0, &mut y);
+                    sink += y[0];
+                }
+            }
+            let gemm = (reps / 4 * rows * k * 8) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            println!(
+                "{ty:6} {isa:?}: GEMV {gemv:6.2} Gweights/s, GEMM(8 tokens) {gemm:6.2} G MAC/s ({sink:.0})"
+            );
+        }
+    }
+}
