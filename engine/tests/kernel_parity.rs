@@ -199,3 +199,44 @@ fn f16_head_matches_scalar_within_summation_order() {
         }
     }
 }
+
+#[test]
+fn threaded_matmul_is_bit_identical_to_scalar() {
+    let kern = bitnet_engine::kernels::Kernels::new(Some(2));
+    let mut r = Rng(4242);
+    for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
+        for &(rows, k, n) in &[
+            (37usize, 512usize, 11usize),
+            (130, 768, 1),
+            (64, 256, 8),
+            (200, 2560, 5),
+        ] {
+            let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
+            let data = pack(ty, &values, k, 0.75, None);
+            let w = TernaryMatrix {
+                ty,
+                rows,
+                k,
+                data: &data,
+                scale: TernaryMatrix::detect_scale(ty, rows, k, &data),
+            };
+            let mode = (r.next() % 3) as usize;
+            let x = activations(&mut r, n, k, mode);
+            let mut acts = QuantizedActs::default();
+            acts.quantize(&x, k);
+            let mut out = vec![0f32; n * rows];
+            kern.bitlinear(&w, &acts, &mut out);
+            for t in 0..n {
+                for m in 0..rows {
+                    let want = w.row_dot_scalar(m, acts.row(t), acts.scales[t]);
+                    assert_eq!(
+                        out[t * rows + m].to_bits(),
+                        want.to_bits(),
+                        "{ty} rows {rows} k {k} n {n} token {t} row {m} ({:?})",
+                        kern.isa
+                    );
+                }
+            }
+        }
+    }
+}

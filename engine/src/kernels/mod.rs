@@ -167,6 +167,90 @@ fn row_dots<const T: usize>(
     false
 }
 
+/// Largest row block handed to one kernel call.
+const ROW_BLOCK: usize = 64;
+
+/// BitLinear outputs of rows `r0..r1` (at most [`ROW_BLOCK`]) for tokens `t0..t0+T`,
+/// written to `dst` at `t * rows + m`.
+fn tile_rows<const T: usize>(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    (r0, r1): (usize, usize),
+    acts: &QuantizedActs,
+    t0: usize,
+    dst: SharedOut,
+) {
+    debug_assert!(r1 - r0 <= ROW_BLOCK);
+    let rows = w.rows;
+    let mut d = [[0i32; T]; ROW_BLOCK];
+    let fast = fast_rows::<T>(isa, w, (r0, r1), acts, t0, &mut d[..r1 - r0]);
+    for (i, m) in (r0..r1).enumerate() {
+        let mut y = [0f32; T];
+        match (fast, w.scale) {
+            (true, TernaryScale::Uniform(scale)) => {
+                for t in 0..T {
+                    y[t] = ((d[i][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
+                }
+            }
+            _ => bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y),
+        }
+        for (t, &v) in y.iter().enumerate() {
+            // SAFETY: index (t0+t)*rows+m < n*rows = len; row m belongs to this worker's
+            // chunk only, so no other worker writes it.
+            unsafe { dst.write((t0 + t) * rows + m, v) };
+        }
+    }
+}
+
+/// Integer dots of a block of rows with one SIMD call; false when this ISA or tensor has
+/// no fast path (the caller then uses the scalar specification).
+#[allow(unused_variables)]
+fn fast_rows<const T: usize>(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    (r0, r1): (usize, usize),
+    acts: &QuantizedActs,
+    t0: usize,
+    out: &mut [[i32; T]],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Scalar
+            || !w.k.is_multiple_of(256)
+            || !matches!(w.scale, TernaryScale::Uniform(_))
+        {
+            return false;
+        }
+        let (layout, q): (x86::Layout, [&[i8]; T]) = match w.ty {
+            GgmlType::I2S => (
+                x86::Layout::TwoBit(x86::TwoBit::I2s),
+                std::array::from_fn(|t| acts.perm2_row(t0 + t)),
+            ),
+            GgmlType::Tq2_0 => (
+                x86::Layout::TwoBit(x86::TwoBit::Tq2_0),
+                std::array::from_fn(|t| acts.perm2_row(t0 + t)),
+            ),
+            GgmlType::Tq1_0 => (
+                x86::Layout::Tq1_0,
+                std::array::from_fn(|t| acts.perm1_row(t0 + t)),
+            ),
+            _ => return false,
+        };
+        // SAFETY: the ISA was detected; `w.data` holds every row in `w.ty`'s layout, each
+        // activation row is in that layout's order for k inputs, `out` has r1 - r0 entries.
+        unsafe {
+            if isa == Isa::Avx512Vnni {
+                x86::rows_avx512::<T>(layout, w.data, w.row_bytes(), (r0, r1), q, w.k, out);
+            } else {
+                x86::rows_avx2::<T>(layout, w.data, w.row_bytes(), (r0, r1), q, w.k, out);
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 /// BitLinear outputs of row `m` for tokens `t0..t0+T` with `isa`, bit-identical to
 /// [`TernaryMatrix::row_dot_scalar`].
 #[inline]
@@ -259,7 +343,7 @@ impl Kernels {
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         let isa = self.isa;
         // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
-        let chunk = rows.div_ceil(self.threads * 8).clamp(8, 64);
+        let chunk = rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK);
         self.pool.install(|| {
             use rayon::prelude::*;
             (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
@@ -275,39 +359,10 @@ impl Kernels {
                     } else {
                         1
                     };
-                    for m in r0..r1 {
-                        let mut y = [0f32; 8];
-                        match tile {
-                            8 => bitlinear_tile::<8>(
-                                isa,
-                                w,
-                                m,
-                                acts,
-                                t0,
-                                (&mut y[..8]).try_into().unwrap(),
-                            ),
-                            4 => bitlinear_tile::<4>(
-                                isa,
-                                w,
-                                m,
-                                acts,
-                                t0,
-                                (&mut y[..4]).try_into().unwrap(),
-                            ),
-                            _ => bitlinear_tile::<1>(
-                                isa,
-                                w,
-                                m,
-                                acts,
-                                t0,
-                                (&mut y[..1]).try_into().unwrap(),
-                            ),
-                        }
-                        for (t, &v) in y[..tile].iter().enumerate() {
-                            // SAFETY: index (t0+t)*rows+m < n*rows = len; row m belongs to
-                            // this chunk only, so no other worker writes it.
-                            unsafe { dst.write((t0 + t) * rows + m, v) };
-                        }
+                    match tile {
+                        8 => tile_rows::<8>(isa, w, (r0, r1), acts, t0, dst),
+                        4 => tile_rows::<4>(isa, w, (r0, r1), acts, t0, dst),
+                        _ => tile_rows::<1>(isa, w, (r0, r1), acts, t0, dst),
                     }
                     t0 += tile;
                 }

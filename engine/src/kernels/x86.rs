@@ -34,6 +34,7 @@ impl TwoBit {
 /// # Safety
 /// The CPU supports AVX2. `row` holds `k / 256` chunks of `kind.stride()` bytes (the last
 /// chunk needs only its first 64 bytes); each `q[t]` holds `k` bytes.
+#[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot2_avx2<const T: usize>(
     kind: TwoBit,
@@ -104,6 +105,7 @@ fn hsum256(v: __m256i) -> i32 {
 
 /// # Safety
 /// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot2_avx2`].
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot2_avx512<const T: usize>(
     kind: TwoBit,
@@ -157,6 +159,7 @@ const POW3: [i16; 5] = [1, 3, 9, 27, 81];
 /// # Safety
 /// The CPU supports AVX2. `row` holds `k / 256` TQ1_0 blocks of 54 bytes; each `q[t]` holds
 /// `k / 256 * 320` bytes of TQ1_0-ordered activations.
+#[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
     let nb = k / 256;
@@ -217,6 +220,7 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
 
 /// # Safety
 /// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot1_avx2`].
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
     let nb = k / 256;
@@ -455,6 +459,7 @@ pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW and VNNI. Same layout requirements as [`dot1_avx2`].
+#[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
     let nb = k / 256;
@@ -496,4 +501,66 @@ pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
     let a = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1));
     let b = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
     (3 * a - b) / 256
+}
+
+/// Which ternary layout a row block holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Layout {
+    TwoBit(TwoBit),
+    Tq1_0,
+}
+
+/// Integer dots `sum code * q` of rows `m0..m1` (each `row_bytes` long in `data`) against
+/// `T` tokens, AVX-512 VNNI. One call per block of rows keeps dispatch out of the hot loop.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VNNI; `data` holds rows `m0..m1` in `layout`, each
+/// `q[t]` is that layout's activation order for `k` inputs, `out.len() >= m1 - m0`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn rows_avx512<const T: usize>(
+    layout: Layout,
+    data: &[u8],
+    row_bytes: usize,
+    (m0, m1): (usize, usize),
+    q: [&[i8]; T],
+    k: usize,
+    out: &mut [[i32; T]],
+) {
+    for (o, m) in out.iter_mut().zip(m0..m1) {
+        let row = &data[m * row_bytes..(m + 1) * row_bytes];
+        // SAFETY: the caller's guarantees, per row.
+        unsafe {
+            match layout {
+                Layout::TwoBit(kind) => dot2_avx512::<T>(kind, row, q, k, o),
+                Layout::Tq1_0 if T == 1 => o[0] = dot1_avx512_gemv(row, q[0], k),
+                Layout::Tq1_0 => dot1_avx512::<T>(row, q, k, o),
+            }
+        }
+    }
+}
+
+/// [`rows_avx512`] for AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2; otherwise as [`rows_avx512`].
+#[target_feature(enable = "avx2")]
+pub unsafe fn rows_avx2<const T: usize>(
+    layout: Layout,
+    data: &[u8],
+    row_bytes: usize,
+    (m0, m1): (usize, usize),
+    q: [&[i8]; T],
+    k: usize,
+    out: &mut [[i32; T]],
+) {
+    for (o, m) in out.iter_mut().zip(m0..m1) {
+        let row = &data[m * row_bytes..(m + 1) * row_bytes];
+        // SAFETY: the caller's guarantees, per row.
+        unsafe {
+            match layout {
+                Layout::TwoBit(kind) => dot2_avx2::<T>(kind, row, q, k, o),
+                Layout::Tq1_0 => dot1_avx2::<T>(row, q, k, o),
+            }
+        }
+    }
 }
