@@ -25,8 +25,10 @@ if [ -z "${BITNET_TEST_S3_ENDPOINT:-}" ] || [ -z "${BITNET_TEST_AZURITE_ENDPOINT
     source .ci/services.sh
 fi
 
-step "building binaries (profile $PROFILE)"
-cargo build --profile "$PROFILE" -p bitnet-cli -p bitnet-lambda -p bitnet-azure
+step "building binaries and tests (profile $PROFILE)"
+# One invocation for binaries and tests, so that both see the same dependency features and
+# nothing is compiled twice.
+cargo build --profile "$PROFILE" --workspace --all-targets
 
 step "cargo tests"
 cargo test --profile "$PROFILE" --workspace
