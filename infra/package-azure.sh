@@ -8,7 +8,7 @@
 # executable bit kept. The binary is built for an old glibc or statically, so it runs on the
 # Functions host image whatever its glibc:
 #   1. the musl target, when rustup has it (static binary);
-#   2. else `cargo lambda build` (zig as the linker, glibc 2.17 symbols), when cargo-lambda
+#   2. else `cargo lambda build` (zig as the linker; the binary needs GLIBC_2.30 at most), when cargo-lambda
 #      is on PATH (`pip install cargo-lambda ziglang`);
 #   3. else a plain `cargo build --release` (needs a glibc as new as the build machine's;
 #      a warning says so).
