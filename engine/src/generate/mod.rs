@@ -44,7 +44,9 @@ pub enum StopReason {
 }
 
 /// A piece of streamed output: the text that became complete with this token (possibly empty
-/// while a multi-byte character is still partial) and the token id.
+/// while a multi-byte character is still partial, or held back while it may begin a stop
+/// string) and the token id. When generation ends without a stop, a last piece may flush
+/// held-back text; it repeats the last token id (count tokens from [`GenerateOutput`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Piece<'a> {
     pub text: &'a str,
@@ -197,4 +199,28 @@ pub(crate) fn generate(
         prompt_ms,
         decode_ms: t1.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopMatcher;
+
+    #[test]
+    fn holds_back_possible_prefixes_and_cuts_at_the_first_stop() {
+        let stops = vec!["END".to_owned(), "xyz".to_owned()];
+        let mut m = StopMatcher {
+            stops: &stops,
+            held: String::new(),
+        };
+        assert_eq!(m.push("hello E"), ("hello ".to_owned(), false));
+        assert_eq!(m.push("N"), (String::new(), false));
+        assert_eq!(m.push("Dless"), (String::new(), true));
+        let mut m = StopMatcher {
+            stops: &stops,
+            held: String::new(),
+        };
+        assert_eq!(m.push("ab EN"), ("ab ".to_owned(), false));
+        assert_eq!(m.push("x"), ("EN".to_owned(), false));
+        assert_eq!(m.held, "x");
+    }
 }

@@ -191,7 +191,6 @@ fn dense(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<DenseWeight,
 
 fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWeight, EngineError> {
     let t = tensor(g, name, &[k, rows])?;
-    let data = g.tensor_data(t);
     match t.ty {
         GgmlType::I2S | GgmlType::Tq2_0 | GgmlType::Tq1_0 => {
             if t.ty == GgmlType::I2S && !k.is_multiple_of(i2s::BLOCK) {
@@ -199,7 +198,6 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
                     "{name}: I2_S rows need a multiple of 128 weights"
                 )));
             }
-            let _ = data;
             Ok(TernaryWeight {
                 name: name.to_owned(),
                 checked: OnceLock::new(),
@@ -213,7 +211,7 @@ fn ternary(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<TernaryWei
             })
         }
         GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => {
-            repack_float_ternary(name, t.ty, data, k, rows)
+            repack_float_ternary(name, t.ty, g.tensor_data(t), k, rows)
         }
         other => Err(invalid(format!(
             "tensor {name} has type {other}, expected a ternary type"
