@@ -101,72 +101,6 @@ pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
 }
 
-/// Exact integer dots `sum code * q` (codes unsigned 0..2) of one row against up to `T`
-/// tokens, with the given instruction set. Returns false when this ISA cannot do it (the
-/// caller then uses the scalar specification).
-#[inline]
-#[allow(unused_variables)]
-fn row_dots<const T: usize>(
-    isa: Isa,
-    w: &TernaryMatrix<'_>,
-    m: usize,
-    acts: &QuantizedActs,
-    t0: usize,
-    out: &mut [i32; T],
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if isa == Isa::Scalar
-            || !w.k.is_multiple_of(256)
-            || !matches!(w.scale, TernaryScale::Uniform(_))
-        {
-            return false;
-        }
-        let row = w.row(m);
-        match w.ty {
-            GgmlType::I2S | GgmlType::Tq2_0 => {
-                let kind = if w.ty == GgmlType::I2S {
-                    x86::TwoBit::I2s
-                } else {
-                    x86::TwoBit::Tq2_0
-                };
-                let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm2_row(t0 + t));
-                // SAFETY: the ISA was detected; `row` is a whole row of this layout and each
-                // activation row has k bytes in the 2-bit plane order.
-                unsafe {
-                    if isa == Isa::Avx512Vnni {
-                        x86::dot2_avx512(kind, row, q, w.k, out)
-                    } else {
-                        x86::dot2_avx2(kind, row, q, w.k, out)
-                    }
-                }
-                true
-            }
-            GgmlType::Tq1_0 => {
-                if T == 1 && isa == Isa::Avx512Vnni {
-                    // SAFETY: AVX-512 VNNI was detected; layouts as below.
-                    out[0] = unsafe { x86::dot1_avx512_gemv(row, acts.perm1_row(t0), w.k) };
-                    return true;
-                }
-                let q: [&[i8]; T] = std::array::from_fn(|t| acts.perm1_row(t0 + t));
-                // SAFETY: the ISA was detected; `row` is a whole TQ1_0 row and each activation
-                // row has k/256*320 bytes in TQ1_0 plane order.
-                unsafe {
-                    if isa == Isa::Avx512Vnni {
-                        x86::dot1_avx512(row, q, w.k, out)
-                    } else {
-                        x86::dot1_avx2(row, q, w.k, out)
-                    }
-                }
-                true
-            }
-            _ => false,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
-
 /// Largest row block handed to one kernel call.
 const ROW_BLOCK: usize = 64;
 
@@ -262,10 +196,12 @@ pub fn bitlinear_tile<const T: usize>(
     t0: usize,
     out: &mut [f32; T],
 ) {
-    let mut d = [0i32; T];
-    if let (true, TernaryScale::Uniform(scale)) = (row_dots(isa, w, m, acts, t0, &mut d), w.scale) {
+    let mut d = [[0i32; T]; 1];
+    if let (true, TernaryScale::Uniform(scale)) =
+        (fast_rows(isa, w, (m, m + 1), acts, t0, &mut d), w.scale)
+    {
         for t in 0..T {
-            out[t] = ((d[t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
+            out[t] = ((d[0][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
         }
     } else {
         for t in 0..T {
