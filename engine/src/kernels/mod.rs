@@ -56,18 +56,6 @@ impl Isa {
     }
 }
 
-/// `sum a*b` with the best available instructions (summation order differs from a plain
-/// loop, so results may differ from it in the last bits).
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() >= Isa::Avx2 {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { x86::dot_f32_avx2(a, b) };
-    }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
 /// `sum a*b` of f32 vectors, accumulated in f64 (the attention scores).
 #[inline]
 pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
@@ -88,17 +76,6 @@ pub fn axpy_f64(y: &mut [f64], a: f64, x: &[f32]) {
         return unsafe { x86::axpy_f64_avx2(y, a, x) };
     }
     y.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v as f64);
-}
-
-/// `y += a * x`.
-#[inline]
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() >= Isa::Avx2 {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { x86::axpy_avx2(y, a, x) };
-    }
-    y.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
 }
 
 /// Largest row block handed to one kernel call.

@@ -301,69 +301,6 @@ pub unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
-/// `sum a[i] * b[i]` (AVX2 + FMA).
-///
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let k = a.len().min(b.len());
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
-    let main = k / 16 * 16;
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 16 <= k.
-        unsafe {
-            acc0 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-                acc0,
-            );
-            acc1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i + 8)),
-                _mm256_loadu_ps(b.as_ptr().add(i + 8)),
-                acc1,
-            );
-        }
-        i += 16;
-    }
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` is 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_add_ps(acc0, acc1)) };
-    let mut sum: f32 = lanes.iter().sum();
-    for j in main..k {
-        sum += a[j] * b[j];
-    }
-    sum
-}
-
-/// `y[i] += a * x[i]` (AVX2 + FMA).
-///
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_avx2(y: &mut [f32], a: f32, x: &[f32]) {
-    let k = y.len().min(x.len());
-    let av = _mm256_set1_ps(a);
-    let main = k / 8 * 8;
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 8 <= k.
-        unsafe {
-            let p = y.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                p,
-                _mm256_fmadd_ps(av, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)),
-            );
-        }
-        i += 8;
-    }
-    for j in main..k {
-        y[j] += a * x[j];
-    }
-}
-
 /// `sum a[i] * b[i]` with f32 inputs, products and sum in f64 (AVX2 + FMA).
 ///
 /// # Safety

@@ -16,6 +16,28 @@ use half::f16;
 use crate::gguf::GgmlType;
 pub use act::QuantizedActs;
 
+/// Per-block exact integer dots `sum (t - 1) * q` of a row of 256-weight blocks, whatever
+/// their byte layout (`decode` turns one block into trits 0..2).
+fn dot_blocks_scalar(
+    row: &[u8],
+    q: &[i8],
+    block_bytes: usize,
+    decode: fn(&[u8], &mut [u8]),
+    mut f: impl FnMut(usize, i32),
+) {
+    let mut t = [0u8; 256];
+    for (b, blk) in row.chunks_exact(block_bytes).enumerate() {
+        decode(blk, &mut t);
+        let qb = &q[b * 256..(b + 1) * 256];
+        let d: i32 = t
+            .iter()
+            .zip(qb)
+            .map(|(&t, &q)| (t as i32 - 1) * q as i32)
+            .sum();
+        f(b, d);
+    }
+}
+
 /// How a ternary tensor's weights are scaled.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TernaryScale {

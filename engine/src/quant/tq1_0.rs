@@ -84,18 +84,8 @@ pub fn decode_block(block: &[u8], out: &mut [u8]) {
 
 /// The specification: per-block exact integer dots `sum (t - 1) * q`, passed to `f` with
 /// the block index.
-pub fn dot_blocks_scalar(row: &[u8], q: &[i8], mut f: impl FnMut(usize, i32)) {
-    let mut t = [0u8; BLOCK];
-    for (b, blk) in row.chunks_exact(BLOCK_BYTES).enumerate() {
-        decode_block(blk, &mut t);
-        let qb = &q[b * BLOCK..(b + 1) * BLOCK];
-        let d: i32 = t
-            .iter()
-            .zip(qb)
-            .map(|(&t, &q)| (t as i32 - 1) * q as i32)
-            .sum();
-        f(b, d);
-    }
+pub fn dot_blocks_scalar(row: &[u8], q: &[i8], f: impl FnMut(usize, i32)) {
+    super::dot_blocks_scalar(row, q, BLOCK_BYTES, decode_block, f)
 }
 
 #[cfg(test)]
