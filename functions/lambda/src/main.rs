@@ -57,10 +57,11 @@ async fn main() -> Result<(), lambda_http::Error> {
     if std::env::var_os("BITNET_WAIT_FOR_MODEL_SECS").is_none() {
         config.wait_for_model = Duration::from_secs(900);
     }
-    // Lambda runs one request at a time per instance: a queue would only hold requests that
-    // another instance could serve.
+    // Lambda hands an instance one invocation at a time, but a streamed invocation whose caller
+    // left can still be winding its generation down when the next arrives: one queue place
+    // lets that next request wait for the engine instead of failing with 429.
     if std::env::var_os("BITNET_MAX_QUEUE").is_none() {
-        config.max_queue = 0;
+        config.max_queue = 1;
     }
     let source = StoreSource::from_env().map_err(|e| format!("model store configuration: {e}"))?;
     let state = AppState::new(
@@ -73,9 +74,32 @@ async fn main() -> Result<(), lambda_http::Error> {
     let app = ServiceBuilder::new()
         .map_request(with_request_id)
         .service(router(state));
-    match mode {
-        Mode::Stream => lambda_http::run_with_streaming_response(app).await,
-        Mode::Buffered => lambda_http::run(app).await,
+    // The runtime loop returns only on a transport error with the Runtime API (e.g. a response
+    // post cut off because the caller went away). Exiting would make Lambda start a fresh
+    // sandbox and download and load the model again, so resume polling with the model kept;
+    // give up when the API keeps failing (it is gone, e.g. during shutdown).
+    let mut recent_failures = 0u32;
+    loop {
+        let started = std::time::Instant::now();
+        let result = match mode {
+            Mode::Stream => lambda_http::run_with_streaming_response(app.clone()).await,
+            Mode::Buffered => lambda_http::run(app.clone()).await,
+        };
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        recent_failures = if started.elapsed() < Duration::from_secs(10) {
+            recent_failures + 1
+        } else {
+            1
+        };
+        if recent_failures >= 5 {
+            tracing::error!(error = %error, "Lambda Runtime API keeps failing; exiting");
+            return Err(error);
+        }
+        tracing::warn!(error = %error, "Lambda runtime loop stopped; resuming with the loaded model");
+        tokio::time::sleep(Duration::from_millis(50 * u64::from(recent_failures))).await;
     }
 }
 
