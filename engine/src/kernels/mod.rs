@@ -132,7 +132,8 @@ fn fast_rows<const T: usize>(
         {
             return false;
         }
-        let (layout, q): (x86::Layout, [&[i8]; T]) = match w.ty {
+        // The activation order this layout's kernels read (prepared by `quantize_for`).
+        let (layout, rows): (x86::Layout, [Option<&[i8]>; T]) = match w.ty {
             GgmlType::I2S => (
                 x86::Layout::TwoBit(x86::TwoBit::I2s),
                 std::array::from_fn(|t| acts.perm2_row(t0 + t)),
@@ -147,6 +148,11 @@ fn fast_rows<const T: usize>(
             ),
             _ => return false,
         };
+        if rows.iter().any(Option::is_none) {
+            debug_assert!(false, "activations quantized without the {:?} order", w.ty);
+            return false;
+        }
+        let q: [&[i8]; T] = std::array::from_fn(|t| rows[t].unwrap_or_default());
         // SAFETY: the ISA was detected; `w.data` holds every row in `w.ty`'s layout, each
         // activation row is in that layout's order for k inputs, `out` has r1 - r0 entries.
         unsafe {

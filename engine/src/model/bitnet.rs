@@ -18,6 +18,7 @@ use super::config::{Activation, Config};
 use crate::EngineError;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::kernels::Kernels;
+use crate::quant::act::ActOrders;
 use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale, i2s};
 
 /// Where a tensor's bytes are.
@@ -65,6 +66,13 @@ impl TernaryWeight {
             scale,
         })
     }
+}
+
+/// The activation orders the kernels of `ws` read.
+fn orders(ws: &[&TernaryWeight]) -> ActOrders {
+    ws.iter().fold(ActOrders::default(), |o, w| {
+        o.union(ActOrders::for_type(w.ty))
+    })
 }
 
 /// Full validation of a ternary tensor: no reserved I2_S code, a finite scale.
@@ -449,7 +457,8 @@ impl BitNet {
         for (li, l) in self.layers.iter().enumerate() {
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
-            sc.acts.quantize(&sc.h, d);
+            sc.acts
+                .quantize_for(&sc.h, d, orders(&[&l.wq, &l.wk, &l.wv]));
             kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
             kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
             kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
@@ -468,13 +477,14 @@ impl BitNet {
             vc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.v);
             attention(kern, c, &sc.q, kc, vc, s.pos, n, &mut sc.att);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
-            sc.acts.quantize(&sc.h, d);
+            sc.acts.quantize_for(&sc.h, d, orders(&[&l.wo]));
             kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
 
             // Feed-forward block.
             rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
-            sc.acts.quantize(&sc.h, d);
+            sc.acts
+                .quantize_for(&sc.h, d, orders(&[&l.w_gate, &l.w_up]));
             kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
             kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
             match c.activation {
@@ -488,7 +498,7 @@ impl BitNet {
             }
             sc.up.copy_from_slice(&sc.gate);
             rmsnorm_rows(&sc.up, &l.ffn_sub_norm, c.eps, &mut sc.gate);
-            sc.acts.quantize(&sc.gate, f);
+            sc.acts.quantize_for(&sc.gate, f, orders(&[&l.w_down]));
             kern.bitlinear(&l.w_down.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }

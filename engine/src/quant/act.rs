@@ -56,6 +56,81 @@ pub fn quantize_row_scalar(x: &[f32], q: &mut [i8]) -> f32 {
     s
 }
 
+/// A byte buffer whose contents start on a 64-byte boundary, so that the kernels' 64-byte
+/// activation loads never straddle two cache lines (each straddling load costs a second
+/// cache access).
+#[derive(Debug, Default)]
+pub struct AlignedBytes {
+    buf: Vec<i8>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// Sets the length to `len` (contents unspecified; no allocation once grown).
+    pub fn resize(&mut self, len: usize) {
+        if self.buf.len() < len + 63 {
+            self.buf.resize(len + 63, 0);
+        }
+        // A reallocation may have moved the buffer: recompute where 64-byte alignment starts.
+        self.off = self.buf.as_ptr().align_offset(64).min(63);
+        self.len = len;
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    pub fn as_slice(&self) -> &[i8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [i8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl Clone for AlignedBytes {
+    fn clone(&self) -> Self {
+        let mut c = AlignedBytes::default();
+        c.resize(self.len);
+        c.as_mut_slice().copy_from_slice(self.as_slice());
+        c
+    }
+}
+
+/// Which kernel orders of the activations to prepare (each costs a pass over them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ActOrders {
+    /// The order of the 2-bit planes of I2_S / TQ2_0.
+    pub perm2: bool,
+    /// The order of TQ1_0's trit planes.
+    pub perm1: bool,
+}
+
+impl ActOrders {
+    pub const ALL: ActOrders = ActOrders {
+        perm2: true,
+        perm1: true,
+    };
+
+    /// What the kernels for weights stored as `ty` read.
+    pub fn for_type(ty: crate::gguf::GgmlType) -> ActOrders {
+        use crate::gguf::GgmlType;
+        ActOrders {
+            perm2: matches!(ty, GgmlType::I2S | GgmlType::Tq2_0),
+            perm1: ty == GgmlType::Tq1_0,
+        }
+    }
+
+    pub fn union(self, o: ActOrders) -> ActOrders {
+        ActOrders {
+            perm2: self.perm2 || o.perm2,
+            perm1: self.perm1 || o.perm1,
+        }
+    }
+}
+
 /// Token rows quantized for one matmul: `n` rows of `k` int8 values and a scale per row,
 /// plus the same values reordered for the SIMD kernels (see `kernels`): `perm2` in the
 /// order of the 2-bit planes of I2_S / TQ2_0, `perm1` in the order of TQ1_0's trit planes.
@@ -66,14 +141,44 @@ pub struct QuantizedActs {
     pub scales: Vec<f32>,
     /// Sum of each row's q (D = sum code*q - sum q, codes being unsigned 0..2).
     pub sums: Vec<i32>,
-    /// Per row: `k` bytes; empty when `k` is not a multiple of 256.
-    pub perm2: Vec<i8>,
-    /// Per row: `k / 256 * 320` bytes; empty when `k` is not a multiple of 256.
-    pub perm1: Vec<i8>,
+    /// Per row: `k` bytes; empty unless requested and `k` is a multiple of 256.
+    perm2: AlignedBytes,
+    /// Per row: `k / 256 * 320` bytes; empty unless requested and `k` is a multiple of 256.
+    perm1: AlignedBytes,
 }
 
 /// Bytes of TQ1_0-ordered activations per 256-weight block (5 planes of 64).
 pub const PERM1_BLOCK: usize = 320;
+
+/// Writes one row's 2-bit-plane order: plane n of a 64-byte chunk covers weights 32n.. of
+/// the first 128 and 128 + 32n.. of the second.
+fn permute2(q: &[i8], p2: &mut [i8]) {
+    for (qb, pb) in q.chunks_exact(256).zip(p2.chunks_exact_mut(256)) {
+        for n in 0..4 {
+            let dst = &mut pb[64 * n..64 * n + 64];
+            dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
+            dst[32..].copy_from_slice(&qb[128 + 32 * n..128 + 32 * n + 32]);
+        }
+    }
+}
+
+/// Writes one row's TQ1_0 trit-plane order: bytes 0..32 -> m + 32n, 32..48 -> 160 + m + 16n,
+/// 48..52 -> 240 + j + 4n (n < 4), the rest zero.
+fn permute1(q: &[i8], p1: &mut [i8]) {
+    for (qb, pb) in q.chunks_exact(256).zip(p1.chunks_exact_mut(PERM1_BLOCK)) {
+        for n in 0..5 {
+            let dst = &mut pb[64 * n..64 * n + 64];
+            dst.fill(0);
+            dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
+            dst[32..48].copy_from_slice(&qb[160 + 16 * n..160 + 16 * n + 16]);
+            if n < 4 {
+                for j in 0..4 {
+                    dst[48 + j] = qb[240 + j + 4 * n];
+                }
+            }
+        }
+    }
+}
 
 impl QuantizedActs {
     pub fn n_rows(&self) -> usize {
@@ -84,81 +189,92 @@ impl QuantizedActs {
         &self.q[t * self.k..(t + 1) * self.k]
     }
 
-    /// Quantizes `x` (`n` rows of `k`) in place of the previous contents (no allocation once
-    /// the buffers have grown to size).
+    /// [`Self::quantize_for`] with every kernel order.
     pub fn quantize(&mut self, x: &[f32], k: usize) {
+        self.quantize_for(x, k, ActOrders::ALL);
+    }
+
+    /// Quantizes `x` (`n` rows of `k`) in place of the previous contents and prepares the
+    /// requested kernel orders (no allocation once the buffers have grown to size, apart from
+    /// the per-row results of a parallel prefill).
+    pub fn quantize_for(&mut self, x: &[f32], k: usize, orders: ActOrders) {
         let n = x.len() / k;
         self.k = k;
         self.q.resize(n * k, 0);
         self.scales.resize(n, 0.0);
         self.sums.resize(n, 0);
-        let one = |q: &mut [i8], x: &[f32]| {
+        let permuted = k.is_multiple_of(256);
+        let w1 = k / 256 * PERM1_BLOCK;
+        let (want2, want1) = (permuted && orders.perm2, permuted && orders.perm1);
+        if want2 {
+            self.perm2.resize(n * k);
+        } else {
+            self.perm2.clear();
+        }
+        if want1 {
+            self.perm1.resize(n * w1);
+        } else {
+            self.perm1.clear();
+        }
+        let one = |q: &mut [i8], x: &[f32], p2: Option<&mut [i8]>, p1: Option<&mut [i8]>| {
             let s = quantize_row(x, q);
+            if let Some(p2) = p2 {
+                permute2(q, p2);
+            }
+            if let Some(p1) = p1 {
+                permute1(q, p1);
+            }
             (s, q.iter().map(|&v| v as i32).sum::<i32>())
         };
+        let (p2, p1) = (self.perm2.as_mut_slice(), self.perm1.as_mut_slice());
         if n > 1 {
-            // Prefill: rows in parallel (decode, n = 1, stays allocation-free).
+            // Prefill: rows (with their reorderings) in parallel; decode, n = 1, stays
+            // allocation-free.
             use rayon::prelude::*;
+            let p2_rows: Vec<Option<&mut [i8]>> = if want2 {
+                p2.chunks_exact_mut(k).map(Some).collect()
+            } else {
+                (0..n).map(|_| None).collect()
+            };
+            let p1_rows: Vec<Option<&mut [i8]>> = if want1 {
+                p1.chunks_exact_mut(w1).map(Some).collect()
+            } else {
+                (0..n).map(|_| None).collect()
+            };
             let done: Vec<(f32, i32)> = self
                 .q
                 .par_chunks_exact_mut(k)
                 .zip(x.par_chunks_exact(k))
-                .map(|(q, x)| one(q, x))
+                .zip(p2_rows.into_par_iter().zip(p1_rows.into_par_iter()))
+                .map(|((q, x), (p2, p1))| one(q, x, p2, p1))
                 .collect();
             for (t, (s, sum)) in done.into_iter().enumerate() {
                 self.scales[t] = s;
                 self.sums[t] = sum;
             }
         } else if n == 1 {
-            let (s, sum) = one(&mut self.q[..k], &x[..k]);
+            let (s, sum) = one(
+                &mut self.q[..k],
+                &x[..k],
+                want2.then_some(p2),
+                want1.then_some(p1),
+            );
             self.scales[0] = s;
             self.sums[0] = sum;
         }
-        if !k.is_multiple_of(256) {
-            self.perm2.clear();
-            self.perm1.clear();
-            return;
-        }
-        let nb = k / 256;
-        self.perm2.resize(n * k, 0);
-        self.perm1.resize(n * nb * PERM1_BLOCK, 0);
-        for t in 0..n {
-            let q = &self.q[t * k..(t + 1) * k];
-            let p2 = &mut self.perm2[t * k..(t + 1) * k];
-            let p1 = &mut self.perm1[t * nb * PERM1_BLOCK..(t + 1) * nb * PERM1_BLOCK];
-            for b in 0..nb {
-                let qb = &q[b * 256..(b + 1) * 256];
-                // 2-bit planes: plane n of a 64-byte chunk covers weights 32n.. of the first
-                // 128 and 128 + 32n.. of the second.
-                for n in 0..4 {
-                    let dst = &mut p2[b * 256 + 64 * n..b * 256 + 64 * n + 64];
-                    dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
-                    dst[32..].copy_from_slice(&qb[128 + 32 * n..128 + 32 * n + 32]);
-                }
-                // TQ1_0 trit planes: bytes 0..32 -> m + 32n, 32..48 -> 160 + m + 16n,
-                // 48..52 -> 240 + j + 4n (n < 4), the rest zero.
-                for n in 0..5 {
-                    let dst = &mut p1[b * PERM1_BLOCK + 64 * n..b * PERM1_BLOCK + 64 * n + 64];
-                    dst.fill(0);
-                    dst[..32].copy_from_slice(&qb[32 * n..32 * n + 32]);
-                    dst[32..48].copy_from_slice(&qb[160 + 16 * n..160 + 16 * n + 16]);
-                    if n < 4 {
-                        for j in 0..4 {
-                            dst[48 + j] = qb[240 + j + 4 * n];
-                        }
-                    }
-                }
-            }
-        }
     }
 
-    pub fn perm2_row(&self, t: usize) -> &[i8] {
-        &self.perm2[t * self.k..(t + 1) * self.k]
+    /// Row `t` in the 2-bit-plane order, if it was prepared.
+    pub fn perm2_row(&self, t: usize) -> Option<&[i8]> {
+        let p = self.perm2.as_slice();
+        (p.len() >= (t + 1) * self.k).then(|| &p[t * self.k..(t + 1) * self.k])
     }
 
-    pub fn perm1_row(&self, t: usize) -> &[i8] {
+    /// Row `t` in the TQ1_0 order, if it was prepared.
+    pub fn perm1_row(&self, t: usize) -> Option<&[i8]> {
         let w = self.k / 256 * PERM1_BLOCK;
-        &self.perm1[t * w..(t + 1) * w]
+        let p = self.perm1.as_slice();
+        (w > 0 && p.len() >= (t + 1) * w).then(|| &p[t * w..(t + 1) * w])
     }
 }
 
@@ -206,6 +322,40 @@ mod tests {
                 assert_eq!(a, b, "len {len} mode {mode}");
             }
         }
+    }
+
+    #[test]
+    fn kernel_orders_are_aligned_and_only_when_asked() {
+        let k = 512;
+        let x: Vec<f32> = (0..3 * k).map(|i| ((i as f32) * 0.7).sin()).collect();
+        let mut all = QuantizedActs::default();
+        all.quantize(&x, k);
+        let mut only2 = QuantizedActs::default();
+        only2.quantize_for(
+            &x,
+            k,
+            ActOrders {
+                perm2: true,
+                perm1: false,
+            },
+        );
+        for t in 0..3 {
+            let (a, b) = (all.perm2_row(t).unwrap(), only2.perm2_row(t).unwrap());
+            assert_eq!(a, b);
+            assert_eq!(a.as_ptr() as usize % 64, 0);
+            assert_eq!(all.perm1_row(t).unwrap().as_ptr() as usize % 64, 0);
+            assert!(only2.perm1_row(t).is_none());
+            // Same multiset of values per 256-block as the plain row.
+            let mut p: Vec<i8> = a[..256].to_vec();
+            let mut q: Vec<i8> = all.row(t)[..256].to_vec();
+            p.sort();
+            q.sort();
+            assert_eq!(p, q);
+        }
+        assert_eq!(only2.scales, all.scales);
+        assert_eq!(only2.sums, all.sums);
+        // A clone keeps its alignment.
+        assert_eq!(all.clone().perm2_row(1).unwrap().as_ptr() as usize % 64, 0);
     }
 
     #[test]
