@@ -7,7 +7,8 @@
 #   1. cargo tests of every crate (engine kernels/tokenizer/GGUF, model store against the
 #      real local servers, API units);
 #   2. the independent numpy reference: its self-tests, then engine-vs-reference parity;
-#   3. end-to-end tests of the local server, the Lambda adapter and the Azure handler;
+#   3. end-to-end tests of the local server, the Lambda adapter, the Azure handler and the
+#      container's static binary (built by infra/build-static.sh, as infra/Dockerfile does);
 #   4. the infrastructure checks (terraform fmt, checkov, Bicep parsing, HCL rule tests).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +42,11 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import numpy, pytest,
 fi
 "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/reference tests/test_reference_parity.py
 
-step "front doors: local server, Lambda, Azure handler"
+step "container binary: the static musl build of infra/Dockerfile"
+BITNET_CONTAINER_BIN="$(bash infra/build-static.sh | tail -n 1)"
+export BITNET_CONTAINER_BIN
+
+step "front doors: local server, Lambda, Azure handler, container binary"
 bash tests/functions/run.sh
 
 step "infrastructure checks"

@@ -176,6 +176,10 @@ struct EvalArgs {
     logits_out: PathBuf,
 }
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
