@@ -3,7 +3,8 @@
 #![allow(clippy::needless_range_loop)]
 
 use bitnet_engine::gguf::GgmlType;
-use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows};
+use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows, has_vbmi};
+use bitnet_engine::quant::act::ActOrders;
 use bitnet_engine::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
 use half::f16;
 
@@ -72,6 +73,67 @@ fn activations(r: &mut Rng, n: usize, k: usize, mode: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The activation orders to test a type's kernels with: each selects different kernels
+/// (TQ1_0: the plane GEMV/GEMM, or the packed-plane GEMM where the CPU has AVX-512 VBMI).
+fn order_sets(ty: GgmlType, isa: Isa) -> Vec<ActOrders> {
+    let only = |f: fn(&mut ActOrders)| {
+        let mut o = ActOrders::default();
+        f(&mut o);
+        o
+    };
+    match ty {
+        GgmlType::Tq1_0 if isa == Isa::Avx512Vnni && has_vbmi() => {
+            vec![only(|o| o.perm1 = true), only(|o| o.perm1p = true)]
+        }
+        GgmlType::Tq1_0 => vec![only(|o| o.perm1 = true)],
+        _ => vec![only(|o| o.perm2 = true)],
+    }
+}
+
+/// Row `m` for all `n` tokens in tiles of 8, 4 and 1, against the scalar specification.
+fn check_row(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    m: usize,
+    acts: &QuantizedActs,
+    n: usize,
+    what: &str,
+) {
+    fn tiles<const T: usize>(
+        isa: Isa,
+        w: &TernaryMatrix<'_>,
+        m: usize,
+        acts: &QuantizedActs,
+        t0: usize,
+        what: &str,
+    ) {
+        let mut y = [0f32; T];
+        bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y);
+        for t in 0..T {
+            let want = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
+            assert_eq!(
+                y[t].to_bits(),
+                want.to_bits(),
+                "{what} row {m} token {} (tile {T})",
+                t0 + t
+            );
+        }
+    }
+    let mut t0 = 0;
+    while t0 + 8 <= n {
+        tiles::<8>(isa, w, m, acts, t0, what);
+        t0 += 8;
+    }
+    while t0 + 4 <= n {
+        tiles::<4>(isa, w, m, acts, t0, what);
+        t0 += 4;
+    }
+    while t0 < n {
+        tiles::<1>(isa, w, m, acts, t0, what);
+        t0 += 1;
+    }
+}
+
 #[test]
 fn simd_bitlinear_is_bit_identical_to_scalar() {
     let mut r = Rng(0x5eed_1234_abcd_ef01);
@@ -84,7 +146,7 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                         continue;
                     }
                     let rows = 1 + (r.next() % 7) as usize;
-                    let n = 1 + (r.next() % 9) as usize;
+                    let n = 1 + (r.next() % 13) as usize;
                     let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
                     let scale = f16::from_f32(0.01 + r.f().abs()).to_f32();
                     let data = pack(
@@ -102,37 +164,21 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                         scale: TernaryMatrix::detect_scale(ty, rows, k, &data),
                     };
                     let x = activations(&mut r, n, k, mode);
-                    let mut acts = QuantizedActs::default();
-                    acts.quantize(&x, k);
                     for isa in isas() {
-                        for m in 0..rows {
-                            let mut t0 = 0;
-                            while t0 + 4 <= n {
-                                let mut y = [0f32; 4];
-                                bitlinear_tile::<4>(isa, &w, m, &acts, t0, &mut y);
-                                for t in 0..4 {
-                                    let want =
-                                        w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
-                                    assert_eq!(
-                                        y[t].to_bits(),
-                                        want.to_bits(),
-                                        "{ty} k={k} mode={mode} {isa:?} row {m} token {}",
-                                        t0 + t
-                                    );
-                                }
-                                t0 += 4;
-                            }
-                            for t in t0..n {
-                                let mut y = [0f32; 1];
-                                bitlinear_tile::<1>(isa, &w, m, &acts, t, &mut y);
-                                let want = w.row_dot_scalar(m, acts.row(t), acts.scales[t]);
-                                assert_eq!(
-                                    y[0].to_bits(),
-                                    want.to_bits(),
-                                    "{ty} k={k} mode={mode} {isa:?} row {m} token {t}"
+                        for orders in order_sets(ty, isa) {
+                            let mut acts = QuantizedActs::default();
+                            acts.quantize_for(&x, k, orders);
+                            for m in 0..rows {
+                                check_row(
+                                    isa,
+                                    &w,
+                                    m,
+                                    &acts,
+                                    n,
+                                    &format!("{ty} k={k} mode={mode} {isa:?} {orders:?}"),
                                 );
+                                cases += 1;
                             }
-                            cases += 1;
                         }
                     }
                 }
@@ -222,8 +268,9 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             };
             let mode = (r.next() % 3) as usize;
             let x = activations(&mut r, n, k, mode);
+            // The orders the forward pass asks for.
             let mut acts = QuantizedActs::default();
-            acts.quantize(&x, k);
+            acts.quantize_for(&x, k, kern.act_orders(ty, n));
             let mut out = vec![0f32; n * rows];
             kern.bitlinear(&w, &acts, &mut out);
             for t in 0..n {

@@ -7,6 +7,7 @@ pub mod x86;
 use std::sync::OnceLock;
 
 use crate::gguf::GgmlType;
+use crate::quant::act::ActOrders;
 use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale};
 
 /// Instruction sets the kernels can use, best last.
@@ -54,6 +55,16 @@ impl Isa {
             wanted.min(best)
         })
     }
+}
+
+/// AVX-512 VBMI (byte permutes), used by the TQ1_0 prefill kernel on top of
+/// [`Isa::Avx512Vnni`].
+pub fn has_vbmi() -> bool {
+    static VBMI: OnceLock<bool> = OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    return *VBMI.get_or_init(|| is_x86_feature_detected!("avx512vbmi"));
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `sum a*b` of f32 vectors, accumulated in f64 (the attention scores).
@@ -142,6 +153,18 @@ fn fast_rows<const T: usize>(
                 x86::Layout::TwoBit(x86::TwoBit::Tq2_0),
                 std::array::from_fn(|t| acts.perm2_row(t0 + t)),
             ),
+            // Several tokens: the packed trit planes (4 dot products per token and block
+            // instead of 5) when the activations were prepared for them.
+            GgmlType::Tq1_0
+                if isa == Isa::Avx512Vnni
+                    && has_vbmi()
+                    && acts.perm1p_row(t0 + T - 1).is_some() =>
+            {
+                (
+                    x86::Layout::Tq1_0Packed,
+                    std::array::from_fn(|t| acts.perm1p_row(t0 + t)),
+                )
+            }
             GgmlType::Tq1_0 => (
                 x86::Layout::Tq1_0,
                 std::array::from_fn(|t| acts.perm1_row(t0 + t)),
@@ -251,6 +274,27 @@ impl Kernels {
 
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
+    }
+
+    /// The activation orders this kernel set reads for `n` tokens of weights stored as `ty`.
+    pub fn act_orders(&self, ty: GgmlType, n: usize) -> ActOrders {
+        match ty {
+            GgmlType::I2S | GgmlType::Tq2_0 => ActOrders {
+                perm2: true,
+                ..Default::default()
+            },
+            // Decode uses the plane-by-plane GEMV (no trit extraction); prefill the packed
+            // planes where the CPU can pack them.
+            GgmlType::Tq1_0 if n > 1 && self.isa == Isa::Avx512Vnni && has_vbmi() => ActOrders {
+                perm1p: true,
+                ..Default::default()
+            },
+            GgmlType::Tq1_0 => ActOrders {
+                perm1: true,
+                ..Default::default()
+            },
+            _ => ActOrders::default(),
+        }
     }
 
     /// BitLinear: `out[t * rows + m] = (D(w_m, q_t) / s_t) * scale` for every token t.

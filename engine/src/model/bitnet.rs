@@ -68,10 +68,10 @@ impl TernaryWeight {
     }
 }
 
-/// The activation orders the kernels of `ws` read.
-fn orders(ws: &[&TernaryWeight]) -> ActOrders {
+/// The activation orders the kernels of `ws` read for `n` tokens.
+fn orders(kern: &Kernels, n: usize, ws: &[&TernaryWeight]) -> ActOrders {
     ws.iter().fold(ActOrders::default(), |o, w| {
-        o.union(ActOrders::for_type(w.ty))
+        o.union(kern.act_orders(w.ty, n))
     })
 }
 
@@ -458,7 +458,7 @@ impl BitNet {
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
             sc.acts
-                .quantize_for(&sc.h, d, orders(&[&l.wq, &l.wk, &l.wv]));
+                .quantize_for(&sc.h, d, orders(kern, n, &[&l.wq, &l.wk, &l.wv]));
             kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
             kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
             kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
@@ -477,14 +477,14 @@ impl BitNet {
             vc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.v);
             attention(kern, c, &sc.q, kc, vc, s.pos, n, &mut sc.att);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
-            sc.acts.quantize_for(&sc.h, d, orders(&[&l.wo]));
+            sc.acts.quantize_for(&sc.h, d, orders(kern, n, &[&l.wo]));
             kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
 
             // Feed-forward block.
             rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
             sc.acts
-                .quantize_for(&sc.h, d, orders(&[&l.w_gate, &l.w_up]));
+                .quantize_for(&sc.h, d, orders(kern, n, &[&l.w_gate, &l.w_up]));
             kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
             kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
             match c.activation {
@@ -498,7 +498,8 @@ impl BitNet {
             }
             sc.up.copy_from_slice(&sc.gate);
             rmsnorm_rows(&sc.up, &l.ffn_sub_norm, c.eps, &mut sc.gate);
-            sc.acts.quantize_for(&sc.gate, f, orders(&[&l.w_down]));
+            sc.acts
+                .quantize_for(&sc.gate, f, orders(kern, n, &[&l.w_down]));
             kern.bitlinear(&l.w_down.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }

@@ -106,27 +106,22 @@ pub struct ActOrders {
     pub perm2: bool,
     /// The order of TQ1_0's trit planes.
     pub perm1: bool,
+    /// TQ1_0's trit planes packed into four 64-byte vectors (prefill with AVX-512 VBMI).
+    pub perm1p: bool,
 }
 
 impl ActOrders {
     pub const ALL: ActOrders = ActOrders {
         perm2: true,
         perm1: true,
+        perm1p: true,
     };
-
-    /// What the kernels for weights stored as `ty` read.
-    pub fn for_type(ty: crate::gguf::GgmlType) -> ActOrders {
-        use crate::gguf::GgmlType;
-        ActOrders {
-            perm2: matches!(ty, GgmlType::I2S | GgmlType::Tq2_0),
-            perm1: ty == GgmlType::Tq1_0,
-        }
-    }
 
     pub fn union(self, o: ActOrders) -> ActOrders {
         ActOrders {
             perm2: self.perm2 || o.perm2,
             perm1: self.perm1 || o.perm1,
+            perm1p: self.perm1p || o.perm1p,
         }
     }
 }
@@ -145,6 +140,8 @@ pub struct QuantizedActs {
     perm2: AlignedBytes,
     /// Per row: `k / 256 * 320` bytes; empty unless requested and `k` is a multiple of 256.
     perm1: AlignedBytes,
+    /// Per row: `k` bytes; empty unless requested and `k` is a multiple of 256.
+    perm1p: AlignedBytes,
 }
 
 /// Bytes of TQ1_0-ordered activations per 256-weight block (5 planes of 64).
@@ -180,6 +177,42 @@ fn permute1(q: &[i8], p1: &mut [i8]) {
     }
 }
 
+/// Weight index of each byte of TQ1_0's trit planes packed back to back: plane n
+/// (n = 0..4) contributes its 52 decoded bytes (48 for the last plane, whose `qh` trit is a
+/// zero pad), so 256 bytes hold the block's 256 weights in four 64-byte vectors.
+pub const TQ1_0_PACKED_ORDER: [u16; 256] = {
+    let mut order = [0u16; 256];
+    let mut p = 0;
+    let mut n = 0;
+    while n < 5 {
+        let mut j = 0;
+        while j < 52 {
+            if !(n == 4 && j >= 48) {
+                order[p] = if j < 32 {
+                    j + 32 * n
+                } else if j < 48 {
+                    160 + (j - 32) + 16 * n
+                } else {
+                    240 + (j - 48) + 4 * n
+                } as u16;
+                p += 1;
+            }
+            j += 1;
+        }
+        n += 1;
+    }
+    order
+};
+
+/// Writes one row in [`TQ1_0_PACKED_ORDER`].
+fn permute1_packed(q: &[i8], p: &mut [i8]) {
+    for (qb, pb) in q.chunks_exact(256).zip(p.chunks_exact_mut(256)) {
+        for (d, &w) in pb.iter_mut().zip(TQ1_0_PACKED_ORDER.iter()) {
+            *d = qb[w as usize];
+        }
+    }
+}
+
 impl QuantizedActs {
     pub fn n_rows(&self) -> usize {
         self.scales.len()
@@ -205,7 +238,11 @@ impl QuantizedActs {
         self.sums.resize(n, 0);
         let permuted = k.is_multiple_of(256);
         let w1 = k / 256 * PERM1_BLOCK;
-        let (want2, want1) = (permuted && orders.perm2, permuted && orders.perm1);
+        let (want2, want1, want1p) = (
+            permuted && orders.perm2,
+            permuted && orders.perm1,
+            permuted && orders.perm1p,
+        );
         if want2 {
             self.perm2.resize(n * k);
         } else {
@@ -216,7 +253,17 @@ impl QuantizedActs {
         } else {
             self.perm1.clear();
         }
-        let one = |q: &mut [i8], x: &[f32], p2: Option<&mut [i8]>, p1: Option<&mut [i8]>| {
+        if want1p {
+            self.perm1p.resize(n * k);
+        } else {
+            self.perm1p.clear();
+        }
+        type Dsts<'a> = (
+            Option<&'a mut [i8]>,
+            Option<&'a mut [i8]>,
+            Option<&'a mut [i8]>,
+        );
+        let one = |q: &mut [i8], x: &[f32], (p2, p1, p1p): Dsts<'_>| {
             let s = quantize_row(x, q);
             if let Some(p2) = p2 {
                 permute2(q, p2);
@@ -224,29 +271,39 @@ impl QuantizedActs {
             if let Some(p1) = p1 {
                 permute1(q, p1);
             }
+            if let Some(p1p) = p1p {
+                permute1_packed(q, p1p);
+            }
             (s, q.iter().map(|&v| v as i32).sum::<i32>())
         };
-        let (p2, p1) = (self.perm2.as_mut_slice(), self.perm1.as_mut_slice());
+        let (p2, p1, p1p) = (
+            self.perm2.as_mut_slice(),
+            self.perm1.as_mut_slice(),
+            self.perm1p.as_mut_slice(),
+        );
         if n > 1 {
             // Prefill: rows (with their reorderings) in parallel; decode, n = 1, stays
             // allocation-free.
             use rayon::prelude::*;
-            let p2_rows: Vec<Option<&mut [i8]>> = if want2 {
-                p2.chunks_exact_mut(k).map(Some).collect()
-            } else {
-                (0..n).map(|_| None).collect()
-            };
-            let p1_rows: Vec<Option<&mut [i8]>> = if want1 {
-                p1.chunks_exact_mut(w1).map(Some).collect()
-            } else {
-                (0..n).map(|_| None).collect()
-            };
+            fn rows(p: &mut [i8], want: bool, w: usize, n: usize) -> Vec<Option<&mut [i8]>> {
+                if want {
+                    p.chunks_exact_mut(w).map(Some).collect()
+                } else {
+                    (0..n).map(|_| None).collect()
+                }
+            }
+            let dsts: Vec<Dsts<'_>> = rows(p2, want2, k, n)
+                .into_iter()
+                .zip(rows(p1, want1, w1, n))
+                .zip(rows(p1p, want1p, k, n))
+                .map(|((a, b), c)| (a, b, c))
+                .collect();
             let done: Vec<(f32, i32)> = self
                 .q
                 .par_chunks_exact_mut(k)
                 .zip(x.par_chunks_exact(k))
-                .zip(p2_rows.into_par_iter().zip(p1_rows.into_par_iter()))
-                .map(|((q, x), (p2, p1))| one(q, x, p2, p1))
+                .zip(dsts.into_par_iter())
+                .map(|((q, x), d)| one(q, x, d))
                 .collect();
             for (t, (s, sum)) in done.into_iter().enumerate() {
                 self.scales[t] = s;
@@ -256,8 +313,11 @@ impl QuantizedActs {
             let (s, sum) = one(
                 &mut self.q[..k],
                 &x[..k],
-                want2.then_some(p2),
-                want1.then_some(p1),
+                (
+                    want2.then_some(p2),
+                    want1.then_some(p1),
+                    want1p.then_some(p1p),
+                ),
             );
             self.scales[0] = s;
             self.sums[0] = sum;
@@ -267,6 +327,12 @@ impl QuantizedActs {
     /// Row `t` in the 2-bit-plane order, if it was prepared.
     pub fn perm2_row(&self, t: usize) -> Option<&[i8]> {
         let p = self.perm2.as_slice();
+        (p.len() >= (t + 1) * self.k).then(|| &p[t * self.k..(t + 1) * self.k])
+    }
+
+    /// Row `t` in [`TQ1_0_PACKED_ORDER`], if it was prepared.
+    pub fn perm1p_row(&self, t: usize) -> Option<&[i8]> {
+        let p = self.perm1p.as_slice();
         (p.len() >= (t + 1) * self.k).then(|| &p[t * self.k..(t + 1) * self.k])
     }
 
@@ -336,7 +402,7 @@ mod tests {
             k,
             ActOrders {
                 perm2: true,
-                perm1: false,
+                ..Default::default()
             },
         );
         for t in 0..3 {
@@ -344,7 +410,8 @@ mod tests {
             assert_eq!(a, b);
             assert_eq!(a.as_ptr() as usize % 64, 0);
             assert_eq!(all.perm1_row(t).unwrap().as_ptr() as usize % 64, 0);
-            assert!(only2.perm1_row(t).is_none());
+            assert!(only2.perm1_row(t).is_none() && only2.perm1p_row(t).is_none());
+            assert_eq!(all.perm1p_row(t).unwrap().as_ptr() as usize % 64, 0);
             // Same multiset of values per 256-block as the plain row.
             let mut p: Vec<i8> = a[..256].to_vec();
             let mut q: Vec<i8> = all.row(t)[..256].to_vec();
@@ -356,6 +423,15 @@ mod tests {
         assert_eq!(only2.sums, all.sums);
         // A clone keeps its alignment.
         assert_eq!(all.clone().perm2_row(1).unwrap().as_ptr() as usize % 64, 0);
+    }
+
+    #[test]
+    fn tq1_0_packed_order_is_a_permutation() {
+        let mut seen = [false; 256];
+        for &w in TQ1_0_PACKED_ORDER.iter() {
+            assert!(!seen[w as usize], "weight {w} twice");
+            seen[w as usize] = true;
+        }
     }
 
     #[test]
