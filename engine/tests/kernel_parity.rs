@@ -256,6 +256,9 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             (130, 768, 1),
             (64, 256, 8),
             (200, 2560, 5),
+            // Prefill sizes: TQ1_0 rows decoded once per row block (AVX-512 VBMI).
+            (150, 2560, 19),
+            (64, 6912, 8),
         ] {
             let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
             let data = pack(ty, &values, k, 0.75, None);

@@ -98,6 +98,7 @@ fn tile_rows<const T: usize>(
     isa: Isa,
     w: &TernaryMatrix<'_>,
     (r0, r1): (usize, usize),
+    decoded: Option<&[u8]>,
     acts: &QuantizedActs,
     t0: usize,
     dst: SharedOut,
@@ -105,7 +106,7 @@ fn tile_rows<const T: usize>(
     debug_assert!(r1 - r0 <= ROW_BLOCK);
     let rows = w.rows;
     let mut d = [[0i32; T]; ROW_BLOCK];
-    let fast = fast_rows::<T>(isa, w, (r0, r1), acts, t0, &mut d[..r1 - r0]);
+    let fast = fast_rows::<T>(isa, w, (r0, r1), decoded, acts, t0, &mut d[..r1 - r0]);
     for (i, m) in (r0..r1).enumerate() {
         let mut y = [0f32; T];
         match (fast, w.scale) {
@@ -125,12 +126,14 @@ fn tile_rows<const T: usize>(
 }
 
 /// Integer dots of a block of rows with one SIMD call; false when this ISA or tensor has
-/// no fast path (the caller then uses the scalar specification).
+/// no fast path (the caller then uses the scalar specification). `decoded`: the rows
+/// `r0..r1` of a TQ1_0 matrix already decoded by `x86::decode_tq1_0_rows`.
 #[allow(unused_variables)]
 fn fast_rows<const T: usize>(
     isa: Isa,
     w: &TernaryMatrix<'_>,
     (r0, r1): (usize, usize),
+    decoded: Option<&[u8]>,
     acts: &QuantizedActs,
     t0: usize,
     out: &mut [[i32; T]],
@@ -142,6 +145,18 @@ fn fast_rows<const T: usize>(
             || !matches!(w.scale, TernaryScale::Uniform(_))
         {
             return false;
+        }
+        if let Some(codes) = decoded {
+            let q: [Option<&[i8]>; T] = std::array::from_fn(|t| acts.perm1p_row(t0 + t));
+            if isa != Isa::Avx512Vnni || q.iter().any(Option::is_none) {
+                return false;
+            }
+            let q: [&[i8]; T] = std::array::from_fn(|t| q[t].unwrap_or_default());
+            let layout = x86::Layout::TwoBit(x86::TwoBit::Codes);
+            // SAFETY: AVX-512 VNNI was detected; `codes` holds rows r0..r1 decoded, k / 4
+            // bytes each; the activations are in the packed order it was decoded to.
+            unsafe { x86::rows_avx512::<T>(layout, codes, w.k / 4, (0, r1 - r0), q, w.k, out) };
+            return true;
         }
         // The activation order this layout's kernels read (prepared by `quantize_for`).
         let (layout, rows): (x86::Layout, [Option<&[i8]>; T]) = match w.ty {
@@ -203,9 +218,10 @@ pub fn bitlinear_tile<const T: usize>(
     out: &mut [f32; T],
 ) {
     let mut d = [[0i32; T]; 1];
-    if let (true, TernaryScale::Uniform(scale)) =
-        (fast_rows(isa, w, (m, m + 1), acts, t0, &mut d), w.scale)
-    {
+    if let (true, TernaryScale::Uniform(scale)) = (
+        fast_rows(isa, w, (m, m + 1), None, acts, t0, &mut d),
+        w.scale,
+    ) {
         for t in 0..T {
             out[t] = ((d[0][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
         }
@@ -214,6 +230,11 @@ pub fn bitlinear_tile<const T: usize>(
             out[t] = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
         }
     }
+}
+
+thread_local! {
+    /// A worker's TQ1_0 rows decoded for prefill (reused: no allocation per call).
+    static DECODED_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// A raw output pointer shared by workers that write disjoint index sets.
@@ -307,28 +328,52 @@ impl Kernels {
         let isa = self.isa;
         // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
         let chunk = rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK);
+        // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
+        // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).
+        let decode_tq1 = cfg!(target_arch = "x86_64")
+            && w.ty == GgmlType::Tq1_0
+            && n >= 8
+            && isa == Isa::Avx512Vnni
+            && has_vbmi()
+            && w.k.is_multiple_of(256)
+            && matches!(w.scale, TernaryScale::Uniform(_))
+            && acts.perm1p_row(n - 1).is_some();
+        let run_tiles = |(r0, r1): (usize, usize), decoded: Option<&[u8]>| {
+            let mut t0 = 0;
+            // Token tiles share each decoded weight chunk: 8, then 4, then single tokens.
+            while t0 < n {
+                let tile = if n - t0 >= 8 {
+                    8
+                } else if n - t0 >= 4 {
+                    4
+                } else {
+                    1
+                };
+                match tile {
+                    8 => tile_rows::<8>(isa, w, (r0, r1), decoded, acts, t0, dst),
+                    4 => tile_rows::<4>(isa, w, (r0, r1), decoded, acts, t0, dst),
+                    _ => tile_rows::<1>(isa, w, (r0, r1), decoded, acts, t0, dst),
+                }
+                t0 += tile;
+            }
+        };
         self.pool.install(|| {
             use rayon::prelude::*;
             (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
                 let r0 = c * chunk;
                 let r1 = (r0 + chunk).min(rows);
-                let mut t0 = 0;
-                // Token tiles share each decoded weight chunk: 8, then 4, then single tokens.
-                while t0 < n {
-                    let tile = if n - t0 >= 8 {
-                        8
-                    } else if n - t0 >= 4 {
-                        4
-                    } else {
-                        1
-                    };
-                    match tile {
-                        8 => tile_rows::<8>(isa, w, (r0, r1), acts, t0, dst),
-                        4 => tile_rows::<4>(isa, w, (r0, r1), acts, t0, dst),
-                        _ => tile_rows::<1>(isa, w, (r0, r1), acts, t0, dst),
-                    }
-                    t0 += tile;
+                if !decode_tq1 {
+                    return run_tiles((r0, r1), None);
                 }
+                #[cfg(target_arch = "x86_64")]
+                DECODED_ROWS.with_borrow_mut(|buf| {
+                    let rb = w.row_bytes();
+                    buf.resize((r1 - r0) * w.k / 4, 0);
+                    // SAFETY: AVX-512 VBMI was detected; rows r0..r1 are TQ1_0 rows of k
+                    // weights in `w.data`; `buf` holds (r1 - r0) * k / 4 bytes.
+                    unsafe { x86::decode_tq1_0_rows(&w.data[r0 * rb..r1 * rb], r1 - r0, w.k, buf) };
+                    run_tiles((r0, r1), Some(buf));
+                });
             });
         });
     }

@@ -19,13 +19,16 @@ const PREFETCH: usize = 1024;
 pub enum TwoBit {
     I2s,
     Tq2_0,
+    /// TQ1_0 rows decoded by [`decode_tq1_0_rows`]: 64 bytes per 256 weights, plane n at
+    /// shift `2n`, against `perm1p` activations.
+    Codes,
 }
 
 impl TwoBit {
     #[inline(always)]
     fn stride(self) -> usize {
         match self {
-            TwoBit::I2s => 64,
+            TwoBit::I2s | TwoBit::Codes => 64,
             TwoBit::Tq2_0 => 66,
         }
     }
@@ -455,6 +458,83 @@ pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
     (3 * a - b) / 256
 }
 
+/// Permute indices that pack TQ1_0's five trit planes into four vectors: vector v takes
+/// bytes from plane v (index < 64) and plane v+1 (index >= 64): 52 + 12, 40 + 24, 28 + 36,
+/// 16 + 48 bytes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn packed_plane_indices() -> [__m512i; 4] {
+    std::array::from_fn(|v| {
+        let from = 12 * v; // first byte of plane v not yet packed
+        let tail = 52 - from; // its bytes left
+        let bytes: [u8; 64] = std::array::from_fn(|i| {
+            if i < tail {
+                (from + i) as u8
+            } else {
+                (64 + i - tail) as u8
+            }
+        });
+        // SAFETY: `bytes` is 64 readable bytes.
+        unsafe { _mm512_loadu_si512(bytes.as_ptr() as *const __m512i) }
+    })
+}
+
+/// The 256 codes (trit values 0..2) of one TQ1_0 block, in `TQ1_0_PACKED_ORDER`.
+///
+/// # Safety
+/// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
+    let c86 = _mm512_set1_epi8(86);
+    let c171 = _mm512_set1_epi8(171u8 as i8);
+    let one = _mm512_set1_epi8(1);
+    // SAFETY: the masked load touches only the block's first 52 bytes (qs and qh) and
+    // suppresses faults on the rest, which read as zero (zero trits).
+    let mut x = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, block as *const i8) };
+    // Trit n of a byte is (x_n >= 86) + (x_n >= 171), x_n = byte * 3^n mod 256.
+    let planes: [__m512i; 5] = std::array::from_fn(|n| {
+        let m1 = _mm512_cmpge_epu8_mask(x, c86);
+        let m2 = _mm512_cmpge_epu8_mask(x, c171);
+        let t1 = _mm512_maskz_mov_epi8(m1, one);
+        let plane = _mm512_mask_add_epi8(t1, m2, t1, one);
+        if n < 4 {
+            x = times3(x);
+        }
+        plane
+    });
+    std::array::from_fn(|v| _mm512_permutex2var_epi8(planes[v], idx[v], planes[v + 1]))
+}
+
+/// Decodes `rows` TQ1_0 rows of `k` weights into [`TwoBit::Codes`]: byte j of each 64-byte
+/// chunk holds packed positions j, 64+j, 128+j, 192+j at shifts 0, 2, 4, 6. Prefill decodes a
+/// block of rows once and runs the 2-bit kernel over every token tile, instead of
+/// extracting trits again for each tile.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW and VBMI; `src` holds `rows` rows of `k / 256` blocks of
+/// 54 bytes; `dst` holds `rows * k / 4` bytes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub unsafe fn decode_tq1_0_rows(src: &[u8], rows: usize, k: usize, dst: &mut [u8]) {
+    let nb = k / 256;
+    assert!(src.len() >= rows * nb * 54 && dst.len() >= rows * nb * 64);
+    let idx = packed_plane_indices();
+    for blk in 0..rows * nb {
+        // SAFETY: block `blk` spans 54 bytes within `src` (asserted above).
+        let c = unsafe { tq1_0_packed_codes(src.as_ptr().add(blk * 54), &idx) };
+        // Codes are at most 2, so 16-bit shifts never carry into the neighbouring byte.
+        let lo = _mm512_or_si512(c[0], _mm512_slli_epi16(c[1], 2));
+        let hi = _mm512_or_si512(_mm512_slli_epi16(c[2], 4), _mm512_slli_epi16(c[3], 6));
+        // SAFETY: bytes 64*blk .. +64 are within `dst` (asserted above).
+        unsafe {
+            _mm512_storeu_si512(
+                dst.as_mut_ptr().add(blk * 64) as *mut __m512i,
+                _mm512_or_si512(lo, hi),
+            )
+        };
+    }
+}
+
 /// [`dot1_avx512`] with the five trit planes packed into four vectors by byte permutes
 /// (planes hold 52 weights each, 48 for the last), so each token costs 4 dot products per
 /// block instead of 5; the activations come in `TQ1_0_PACKED_ORDER`.
@@ -472,46 +552,14 @@ pub unsafe fn dot1p_avx512<const T: usize>(
 ) {
     let nb = k / 256;
     debug_assert!(row.len() >= nb * 54 && q.iter().all(|q| q.len() >= k));
-    let c86 = _mm512_set1_epi8(86);
-    let c171 = _mm512_set1_epi8(171u8 as i8);
-    let one = _mm512_set1_epi8(1);
-    // Packed vector v takes bytes from plane v (index < 64) and plane v+1 (index >= 64):
-    // 52 + 12, 40 + 24, 28 + 36, 16 + 48.
-    let idx: [__m512i; 4] = std::array::from_fn(|v| {
-        let from = 12 * v; // first byte of plane v not yet packed
-        let tail = 52 - from; // its bytes left
-        let bytes: [u8; 64] = std::array::from_fn(|i| {
-            if i < tail {
-                (from + i) as u8
-            } else {
-                (64 + i - tail) as u8
-            }
-        });
-        // SAFETY: `bytes` is 64 readable bytes.
-        unsafe { _mm512_loadu_si512(bytes.as_ptr() as *const __m512i) }
-    });
+    let idx = packed_plane_indices();
     let chains = if T == 1 { 4 } else { 1 };
     let mut acc = [[_mm512_setzero_si512(); 4]; T];
     for b in 0..nb {
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
-        // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
-        // (qs and qh) and suppresses faults on the rest (bytes 52..64 read as zero trits).
-        let mut x = unsafe {
-            _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8)
-        };
-        // Trit planes as in `dot1_avx512`.
-        let planes: [__m512i; 5] = std::array::from_fn(|n| {
-            let m1 = _mm512_cmpge_epu8_mask(x, c86);
-            let m2 = _mm512_cmpge_epu8_mask(x, c171);
-            let t1 = _mm512_maskz_mov_epi8(m1, one);
-            let plane = _mm512_mask_add_epi8(t1, m2, t1, one);
-            if n < 4 {
-                x = times3(x);
-            }
-            plane
-        });
-        for v in 0..4 {
-            let codes = _mm512_permutex2var_epi8(planes[v], idx[v], planes[v + 1]);
+        // SAFETY: block b spans bytes 54b .. 54b+54 of `row`.
+        let codes = unsafe { tq1_0_packed_codes(row.as_ptr().add(b * 54), &idx) };
+        for (v, &codes) in codes.iter().enumerate() {
             for t in 0..T {
                 // SAFETY: q[t] has k bytes; this reads b*256 + 64v .. +64.
                 let qv = unsafe {
