@@ -290,3 +290,84 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
         }
     }
 }
+
+fn f16_matrix(r: &mut Rng, rows: usize, k: usize) -> Vec<u8> {
+    (0..rows * k)
+        .flat_map(|i| {
+            let v = match (i / 32) % 7 {
+                // an all-zero block
+                0 => 0.0,
+                // values that land on .5 after scaling (ties round away from zero)
+                1 => ((r.next() % 255) as f32 - 127.0) * 0.5,
+                // a non-finite block now and then
+                2 if i % 97 == 0 => f32::INFINITY,
+                3 if i % 89 == 0 => f32::NAN,
+                4 => r.f() * 6e4,
+                _ => r.f(),
+            };
+            f16::from_f32(v).to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn q8_0_head_conversion_is_bit_identical_to_scalar() {
+    let mut r = Rng(31337);
+    let (rows, k) = (70, 2560);
+    let data = f16_matrix(&mut r, rows, k);
+    let m = DenseMatrix {
+        ty: GgmlType::F16,
+        rows,
+        k,
+        data: &data,
+    };
+    let got = bitnet_engine::quant::q8_0::quantize_matrix(&m);
+    let rb = k / 32 * 34;
+    let mut row = vec![0f32; k];
+    let mut want = vec![0u8; rb];
+    for i in 0..rows {
+        m.row_f32(i, &mut row);
+        bitnet_engine::quant::q8_0::quantize_row(&row, &mut want);
+        assert_eq!(
+            &got[i * rb..(i + 1) * rb],
+            &want[..],
+            "row {i} ({:?})",
+            Isa::detect()
+        );
+    }
+}
+
+#[test]
+fn q8_0_head_matches_scalar_within_summation_order() {
+    let mut r = Rng(4711);
+    let (rows, k) = (37, 2560);
+    let data: Vec<u8> = (0..rows * k)
+        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
+        .collect();
+    let m = DenseMatrix {
+        ty: GgmlType::F16,
+        rows,
+        k,
+        data: &data,
+    };
+    let q = bitnet_engine::quant::q8_0::quantize_matrix(&m);
+    let w = DenseMatrix {
+        ty: GgmlType::Q8_0,
+        rows,
+        k,
+        data: &q,
+    };
+    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+    let mut want = vec![0f32; rows];
+    w.matvec_scalar(&x, 0..rows, &mut want);
+    for isa in isas() {
+        let mut got = vec![0f32; rows];
+        dense_rows(isa, &w, &x, 0, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{isa:?}: {g} vs {w}"
+            );
+        }
+    }
+}

@@ -405,6 +405,16 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
         return;
     }
     #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {
+        let rb = w.k / 32 * 34;
+        for (i, o) in out.iter_mut().enumerate() {
+            let r = r0 + i;
+            // SAFETY: AVX-512 F was detected; the row holds k/32 Q8_0 blocks.
+            *o = unsafe { x86::dot_q8_0_avx512(&w.data[r * rb..(r + 1) * rb], x) };
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {
         let rb = w.k / 32 * 34;
         for (i, o) in out.iter_mut().enumerate() {

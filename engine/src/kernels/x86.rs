@@ -391,7 +391,8 @@ pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
         // SAFETY: block b spans 34 bytes from 34b; x has 32 values from 32b.
         unsafe {
             let p = row.as_ptr().add(b * 34);
-            let d = _mm256_set1_ps(half::f16::from_le_bytes([*p, *p.add(1)]).to_f32());
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            let d = _mm256_cvtph_ps(_mm_set1_epi16(bits as i16));
             let xs = x.as_ptr().add(b * 32);
             for (j, a) in acc.iter_mut().enumerate() {
                 let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(p.add(2 + 8 * j) as *const __m128i));
@@ -405,6 +406,45 @@ pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
     // SAFETY: `lanes` is 8 f32.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
     lanes.iter().sum()
+}
+
+/// [`dot_q8_0_avx2`] with AVX-512: two blocks' worth of lanes per step, scales converted by
+/// the hardware.
+///
+/// # Safety
+/// The CPU supports AVX-512 F; `row` holds `x.len() / 32` blocks of 34 bytes and `x.len()`
+/// is a multiple of 32.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_q8_0_avx512(row: &[u8], x: &[f32]) -> f32 {
+    let nb = x.len() / 32;
+    debug_assert!(row.len() >= nb * 34);
+    let mut acc = [_mm512_setzero_ps(); 4];
+    for b in 0..nb {
+        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 34 + PREFETCH) as *const i8);
+        // SAFETY: block b spans 34 bytes from 34b; x has 32 values from 32b.
+        unsafe {
+            let p = row.as_ptr().add(b * 34);
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            let d = _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16));
+            let xs = x.as_ptr().add(b * 32);
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                p.add(2) as *const __m128i
+            )));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                p.add(18) as *const __m128i
+            )));
+            let s = _mm512_fmadd_ps(
+                hi,
+                _mm512_loadu_ps(xs.add(16)),
+                _mm512_mul_ps(lo, _mm512_loadu_ps(xs)),
+            );
+            acc[b % 4] = _mm512_fmadd_ps(s, d, acc[b % 4]);
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(
+        _mm512_add_ps(acc[0], acc[1]),
+        _mm512_add_ps(acc[2], acc[3]),
+    ))
 }
 
 /// TQ1_0 against one token without extracting trits: with `x_n = b * 3^n mod 256` and

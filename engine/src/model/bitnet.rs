@@ -24,8 +24,13 @@ use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale, i2s}
 /// Where a tensor's bytes are.
 #[derive(Debug)]
 enum Storage {
-    Mapped { offset: usize, len: usize },
+    Mapped {
+        offset: usize,
+        len: usize,
+    },
     Owned(Vec<u8>),
+    /// Memory of its own (anonymous mapping), e.g. a converted output head.
+    Map(memmap2::Mmap),
 }
 
 impl Storage {
@@ -33,6 +38,7 @@ impl Storage {
         match self {
             Storage::Mapped { offset, len } => &file[*offset..*offset + *len],
             Storage::Owned(v) => v,
+            Storage::Map(m) => &m[..],
         }
     }
 }
@@ -312,12 +318,13 @@ impl BitNet {
     }
 
     /// Replaces the output head by an owned matrix (the opt-in quantized head).
-    pub(crate) fn set_output(&mut self, ty: GgmlType, data: Vec<u8>) {
+    /// Replaces the output head with `data` (e.g. a converted copy) of type `ty`.
+    pub(crate) fn set_output(&mut self, ty: GgmlType, data: memmap2::Mmap) {
         self.output = DenseWeight {
             ty,
             rows: self.output.rows,
             k: self.output.k,
-            storage: Storage::Owned(data),
+            storage: Storage::Map(data),
         };
     }
 }

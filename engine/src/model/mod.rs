@@ -3,6 +3,7 @@
 
 pub mod bitnet;
 pub mod config;
+pub mod prepare;
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -32,7 +33,9 @@ pub enum HeadPrecision {
     #[default]
     File,
     /// Quantized to Q8_0 at load (opt-in): about half the bytes per token, at the cost of
-    /// a conversion at start-up and ~0.4 % relative error per weight.
+    /// a conversion at start-up and ~0.4 % relative error per weight. A file prepared by
+    /// [`prepare::write_with_q8_0_head`] (`bitnet prepare`) has the same head without the
+    /// conversion, under [`HeadPrecision::File`].
     Q8_0,
 }
 
@@ -84,8 +87,23 @@ impl Model {
         if opts.head == HeadPrecision::Q8_0 {
             let head = net.output_matrix(gguf.bytes());
             if head.ty != crate::gguf::GgmlType::Q8_0 {
-                let data = kernels.install(|| crate::quant::q8_0::quantize_matrix(&head));
-                net.set_output(crate::gguf::GgmlType::Q8_0, data);
+                use crate::quant::q8_0;
+                // Anonymous memory with transparent huge pages where the kernel allows them:
+                // writing 350 MB through 4 KiB page faults costs more than the conversion.
+                let mut map = memmap2::MmapMut::map_anon(q8_0::matrix_bytes(&head).max(1))
+                    .map_err(|source| EngineError::Io {
+                        path: "anonymous memory for the Q8_0 head".into(),
+                        source,
+                    })?;
+                #[cfg(target_os = "linux")]
+                let _ = map.advise(memmap2::Advice::HugePage);
+                let len = q8_0::matrix_bytes(&head);
+                kernels.install(|| q8_0::quantize_matrix_into(&head, &mut map[..len]));
+                let map = map.make_read_only().map_err(|source| EngineError::Io {
+                    path: "anonymous memory for the Q8_0 head".into(),
+                    source,
+                })?;
+                net.set_output(crate::gguf::GgmlType::Q8_0, map);
             }
         }
         Ok(Self {

@@ -35,6 +35,9 @@ enum Cmd {
     Fixture(FixtureArgs),
     /// Print a GGUF file's metadata and tensor table.
     Inspect(InspectArgs),
+    /// Write a copy of a model with its output head stored as Q8_0 (faster decoding, no
+    /// conversion at load).
+    Prepare(PrepareArgs),
     /// Print the token ids of TEXT as one JSON array.
     Tokenize(TokenizeArgs),
     /// Generate text from a prompt, a chat or token ids.
@@ -84,6 +87,15 @@ struct InspectArgs {
     file: PathBuf,
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct PrepareArgs {
+    /// The model to copy.
+    file: PathBuf,
+    /// Where to write the prepared model.
+    #[arg(short, long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -186,6 +198,7 @@ fn main() {
         Cmd::Serve(a) => serve::run(a),
         Cmd::Fixture(a) => cmd_fixture(a),
         Cmd::Inspect(a) => cmd_inspect(a),
+        Cmd::Prepare(a) => cmd_prepare(a),
         Cmd::Tokenize(a) => cmd_tokenize(a),
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => cmd_eval(a),
@@ -259,6 +272,25 @@ fn value_json(v: &Value) -> serde_json::Value {
             .map(Into::into)
             .unwrap_or_else(|| other.to_string().into()),
     }
+}
+
+fn cmd_prepare(a: PrepareArgs) -> Result<()> {
+    let g = GgufFile::open(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    // Written beside the destination, then renamed: never a half-written model at `output`.
+    let tmp = a.output.with_extension("gguf.partial");
+    let write = || -> Result<()> {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        bitnet_engine::model::prepare::write_with_q8_0_head(&g, &mut out)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", a.output.display())));
+    }
+    std::fs::rename(&tmp, &a.output)?;
+    eprintln!("wrote {} (output.weight as Q8_0)", a.output.display());
+    Ok(())
 }
 
 fn cmd_inspect(a: InspectArgs) -> Result<()> {

@@ -1,0 +1,64 @@
+//! Prepared files: a copy of a GGUF whose output head is stored as Q8_0 (`output.weight`),
+//! so that the faster head costs nothing at load (converting at load takes a few hundred
+//! milliseconds on 2B4T). Every other key and tensor is copied unchanged; the token embedding
+//! stays F16.
+
+use std::io::Write;
+
+use crate::EngineError;
+use crate::gguf::{GgmlType, GgufFile, GgufWriter};
+use crate::quant::DenseMatrix;
+use crate::quant::q8_0;
+
+/// Writes `src` to `out` with `output.weight` as Q8_0 (quantized from the stored head, or from
+/// the tied token embedding when the file has none). Quantizes on the current rayon pool.
+pub fn write_with_q8_0_head(src: &GgufFile, out: &mut impl Write) -> Result<(), EngineError> {
+    let invalid = |m: String| EngineError::InvalidModel(m);
+    let head_info = src
+        .tensor("output.weight")
+        .or_else(|| src.tensor("token_embd.weight"))
+        .ok_or_else(|| invalid("no output.weight or token_embd.weight".into()))?;
+    let (k, rows) = match head_info.dims[..] {
+        [k, rows] => (k as usize, rows as usize),
+        _ => return Err(invalid(format!("{} is not a matrix", head_info.name))),
+    };
+    if !k.is_multiple_of(q8_0::BLOCK) {
+        return Err(invalid(format!(
+            "head rows of {k} are not a multiple of 32"
+        )));
+    }
+    let head = DenseMatrix {
+        ty: head_info.ty,
+        rows,
+        k,
+        data: src.tensor_data(head_info),
+    };
+    let q8 = match head.ty {
+        GgmlType::Q8_0 => head.data.to_vec(),
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => q8_0::quantize_matrix(&head),
+        other => return Err(invalid(format!("head type {other} cannot be converted"))),
+    };
+
+    let mut w = GgufWriter::new();
+    for (key, value) in &src.metadata {
+        w.add(key.clone(), value.clone());
+    }
+    let copied: Vec<_> = src
+        .tensors
+        .iter()
+        .filter(|t| t.name != "output.weight")
+        .collect();
+    for t in &copied {
+        w.add_tensor(t.name.clone(), &t.dims, t.ty);
+    }
+    w.add_tensor("output.weight", &[k as u64, rows as u64], GgmlType::Q8_0);
+    let io = |source: std::io::Error| EngineError::Io {
+        path: "the prepared model".into(),
+        source,
+    };
+    w.write_header(out).map_err(io)?;
+    for t in copied {
+        w.write_tensor(out, src.tensor_data(t)).map_err(io)?;
+    }
+    w.write_tensor(out, &q8).map_err(io)
+}
