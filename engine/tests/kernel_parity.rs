@@ -371,3 +371,37 @@ fn q8_0_head_matches_scalar_within_summation_order() {
         }
     }
 }
+
+#[test]
+fn attention_helpers_match_their_specification() {
+    let mut r = Rng(2024);
+    for &(hd, keys, stride) in &[
+        (128usize, 37usize, 640usize),
+        (72, 5, 80),
+        (8, 1, 8),
+        (12, 9, 30),
+    ] {
+        let offset = stride - hd;
+        let v: Vec<f32> = (0..keys * stride).map(|_| r.f() * 4.0).collect();
+        let w: Vec<f64> = (0..keys).map(|_| r.f() as f64 / 3.0).collect();
+        // The specification: per element, keys in order, one fused multiply-add each.
+        let mut want = vec![0f64; hd];
+        for (j, &p) in w.iter().enumerate() {
+            for (d, o) in want.iter_mut().enumerate() {
+                *o = p.mul_add(v[j * stride + offset + d] as f64, *o);
+            }
+        }
+        let mut got = vec![f64::NAN; hd];
+        bitnet_engine::kernels::weighted_rows_f64(&w, &v, stride, offset, &mut got);
+        assert_eq!(got, want, "hd {hd} keys {keys} ({:?})", Isa::from_env());
+
+        let a: Vec<f32> = (0..hd).map(|_| r.f()).collect();
+        let b = &v[offset..offset + hd];
+        let exact: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
+        let dot = bitnet_engine::kernels::dot_f32_f64(&a, b);
+        assert!(
+            (dot - exact).abs() <= 1e-12 * (1.0 + exact.abs()),
+            "{dot} vs {exact}"
+        );
+    }
+}

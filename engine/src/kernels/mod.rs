@@ -71,6 +71,11 @@ pub fn has_vbmi() -> bool {
 #[inline]
 pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
     #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 F was detected.
+        return unsafe { x86::dot_f32_f64_avx512(a, b) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if Isa::from_env() >= Isa::Avx2 {
         // SAFETY: AVX2 and FMA were detected.
         return unsafe { x86::dot_f32_f64_avx2(a, b) };
@@ -78,15 +83,35 @@ pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
-/// `y += a * x` into an f64 accumulator (the attention-weighted sum of values).
-#[inline]
-pub fn axpy_f64(y: &mut [f64], a: f64, x: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() >= Isa::Avx2 {
-        // SAFETY: AVX2 and FMA were detected.
-        return unsafe { x86::axpy_f64_avx2(y, a, x) };
+/// `out[d] = sum_j w[j] * v[j * stride + offset + d]` in f64, each element accumulated in key
+/// order with one fused multiply-add per key (the attention-weighted sum of values; SIMD
+/// results are bit-identical to this).
+pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out: &mut [f64]) {
+    let hd = out.len();
+    if !w.is_empty() {
+        assert!(
+            v.len() >= (w.len() - 1) * stride + offset + hd,
+            "rows out of bounds"
+        );
     }
-    y.iter_mut().zip(x).for_each(|(o, &v)| *o += a * v as f64);
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && hd.is_multiple_of(8) {
+        // SAFETY: AVX-512 F was detected; bounds asserted above; hd is a multiple of 8.
+        return unsafe { x86::weighted_rows_f64_avx512(w, v, stride, offset, out) };
+    }
+    out.fill(0.0);
+    for (j, &p) in w.iter().enumerate() {
+        let row = &v[j * stride + offset..j * stride + offset + hd];
+        #[cfg(target_arch = "x86_64")]
+        if Isa::from_env() >= Isa::Avx2 {
+            // SAFETY: AVX2 and FMA were detected.
+            unsafe { x86::axpy_f64_avx2(out, p, row) };
+            continue;
+        }
+        out.iter_mut()
+            .zip(row)
+            .for_each(|(o, &x)| *o = p.mul_add(x as f64, *o));
+    }
 }
 
 /// Largest row block handed to one kernel call.
@@ -104,19 +129,30 @@ fn tile_rows<const T: usize>(
     dst: SharedOut,
 ) {
     debug_assert!(r1 - r0 <= ROW_BLOCK);
-    let rows = w.rows;
+    let (rows, nr) = (w.rows, r1 - r0);
     let mut d = [[0i32; T]; ROW_BLOCK];
-    let fast = fast_rows::<T>(isa, w, (r0, r1), decoded, acts, t0, &mut d[..r1 - r0]);
-    for (i, m) in (r0..r1).enumerate() {
-        let mut y = [0f32; T];
-        match (fast, w.scale) {
-            (true, TernaryScale::Uniform(scale)) => {
-                for t in 0..T {
-                    y[t] = ((d[i][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
-                }
+    let fast = fast_rows::<T>(isa, w, (r0, r1), decoded, acts, t0, &mut d[..nr]);
+    if let (true, TernaryScale::Uniform(scale)) = (fast, w.scale) {
+        // Token by token: one division per value as the specification has it, but over a
+        // contiguous run of rows (vectorised) and written out contiguously.
+        let mut y = [0f32; ROW_BLOCK];
+        for t in 0..T {
+            let (sum, s) = (acts.sums[t0 + t], acts.scales[t0 + t]);
+            for (v, di) in y.iter_mut().zip(&d[..nr]) {
+                *v = (di[t] - sum) as f32;
             }
-            _ => bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y),
+            for v in &mut y[..nr] {
+                *v = (*v / s) * scale;
+            }
+            // SAFETY: indices (t0+t)*rows + r0 .. +nr are below n*rows = len; rows r0..r1
+            // belong to this worker's chunk only, so no other worker writes them.
+            unsafe { dst.write_run((t0 + t) * rows + r0, &y[..nr]) };
         }
+        return;
+    }
+    for m in r0..r1 {
+        let mut y = [0f32; T];
+        bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y);
         for (t, &v) in y.iter().enumerate() {
             // SAFETY: index (t0+t)*rows+m < n*rows = len; row m belongs to this worker's
             // chunk only, so no other worker writes it.
@@ -254,6 +290,16 @@ impl SharedOut {
         debug_assert!(i < self.1);
         // SAFETY: guaranteed by the caller.
         unsafe { *self.0.add(i) = v }
+    }
+
+    /// # Safety
+    /// `start + v.len() <= len`, and no other thread accesses those indices during the
+    /// parallel scope.
+    #[inline]
+    unsafe fn write_run(self, start: usize, v: &[f32]) {
+        debug_assert!(start + v.len() <= self.1);
+        // SAFETY: guaranteed by the caller; `v` is a separate stack buffer.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(start), v.len()) }
     }
 }
 

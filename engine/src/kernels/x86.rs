@@ -157,6 +157,62 @@ pub unsafe fn dot2_avx512<const T: usize>(
     }
 }
 
+/// [`dot2_avx512`] for `R` rows at once: each activation vector loaded feeds `R` dot
+/// products instead of one, so prefill is no longer bound by loading activations (from L2,
+/// once a tile of tokens outgrows L1) but by the dot products themselves.
+///
+/// # Safety
+/// As [`dot2_avx512`], for each of the `R` rows; `out.len() >= R`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn dot2_rows_avx512<const R: usize, const T: usize>(
+    kind: TwoBit,
+    rows: [&[u8]; R],
+    q: [&[i8]; T],
+    k: usize,
+    out: &mut [[i32; T]],
+) {
+    let nb = k / 256;
+    debug_assert!(
+        rows.iter()
+            .all(|r| r.len() >= (nb - 1) * kind.stride() + 64)
+    );
+    let mask = _mm512_set1_epi8(3);
+    let mut acc = [[_mm512_setzero_si512(); T]; R];
+    for c in 0..nb {
+        let v: [__m512i; R] = std::array::from_fn(|r| {
+            _mm_prefetch::<_MM_HINT_T0>(
+                rows[r].as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8,
+            );
+            // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of each row.
+            unsafe { _mm512_loadu_si512(rows[r].as_ptr().add(c * kind.stride()) as *const __m512i) }
+        });
+        for n in 0..4 {
+            let sh = _mm_cvtsi32_si128(if kind == TwoBit::I2s {
+                6 - 2 * n
+            } else {
+                2 * n
+            } as i32);
+            let codes: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_and_si512(_mm512_srl_epi16(v[r], sh), mask));
+            for t in 0..T {
+                // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 <= k.
+                let qv = unsafe {
+                    _mm512_loadu_si512(q[t].as_ptr().add(c * 256 + 64 * n) as *const __m512i)
+                };
+                for r in 0..R {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], codes[r], qv);
+                }
+            }
+        }
+    }
+    for r in 0..R {
+        for t in 0..T {
+            out[r][t] = _mm512_reduce_add_epi32(acc[r][t]);
+        }
+    }
+}
+
 const POW3: [i16; 5] = [1, 3, 9, 27, 81];
 
 /// `3 * x mod 256` per byte, as two byte adds. The result passes through an empty `asm`
@@ -350,6 +406,90 @@ pub unsafe fn dot_f32_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
         sum += a[j] as f64 * b[j] as f64;
     }
     sum
+}
+
+/// [`dot_f32_f64_avx2`] with AVX-512 (16 values per step).
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn dot_f32_f64_avx512(a: &[f32], b: &[f32]) -> f64 {
+    let k = a.len().min(b.len());
+    let (mut acc0, mut acc1) = (_mm512_setzero_pd(), _mm512_setzero_pd());
+    let main = k / 16 * 16;
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 16 <= k.
+        unsafe {
+            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
+            let a0 = _mm512_cvtps_pd(_mm256_loadu_ps(pa));
+            let b0 = _mm512_cvtps_pd(_mm256_loadu_ps(pb));
+            let a1 = _mm512_cvtps_pd(_mm256_loadu_ps(pa.add(8)));
+            let b1 = _mm512_cvtps_pd(_mm256_loadu_ps(pb.add(8)));
+            acc0 = _mm512_fmadd_pd(a0, b0, acc0);
+            acc1 = _mm512_fmadd_pd(a1, b1, acc1);
+        }
+        i += 16;
+    }
+    let mut sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+    for j in main..k {
+        sum += a[j] as f64 * b[j] as f64;
+    }
+    sum
+}
+
+/// `out[d] = sum_j w[j] * v[j * stride + offset + d]`, each element accumulated in key order
+/// with one fused multiply-add per key, as [`super::weighted_rows_f64`] specifies: 64 output
+/// values stay in eight registers across all keys (no load and store of the accumulator per
+/// key).
+///
+/// # Safety
+/// The CPU supports AVX-512 F; `out.len()` is a multiple of 8; `v` holds every row read:
+/// `v.len() >= (w.len() - 1) * stride + offset + out.len()` when `w` is not empty.
+#[target_feature(enable = "avx512f")]
+pub unsafe fn weighted_rows_f64_avx512(
+    w: &[f64],
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    out: &mut [f64],
+) {
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn chunk<const N: usize>(w: &[f64], v: *const f32, stride: usize, out: *mut f64) {
+        let mut acc = [_mm512_setzero_pd(); N];
+        for (j, &p) in w.iter().enumerate() {
+            let pv = _mm512_set1_pd(p);
+            // SAFETY: the caller's bound: row j holds N*8 values from `v + j*stride`.
+            let row = unsafe { v.add(j * stride) };
+            for (i, a) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let x = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(row.add(8 * i)) });
+                *a = _mm512_fmadd_pd(pv, x, *a);
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            // SAFETY: `out` holds N*8 values.
+            unsafe { _mm512_storeu_pd(out.add(8 * i), *a) };
+        }
+    }
+    let hd = out.len();
+    debug_assert!(hd.is_multiple_of(8));
+    debug_assert!(w.is_empty() || v.len() >= (w.len() - 1) * stride + offset + hd);
+    let mut c = 0;
+    while c < hd {
+        // SAFETY: the caller's bounds, for columns c.. of every row.
+        unsafe {
+            let (vp, op) = (v.as_ptr().add(offset + c), out.as_mut_ptr().add(c));
+            if hd - c >= 64 {
+                chunk::<8>(w, vp, stride, op);
+                c += 64;
+            } else {
+                chunk::<1>(w, vp, stride, op);
+                c += 8;
+            }
+        }
+    }
 }
 
 /// `y[i] += a * x[i]` with an f64 accumulator and f32 input (AVX2 + FMA).
@@ -645,8 +785,32 @@ pub unsafe fn rows_avx512<const T: usize>(
     k: usize,
     out: &mut [[i32; T]],
 ) {
-    for (o, m) in out.iter_mut().zip(m0..m1) {
-        let row = &data[m * row_bytes..(m + 1) * row_bytes];
+    let row = |m: usize| &data[m * row_bytes..(m + 1) * row_bytes];
+    let mut m = m0;
+    // Several tokens on a 2-bit layout: rows in groups (2 x 8 or 4 x 4 accumulators).
+    if let Layout::TwoBit(kind) = layout {
+        while T > 1 && m + 4 <= m1 {
+            let o = &mut out[m - m0..];
+            // SAFETY: the caller's guarantees, per row.
+            unsafe {
+                if T >= 8 {
+                    dot2_rows_avx512::<2, T>(kind, [row(m), row(m + 1)], q, k, o);
+                    dot2_rows_avx512::<2, T>(kind, [row(m + 2), row(m + 3)], q, k, &mut o[2..]);
+                } else {
+                    dot2_rows_avx512::<4, T>(
+                        kind,
+                        [row(m), row(m + 1), row(m + 2), row(m + 3)],
+                        q,
+                        k,
+                        o,
+                    );
+                }
+            }
+            m += 4;
+        }
+    }
+    for (o, m) in out[m - m0..].iter_mut().zip(m..m1) {
+        let row = row(m);
         // SAFETY: the caller's guarantees, per row.
         unsafe {
             match layout {

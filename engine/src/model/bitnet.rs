@@ -554,9 +554,7 @@ fn attention(
             sum += *sj;
         }
         let mut acc = vec![0f64; hd];
-        for (j, &p) in scores.iter().enumerate() {
-            crate::kernels::axpy_f64(&mut acc, p, &vc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd]);
-        }
+        crate::kernels::weighted_rows_f64(&scores, vc, kv, kvh * hd, &mut acc);
         for (o, a) in out.iter_mut().zip(&acc) {
             *o = (a / sum) as f32;
         }
