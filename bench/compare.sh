@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: upstream llama.cpp (TQ2_0, built from the sources vendored in the
-# llama-cpp-python sdist on PyPI) against `bitnet bench` (I2_S, TQ2_0, TQ1_0) on the same
-# synthetic 2B4T-shaped model, at 1 and 2 threads, plus the decode roofline.
+# llama-cpp-python sdist on PyPI) against `bitnet bench` (I2_S, TQ2_0, TQ1_0, and I2_S with
+# the opt-in Q8_0 head from `bitnet prepare`) on the same synthetic 2B4T-shaped model, at 1
+# and 2 threads, plus the decode roofline (bytes per token / memory bandwidth) and the prefill
+# ceiling (VPDPBUSD per token / peak VPDPBUSD rate, bench/vnni_peak.c).
 #
 #   bench/compare.sh                 # REPS=5 by default; REPS=9 for the issue's figure
 # Reference build and models are cached in $BITNET_BENCH_CACHE (default ~/.cache/bitnet-bench).
@@ -64,15 +66,21 @@ fixture() { # type arch file
 }
 fixture tq2_0 bitnet "$MODELS/2b4t-tq2_0-upstream.gguf"
 for t in i2_s tq2_0 tq1_0; do fixture "$t" bitnet-b1.58 "$MODELS/2b4t-$t.gguf"; done
+# The opt-in quantized head, prepared once (no conversion at load).
+[[ -f $MODELS/2b4t-i2_s-q8head.gguf ]] ||
+    "$BITNET" prepare "$MODELS/2b4t-i2_s.gguf" -o "$MODELS/2b4t-i2_s-q8head.gguf"
 
-# 4. Memory bandwidth for the roofline.
+# 4. Memory bandwidth for the decode roofline, VNNI throughput for the prefill ceiling.
 gcc -O2 -mavx2 -pthread -o "$CACHE/membw" bench/membw.c
+gcc -O2 -pthread -o "$CACHE/vnni_peak" bench/vnni_peak.c
 
 RESULTS=$CACHE/results.jsonl
 : >"$RESULTS"
 for th in $THREADS; do
     bw=$("$CACHE/membw" "$th")
     echo "{\"engine\":\"membw\",\"threads\":$th,\"gb_s\":$bw}" >>"$RESULTS"
+    vnni=$("$CACHE/vnni_peak" "$th")
+    echo "{\"engine\":\"vnni\",\"threads\":$th,\"g_per_s\":$vnni}" >>"$RESULTS"
     log "llama.cpp TQ2_0, $th thread(s)"
     "$LLAMA_BENCH" -m "$MODELS/2b4t-tq2_0-upstream.gguf" -p "$PP" -n "$TG" -t "$th" -r "$REPS" -o jsonl 2>/dev/null |
         python3 -c '
@@ -83,7 +91,7 @@ for line in sys.stdin:
     s = sorted(r["samples_ts"]); m = s[len(s)//2] if len(s) % 2 else (s[len(s)//2-1] + s[len(s)//2]) / 2
     print(json.dumps({"engine": "llama.cpp", "type": "tq2_0", "threads": r["n_threads"], kind + "_tok_s": m}))
 ' >>"$RESULTS"
-    for t in i2_s tq2_0 tq1_0; do
+    for t in i2_s tq2_0 tq1_0 i2_s-q8head; do
         log "bitnet $t, $th thread(s)"
         "$BITNET" bench --model "$MODELS/2b4t-$t.gguf" --threads "$th" --pp "$PP" --tg "$TG" --reps "$REPS" --json |
             python3 -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="bitnet"; r["type"]=sys.argv[1]; print(json.dumps(r))' "$t" >>"$RESULTS"
@@ -91,30 +99,57 @@ for line in sys.stdin:
 done
 
 # 5. The table.
-python3 - "$RESULTS" "$MODELS/2b4t-i2_s.gguf" "$BITNET" "$PP" <<'PY'
+python3 - "$RESULTS" "$BITNET" "$PP" <<'PY'
 import json, subprocess, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-info = json.loads(subprocess.check_output([sys.argv[3], "inspect", "--json", sys.argv[2]]))
-tern = sum(t["size"] for t in info["tensors"] if t["type"] in ("I2_S", "TQ2_0", "TQ1_0"))
-head = next(t["size"] for t in info["tensors"] if t["name"] == "token_embd.weight")
-bytes_per_token = tern + head
+TERNARY = ("I2_S", "TQ2_0", "TQ1_0")
+info_cache = {}
+def info(model):
+    if model not in info_cache:
+        info_cache[model] = json.loads(subprocess.check_output([sys.argv[2], "inspect", "--json", model]))
+    return info_cache[model]
+def bytes_per_token(model):
+    ts = info(model)["tensors"]
+    tern = sum(t["size"] for t in ts if t["type"] in TERNARY)
+    head = next((t for t in ts if t["name"] == "output.weight"), None) or next(t for t in ts if t["name"] == "token_embd.weight")
+    return tern + head["size"], head["type"]
+def prefill_dots_per_token(model):
+    # The GEMM issues one VPDPBUSD (64 multiply-adds) per 64 ternary weights per token.
+    n = 0
+    for t in info(model)["tensors"]:
+        if t["type"] in TERNARY:
+            e = 1
+            for d in t["dims"]:
+                e *= d
+            n += e
+    return n / 64
 ths = sorted({r["threads"] for r in rows})
-print(f"\n2B4T shapes, F16 head, {bytes_per_token/1e9:.3f} GB read per decoded token (I2_S)")
-print(f"{'engine':<22}{'thr':>4}{'decode tok/s':>14}{'pp'+sys.argv[4]+' tok/s':>13}{'vs llama.cpp':>20}{'load ms':>9}{'peak RSS MB':>12}{'roofline':>10}")
+label = {"i2_s": "bitnet I2_S", "tq2_0": "bitnet TQ2_0", "tq1_0": "bitnet TQ1_0", "i2_s-q8head": "bitnet I2_S, Q8_0 head"}
+print(f"\n2B4T shapes; decode roofline = bytes read per token / measured read bandwidth")
+print(f"{'engine':<24}{'thr':>4}{'decode tok/s':>14}{'pp'+sys.argv[3]+' tok/s':>13}{'vs llama.cpp':>20}{'load ms':>9}{'peak RSS MB':>12}{'roofline':>10}")
 for th in ths:
     bw = next(r["gb_s"] for r in rows if r["engine"] == "membw" and r["threads"] == th)
-    ceil = bw * 1e9 / bytes_per_token
+    vnni = next((r["g_per_s"] for r in rows if r["engine"] == "vnni" and r["threads"] == th), 0.0)
     ref = {}
     for r in rows:
         if r["engine"] == "llama.cpp" and r["threads"] == th:
             ref.update(r)
-    def line(name, tg, pp, load="", rss="", roof=True):
+    def line(name, tg, pp, load="", rss="", roof=""):
         ratio = f"{tg/ref['tg_tok_s']:.2f}x / {pp/ref['pp_tok_s']:.2f}x"
-        pct = f"{100*tg/ceil:.0f} %" if roof else ""
-        print(f"{name:<22}{th:>4}{tg:>14.2f}{pp:>13.2f}{ratio:>20}{load:>9}{rss:>12}{pct:>10}")
+        print(f"{name:<24}{th:>4}{tg:>14.2f}{pp:>13.2f}{ratio:>20}{load:>9}{rss:>12}{roof:>10}")
     line("llama.cpp TQ2_0", ref["tg_tok_s"], ref["pp_tok_s"])
     for r in rows:
         if r["engine"] == "bitnet" and r["threads"] == th:
-            line(f"bitnet {r['type'].upper()}", r["tg_tok_s"], r["pp_tok_s"], f"{r['load_ms']:.0f}", f"{r['peak_rss_mb']:.0f}")
-    print(f"{'memory read bandwidth':<22}{th:>4}{bw:>11.1f} GB/s -> decode ceiling {ceil:.1f} tok/s")
+            b, _ = bytes_per_token(r["model"])
+            roof = f"{100 * r['tg_tok_s'] * b / (bw * 1e9):.0f} %"
+            line(label.get(r["type"], r["type"]), r["tg_tok_s"], r["pp_tok_s"], f"{r['load_ms']:.0f}", f"{r['peak_rss_mb']:.0f}", roof)
+    for r in rows:
+        if r["engine"] == "bitnet" and r["threads"] == th and r["type"] in ("i2_s", "i2_s-q8head"):
+            b, head = bytes_per_token(r["model"])
+            print(f"  {label[r['type']]}: {b/1e9:.3f} GB per token ({head} head) at {bw:.1f} GB/s -> decode ceiling {bw*1e9/b:.1f} tok/s")
+    i2s = next(r for r in rows if r["engine"] == "bitnet" and r["threads"] == th and r["type"] == "i2_s")
+    dots = prefill_dots_per_token(i2s["model"])
+    if vnni > 0:
+        print(f"  VPDPBUSD peak {vnni:.2f} G/s -> prefill ceiling {vnni*1e9/dots:.0f} tok/s for the ternary GEMMs alone "
+              f"({dots/1e6:.1f} M per token); I2_S reaches {100*i2s['pp_tok_s']*dots/(vnni*1e9):.0f} %")
 PY
