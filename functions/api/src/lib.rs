@@ -44,9 +44,23 @@ pub fn state_from_env() -> Result<AppState, String> {
 pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(listener, router(state))
+    axum::serve(no_delay(listener), router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
+}
+
+/// Turns off Nagle's algorithm on every accepted connection: SSE sends one small write per
+/// token, and on a kept-alive connection Nagle holds each behind the client's delayed ACK
+/// (~40 ms per token).
+pub fn no_delay(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
+    use axum::serve::ListenerExt;
+    listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -50,7 +50,7 @@ async fn main() {
         }
     };
     tracing::info!(%addr, model = %config.model_id, "bitnet azure custom handler listening");
-    if let Err(e) = axum::serve(listener, app)
+    if let Err(e) = axum::serve(bitnet_api::no_delay(listener), app)
         .with_graceful_shutdown(bitnet_api::shutdown_signal())
         .await
     {
