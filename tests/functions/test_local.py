@@ -292,3 +292,28 @@ def test_request_id_in_logs(model_server):
     lines = [l for l in model_server.log_lines() if l.get("span", {}).get("request_id") == "test-rid-42"]
     assert any(l.get("message") == "request done" and l.get("status") == 200 for l in lines), model_server.log()
     assert any(l.get("message") == "generation done" for l in lines), model_server.log()
+
+
+def test_q8_0_head_converted_at_load_equals_prepared_file(start_server, tiny_model, workdir):
+    """`BITNET_HEAD=q8_0` (conversion at load) and a file from `bitnet prepare` serve the same
+    head: identical greedy text and logprob-free usage."""
+    import subprocess
+    prepared = workdir / "tiny-q8head.gguf"
+    r = subprocess.run([binary("bitnet"), "prepare", tiny_model, "-o", prepared], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not prepared.with_suffix(".gguf.partial").exists()
+    info = json.loads(subprocess.run([binary("bitnet"), "inspect", "--json", prepared], capture_output=True,
+                                     text=True, check=True).stdout)
+    assert {t["name"]: t["type"] for t in info["tensors"]}["output.weight"] == "Q8_0"
+    converted = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_HEAD": "q8_0"}).wait_ready()
+    from_file = start_server(env={"BITNET_MODEL": str(prepared)}).wait_ready()
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}
+    a = requests.post(converted.url + "/v1/completions", json=body, timeout=60).json()
+    b = requests.post(from_file.url + "/v1/completions", json=body, timeout=60).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"] and a["usage"] == b["usage"]
+    # A file that is not a model is refused with a clear message, and nothing is left behind.
+    bad = workdir / "not-a-model.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 10)
+    r = subprocess.run([binary("bitnet"), "prepare", bad, "-o", workdir / "out.gguf"], capture_output=True, text=True)
+    assert r.returncode != 0 and "not-a-model.gguf" in r.stderr
+    assert not (workdir / "out.gguf").exists()

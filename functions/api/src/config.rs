@@ -18,6 +18,9 @@ pub struct ApiConfig {
     pub api_key: Option<String>,
     /// Kernel threads (`BITNET_THREADS`; default: all available).
     pub threads: Option<usize>,
+    /// Output head precision (`BITNET_HEAD`: `file`, the default, or `q8_0`: converted at
+    /// load, faster decoding; a file from `bitnet prepare` has it without the conversion).
+    pub head: bitnet_engine::HeadPrecision,
     /// `max_tokens` when the request gives none (`BITNET_DEFAULT_MAX_TOKENS`, default 512),
     /// clamped to what fits in the context.
     pub default_max_tokens: usize,
@@ -35,6 +38,7 @@ impl Default for ApiConfig {
             max_queue: 4,
             api_key: None,
             threads: None,
+            head: bitnet_engine::HeadPrecision::File,
             default_max_tokens: 512,
             preload: true,
         }
@@ -42,6 +46,14 @@ impl Default for ApiConfig {
 }
 
 impl ApiConfig {
+    /// How the engine loads the model.
+    pub fn load_options(&self) -> bitnet_engine::LoadOptions {
+        bitnet_engine::LoadOptions {
+            threads: self.threads,
+            head: self.head,
+        }
+    }
+
     /// Reads the variables above; unset or unparsable ones keep their defaults (an unparsable
     /// one is logged).
     pub fn from_env() -> Self {
@@ -56,6 +68,7 @@ impl ApiConfig {
             max_queue: env_parse("BITNET_MAX_QUEUE").unwrap_or(d.max_queue),
             api_key: env_string("API_KEY"),
             threads: env_parse::<usize>("BITNET_THREADS").filter(|&t| t > 0),
+            head: env_parse("BITNET_HEAD").unwrap_or(d.head),
             default_max_tokens: env_parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
                 .filter(|&t| t > 0)
                 .unwrap_or(d.default_max_tokens),

@@ -65,16 +65,10 @@ pub trait ModelSource: Send + Sync + 'static {
 pub type Loader = Arc<dyn Fn(Arc<memmap2::Mmap>) -> Result<Arc<dyn Engine>, String> + Send + Sync>;
 
 /// The real loader: `bitnet_engine::Model::from_mmap`.
-pub fn engine_loader(threads: Option<usize>) -> Loader {
+pub fn engine_loader(opts: LoadOptions) -> Loader {
     Arc::new(move |map| {
-        Model::from_mmap(
-            map,
-            &LoadOptions {
-                threads,
-                ..Default::default()
-            },
-        )
-        .map(|m| Arc::new(m) as Arc<dyn Engine>)
-        .map_err(|e| e.to_string())
+        Model::from_mmap(map, &opts)
+            .map(|m| Arc::new(m) as Arc<dyn Engine>)
+            .map_err(|e| e.to_string())
     })
 }

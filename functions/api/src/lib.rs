@@ -36,7 +36,7 @@ pub fn state_from_env() -> Result<AppState, String> {
     Ok(AppState::new(
         config.clone(),
         Arc::new(source),
-        engine_loader(config.threads),
+        engine_loader(config.load_options()),
     ))
 }
 

@@ -252,7 +252,7 @@ mod tests {
         AppState::new(
             ApiConfig::default(),
             Arc::new(source),
-            bitnet_api::engine_loader(None),
+            bitnet_api::engine_loader(Default::default()),
         )
     }
 

@@ -38,7 +38,7 @@ async fn main() {
     let state = AppState::new(
         config.clone(),
         Arc::new(source),
-        engine_loader(config.threads),
+        engine_loader(config.load_options()),
     );
     let app = invocation::app(state, invocation::function_names_from_env());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));

@@ -114,7 +114,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let state = bitnet_api::AppState::new(
             config.clone(),
             Arc::new(source),
-            bitnet_api::engine_loader(config.threads),
+            bitnet_api::engine_loader(config.load_options()),
         );
         bitnet_api::serve(addr, state)
             .await

@@ -67,7 +67,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let state = AppState::new(
         config.clone(),
         std::sync::Arc::new(source),
-        engine_loader(config.threads),
+        engine_loader(config.load_options()),
     );
     let mode = mode_from_env();
     tracing::info!(?mode, model = %config.model_id, "bitnet lambda adapter started; model fetch runs in the background");
