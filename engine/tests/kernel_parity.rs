@@ -217,6 +217,23 @@ fn i2s_rows_of_128_fall_back_to_scalar_correctly() {
     }
 }
 
+/// Every ISA's `dense_rows` against the scalar matvec: different summation order only, so a
+/// relative error of a few ulps of the row norm.
+fn assert_dense_rows_match_scalar(w: &DenseMatrix<'_>, x: &[f32]) {
+    let mut want = vec![0f32; w.rows];
+    w.matvec_scalar(x, 0..w.rows, &mut want);
+    for isa in isas() {
+        let mut got = vec![0f32; w.rows];
+        dense_rows(isa, w, x, 0, &mut got);
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{isa:?}: {g} vs {w}"
+            );
+        }
+    }
+}
+
 #[test]
 fn f16_head_matches_scalar_within_summation_order() {
     let mut r = Rng(77);
@@ -231,19 +248,7 @@ fn f16_head_matches_scalar_within_summation_order() {
         k,
         data: &data,
     };
-    let mut want = vec![0f32; rows];
-    w.matvec_scalar(&x, 0..rows, &mut want);
-    for isa in isas() {
-        let mut got = vec![0f32; rows];
-        dense_rows(isa, &w, &x, 0, &mut got);
-        for (g, w) in got.iter().zip(&want) {
-            // Different summation order only: relative error of a few ulps of the row norm.
-            assert!(
-                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                "{isa:?}: {g} vs {w}"
-            );
-        }
-    }
+    assert_dense_rows_match_scalar(&w, &x);
 }
 
 #[test]
@@ -358,18 +363,7 @@ fn q8_0_head_matches_scalar_within_summation_order() {
         data: &q,
     };
     let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
-    let mut want = vec![0f32; rows];
-    w.matvec_scalar(&x, 0..rows, &mut want);
-    for isa in isas() {
-        let mut got = vec![0f32; rows];
-        dense_rows(isa, &w, &x, 0, &mut got);
-        for (g, w) in got.iter().zip(&want) {
-            assert!(
-                (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
-                "{isa:?}: {g} vs {w}"
-            );
-        }
-    }
+    assert_dense_rows_match_scalar(&w, &x);
 }
 
 #[test]

@@ -148,13 +148,7 @@ pub unsafe fn dot2_avx512<const T: usize>(
             }
         }
     }
-    for t in 0..T {
-        let a = &acc[t];
-        out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(
-            _mm512_add_epi32(a[0], a[1]),
-            _mm512_add_epi32(a[2], a[3]),
-        ));
-    }
+    reduce_chains(&acc, out);
 }
 
 /// [`dot2_avx512`] for `R` rows at once: each activation vector loaded feeds `R` dot
@@ -214,6 +208,18 @@ unsafe fn dot2_rows_avx512<const R: usize, const T: usize>(
 }
 
 const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+
+/// `out[t]` = the sum of every lane of token t's four accumulator chains.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce_chains<const T: usize>(acc: &[[__m512i; 4]; T], out: &mut [i32; T]) {
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = _mm512_reduce_add_epi32(_mm512_add_epi32(
+            _mm512_add_epi32(a[0], a[1]),
+            _mm512_add_epi32(a[2], a[3]),
+        ));
+    }
+}
 
 /// `3 * x mod 256` per byte, as two byte adds. The result passes through an empty `asm`
 /// block so that LLVM cannot fold a chain of these into byte multiplications by 9, 27 and
@@ -299,30 +305,14 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
 pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out: &mut [i32; T]) {
     let nb = k / 256;
     debug_assert!(row.len() >= nb * 54);
-    let c86 = _mm512_set1_epi8(86);
-    let c171 = _mm512_set1_epi8(171u8 as i8);
-    let one = _mm512_set1_epi8(1);
     // One token has a single chain of dependent dpbusd (latency ~5): give it four.
     let chains = if T == 1 { 4 } else { 1 };
     let mut acc = [[_mm512_setzero_si512(); 4]; T];
     for b in 0..nb {
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
-        // SAFETY: block b spans 54 bytes from 54b; the masked load touches only its first 52
-        // (qs and qh) and suppresses faults on the rest.
-        let mut x = unsafe {
-            _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, row.as_ptr().add(b * 54) as *const i8)
-        };
-        // Trit n of byte b is floor(3 * x_n / 256) with x_n = b * 3^n mod 256, that is
-        // (x_n >= 86) + (x_n >= 171); x_{n+1} = 3 * x_n mod 256 is two wrapping byte adds.
-        // Single-cycle byte operations only, no 16-bit multiplies.
-        for n in 0..5 {
-            let m1 = _mm512_cmpge_epu8_mask(x, c86);
-            let m2 = _mm512_cmpge_epu8_mask(x, c171);
-            let t1 = _mm512_maskz_mov_epi8(m1, one);
-            let plane = _mm512_mask_add_epi8(t1, m2, t1, one);
-            if n < 4 {
-                x = times3(x);
-            }
+        // SAFETY: block b spans bytes 54b .. 54b+54 of `row`.
+        let planes = unsafe { tq1_0_planes(row.as_ptr().add(b * 54)) };
+        for (n, &plane) in planes.iter().enumerate() {
             for t in 0..T {
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
                 let qv = unsafe {
@@ -332,13 +322,7 @@ pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, o
             }
         }
     }
-    for t in 0..T {
-        let a = &acc[t];
-        out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(
-            _mm512_add_epi32(a[0], a[1]),
-            _mm512_add_epi32(a[2], a[3]),
-        ));
-    }
+    reduce_chains(&acc, out);
 }
 
 /// `sum row[i] * x[i]` over an F16 row, 32 lanes at a time (F16C + FMA).
@@ -659,21 +643,24 @@ fn packed_plane_indices() -> [__m512i; 4] {
     })
 }
 
-/// The 256 codes (trit values 0..2) of one TQ1_0 block, in `TQ1_0_PACKED_ORDER`.
+/// The five trit planes of one TQ1_0 block: plane n holds trit n of each of the 52 bytes
+/// (`qs` and `qh`; bytes 52..64 are zero trits).
 ///
 /// # Safety
 /// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
 #[inline]
-#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn tq1_0_planes(block: *const u8) -> [__m512i; 5] {
     let c86 = _mm512_set1_epi8(86);
     let c171 = _mm512_set1_epi8(171u8 as i8);
     let one = _mm512_set1_epi8(1);
-    // SAFETY: the masked load touches only the block's first 52 bytes (qs and qh) and
-    // suppresses faults on the rest, which read as zero (zero trits).
+    // SAFETY: the masked load touches only the block's first 52 bytes and suppresses faults
+    // on the rest, which read as zero.
     let mut x = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, block as *const i8) };
-    // Trit n of a byte is (x_n >= 86) + (x_n >= 171), x_n = byte * 3^n mod 256.
-    let planes: [__m512i; 5] = std::array::from_fn(|n| {
+    // Trit n of byte b is floor(3 * x_n / 256) with x_n = b * 3^n mod 256, that is
+    // (x_n >= 86) + (x_n >= 171); x_{n+1} = 3 * x_n mod 256 is two wrapping byte adds.
+    // Single-cycle byte operations only, no 16-bit multiplies.
+    std::array::from_fn(|n| {
         let m1 = _mm512_cmpge_epu8_mask(x, c86);
         let m2 = _mm512_cmpge_epu8_mask(x, c171);
         let t1 = _mm512_maskz_mov_epi8(m1, one);
@@ -682,7 +669,18 @@ unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 
             x = times3(x);
         }
         plane
-    });
+    })
+}
+
+/// The 256 codes (trit values 0..2) of one TQ1_0 block, in `TQ1_0_PACKED_ORDER`.
+///
+/// # Safety
+/// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
+    // SAFETY: the caller's guarantee.
+    let planes = unsafe { tq1_0_planes(block) };
     std::array::from_fn(|v| _mm512_permutex2var_epi8(planes[v], idx[v], planes[v + 1]))
 }
 
@@ -749,13 +747,7 @@ pub unsafe fn dot1p_avx512<const T: usize>(
             }
         }
     }
-    for t in 0..T {
-        let a = &acc[t];
-        out[t] = _mm512_reduce_add_epi32(_mm512_add_epi32(
-            _mm512_add_epi32(a[0], a[1]),
-            _mm512_add_epi32(a[2], a[3]),
-        ));
-    }
+    reduce_chains(&acc, out);
 }
 
 /// Which ternary layout a row block holds (and which activation order goes with it).

@@ -90,14 +90,14 @@ impl Model {
                 use crate::quant::q8_0;
                 // Anonymous memory with transparent huge pages where the kernel allows them:
                 // writing 350 MB through 4 KiB page faults costs more than the conversion.
-                let mut map = memmap2::MmapMut::map_anon(q8_0::matrix_bytes(&head).max(1))
-                    .map_err(|source| EngineError::Io {
+                let len = q8_0::matrix_bytes(&head);
+                let mut map =
+                    memmap2::MmapMut::map_anon(len.max(1)).map_err(|source| EngineError::Io {
                         path: "anonymous memory for the Q8_0 head".into(),
                         source,
                     })?;
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                let len = q8_0::matrix_bytes(&head);
                 kernels.install(|| q8_0::quantize_matrix_into(&head, &mut map[..len]));
                 let map = map.make_read_only().map_err(|source| EngineError::Io {
                     path: "anonymous memory for the Q8_0 head".into(),
