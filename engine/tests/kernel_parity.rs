@@ -264,6 +264,12 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             // Prefill sizes: TQ1_0 rows decoded once per row block (AVX-512 VBMI).
             (150, 2560, 19),
             (64, 6912, 8),
+            // The interleaved GEMM (16+ tokens): whole 64-row chunks, a chunk of two groups
+            // plus rows past the last group, token tiles of 6 and what is left, and an odd
+            // number of 256-input blocks (a last slab of one block).
+            (96, 512, 16),
+            (64, 6912, 23),
+            (40, 768, 37),
         ] {
             let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
             let data = pack(ty, &values, k, 0.75, None);

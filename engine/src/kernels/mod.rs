@@ -3,6 +3,8 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_gemm;
 
 use std::sync::OnceLock;
 
@@ -271,6 +273,169 @@ pub fn bitlinear_tile<const T: usize>(
 thread_local! {
     /// A worker's TQ1_0 rows decoded for prefill (reused: no allocation per call).
     static DECODED_ROWS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// A worker's row groups interleaved for the prefill GEMM and its integer sums per token
+    /// (reused likewise).
+    #[allow(clippy::type_complexity)]
+    static INTERLEAVED_ROWS: std::cell::RefCell<(Vec<u8>, Vec<[i32; 64]>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Fewest tokens for which BitLinear decodes each block of rows into the interleaved
+/// layout of [`x86_gemm`]: below this the decode costs more than the GEMM saves.
+pub const INTERLEAVE_MIN_TOKENS: usize = 16;
+
+/// Tokens per call of the interleaved GEMM: 4 row groups x 6 tokens = 24 accumulators.
+const GEMM_TOKENS: usize = 6;
+
+/// Which decoder feeds the interleaved GEMM for this matrix and batch, if it applies.
+#[derive(Clone, Copy, Debug)]
+enum InterleavedSource {
+    #[cfg(target_arch = "x86_64")]
+    TwoBit(x86::TwoBit),
+    #[cfg(target_arch = "x86_64")]
+    Tq1_0,
+}
+
+fn interleaved_source(
+    isa: Isa,
+    w: &TernaryMatrix<'_>,
+    acts: &QuantizedActs,
+) -> Option<InterleavedSource> {
+    let n = acts.n_rows();
+    if isa != Isa::Avx512Vnni
+        || n < INTERLEAVE_MIN_TOKENS
+        || !w.k.is_multiple_of(256)
+        || !matches!(w.scale, TernaryScale::Uniform(_))
+    {
+        return None;
+    }
+    interleaved_layout(w.ty, acts)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn interleaved_layout(ty: GgmlType, acts: &QuantizedActs) -> Option<InterleavedSource> {
+    let last = acts.n_rows() - 1;
+    let perm2 = acts.perm2_row(last).is_some();
+    match ty {
+        GgmlType::I2S if perm2 => Some(InterleavedSource::TwoBit(x86::TwoBit::I2s)),
+        GgmlType::Tq2_0 if perm2 => Some(InterleavedSource::TwoBit(x86::TwoBit::Tq2_0)),
+        GgmlType::Tq1_0 if has_vbmi() && acts.perm1p_row(last).is_some() => {
+            Some(InterleavedSource::Tq1_0)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn interleaved_layout(_: GgmlType, _: &QuantizedActs) -> Option<InterleavedSource> {
+    None
+}
+
+/// Weight blocks (256 inputs) per slab of the interleaved GEMM: 64 rows x 512 inputs of
+/// decoded codes (32 KiB) stay in L1 while every token tile runs over them.
+const GEMM_SLAB_BLOCKS: usize = 2;
+
+/// BitLinear outputs of rows `r0 .. r0 + 16 * groups` (at most [`ROW_BLOCK`]) for every
+/// token: slab by slab of inputs, decode the rows into `buf` once, then the GEMM per tile of
+/// tokens, the integer sums kept in `sums`; the epilogue per token at the end.
+#[cfg(target_arch = "x86_64")]
+fn interleaved_rows(
+    source: InterleavedSource,
+    w: &TernaryMatrix<'_>,
+    r0: usize,
+    groups: usize,
+    acts: &QuantizedActs,
+    (buf, sums): (&mut Vec<u8>, &mut Vec<[i32; 4 * x86_gemm::GROUP]>),
+    dst: SharedOut,
+) {
+    debug_assert!(groups * x86_gemm::GROUP <= ROW_BLOCK);
+    let (n, rb, nb) = (acts.n_rows(), w.row_bytes(), w.k / 256);
+    sums.clear();
+    sums.resize(n, [0; 4 * x86_gemm::GROUP]);
+    buf.resize(groups * x86_gemm::group_bytes(256 * GEMM_SLAB_BLOCKS), 0);
+    let rows = &w.data[r0 * rb..];
+    let mut b0 = 0;
+    while b0 < nb {
+        let blocks = b0..(b0 + GEMM_SLAB_BLOCKS).min(nb);
+        let k = 256 * blocks.len();
+        // SAFETY: `interleaved_source` checked the ISA (AVX-512 F/BW/VNNI, and VBMI for
+        // TQ1_0) and that k is a multiple of 256; `rows` starts at row r0 and holds
+        // 16 * groups rows of nb blocks; `buf` holds groups * group_bytes(k) bytes or more.
+        unsafe {
+            match source {
+                InterleavedSource::TwoBit(kind) => {
+                    x86_gemm::interleave_two_bit(kind, rows, rb, groups, blocks.clone(), buf)
+                }
+                InterleavedSource::Tq1_0 => {
+                    x86_gemm::interleave_tq1_0(rows, groups, w.k, blocks.clone(), buf)
+                }
+            }
+        }
+        let mut t0 = 0;
+        while t0 < n {
+            let tile = (n - t0).min(GEMM_TOKENS);
+            let run = (source, acts, groups, &buf[..], 256 * b0..256 * b0 + k, t0);
+            let sums = &mut sums[t0..];
+            match tile {
+                6 => interleaved_tile::<6>(run, sums),
+                5 => interleaved_tile::<5>(run, sums),
+                4 => interleaved_tile::<4>(run, sums),
+                3 => interleaved_tile::<3>(run, sums),
+                2 => interleaved_tile::<2>(run, sums),
+                _ => interleaved_tile::<1>(run, sums),
+            }
+            t0 += tile;
+        }
+        b0 = blocks.end;
+    }
+    let TernaryScale::Uniform(scale) = w.scale else {
+        unreachable!("interleaved_source checked the scale")
+    };
+    let nr = groups * x86_gemm::GROUP;
+    for (t, d) in sums.iter().enumerate() {
+        let (sum, s) = (acts.sums[t], acts.scales[t]);
+        // SAFETY: indices t*rows + r0 .. +nr are below n*rows = len; rows r0..r0+nr belong
+        // to this worker's chunk only, so no other worker reads or writes them.
+        let out = unsafe { dst.run(t * w.rows + r0, nr) };
+        // As the specification: (D - sum q) as f32, divided by the token's scale, times
+        // the tensor's.
+        for (o, &di) in out.iter_mut().zip(&d[..nr]) {
+            *o = ((di - sum) as f32 / s) * scale;
+        }
+    }
+}
+
+/// One token tile of one slab of [`interleaved_rows`].
+#[cfg(target_arch = "x86_64")]
+fn interleaved_tile<const T: usize>(
+    (source, acts, groups, codes, inputs, t0): (
+        InterleavedSource,
+        &QuantizedActs,
+        usize,
+        &[u8],
+        std::ops::Range<usize>,
+        usize,
+    ),
+    sums: &mut [[i32; 4 * x86_gemm::GROUP]],
+) {
+    let q: [&[i8]; T] = std::array::from_fn(|t| {
+        let row = match source {
+            InterleavedSource::TwoBit(_) => acts.perm2_row(t0 + t),
+            InterleavedSource::Tq1_0 => acts.perm1p_row(t0 + t),
+        };
+        &row.expect("interleaved_source checked the activation order")[inputs.clone()]
+    });
+    let k = inputs.len();
+    // SAFETY: the ISA and shapes were checked by `interleaved_source`; `codes` holds
+    // `groups` interleaved groups for these k inputs against this activation order.
+    unsafe {
+        match groups {
+            4 => x86_gemm::dot_groups::<4, T>(codes, q, k, sums),
+            3 => x86_gemm::dot_groups::<3, T>(codes, q, k, sums),
+            2 => x86_gemm::dot_groups::<2, T>(codes, q, k, sums),
+            _ => x86_gemm::dot_groups::<1, T>(codes, q, k, sums),
+        }
+    }
 }
 
 /// A raw output pointer shared by workers that write disjoint index sets.
@@ -290,6 +455,19 @@ impl SharedOut {
         debug_assert!(i < self.1);
         // SAFETY: guaranteed by the caller.
         unsafe { *self.0.add(i) = v }
+    }
+
+    /// The run `start .. start + len` as a slice.
+    ///
+    /// # Safety
+    /// `start + len <= self.1`, and no other thread accesses those indices while the slice
+    /// lives.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run(&self, start: usize, len: usize) -> &mut [f32] {
+        debug_assert!(start + len <= self.1);
+        // SAFETY: guaranteed by the caller: in bounds of the live output, and exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
 
     /// # Safety
@@ -372,8 +550,14 @@ impl Kernels {
         assert_eq!(acts.k, w.k);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         let isa = self.isa;
+        let interleaved = interleaved_source(isa, w, acts);
         // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
-        let chunk = rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK);
+        // The interleaved GEMM takes whole groups of 16 rows, four at a time.
+        let chunk = if interleaved.is_some() {
+            ROW_BLOCK
+        } else {
+            rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK)
+        };
         // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
         // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).
         let decode_tq1 = cfg!(target_arch = "x86_64")
@@ -408,6 +592,20 @@ impl Kernels {
             (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
                 let r0 = c * chunk;
                 let r1 = (r0 + chunk).min(rows);
+                #[cfg(target_arch = "x86_64")]
+                if let Some(source) = interleaved {
+                    let groups = (r1 - r0) / x86_gemm::GROUP;
+                    if groups > 0 {
+                        INTERLEAVED_ROWS.with_borrow_mut(|(buf, sums)| {
+                            interleaved_rows(source, w, r0, groups, acts, (buf, sums), dst)
+                        });
+                    }
+                    // Rows past the last whole group: the per-row kernels.
+                    let done = r0 + groups * x86_gemm::GROUP;
+                    return if done < r1 {
+                        run_tiles((done, r1), None)
+                    };
+                }
                 if !decode_tq1 {
                     return run_tiles((r0, r1), None);
                 }

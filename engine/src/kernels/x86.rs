@@ -25,11 +25,21 @@ pub enum TwoBit {
 }
 
 impl TwoBit {
+    /// Bytes from one 256-weight block to the next.
     #[inline(always)]
-    fn stride(self) -> usize {
+    pub(super) fn stride(self) -> usize {
         match self {
             TwoBit::I2s | TwoBit::Codes => 64,
             TwoBit::Tq2_0 => 66,
+        }
+    }
+
+    /// Bit shift of code plane `n` (0..4) within each byte.
+    #[inline(always)]
+    pub(super) fn shift(self, n: usize) -> usize {
+        match self {
+            TwoBit::I2s => 6 - 2 * n,
+            TwoBit::Tq2_0 | TwoBit::Codes => 2 * n,
         }
     }
 }
@@ -627,7 +637,7 @@ pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
 /// 16 + 48 bytes.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn packed_plane_indices() -> [__m512i; 4] {
+pub(super) fn packed_plane_indices() -> [__m512i; 4] {
     std::array::from_fn(|v| {
         let from = 12 * v; // first byte of plane v not yet packed
         let tail = 52 - from; // its bytes left
@@ -678,7 +688,7 @@ unsafe fn tq1_0_planes(block: *const u8) -> [__m512i; 5] {
 /// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
+pub(super) unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
     // SAFETY: the caller's guarantee.
     let planes = unsafe { tq1_0_planes(block) };
     std::array::from_fn(|v| _mm512_permutex2var_epi8(planes[v], idx[v], planes[v + 1]))
