@@ -377,6 +377,7 @@ fn attention_helpers_match_their_specification() {
     let mut r = Rng(2024);
     for &(hd, keys, stride) in &[
         (128usize, 37usize, 640usize),
+        (64, 8, 64),
         (72, 5, 80),
         (8, 1, 8),
         (12, 9, 30),
@@ -402,6 +403,20 @@ fn attention_helpers_match_their_specification() {
         assert!(
             (dot - exact).abs() <= 1e-12 * (1.0 + exact.abs()),
             "{dot} vs {exact}"
+        );
+        // Scores against every key at once: the same bits as one call per key.
+        let per_key: Vec<f64> = (0..keys)
+            .map(|j| {
+                let at = j * stride + offset;
+                bitnet_engine::kernels::dot_f32_f64(&a, &v[at..at + hd])
+            })
+            .collect();
+        let mut rows = vec![f64::NAN; keys];
+        bitnet_engine::kernels::dot_rows_f32_f64(&a, &v, stride, offset, &mut rows);
+        assert_eq!(
+            rows.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            per_key.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            "hd {hd} keys {keys}"
         );
     }
 }

@@ -85,6 +85,20 @@ pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum()
 }
 
+/// `out[j] = dot_f32_f64(a, v[j * stride + offset ..][.. a.len()])` for every j: one query
+/// against consecutive cached keys. Bit-identical to calling [`dot_f32_f64`] per key.
+pub fn dot_rows_f32_f64(a: &[f32], v: &[f32], stride: usize, offset: usize, out: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && a.len().is_multiple_of(16) {
+        // SAFETY: AVX-512 F was detected.
+        return unsafe { x86::dot_rows_f32_f64_avx512(a, v, stride, offset, out) };
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        let at = j * stride + offset;
+        *o = dot_f32_f64(a, &v[at..at + a.len()]);
+    }
+}
+
 /// `out[d] = sum_j w[j] * v[j * stride + offset + d]` in f64, each element accumulated in key
 /// order with one fused multiply-add per key (the attention-weighted sum of values; SIMD
 /// results are bit-identical to this).

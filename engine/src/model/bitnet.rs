@@ -542,10 +542,10 @@ fn attention(
         let kvh = h / group;
         let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
         let mut scores = vec![0f64; len];
+        crate::kernels::dot_rows_f32_f64(qh, kc, kv, kvh * hd, &mut scores);
         let mut max = f64::NEG_INFINITY;
-        for (j, sj) in scores.iter_mut().enumerate() {
-            *sj = crate::kernels::dot_f32_f64(qh, &kc[j * kv + kvh * hd..j * kv + (kvh + 1) * hd])
-                * inv_sqrt;
+        for sj in scores.iter_mut() {
+            *sj *= inv_sqrt;
             max = max.max(*sj);
         }
         let mut sum = 0f64;
