@@ -4,6 +4,11 @@
 /// Quantizes one token row; returns the scale `s` (so that `x ≈ q / s`).
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
+    if crate::kernels::Isa::from_env() == crate::kernels::Isa::Avx512Vnni {
+        // SAFETY: AVX-512 F/BW were detected.
+        return unsafe { quantize_row_avx512(x, q) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 was detected.
         return unsafe { quantize_row_avx2(x, q) };
@@ -28,7 +33,9 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> f32 {
     for c in chunks {
         // SAFETY: `c` holds exactly 8 f32.
         let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
-        vmax = _mm256_max_ps(vmax, _mm256_and_ps(v, abs_mask));
+        // A NaN operand first: `max_ps` then returns the running maximum, ignoring the NaN
+        // as `f32::max` does.
+        vmax = _mm256_max_ps(_mm256_and_ps(v, abs_mask), vmax);
     }
     let mut lanes = [0f32; 8];
     // SAFETY: `lanes` holds 8 f32.
@@ -40,6 +47,52 @@ unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8]) -> f32 {
         .max(1e-5);
     let s = 127.0f32 / amax;
     for (qi, &xi) in q.iter_mut().zip(x) {
+        *qi = (xi * s).round_ties_even().clamp(-128.0, 127.0) as i8;
+    }
+    s
+}
+
+/// [`quantize_row_avx2`] with AVX-512: 16 values per step, rounded, clamped and narrowed
+/// to bytes in registers (NaN gives 0 and infinities clamp, as `as i8` after the clamp does).
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row_avx512(x: &[f32], q: &mut [i8]) -> f32 {
+    use std::arch::x86_64::*;
+    assert_eq!(x.len(), q.len());
+    let mut vmax = _mm512_setzero_ps();
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        // SAFETY: `c` holds exactly 16 f32.
+        let v = unsafe { _mm512_loadu_ps(c.as_ptr()) };
+        // NaN first: ignored, as in `quantize_row_avx2`.
+        vmax = _mm512_max_ps(_mm512_abs_ps(v), vmax);
+    }
+    let amax = rest
+        .iter()
+        .fold(_mm512_reduce_max_ps(vmax), |m, v| m.max(v.abs()))
+        .max(1e-5);
+    let s = 127.0f32 / amax;
+    let (vs, lo, hi) = (
+        _mm512_set1_ps(s),
+        _mm512_set1_ps(-128.0),
+        _mm512_set1_ps(127.0),
+    );
+    let main = x.len() / 16 * 16;
+    for (qc, xc) in q[..main].chunks_exact_mut(16).zip(x.chunks_exact(16)) {
+        // SAFETY: `xc` holds 16 f32.
+        let v = _mm512_mul_ps(unsafe { _mm512_loadu_ps(xc.as_ptr()) }, vs);
+        let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(v);
+        let ordered = _mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r);
+        let clamped = _mm512_max_ps(_mm512_min_ps(r, hi), lo);
+        let ints = _mm512_maskz_cvtps_epi32(ordered, clamped);
+        // SAFETY: `qc` holds 16 bytes.
+        unsafe { _mm_storeu_si128(qc.as_mut_ptr() as *mut __m128i, _mm512_cvtsepi32_epi8(ints)) };
+    }
+    for (qi, &xi) in q[main..].iter_mut().zip(&x[main..]) {
         *qi = (xi * s).round_ties_even().clamp(-128.0, 127.0) as i8;
     }
     s
@@ -361,8 +414,8 @@ mod tests {
     #[test]
     fn simd_quantization_matches_the_scalar_rule() {
         let mut state = 99u32;
-        for len in [1usize, 7, 8, 33, 256, 2560] {
-            for mode in 0..3 {
+        for len in [1usize, 7, 8, 17, 33, 256, 2560] {
+            for mode in 0..4 {
                 let x: Vec<f32> = (0..len)
                     .map(|i| {
                         state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -377,15 +430,36 @@ mod tests {
                                     (i % 255) as f32 - 127.5
                                 }
                             }
-                            _ => r * 1e-7,
+                            2 => r * 1e-7,
+                            // NaN, which the maximum ignores and which quantizes to 0,
+                            // among ordinary values
+                            _ if i % 5 == 3 => f32::NAN,
+                            _ => r * 3.0,
                         }
                     })
                     .collect();
-                let (mut a, mut b) = (vec![0i8; len], vec![0i8; len]);
-                let sa = quantize_row(&x, &mut a);
-                let sb = quantize_row_scalar(&x, &mut b);
-                assert_eq!(sa.to_bits(), sb.to_bits());
-                assert_eq!(a, b, "len {len} mode {mode}");
+                let (mut want, mut got) = (vec![0i8; len], vec![0i8; len]);
+                let sw = quantize_row_scalar(&x, &mut want);
+                // Every SIMD twin this CPU can run, then the dispatcher.
+                let mut twins: Vec<(&str, fn(&[f32], &mut [i8]) -> f32)> =
+                    vec![("dispatch", quantize_row)];
+                #[cfg(target_arch = "x86_64")]
+                {
+                    if std::is_x86_feature_detected!("avx2") {
+                        // SAFETY: AVX2 was detected.
+                        twins.push(("avx2", |x, q| unsafe { quantize_row_avx2(x, q) }));
+                    }
+                    if std::is_x86_feature_detected!("avx512bw") {
+                        // SAFETY: AVX-512 F/BW were detected.
+                        twins.push(("avx512", |x, q| unsafe { quantize_row_avx512(x, q) }));
+                    }
+                }
+                for (name, f) in twins {
+                    got.fill(99);
+                    let sg = f(&x, &mut got);
+                    assert_eq!(sg.to_bits(), sw.to_bits(), "{name} len {len} mode {mode}");
+                    assert_eq!(got, want, "{name} len {len} mode {mode}");
+                }
             }
         }
     }
