@@ -106,6 +106,12 @@ pub unsafe fn interleave_two_bit(
         for (i, c) in blocks.clone().enumerate() {
             let raw: [__m512i; GROUP] = std::array::from_fn(|r| {
                 let at = (g * GROUP + r) * row_bytes + c * kind.stride();
+                // The same block of the next slab, needed once this slab's GEMM is done (a
+                // prefetch past the rows never faults).
+                let next = data
+                    .as_ptr()
+                    .wrapping_add(at + blocks.len() * kind.stride());
+                _mm_prefetch::<_MM_HINT_T1>(next as *const i8);
                 // SAFETY: bytes at .. at + 64 lie within row g*16+r (asserted above).
                 unsafe { _mm512_loadu_si512(data.as_ptr().add(at) as *const __m512i) }
             });
@@ -139,6 +145,8 @@ pub unsafe fn interleave_tq1_0(
         for (i, c) in blocks.clone().enumerate() {
             let raw: [__m512i; GROUP] = std::array::from_fn(|r| {
                 let at = (g * GROUP + r) * row_bytes + c * 54;
+                let next = data.as_ptr().wrapping_add(at + blocks.len() * 54);
+                _mm_prefetch::<_MM_HINT_T1>(next as *const i8);
                 // SAFETY: the 54-byte block at `at` lies within `data` (asserted above).
                 let v = unsafe { tq1_0_packed_codes(data.as_ptr().add(at), &idx) };
                 // Pack the four code vectors two bits apart (codes are at most 2, so the

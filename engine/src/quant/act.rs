@@ -441,8 +441,8 @@ mod tests {
                 let (mut want, mut got) = (vec![0i8; len], vec![0i8; len]);
                 let sw = quantize_row_scalar(&x, &mut want);
                 // Every SIMD twin this CPU can run, then the dispatcher.
-                let mut twins: Vec<(&str, fn(&[f32], &mut [i8]) -> f32)> =
-                    vec![("dispatch", quantize_row)];
+                type Quantizer = fn(&[f32], &mut [i8]) -> f32;
+                let mut twins: Vec<(&str, Quantizer)> = vec![("dispatch", quantize_row)];
                 #[cfg(target_arch = "x86_64")]
                 {
                     if std::is_x86_feature_detected!("avx2") {
