@@ -143,18 +143,23 @@ pub unsafe fn interleave_tq1_0(
     let idx = packed_plane_indices();
     for g in 0..groups {
         for (i, c) in blocks.clone().enumerate() {
-            let raw: [__m512i; GROUP] = std::array::from_fn(|r| {
+            // A plain loop, not a closure: a closure here is compiled without VBMI and
+            // would call the trit decoder instead of inlining it.
+            let mut raw = [_mm512_setzero_si512(); GROUP];
+            for (r, raw) in raw.iter_mut().enumerate() {
                 let at = (g * GROUP + r) * row_bytes + c * 54;
+                // The same block of the next slab (54 bytes: up to two cache lines).
                 let next = data.as_ptr().wrapping_add(at + blocks.len() * 54);
                 _mm_prefetch::<_MM_HINT_T1>(next as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(53) as *const i8);
                 // SAFETY: the 54-byte block at `at` lies within `data` (asserted above).
                 let v = unsafe { tq1_0_packed_codes(data.as_ptr().add(at), &idx) };
                 // Pack the four code vectors two bits apart (codes are at most 2, so the
                 // 16-bit shifts never carry into the next byte).
                 let lo = _mm512_or_si512(v[0], _mm512_slli_epi16(v[1], 2));
                 let hi = _mm512_or_si512(_mm512_slli_epi16(v[2], 4), _mm512_slli_epi16(v[3], 6));
-                _mm512_or_si512(lo, hi)
-            });
+                *raw = _mm512_or_si512(lo, hi);
+            }
             let at = g * stride + i * 4096;
             // SAFETY: as in `interleave_two_bit`.
             unsafe { store_interleaved(&raw, |n| 2 * n, dst.as_mut_ptr().add(at)) };
