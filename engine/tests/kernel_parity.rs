@@ -253,6 +253,8 @@ fn f16_head_matches_scalar_within_summation_order() {
 
 #[test]
 fn threaded_matmul_is_bit_identical_to_scalar() {
+    // The prefill shapes below reach the interleaved GEMM only while this holds.
+    const _: () = assert!(bitnet_engine::kernels::INTERLEAVE_MIN_TOKENS <= 32);
     let kern = bitnet_engine::kernels::Kernels::new(Some(2));
     let mut r = Rng(4242);
     for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
@@ -264,12 +266,13 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             // Prefill sizes: TQ1_0 rows decoded once per row block (AVX-512 VBMI).
             (150, 2560, 19),
             (64, 6912, 8),
-            // The interleaved GEMM (16+ tokens): whole 64-row chunks, a chunk of two groups
-            // plus rows past the last group, token tiles of 6 and what is left, and an odd
-            // number of 256-input blocks (a last slab of one block).
-            (96, 512, 16),
-            (64, 6912, 23),
+            // The interleaved GEMM (INTERLEAVE_MIN_TOKENS = 32 tokens and more): whole 64-row
+            // chunks, a chunk of two groups plus rows past the last group, token tiles of 6
+            // and what is left, and an odd number of 256-input blocks (a last slab of one).
+            (96, 512, 32),
+            (64, 6912, 35),
             (40, 768, 37),
+            (150, 2560, 33),
         ] {
             let values: Vec<i8> = (0..rows * k).map(|_| (r.next() % 3) as i8 - 1).collect();
             let data = pack(ty, &values, k, 0.75, None);
