@@ -886,7 +886,11 @@ pub fn two_streams<const T: usize>(i: usize, n: usize) -> usize {
         return i;
     }
     let half = n.div_ceil(2);
-    if i % 2 == 0 { i / 2 } else { half + i / 2 }
+    if i.is_multiple_of(2) {
+        i / 2
+    } else {
+        half + i / 2
+    }
 }
 
 /// [`rows_avx512`] for AVX2.
