@@ -131,7 +131,7 @@ pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out
 }
 
 /// Largest row block handed to one kernel call.
-const ROW_BLOCK: usize = 64;
+const ROW_BLOCK: usize = 128;
 
 /// BitLinear outputs of rows `r0..r1` (at most [`ROW_BLOCK`]) for tokens `t0..t0+T`,
 /// written to `dst` at `t * rows + m`.
@@ -350,7 +350,11 @@ fn interleaved_layout(_: GgmlType, _: &QuantizedActs) -> Option<InterleavedSourc
 /// decoded codes (32 KiB) stay in L1 while every token tile runs over them.
 const GEMM_SLAB_BLOCKS: usize = 2;
 
-/// BitLinear outputs of rows `r0 .. r0 + 16 * groups` (at most [`ROW_BLOCK`]) for every
+/// Rows per block of the interleaved GEMM: four groups of 16, one accumulator per group and
+/// token.
+const GEMM_ROWS: usize = 64;
+
+/// BitLinear outputs of rows `r0 .. r0 + 16 * groups` (at most [`GEMM_ROWS`]) for every
 /// token: slab by slab of inputs, decode the rows into `buf` once, then the GEMM per tile of
 /// tokens, the integer sums kept in `sums`; the epilogue per token at the end.
 #[cfg(target_arch = "x86_64")]
@@ -363,7 +367,7 @@ fn interleaved_rows(
     (buf, sums): (&mut Vec<u8>, &mut Vec<[i32; 4 * x86_gemm::GROUP]>),
     dst: SharedOut,
 ) {
-    debug_assert!(groups * x86_gemm::GROUP <= ROW_BLOCK);
+    debug_assert!(groups * x86_gemm::GROUP <= GEMM_ROWS);
     let (n, rb, nb) = (acts.n_rows(), w.row_bytes(), w.k / 256);
     sums.clear();
     sums.resize(n, [0; 4 * x86_gemm::GROUP]);
@@ -569,7 +573,7 @@ impl Kernels {
         // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
         // The interleaved GEMM takes whole groups of 16 rows, four at a time.
         let chunk = if interleaved.is_some() {
-            ROW_BLOCK
+            GEMM_ROWS
         } else {
             rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK)
         };
