@@ -216,3 +216,38 @@ fn reader_decodes_every_ternary_tensor_back_to_the_generator_codes() {
 fn same_seed_same_bytes() {
     assert_eq!(mini_model(GgmlType::Tq1_0), mini_model(GgmlType::Tq1_0));
 }
+
+#[test]
+fn string_arrays_name_the_string_that_is_not_utf8() {
+    let mut w = GgufWriter::new();
+    w.add("strs", Value::string_array(["aaaa", "bbbb", "cccc"]));
+    let mut good = Vec::new();
+    w.write_header(&mut good).unwrap();
+    let at = |needle: &[u8]| good.windows(4).position(|w| w == needle).unwrap();
+    let (a, b) = (at(b"aaaa"), at(b"bbbb"));
+    let err = |buf: Vec<u8>| {
+        GgufFile::from_backing(Arc::new(buf))
+            .unwrap_err()
+            .to_string()
+    };
+
+    // A byte that is never UTF-8, in the middle string.
+    let mut bad = good.clone();
+    bad[b + 1] = 0xff;
+    let e = err(bad);
+    assert!(e.contains("\"strs\"[1]") && e.contains("not UTF-8"), "{e}");
+
+    // A two-byte character split across strings 0 and 1: the concatenation is valid UTF-8,
+    // each string alone is not.
+    let mut split = good.clone();
+    split[a + 3] = 0xc3;
+    split[b] = 0xa9;
+    let e = err(split);
+    assert!(e.contains("\"strs\"[0]") && e.contains("not UTF-8"), "{e}");
+
+    let g = GgufFile::from_backing(Arc::new(good)).unwrap();
+    assert_eq!(
+        g.get("strs"),
+        Some(&Value::string_array(["aaaa", "bbbb", "cccc"]))
+    );
+}

@@ -36,6 +36,20 @@ impl StringArray {
         }
     }
 
+    /// Strings already concatenated in `buf`, string i ending at `ends[i]`; `None` unless the
+    /// ends are non-decreasing, within `buf` and on character boundaries (so every string is
+    /// itself valid UTF-8).
+    pub fn from_parts(buf: String, ends: Vec<usize>) -> Option<Self> {
+        let mut prev = 0;
+        for &e in &ends {
+            if e < prev || !buf.is_char_boundary(e) {
+                return None;
+            }
+            prev = e;
+        }
+        Some(Self { buf, ends })
+    }
+
     pub fn push(&mut self, s: &str) {
         self.buf.push_str(s);
         self.ends.push(self.buf.len());
