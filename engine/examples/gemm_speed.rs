@@ -3,10 +3,10 @@
 //! Prints VPDPBUSD-equivalents per second (rows * k * tokens / 64 per second).
 use std::time::Instant;
 
+use bitnet_engine::fixture::encode_ternary;
 use bitnet_engine::gguf::GgmlType;
 use bitnet_engine::kernels::Kernels;
-use bitnet_engine::quant::{QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
-use half::f16;
+use bitnet_engine::quant::{QuantizedActs, TernaryMatrix};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -32,12 +32,7 @@ fn main() {
         let values: Vec<i8> = (0..rows * k)
             .map(|i| ((i * 7919 + i / 7) % 3) as i8 - 1)
             .collect();
-        let d = vec![f16::from_f32(0.5); values.len() / 256];
-        let data = match ty {
-            GgmlType::I2S => i2s::pack(&values, k, 0.5),
-            GgmlType::Tq2_0 => tq2_0::pack(&values, &d),
-            _ => tq1_0::pack(&values, &d),
-        };
+        let data = encode_ternary(ty, &values, k, 0.5);
         let w = TernaryMatrix {
             ty,
             rows,

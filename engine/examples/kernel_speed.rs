@@ -2,10 +2,10 @@
 //! `cargo run --release -p bitnet-engine --example kernel_speed`.
 use std::time::Instant;
 
+use bitnet_engine::fixture::encode_ternary;
 use bitnet_engine::gguf::GgmlType;
 use bitnet_engine::kernels::{Isa, bitlinear_tile};
-use bitnet_engine::quant::{QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
-use half::f16;
+use bitnet_engine::quant::{QuantizedActs, TernaryMatrix};
 
 fn main() {
     let (rows, k) = (512, 2560);
@@ -14,12 +14,7 @@ fn main() {
     let mut acts = QuantizedActs::default();
     acts.quantize(&x, k);
     for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
-        let d = vec![f16::from_f32(0.5); values.len() / 256];
-        let data = match ty {
-            GgmlType::I2S => i2s::pack(&values, k, 0.5),
-            GgmlType::Tq2_0 => tq2_0::pack(&values, &d),
-            _ => tq1_0::pack(&values, &d),
-        };
+        let data = encode_ternary(ty, &values, k, 0.5);
         let w = TernaryMatrix {
             ty,
             rows,

@@ -200,7 +200,9 @@ fn embedding_f16(seed: u64, rows: usize, k: usize) -> Vec<u8> {
     out
 }
 
-fn encode_ternary(ty: GgmlType, values: &[i8], k: usize, scale: f32) -> Vec<u8> {
+/// Ternary values (-1, 0, 1), `k` per row, stored as `ty` with one scale for the whole
+/// tensor (every block scale equal for TQ2_0 / TQ1_0).
+pub fn encode_ternary(ty: GgmlType, values: &[i8], k: usize, scale: f32) -> Vec<u8> {
     let blocks = values.len() / 256;
     match ty {
         GgmlType::I2S => i2s::pack(values, k, scale),

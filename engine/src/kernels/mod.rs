@@ -290,7 +290,7 @@ thread_local! {
     /// A worker's row groups interleaved for the prefill GEMM and its integer sums per token
     /// (reused likewise).
     #[allow(clippy::type_complexity)]
-    static INTERLEAVED_ROWS: std::cell::RefCell<(Vec<u8>, Vec<[i32; 64]>)> =
+    static INTERLEAVED_ROWS: std::cell::RefCell<(Vec<u8>, Vec<[i32; GEMM_ROWS]>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -353,6 +353,8 @@ const GEMM_SLAB_BLOCKS: usize = 2;
 /// Rows per block of the interleaved GEMM: four groups of 16, one accumulator per group and
 /// token.
 const GEMM_ROWS: usize = 64;
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(GEMM_ROWS == 4 * x86_gemm::GROUP);
 
 /// BitLinear outputs of rows `r0 .. r0 + 16 * groups` (at most [`GEMM_ROWS`]) for every
 /// token: slab by slab of inputs, decode the rows into `buf` once, then the GEMM per tile of
@@ -364,13 +366,13 @@ fn interleaved_rows(
     r0: usize,
     groups: usize,
     acts: &QuantizedActs,
-    (buf, sums): (&mut Vec<u8>, &mut Vec<[i32; 4 * x86_gemm::GROUP]>),
+    (buf, sums): (&mut Vec<u8>, &mut Vec<[i32; GEMM_ROWS]>),
     dst: SharedOut,
 ) {
     debug_assert!(groups * x86_gemm::GROUP <= GEMM_ROWS);
     let (n, rb, nb) = (acts.n_rows(), w.row_bytes(), w.k / 256);
     sums.clear();
-    sums.resize(n, [0; 4 * x86_gemm::GROUP]);
+    sums.resize(n, [0; GEMM_ROWS]);
     buf.resize(groups * x86_gemm::group_bytes(256 * GEMM_SLAB_BLOCKS), 0);
     let rows = &w.data[r0 * rb..];
     let mut b0 = 0;
@@ -390,19 +392,20 @@ fn interleaved_rows(
                 }
             }
         }
+        let inputs = 256 * b0..256 * b0 + k;
         let mut t0 = 0;
         while t0 < n {
             let tile = (n - t0).min(GEMM_TOKENS);
-            let run = (source, acts, groups, &buf[..], 256 * b0..256 * b0 + k, t0);
-            let sums = &mut sums[t0..];
-            match tile {
-                6 => interleaved_tile::<6>(run, sums),
-                5 => interleaved_tile::<5>(run, sums),
-                4 => interleaved_tile::<4>(run, sums),
-                3 => interleaved_tile::<3>(run, sums),
-                2 => interleaved_tile::<2>(run, sums),
-                _ => interleaved_tile::<1>(run, sums),
-            }
+            let (codes, sums) = (&buf[..], &mut sums[t0..]);
+            let run = match tile {
+                6 => interleaved_tile::<6>,
+                5 => interleaved_tile::<5>,
+                4 => interleaved_tile::<4>,
+                3 => interleaved_tile::<3>,
+                2 => interleaved_tile::<2>,
+                _ => interleaved_tile::<1>,
+            };
+            run(source, acts, t0, inputs.clone(), groups, codes, sums);
             t0 += tile;
         }
         b0 = blocks.end;
@@ -427,15 +430,13 @@ fn interleaved_rows(
 /// One token tile of one slab of [`interleaved_rows`].
 #[cfg(target_arch = "x86_64")]
 fn interleaved_tile<const T: usize>(
-    (source, acts, groups, codes, inputs, t0): (
-        InterleavedSource,
-        &QuantizedActs,
-        usize,
-        &[u8],
-        std::ops::Range<usize>,
-        usize,
-    ),
-    sums: &mut [[i32; 4 * x86_gemm::GROUP]],
+    source: InterleavedSource,
+    acts: &QuantizedActs,
+    t0: usize,
+    inputs: std::ops::Range<usize>,
+    groups: usize,
+    codes: &[u8],
+    sums: &mut [[i32; GEMM_ROWS]],
 ) {
     let q: [&[i8]; T] = std::array::from_fn(|t| {
         let row = match source {
@@ -621,9 +622,10 @@ impl Kernels {
                     }
                     // Rows past the last whole group: the per-row kernels.
                     let done = r0 + groups * x86_gemm::GROUP;
-                    return if done < r1 {
-                        run_tiles((done, r1), None)
-                    };
+                    if done < r1 {
+                        run_tiles((done, r1), None);
+                    }
+                    return;
                 }
                 if !decode_tq1 {
                     return run_tiles((r0, r1), None);

@@ -75,12 +75,7 @@ pub unsafe fn dot2_avx2<const T: usize>(
         };
         let mut acc16 = [_mm256_setzero_si256(); T];
         for n in 0..4 {
-            let sh = if kind == TwoBit::I2s {
-                6 - 2 * n
-            } else {
-                2 * n
-            };
-            let shc = _mm_cvtsi32_si128(sh as i32);
+            let shc = _mm_cvtsi32_si128(kind.shift(n) as i32);
             let cl = _mm256_and_si256(_mm256_srl_epi16(lo, shc), mask);
             let ch = _mm256_and_si256(_mm256_srl_epi16(hi, shc), mask);
             for t in 0..T {
@@ -143,12 +138,8 @@ pub unsafe fn dot2_avx512<const T: usize>(
         let v =
             unsafe { _mm512_loadu_si512(row.as_ptr().add(c * kind.stride()) as *const __m512i) };
         for n in 0..4 {
-            let sh = if kind == TwoBit::I2s {
-                6 - 2 * n
-            } else {
-                2 * n
-            };
-            let codes = _mm512_and_si512(_mm512_srl_epi16(v, _mm_cvtsi32_si128(sh as i32)), mask);
+            let sh = _mm_cvtsi32_si128(kind.shift(n) as i32);
+            let codes = _mm512_and_si512(_mm512_srl_epi16(v, sh), mask);
             for t in 0..T {
                 // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 <= k.
                 let qv = unsafe {
@@ -192,11 +183,7 @@ unsafe fn dot2_rows_avx512<const R: usize, const T: usize>(
             unsafe { _mm512_loadu_si512(rows[r].as_ptr().add(c * kind.stride()) as *const __m512i) }
         });
         for n in 0..4 {
-            let sh = _mm_cvtsi32_si128(if kind == TwoBit::I2s {
-                6 - 2 * n
-            } else {
-                2 * n
-            } as i32);
+            let sh = _mm_cvtsi32_si128(kind.shift(n) as i32);
             let codes: [__m512i; R] =
                 std::array::from_fn(|r| _mm512_and_si512(_mm512_srl_epi16(v[r], sh), mask));
             for t in 0..T {
@@ -736,7 +723,7 @@ unsafe fn tq1_0_planes(block: *const u8) -> [__m512i; 5] {
 /// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
-pub(super) unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
+unsafe fn tq1_0_packed_codes(block: *const u8, idx: &[__m512i; 4]) -> [__m512i; 4] {
     // SAFETY: the caller's guarantee.
     let planes = unsafe { tq1_0_planes(block) };
     std::array::from_fn(|v| _mm512_permutex2var_epi8(planes[v], idx[v], planes[v + 1]))
@@ -757,18 +744,25 @@ pub unsafe fn decode_tq1_0_rows(src: &[u8], rows: usize, k: usize, dst: &mut [u8
     let idx = packed_plane_indices();
     for blk in 0..rows * nb {
         // SAFETY: block `blk` spans 54 bytes within `src` (asserted above).
-        let c = unsafe { tq1_0_packed_codes(src.as_ptr().add(blk * 54), &idx) };
-        // Codes are at most 2, so 16-bit shifts never carry into the neighbouring byte.
-        let lo = _mm512_or_si512(c[0], _mm512_slli_epi16(c[1], 2));
-        let hi = _mm512_or_si512(_mm512_slli_epi16(c[2], 4), _mm512_slli_epi16(c[3], 6));
+        let codes = unsafe { tq1_0_two_bit_codes(src.as_ptr().add(blk * 54), &idx) };
         // SAFETY: bytes 64*blk .. +64 are within `dst` (asserted above).
-        unsafe {
-            _mm512_storeu_si512(
-                dst.as_mut_ptr().add(blk * 64) as *mut __m512i,
-                _mm512_or_si512(lo, hi),
-            )
-        };
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().add(blk * 64) as *mut __m512i, codes) };
     }
+}
+
+/// One TQ1_0 block as [`TwoBit::Codes`]: the four packed code vectors two bits apart.
+///
+/// # Safety
+/// `block` points at a 54-byte TQ1_0 block (only its first 52 bytes are read).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vbmi")]
+pub(super) unsafe fn tq1_0_two_bit_codes(block: *const u8, idx: &[__m512i; 4]) -> __m512i {
+    // SAFETY: the caller's guarantee.
+    let c = unsafe { tq1_0_packed_codes(block, idx) };
+    // Codes are at most 2, so 16-bit shifts never carry into the neighbouring byte.
+    let lo = _mm512_or_si512(c[0], _mm512_slli_epi16(c[1], 2));
+    let hi = _mm512_or_si512(_mm512_slli_epi16(c[2], 4), _mm512_slli_epi16(c[3], 6));
+    _mm512_or_si512(lo, hi)
 }
 
 /// [`dot1_avx512`] with the five trit planes packed into four vectors by byte permutes

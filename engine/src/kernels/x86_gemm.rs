@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::x86::{TwoBit, packed_plane_indices, tq1_0_packed_codes};
+use super::x86::{TwoBit, packed_plane_indices, tq1_0_two_bit_codes};
 
 /// Rows per interleaved group: one per 32-bit lane of a 512-bit vector.
 pub const GROUP: usize = 16;
@@ -31,7 +31,7 @@ pub fn group_bytes(k: usize) -> usize {
 }
 
 /// Interleaves one 256-weight block of 16 rows. `raw[r]` is row r's block as 64 bytes of
-/// 2-bit codes, code vector `n` at bit shift `shift(n)`; the step vector `s = 16 n + d` (the
+/// 2-bit codes, code vector `n` at bit shift `kind.shift(n)`; the step vector `s = 16 n + d` (the
 /// codes of bytes `4d .. 4d + 4` of code vector `n`, for every row) goes to `dst + 64 s`. The 16 x 16 transpose of dwords runs on the packed codes, before
 /// the four code vectors are split out: a quarter of the shuffles of transposing each one.
 ///
@@ -39,7 +39,7 @@ pub fn group_bytes(k: usize) -> usize {
 /// AVX-512 F/BW is available; `dst .. dst + 4096` is writable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn store_interleaved(raw: &[__m512i; GROUP], shift: impl Fn(usize) -> usize, dst: *mut u8) {
+unsafe fn store_interleaved(raw: &[__m512i; GROUP], kind: TwoBit, dst: *mut u8) {
     let a: [__m512i; 16] = std::array::from_fn(|i| {
         let (x, y) = (raw[i & !1], raw[i | 1]);
         if i % 2 == 0 {
@@ -73,7 +73,7 @@ unsafe fn store_interleaved(raw: &[__m512i; GROUP], shift: impl Fn(usize) -> usi
         ];
         for (l, v) in packed.into_iter().enumerate() {
             for n in 0..4 {
-                let sh = _mm_cvtsi32_si128(shift(n) as i32);
+                let sh = _mm_cvtsi32_si128(kind.shift(n) as i32);
                 let codes = _mm512_and_si512(_mm512_srl_epi16(v, sh), mask);
                 let s = 16 * n + 4 * l + e;
                 // SAFETY: s < 64, within the caller's guarantee.
@@ -117,7 +117,7 @@ pub unsafe fn interleave_two_bit(
             });
             let at = g * stride + i * 4096;
             // SAFETY: the 64 steps of block i of group g: at + 4096 <= groups * stride.
-            unsafe { store_interleaved(&raw, |n| kind.shift(n), dst.as_mut_ptr().add(at)) };
+            unsafe { store_interleaved(&raw, kind, dst.as_mut_ptr().add(at)) };
         }
     }
 }
@@ -153,16 +153,11 @@ pub unsafe fn interleave_tq1_0(
                 _mm_prefetch::<_MM_HINT_T1>(next as *const i8);
                 _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(53) as *const i8);
                 // SAFETY: the 54-byte block at `at` lies within `data` (asserted above).
-                let v = unsafe { tq1_0_packed_codes(data.as_ptr().add(at), &idx) };
-                // Pack the four code vectors two bits apart (codes are at most 2, so the
-                // 16-bit shifts never carry into the next byte).
-                let lo = _mm512_or_si512(v[0], _mm512_slli_epi16(v[1], 2));
-                let hi = _mm512_or_si512(_mm512_slli_epi16(v[2], 4), _mm512_slli_epi16(v[3], 6));
-                *raw = _mm512_or_si512(lo, hi);
+                *raw = unsafe { tq1_0_two_bit_codes(data.as_ptr().add(at), &idx) };
             }
             let at = g * stride + i * 4096;
             // SAFETY: as in `interleave_two_bit`.
-            unsafe { store_interleaved(&raw, |n| 2 * n, dst.as_mut_ptr().add(at)) };
+            unsafe { store_interleaved(&raw, TwoBit::Codes, dst.as_mut_ptr().add(at)) };
         }
     }
 }
