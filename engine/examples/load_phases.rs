@@ -1,25 +1,37 @@
-//! Times the phases of loading a model: `cargo run --release --example load_phases -- FILE`.
-use std::time::Instant;
+//! Times the phases of loading a model, medians of `REPS` (default 15) loads:
+//! `cargo run --release --example load_phases -- FILE`.
+use std::time::{Duration, Instant};
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
 
 fn main() {
     let path = std::env::args().nth(1).expect("FILE");
-    for _ in 0..3 {
+    let reps: usize = std::env::var("REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(15);
+    let (mut parse, mut tok, mut model, mut total) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..reps {
         let t = Instant::now();
         let g = bitnet_engine::gguf::GgufFile::open(path.as_ref()).unwrap();
-        let t_parse = t.elapsed();
+        parse.push(t.elapsed());
         let t2 = Instant::now();
-        let tok = bitnet_engine::Tokenizer::from_gguf(&g).unwrap();
-        let t_tok = t2.elapsed();
+        let tk = bitnet_engine::Tokenizer::from_gguf(&g).unwrap();
+        tok.push(t2.elapsed());
         let t3 = Instant::now();
         let m = bitnet_engine::Model::from_gguf(g, &Default::default()).unwrap();
-        let t_model = t3.elapsed();
-        println!(
-            "parse {:?} tokenizer {:?} model(incl tokenizer) {:?} total {:?}",
-            t_parse,
-            t_tok,
-            t_model,
-            t.elapsed()
-        );
-        drop((tok, m));
+        model.push(t3.elapsed());
+        total.push(t.elapsed());
+        drop((tk, m));
     }
+    println!(
+        "medians of {reps}: parse {:?}, tokenizer {:?}, model (includes its own tokenizer) {:?}, total {:?}",
+        median(&mut parse),
+        median(&mut tok),
+        median(&mut model),
+        median(&mut total)
+    );
 }

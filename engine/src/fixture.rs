@@ -290,10 +290,7 @@ pub fn write_fixture(
     g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
     g.add(
         "tokenizer.ggml.token_type",
-        Value::Array {
-            elem_type: crate::gguf::type_id::I32,
-            items: tok.token_types.iter().map(|&t| Value::I32(t)).collect(),
-        },
+        Value::I32s(tok.token_types.clone()),
     );
     g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
     g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));

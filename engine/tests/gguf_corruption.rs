@@ -143,6 +143,7 @@ fn metadata_of_every_type_round_trips_through_the_writer() {
         ("bool", Value::Bool(true)),
         ("str", Value::String("héllo".into())),
         ("strs", Value::string_array(["a", "", "ü"])),
+        ("i32s", Value::I32s(vec![-1, 0, 7, i32::MAX, i32::MIN])),
         (
             "nested",
             Value::Array {
@@ -173,6 +174,19 @@ fn metadata_of_every_type_round_trips_through_the_writer() {
     for (k, v) in &values {
         assert_eq!(g.get(k), Some(v), "{k}");
     }
+    // An INT32 array written item by item reads back in compact form.
+    let mut w = GgufWriter::new();
+    w.add(
+        "t",
+        Value::Array {
+            elem_type: 5,
+            items: vec![Value::I32(3), Value::I32(-4)],
+        },
+    );
+    let mut one = Vec::new();
+    w.write_header(&mut one).unwrap();
+    let g1 = GgufFile::from_backing(Arc::new(one)).unwrap();
+    assert_eq!(g1.get("t"), Some(&Value::I32s(vec![3, -4])));
     let b = g.tensor("b").unwrap();
     assert_eq!(b.offset % 64, 0);
     assert_eq!(g.tensor_data(b), &[2u8; 8]);

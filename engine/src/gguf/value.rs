@@ -107,6 +107,9 @@ pub enum Value {
     String(String),
     /// An array whose element type is STRING.
     Strings(StringArray),
+    /// An array whose element type is INT32, in compact form: a tokenizer's 128k token types
+    /// as `Value`s were 7 MB to allocate, fault in and free on every cold start.
+    I32s(Vec<i32>),
     Array {
         elem_type: u32,
         items: Vec<Value>,
@@ -129,7 +132,7 @@ impl Value {
             Value::F64(_) => F64,
             Value::Bool(_) => BOOL,
             Value::String(_) => STRING,
-            Value::Array { .. } | Value::Strings(_) => ARRAY,
+            Value::Array { .. } | Value::Strings(_) | Value::I32s(_) => ARRAY,
         }
     }
 
@@ -177,6 +180,13 @@ impl Value {
         }
     }
 
+    pub fn as_i32s(&self) -> Option<&[i32]> {
+        match self {
+            Value::I32s(a) => Some(a),
+            _ => None,
+        }
+    }
+
     pub fn as_strings(&self) -> Option<&StringArray> {
         match self {
             Value::Strings(a) => Some(a),
@@ -211,6 +221,19 @@ impl fmt::Display for Value {
                         write!(f, ", ")?;
                     }
                     write!(f, "{v:?}")?;
+                }
+                if a.len() > 4 {
+                    write!(f, ", ... ({} items)", a.len())?;
+                }
+                write!(f, "]")
+            }
+            Value::I32s(a) => {
+                write!(f, "[")?;
+                for (i, v) in a.iter().take(4).enumerate() {
+                    if i > 0 {
+                        write!(f, ", ")?;
+                    }
+                    write!(f, "{v}")?;
                 }
                 if a.len() > 4 {
                     write!(f, ", ... ({} items)", a.len())?;

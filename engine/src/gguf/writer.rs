@@ -134,6 +134,13 @@ fn put_value(buf: &mut Vec<u8>, v: &Value) {
                 put_str(buf, s);
             }
         }
+        Value::I32s(a) => {
+            buf.extend_from_slice(&super::type_id::I32.to_le_bytes());
+            buf.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            for x in a {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
+        }
         Value::Array { elem_type, items } => {
             buf.extend_from_slice(&elem_type.to_le_bytes());
             buf.extend_from_slice(&(items.len() as u64).to_le_bytes());

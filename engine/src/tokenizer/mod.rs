@@ -165,18 +165,25 @@ impl Tokenizer {
         };
         let tokens = strings("tokenizer.ggml.tokens")?;
         let merges = strings("tokenizer.ggml.merges")?;
-        let token_types = match g.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
-            Some(items) => items
+        let token_types = match g.get("tokenizer.ggml.token_type") {
+            Some(Value::I32s(a)) => std::borrow::Cow::Borrowed(a.as_slice()),
+            Some(Value::Array { items, .. }) => items
                 .iter()
                 .map(|v| match v {
                     Value::I32(t) => Some(*t),
                     other => other.as_u64().map(|t| t as i32),
                 })
                 .collect::<Option<Vec<_>>>()
+                .map(std::borrow::Cow::Owned)
                 .ok_or_else(|| {
                     invalid("tokenizer.ggml.token_type is not an integer array".into())
                 })?,
-            None => vec![token_type::NORMAL; tokens.len()],
+            Some(_) => {
+                return Err(invalid(
+                    "tokenizer.ggml.token_type is not an integer array".into(),
+                ));
+            }
+            None => std::borrow::Cow::Owned(vec![token_type::NORMAL; tokens.len()]),
         };
         let id = |key: &str, default: u32| -> u32 {
             g.get(key)

@@ -263,6 +263,7 @@ fn value_json(v: &Value) -> serde_json::Value {
             let head: Vec<_> = items.iter().take(8).map(value_json).collect();
             serde_json::json!({"len": items.len(), "head": head})
         }
+        Value::I32s(a) => serde_json::json!({"len": a.len(), "head": &a[..a.len().min(8)]}),
         Value::Strings(a) => {
             let head: Vec<_> = a.iter().take(8).collect();
             serde_json::json!({"len": a.len(), "head": head})
