@@ -288,6 +288,14 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             // The orders the forward pass asks for.
             let mut acts = QuantizedActs::default();
             acts.quantize_for(&x, k, kern.act_orders(ty, n));
+            // Rows quantized on the pool's threads match the serial pass.
+            let mut on_pool = QuantizedActs::default();
+            kern.install(|| on_pool.quantize_for(&x, k, kern.act_orders(ty, n)));
+            for t in 0..n {
+                assert_eq!(on_pool.row(t), acts.row(t), "token {t}");
+                assert_eq!(on_pool.scales[t].to_bits(), acts.scales[t].to_bits());
+                assert_eq!(on_pool.sums[t], acts.sums[t]);
+            }
             let mut out = vec![0f32; n * rows];
             kern.bitlinear(&w, &acts, &mut out);
             for t in 0..n {
@@ -302,6 +310,36 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn threaded_head_matches_one_thread_exactly() {
+    // Rows are split over the threads, never within a row: the same sums in the same order.
+    let mut r = Rng(99);
+    let (rows, k) = (1000, 256);
+    let data: Vec<u8> = (0..rows * k)
+        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
+        .collect();
+    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+    let w = DenseMatrix {
+        ty: GgmlType::F16,
+        rows,
+        k,
+        data: &data,
+    };
+    let one = bitnet_engine::kernels::Kernels::new(Some(1));
+    let mut want = vec![0f32; rows];
+    one.matvec(&w, &x, &mut want);
+    for threads in [2, 3] {
+        let kern = bitnet_engine::kernels::Kernels::new(Some(threads));
+        let mut got = vec![f32::NAN; rows];
+        kern.matvec(&w, &x, &mut got);
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same, "{threads} threads");
     }
 }
 

@@ -6,6 +6,8 @@ pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_gemm;
 
+pub mod pool;
+
 use std::sync::OnceLock;
 
 use crate::gguf::GgmlType;
@@ -482,7 +484,6 @@ impl SharedOut {
     /// # Safety
     /// `start + len <= self.1`, and no other thread accesses those indices while the slice
     /// lives.
-    #[cfg(target_arch = "x86_64")]
     #[allow(clippy::mut_from_ref)]
     unsafe fn run(&self, start: usize, len: usize) -> &mut [f32] {
         debug_assert!(start + len <= self.1);
@@ -503,7 +504,7 @@ impl SharedOut {
 
 /// Thread pool plus kernel choice, built once per model.
 pub struct Kernels {
-    pool: rayon::ThreadPool,
+    pool: pool::Pool,
     threads: usize,
     pub isa: Isa,
 }
@@ -521,13 +522,8 @@ impl Kernels {
         let threads = threads
             .filter(|&t| t > 0)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("bitnet-{i}"))
-            .build()
-            .expect("thread pool");
         Self {
-            pool,
+            pool: pool::Pool::new(threads),
             threads,
             isa: Isa::from_env(),
         }
@@ -537,7 +533,9 @@ impl Kernels {
         self.threads
     }
 
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+    /// Runs `f` on this thread with this pool current: [`pool::for_each`] inside it (and the
+    /// kernels) run on the pool.
+    pub fn install<R>(&self, f: impl FnOnce() -> R) -> R {
         self.pool.install(f)
     }
 
@@ -571,12 +569,13 @@ impl Kernels {
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         let isa = self.isa;
         let interleaved = interleaved_source(isa, w, acts);
-        // Small chunks balance the threads; a chunk's rows stay in cache across token tiles.
-        // The interleaved GEMM takes whole groups of 16 rows, four at a time.
-        let chunk = if interleaved.is_some() {
-            GEMM_ROWS
+        // The interleaved GEMM takes whole groups of 16 rows, four at a time; the per-row
+        // kernels blocks of up to ROW_BLOCK rows (a block's rows stay in cache across token
+        // tiles), shrinking toward the end so that the threads finish together.
+        let chunks = if interleaved.is_some() {
+            pool::Guided::uniform(rows, GEMM_ROWS)
         } else {
-            rows.div_ceil(self.threads * 8).clamp(8, ROW_BLOCK)
+            pool::Guided::new(rows, self.threads, 8, ROW_BLOCK)
         };
         // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
         // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).
@@ -607,38 +606,34 @@ impl Kernels {
                 t0 += tile;
             }
         };
-        self.pool.install(|| {
-            use rayon::prelude::*;
-            (0..rows.div_ceil(chunk)).into_par_iter().for_each(|c| {
-                let r0 = c * chunk;
-                let r1 = (r0 + chunk).min(rows);
-                #[cfg(target_arch = "x86_64")]
-                if let Some(source) = interleaved {
-                    let groups = (r1 - r0) / x86_gemm::GROUP;
-                    if groups > 0 {
-                        INTERLEAVED_ROWS.with_borrow_mut(|(buf, sums)| {
-                            interleaved_rows(source, w, r0, groups, acts, (buf, sums), dst)
-                        });
-                    }
-                    // Rows past the last whole group: the per-row kernels.
-                    let done = r0 + groups * x86_gemm::GROUP;
-                    if done < r1 {
-                        run_tiles((done, r1), None);
-                    }
-                    return;
+        self.pool.run(chunks.len(), &|c| {
+            let (r0, r1) = chunks.range(c);
+            #[cfg(target_arch = "x86_64")]
+            if let Some(source) = interleaved {
+                let groups = (r1 - r0) / x86_gemm::GROUP;
+                if groups > 0 {
+                    INTERLEAVED_ROWS.with_borrow_mut(|(buf, sums)| {
+                        interleaved_rows(source, w, r0, groups, acts, (buf, sums), dst)
+                    });
                 }
-                if !decode_tq1 {
-                    return run_tiles((r0, r1), None);
+                // Rows past the last whole group: the per-row kernels.
+                let done = r0 + groups * x86_gemm::GROUP;
+                if done < r1 {
+                    run_tiles((done, r1), None);
                 }
-                #[cfg(target_arch = "x86_64")]
-                DECODED_ROWS.with_borrow_mut(|buf| {
-                    let rb = w.row_bytes();
-                    buf.resize((r1 - r0) * w.k / 4, 0);
-                    // SAFETY: AVX-512 VBMI was detected; rows r0..r1 are TQ1_0 rows of k
-                    // weights in `w.data`; `buf` holds (r1 - r0) * k / 4 bytes.
-                    unsafe { x86::decode_tq1_0_rows(&w.data[r0 * rb..r1 * rb], r1 - r0, w.k, buf) };
-                    run_tiles((r0, r1), Some(buf));
-                });
+                return;
+            }
+            if !decode_tq1 {
+                return run_tiles((r0, r1), None);
+            }
+            #[cfg(target_arch = "x86_64")]
+            DECODED_ROWS.with_borrow_mut(|buf| {
+                let rb = w.row_bytes();
+                buf.resize((r1 - r0) * w.k / 4, 0);
+                // SAFETY: AVX-512 VBMI was detected; rows r0..r1 are TQ1_0 rows of k
+                // weights in `w.data`; `buf` holds (r1 - r0) * k / 4 bytes.
+                unsafe { x86::decode_tq1_0_rows(&w.data[r0 * rb..r1 * rb], r1 - r0, w.k, buf) };
+                run_tiles((r0, r1), Some(buf));
             });
         });
     }
@@ -646,13 +641,13 @@ impl Kernels {
     /// `out[r] = w_r · x` for every row r of a dense matrix (the output head).
     pub fn matvec(&self, w: &DenseMatrix<'_>, x: &[f32], out: &mut [f32]) {
         assert_eq!(out.len(), w.rows);
-        let chunk = w.rows.div_ceil(self.threads * 16).max(64);
-        self.pool.install(|| {
-            use rayon::prelude::*;
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, o)| {
-                let r0 = c * chunk;
-                dense_rows(self.isa, w, x, r0, o);
-            });
+        let chunks =
+            pool::Guided::new(w.rows, self.threads, 64, w.rows.div_ceil(self.threads * 16));
+        let dst = SharedOut(out.as_mut_ptr(), out.len());
+        self.pool.run(chunks.len(), &|c| {
+            let (r0, r1) = chunks.range(c);
+            // SAFETY: chunks are disjoint ranges of `out`, each run once.
+            dense_rows(self.isa, w, x, r0, unsafe { dst.run(r0, r1 - r0) });
         });
     }
 }

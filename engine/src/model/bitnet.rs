@@ -561,10 +561,8 @@ fn attention(
     };
     // Each (token, head) writes its own head_dim slice of `att`.
     kern.install(|| {
-        use rayon::prelude::*;
-        att[..n * d]
-            .par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(i, out)| work((i / c.n_head, i % c.n_head), out));
+        crate::kernels::pool::for_each_chunk_mut(&mut att[..n * d], hd, &|i, out| {
+            work((i / c.n_head, i % c.n_head), out)
+        })
     });
 }

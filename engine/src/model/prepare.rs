@@ -11,7 +11,8 @@ use crate::quant::DenseMatrix;
 use crate::quant::q8_0;
 
 /// Writes `src` to `out` with `output.weight` as Q8_0 (quantized from the stored head, or from
-/// the tied token embedding when the file has none). Quantizes on the current rayon pool.
+/// the tied token embedding when the file has none). Quantizes on the installed
+/// kernel pool ([`crate::kernels::Kernels::install`]), serially without one.
 pub fn write_with_q8_0_head(src: &GgufFile, out: &mut impl Write) -> Result<(), EngineError> {
     let invalid = |m: String| EngineError::InvalidModel(m);
     let head_info = src

@@ -335,9 +335,8 @@ impl QuantizedActs {
             self.perm1p.as_mut_slice(),
         );
         if n > 1 {
-            // Prefill: rows (with their reorderings) in parallel; decode, n = 1, stays
-            // allocation-free.
-            use rayon::prelude::*;
+            // Prefill: rows (with their reorderings) in parallel on the installed pool;
+            // decode, n = 1, stays allocation-free.
             fn rows(p: &mut [i8], want: bool, w: usize, n: usize) -> Vec<Option<&mut [i8]>> {
                 if want {
                     p.chunks_exact_mut(w).map(Some).collect()
@@ -345,23 +344,23 @@ impl QuantizedActs {
                     (0..n).map(|_| None).collect()
                 }
             }
-            let dsts: Vec<Dsts<'_>> = rows(p2, want2, k, n)
-                .into_iter()
+            type Row<'a> = (&'a mut [i8], &'a [f32], Dsts<'a>, &'a mut f32, &'a mut i32);
+            let mut work: Vec<Row<'_>> = self
+                .q
+                .chunks_exact_mut(k)
+                .zip(x.chunks_exact(k))
+                .zip(rows(p2, want2, k, n))
                 .zip(rows(p1, want1, w1, n))
                 .zip(rows(p1p, want1p, k, n))
-                .map(|((a, b), c)| (a, b, c))
+                .zip(self.scales.iter_mut().zip(self.sums.iter_mut()))
+                .map(|(((((q, x), a), b), c), (s, sum))| (q, x, (a, b, c), s, sum))
                 .collect();
-            let done: Vec<(f32, i32)> = self
-                .q
-                .par_chunks_exact_mut(k)
-                .zip(x.par_chunks_exact(k))
-                .zip(dsts.into_par_iter())
-                .map(|((q, x), d)| one(q, x, d))
-                .collect();
-            for (t, (s, sum)) in done.into_iter().enumerate() {
-                self.scales[t] = s;
-                self.sums[t] = sum;
-            }
+            crate::kernels::pool::for_each_chunk_mut(&mut work, 1, &|_, row| {
+                for (q, x, (a, b, c), s, sum) in row.iter_mut() {
+                    let d = (a.as_deref_mut(), b.as_deref_mut(), c.as_deref_mut());
+                    (**s, **sum) = one(q, x, d);
+                }
+            });
         } else if n == 1 {
             let (s, sum) = one(
                 &mut self.q[..k],

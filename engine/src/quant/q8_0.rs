@@ -95,7 +95,8 @@ pub fn matrix_bytes(m: &DenseMatrix<'_>) -> usize {
     m.rows * (m.k / BLOCK * BLOCK_BYTES)
 }
 
-/// Quantizes a whole dense matrix, rows in parallel (call inside the kernel thread pool).
+/// Quantizes a whole dense matrix, rows in parallel on the installed kernel pool
+/// ([`crate::kernels::Kernels::install`]), serially without one.
 pub fn quantize_matrix(m: &DenseMatrix<'_>) -> Vec<u8> {
     let mut out = vec![0u8; matrix_bytes(m)];
     quantize_matrix_into(m, &mut out);
@@ -104,7 +105,6 @@ pub fn quantize_matrix(m: &DenseMatrix<'_>) -> Vec<u8> {
 
 /// [`quantize_matrix`] into `out` ([`matrix_bytes`] long).
 pub fn quantize_matrix_into(m: &DenseMatrix<'_>, out: &mut [u8]) {
-    use rayon::prelude::*;
     let rb = m.k / BLOCK * BLOCK_BYTES;
     assert_eq!(out.len(), m.rows * rb);
     #[cfg(target_arch = "x86_64")]
@@ -113,21 +113,19 @@ pub fn quantize_matrix_into(m: &DenseMatrix<'_>, out: &mut [u8]) {
         && crate::kernels::Isa::from_env() == crate::kernels::Isa::Avx512Vnni;
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
-    out.par_chunks_mut(rb * 64)
-        .enumerate()
-        .for_each(|(c, chunk)| {
-            let mut row = vec![0f32; m.k];
-            for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
-                let r = c * 64 + i;
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    // SAFETY: AVX-512 F/BW were detected; row r is 2k bytes of F16 and `o`
-                    // is its k / 32 blocks.
-                    unsafe { quantize_f16_row_avx512(&m.data[r * 2 * m.k..(r + 1) * 2 * m.k], o) };
-                    continue;
-                }
-                m.row_f32(r, &mut row);
-                quantize_row(&row, o);
+    crate::kernels::pool::for_each_chunk_mut(out, rb * 64, &|c, chunk| {
+        let mut row = vec![0f32; m.k];
+        for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
+            let r = c * 64 + i;
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: AVX-512 F/BW were detected; row r is 2k bytes of F16 and `o`
+                // is its k / 32 blocks.
+                unsafe { quantize_f16_row_avx512(&m.data[r * 2 * m.k..(r + 1) * 2 * m.k], o) };
+                continue;
             }
-        });
+            m.row_f32(r, &mut row);
+            quantize_row(&row, o);
+        }
+    });
 }

@@ -281,7 +281,9 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
     let tmp = a.output.with_extension("gguf.partial");
     let write = || -> Result<()> {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        bitnet_engine::model::prepare::write_with_q8_0_head(&g, &mut out)?;
+        // Quantizes on every core.
+        bitnet_engine::kernels::Kernels::new(None)
+            .install(|| bitnet_engine::model::prepare::write_with_q8_0_head(&g, &mut out))?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         Ok(())
     };
