@@ -135,6 +135,9 @@ pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out
 /// Largest row block handed to one kernel call.
 const ROW_BLOCK: usize = 128;
 
+/// Rows of the F16 head read at once (see [`x86::dot_f16_rows_avx512`]).
+const HEAD_STREAMS: usize = 8;
+
 /// BitLinear outputs of rows `r0..r1` (at most [`ROW_BLOCK`]) for tokens `t0..t0+T`,
 /// written to `dst` at `t * rows + m`.
 fn tile_rows<const T: usize>(
@@ -654,6 +657,27 @@ impl Kernels {
 
 /// `out[i] = w_{r0+i} · x`, F16 rows with F16C when available.
 pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512Vnni && w.ty == GgmlType::F16 {
+        // HEAD_STREAMS rows at once, spread over the range: that many weight streams in flight.
+        const S: usize = HEAD_STREAMS;
+        let rb = 2 * w.k;
+        let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
+        let part = out.len() / S;
+        for i in 0..part {
+            let rows: [&[u8]; S] = std::array::from_fn(|s| row(r0 + s * part + i));
+            // SAFETY: AVX-512 F, F16C and FMA were detected; each row holds k f16 values.
+            let d = unsafe { x86::dot_f16_rows_avx512::<S>(rows, x) };
+            for (s, v) in d.into_iter().enumerate() {
+                out[s * part + i] = v;
+            }
+        }
+        for i in S * part..out.len() {
+            // SAFETY: as above.
+            out[i] = unsafe { x86::dot_f16_rows_avx512::<1>([row(r0 + i)], x) }[0];
+        }
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && w.ty == GgmlType::F16 {
         let rb = 2 * w.k;

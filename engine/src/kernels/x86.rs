@@ -356,6 +356,50 @@ pub unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
     sum
 }
 
+/// `out[s] = rows[s] · x` for `S` F16 rows at once, reading their 64-byte lines in lockstep:
+/// `S` sequential streams in flight instead of one. One stream per thread leaves memory
+/// bandwidth unused here (a plain read of the page-cached model: 23 GB/s with one stream per
+/// thread, 27 with two, 30 with eight, at 2 threads). Each row is summed the same way
+/// whatever `S` is (two 16-lane chains, one fixed reduction, then the scalar tail in order), so
+/// a row's result does not depend on how rows are grouped.
+///
+/// # Safety
+/// The CPU supports AVX-512 F, F16C and FMA; every row holds `x.len()` f16 values.
+#[inline]
+#[target_feature(enable = "avx512f,f16c,fma")]
+pub unsafe fn dot_f16_rows_avx512<const S: usize>(rows: [&[u8]; S], x: &[f32]) -> [f32; S] {
+    let k = x.len();
+    debug_assert!(rows.iter().all(|r| r.len() >= 2 * k));
+    let main = k / 32 * 32;
+    let mut acc = [[_mm512_setzero_ps(); 2]; S];
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 32 <= main <= k: within `x` and within every row (2k bytes).
+        unsafe {
+            let x0 = _mm512_loadu_ps(x.as_ptr().add(i));
+            let x1 = _mm512_loadu_ps(x.as_ptr().add(i + 16));
+            for (row, a) in rows.iter().zip(acc.iter_mut()) {
+                let p = row.as_ptr().add(2 * i);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                let h0 = _mm256_loadu_si256(p as *const __m256i);
+                let h1 = _mm256_loadu_si256(p.add(32) as *const __m256i);
+                a[0] = _mm512_fmadd_ps(_mm512_cvtph_ps(h0), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(_mm512_cvtph_ps(h1), x1, a[1]);
+            }
+        }
+        i += 32;
+    }
+    let mut out = [0f32; S];
+    for ((o, a), row) in out.iter_mut().zip(&acc).zip(&rows) {
+        let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+        for j in main..k {
+            sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+        }
+        *o = sum;
+    }
+    out
+}
+
 /// `sum a[i] * b[i]` with f32 inputs, products and sum in f64 (AVX2 + FMA).
 ///
 /// # Safety
