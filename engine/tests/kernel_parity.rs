@@ -261,6 +261,9 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
         for &(rows, k, n) in &[
             (37usize, 512usize, 11usize),
             (130, 768, 1),
+            // Decode: row blocks of up to 512 rows, read eight (TQ1_0: four) rows at a time,
+            // spread over the block, plus the rows left over.
+            (1100, 512, 1),
             (64, 256, 8),
             (200, 2560, 5),
             // Prefill sizes: TQ1_0 rows decoded once per row block (AVX-512 VBMI).

@@ -133,7 +133,14 @@ pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out
 }
 
 /// Largest row block handed to one kernel call.
-const ROW_BLOCK: usize = 128;
+const ROW_BLOCK: usize = DECODE_ROWS;
+
+/// Row blocks when decoding one token: long weight streams (see `x86::GEMV_STREAMS`).
+const DECODE_ROWS: usize = 512;
+
+/// Row blocks for several tokens: a block's rows stay in cache across token tiles.
+const PREFILL_ROWS: usize = 128;
+const DECODE_MIN_ROWS: usize = 8;
 
 /// Rows of the F16 head read at once (see [`x86::dot_f16_rows_avx512`]).
 const HEAD_STREAMS: usize = 8;
@@ -573,12 +580,14 @@ impl Kernels {
         let isa = self.isa;
         let interleaved = interleaved_source(isa, w, acts);
         // The interleaved GEMM takes whole groups of 16 rows, four at a time; the per-row
-        // kernels blocks of up to ROW_BLOCK rows (a block's rows stay in cache across token
-        // tiles), shrinking toward the end so that the threads finish together.
+        // kernels blocks of rows that shrink toward the end so that the threads finish
+        // together.
         let chunks = if interleaved.is_some() {
             pool::Guided::uniform(rows, GEMM_ROWS)
+        } else if n == 1 {
+            pool::Guided::new(rows, self.threads, DECODE_MIN_ROWS, DECODE_ROWS)
         } else {
-            pool::Guided::new(rows, self.threads, 8, ROW_BLOCK)
+            pool::Guided::new(rows, self.threads, 8, PREFILL_ROWS)
         };
         // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
         // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).

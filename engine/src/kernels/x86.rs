@@ -13,6 +13,10 @@ use crate::quant::act::PERM1_BLOCK;
 /// How far ahead of the current weight bytes to prefetch.
 const PREFETCH: usize = 1024;
 
+/// Rows of a ternary matrix read at once when decoding one token.
+const GEMV_STREAMS: usize = 8;
+const GEMV_STREAMS_TQ1_0: usize = 4;
+
 /// Which 2-bit layout: I2_S stores plane n at shift `6 - 2n` in 64-byte chunks (two
 /// 128-blocks); TQ2_0 at shift `2n` in the first 64 bytes of each 66-byte block.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -711,6 +715,48 @@ pub unsafe fn dot1_avx512_gemv(row: &[u8], q: &[i8], k: usize) -> i32 {
     (3 * a - b) / 256
 }
 
+/// [`dot1_avx512_gemv`] for `S` rows at once, their blocks read in lockstep (`S` weight
+/// streams in flight; see [`dot_f16_rows_avx512`]). The sums are exact integers, so the
+/// results equal the one-row kernel's.
+///
+/// # Safety
+/// As [`dot1_avx512_gemv`], for every row.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub unsafe fn dot1_rows_avx512_gemv<const S: usize>(
+    rows: [&[u8]; S],
+    q: &[i8],
+    k: usize,
+) -> [i32; S] {
+    let nb = k / 256;
+    debug_assert!(rows.iter().all(|r| r.len() >= nb * 54) && q.len() >= nb * PERM1_BLOCK);
+    let mut a = [_mm512_setzero_si512(); S];
+    let mut b = [_mm512_setzero_si512(); S];
+    for blk in 0..nb {
+        let mut x: [__m512i; S] = std::array::from_fn(|s| {
+            let p = rows[s].as_ptr().wrapping_add(blk * 54);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            // SAFETY: as in `dot1_avx512_gemv`: only the block's first 52 bytes are read.
+            unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, p as *const i8) }
+        });
+        for n in 0..5 {
+            // SAFETY: q has nb*320 bytes; this reads blk*320 + 64n .. +64.
+            let qv = unsafe {
+                _mm512_loadu_si512(q.as_ptr().add(blk * PERM1_BLOCK + 64 * n) as *const __m512i)
+            };
+            for s in 0..S {
+                let next = times3(x[s]);
+                a[s] = _mm512_dpbusd_epi32(a[s], x[s], qv);
+                b[s] = _mm512_dpbusd_epi32(b[s], next, qv);
+                x[s] = next;
+            }
+        }
+    }
+    std::array::from_fn(|s| {
+        (3 * _mm512_reduce_add_epi32(a[s]) - _mm512_reduce_add_epi32(b[s])) / 256
+    })
+}
+
 /// Permute indices that pack TQ1_0's five trit planes into four vectors: vector v takes
 /// bytes from plane v (index < 64) and plane v+1 (index >= 64): 52 + 12, 40 + 24, 28 + 36,
 /// 16 + 48 bytes.
@@ -896,6 +942,37 @@ pub unsafe fn rows_avx512<const T: usize>(
             }
             m += 4;
         }
+    }
+    // One token on a 2-bit layout: GEMV_STREAMS rows at once, spread over the block, so that
+    // as many weight streams are in flight (see `dot_f16_rows_avx512`).
+    if let Layout::TwoBit(kind) = layout
+        && T == 1
+    {
+        const S: usize = GEMV_STREAMS;
+        let part = (m1 - m) / S;
+        for i in 0..part {
+            let rows: [&[u8]; S] = std::array::from_fn(|s| row(m + s * part + i));
+            let mut d = [[0i32; T]; S];
+            // SAFETY: the caller's guarantees, per row.
+            unsafe { dot2_rows_avx512::<S, T>(kind, rows, q, k, &mut d) };
+            for (s, v) in d.into_iter().enumerate() {
+                out[m - m0 + s * part + i] = v;
+            }
+        }
+        m += S * part;
+    }
+    if layout == Layout::Tq1_0 && T == 1 {
+        const S: usize = GEMV_STREAMS_TQ1_0;
+        let part = (m1 - m) / S;
+        for i in 0..part {
+            let rows: [&[u8]; S] = std::array::from_fn(|s| row(m + s * part + i));
+            // SAFETY: the caller's guarantees, per row.
+            let d = unsafe { dot1_rows_avx512_gemv::<S>(rows, q[0], k) };
+            for (s, v) in d.into_iter().enumerate() {
+                out[m - m0 + s * part + i][0] = v;
+            }
+        }
+        m += S * part;
     }
     let start = m;
     for i in 0..m1 - start {
