@@ -255,9 +255,14 @@ fn f16_head_matches_scalar_within_summation_order() {
 fn threaded_matmul_is_bit_identical_to_scalar() {
     // The prefill shapes below reach the interleaved GEMM only while this holds.
     const _: () = assert!(bitnet_engine::kernels::INTERLEAVE_MIN_TOKENS <= 32);
-    let kern = bitnet_engine::kernels::Kernels::new(Some(2));
+    let mut kern = bitnet_engine::kernels::Kernels::new(Some(2));
     let mut r = Rng(4242);
-    for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
+    // Every instruction set this CPU runs, each with its own row-block kernels.
+    for (isa, ty) in isas()
+        .into_iter()
+        .flat_map(|i| [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0].map(|t| (i, t)))
+    {
+        kern.isa = isa;
         for &(rows, k, n) in &[
             (37usize, 512usize, 11usize),
             (130, 768, 1),

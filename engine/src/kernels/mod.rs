@@ -688,12 +688,23 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && w.ty == GgmlType::F16 {
+    if isa == Isa::Avx2 && w.ty == GgmlType::F16 {
+        // As above, four rows at once.
+        const S: usize = 4;
         let rb = 2 * w.k;
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = r0 + i;
-            // SAFETY: AVX2, F16C and FMA were detected; the row holds k f16 values.
-            *o = unsafe { x86::dot_f16_avx2(&w.data[r * rb..(r + 1) * rb], x) };
+        let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
+        let part = out.len() / S;
+        for i in 0..part {
+            let rows: [&[u8]; S] = std::array::from_fn(|s| row(r0 + s * part + i));
+            // SAFETY: AVX2, F16C and FMA were detected; each row holds k f16 values.
+            let d = unsafe { x86::dot_f16_rows_avx2::<S>(rows, x) };
+            for (s, v) in d.into_iter().enumerate() {
+                out[s * part + i] = v;
+            }
+        }
+        for i in S * part..out.len() {
+            // SAFETY: as above.
+            out[i] = unsafe { x86::dot_f16_rows_avx2::<1>([row(r0 + i)], x) }[0];
         }
         return;
     }

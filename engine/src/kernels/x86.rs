@@ -16,6 +16,7 @@ const PREFETCH: usize = 1024;
 /// Rows of a ternary matrix read at once when decoding one token.
 const GEMV_STREAMS: usize = 8;
 const GEMV_STREAMS_TQ1_0: usize = 4;
+const GEMV_STREAMS_AVX2: usize = 4;
 
 /// Which 2-bit layout: I2_S stores plane n at shift `6 - 2n` in 64-byte chunks (two
 /// 128-blocks); TQ2_0 at shift `2n` in the first 64 bytes of each 66-byte block.
@@ -104,6 +105,113 @@ pub unsafe fn dot2_avx2<const T: usize>(
     for t in 0..T {
         out[t] = hsum256(acc[t]);
     }
+}
+
+/// [`dot2_avx2`] against one token for `S` rows at once, their chunks read in lockstep (`S`
+/// weight streams in flight; see [`dot_f16_rows_avx512`]). Exact integer sums, so the
+/// results equal the one-row kernel's.
+///
+/// # Safety
+/// As [`dot2_avx2`], for every row.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot2_rows_avx2_gemv<const S: usize>(
+    kind: TwoBit,
+    rows: [&[u8]; S],
+    q: &[i8],
+    k: usize,
+) -> [i32; S] {
+    let nb = k / 256;
+    debug_assert!(
+        rows.iter()
+            .all(|r| r.len() >= (nb - 1) * kind.stride() + 64)
+    );
+    let mask = _mm256_set1_epi8(3);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); S];
+    for c in 0..nb {
+        for row in &rows {
+            _mm_prefetch::<_MM_HINT_T0>(
+                row.as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8
+            );
+        }
+        let mut acc16 = [_mm256_setzero_si256(); S];
+        for n in 0..4 {
+            let shc = _mm_cvtsi32_si128(kind.shift(n) as i32);
+            // SAFETY: q has k bytes; this reads c*256 + 64n .. +64 <= k.
+            let (ql, qh) = unsafe {
+                let p = q.as_ptr().add(c * 256 + 64 * n);
+                (
+                    _mm256_loadu_si256(p as *const __m256i),
+                    _mm256_loadu_si256(p.add(32) as *const __m256i),
+                )
+            };
+            for (row, a) in rows.iter().zip(acc16.iter_mut()) {
+                // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of the row.
+                let (lo, hi) = unsafe {
+                    let p = row.as_ptr().add(c * kind.stride());
+                    (
+                        _mm256_loadu_si256(p as *const __m256i),
+                        _mm256_loadu_si256(p.add(32) as *const __m256i),
+                    )
+                };
+                let cl = _mm256_and_si256(_mm256_srl_epi16(lo, shc), mask);
+                let ch = _mm256_and_si256(_mm256_srl_epi16(hi, shc), mask);
+                // As in `dot2_avx2`: the i16 pair sums cannot overflow.
+                *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(cl, ql));
+                *a = _mm256_add_epi16(*a, _mm256_maddubs_epi16(ch, qh));
+            }
+        }
+        for (a, a16) in acc.iter_mut().zip(&acc16) {
+            *a = _mm256_add_epi32(*a, _mm256_madd_epi16(*a16, ones));
+        }
+    }
+    std::array::from_fn(|s| hsum256(acc[s]))
+}
+
+/// [`dot_f16_rows_avx512`] for AVX2: `S` F16 rows at once in lockstep, each row summed the
+/// same way whatever `S` is (two 8-lane chains, one fixed reduction, then the scalar tail).
+///
+/// # Safety
+/// The CPU supports AVX2, F16C and FMA; every row holds `x.len()` f16 values.
+#[inline]
+#[target_feature(enable = "avx2,f16c,fma")]
+pub unsafe fn dot_f16_rows_avx2<const S: usize>(rows: [&[u8]; S], x: &[f32]) -> [f32; S] {
+    let k = x.len();
+    debug_assert!(rows.iter().all(|r| r.len() >= 2 * k));
+    let main = k / 16 * 16;
+    let mut acc = [[_mm256_setzero_ps(); 2]; S];
+    let mut i = 0;
+    while i < main {
+        // SAFETY: i + 16 <= main <= k: within `x` and within every row (2k bytes).
+        unsafe {
+            let x0 = _mm256_loadu_ps(x.as_ptr().add(i));
+            let x1 = _mm256_loadu_ps(x.as_ptr().add(i + 8));
+            for (row, a) in rows.iter().zip(acc.iter_mut()) {
+                let p = row.as_ptr().add(2 * i);
+                if i % 32 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                }
+                let h0 = _mm_loadu_si128(p as *const __m128i);
+                let h1 = _mm_loadu_si128(p.add(16) as *const __m128i);
+                a[0] = _mm256_fmadd_ps(_mm256_cvtph_ps(h0), x0, a[0]);
+                a[1] = _mm256_fmadd_ps(_mm256_cvtph_ps(h1), x1, a[1]);
+            }
+        }
+        i += 16;
+    }
+    let mut out = [0f32; S];
+    for ((o, a), row) in out.iter_mut().zip(&acc).zip(&rows) {
+        let v = _mm256_add_ps(a[0], a[1]);
+        let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+        for j in main..k {
+            sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+        }
+        *o = sum;
+    }
+    out
 }
 
 #[inline]
@@ -324,40 +432,6 @@ pub unsafe fn dot1_avx512<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, o
         }
     }
     reduce_chains(&acc, out);
-}
-
-/// `sum row[i] * x[i]` over an F16 row, 32 lanes at a time (F16C + FMA).
-///
-/// # Safety
-/// The CPU supports AVX2, F16C and FMA; `row` holds `x.len()` f16 values (2 bytes each).
-#[target_feature(enable = "avx2,f16c,fma")]
-pub unsafe fn dot_f16_avx2(row: &[u8], x: &[f32]) -> f32 {
-    let k = x.len();
-    debug_assert!(row.len() >= 2 * k);
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let main = k / 32 * 32;
-    let mut i = 0;
-    while i < main {
-        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(2 * i + PREFETCH) as *const i8);
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8j + 8 <= main <= k: within both `row` (2k bytes) and `x`.
-            unsafe {
-                let h = _mm_loadu_si128(row.as_ptr().add(2 * (i + 8 * j)) as *const __m128i);
-                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
-                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, *a);
-            }
-        }
-        i += 32;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` is 8 f32.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
-    let mut sum: f32 = lanes.iter().sum();
-    for j in main..k {
-        sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
-    }
-    sum
 }
 
 /// `out[s] = rows[s] · x` for `S` F16 rows at once, reading their 64-byte lines in lockstep:
@@ -1022,6 +1096,26 @@ pub unsafe fn rows_avx2<const T: usize>(
     k: usize,
     out: &mut [[i32; T]],
 ) {
+    let mut m0 = m0;
+    let mut out = out;
+    // One token on a 2-bit layout: rows in lockstep, spread over the block.
+    if let Layout::TwoBit(kind) = layout
+        && T == 1
+    {
+        const S: usize = GEMV_STREAMS_AVX2;
+        let part = (m1 - m0) / S;
+        let row = |m: usize| &data[m * row_bytes..(m + 1) * row_bytes];
+        for i in 0..part {
+            let rows: [&[u8]; S] = std::array::from_fn(|s| row(m0 + s * part + i));
+            // SAFETY: the caller's guarantees, per row.
+            let d = unsafe { dot2_rows_avx2_gemv::<S>(kind, rows, q[0], k) };
+            for (s, v) in d.into_iter().enumerate() {
+                out[s * part + i][0] = v;
+            }
+        }
+        m0 += S * part;
+        out = &mut out[S * part..];
+    }
     for i in 0..m1 - m0 {
         let m = m0 + two_streams::<T>(i, m1 - m0);
         let o = &mut out[m - m0];
