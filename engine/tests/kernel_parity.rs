@@ -336,18 +336,22 @@ fn threaded_head_matches_one_thread_exactly() {
         k,
         data: &data,
     };
-    let one = bitnet_engine::kernels::Kernels::new(Some(1));
-    let mut want = vec![0f32; rows];
-    one.matvec(&w, &x, &mut want);
-    for threads in [2, 3] {
-        let kern = bitnet_engine::kernels::Kernels::new(Some(threads));
-        let mut got = vec![f32::NAN; rows];
-        kern.matvec(&w, &x, &mut got);
-        let same = got
-            .iter()
-            .zip(&want)
-            .all(|(g, w)| g.to_bits() == w.to_bits());
-        assert!(same, "{threads} threads");
+    for isa in isas() {
+        let mut one = bitnet_engine::kernels::Kernels::new(Some(1));
+        one.isa = isa;
+        let mut want = vec![0f32; rows];
+        one.matvec(&w, &x, &mut want);
+        for threads in [2, 3] {
+            let mut kern = bitnet_engine::kernels::Kernels::new(Some(threads));
+            kern.isa = isa;
+            let mut got = vec![f32::NAN; rows];
+            kern.matvec(&w, &x, &mut got);
+            let same = got
+                .iter()
+                .zip(&want)
+                .all(|(g, w)| g.to_bits() == w.to_bits());
+            assert!(same, "{isa:?}, {threads} threads");
+        }
     }
 }
 
