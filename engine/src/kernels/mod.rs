@@ -144,6 +144,7 @@ const DECODE_MIN_ROWS: usize = 8;
 
 /// Rows of the F16 head read at once (see [`x86::dot_f16_rows_avx512`]).
 const HEAD_STREAMS: usize = 8;
+const HEAD_STREAMS_AVX2: usize = 4;
 
 /// BitLinear outputs of rows `r0..r1` (at most [`ROW_BLOCK`]) for tokens `t0..t0+T`,
 /// written to `dst` at `t * rows + m`.
@@ -664,59 +665,63 @@ impl Kernels {
     }
 }
 
+/// `out[i] = dot(row(first + i))`: `S` rows at a time, spread evenly over the range so that
+/// `S` weight streams are in flight (one stream per thread leaves memory bandwidth unused),
+/// then the rows left over one by one.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn spread_rows<'a, const S: usize>(
+    out: &mut [f32],
+    first: usize,
+    row: impl Fn(usize) -> &'a [u8],
+    many: impl Fn([&'a [u8]; S]) -> [f32; S],
+    one: impl Fn(&'a [u8]) -> f32,
+) {
+    let part = out.len() / S;
+    for i in 0..part {
+        let d = many(std::array::from_fn(|s| row(first + s * part + i)));
+        for (s, v) in d.into_iter().enumerate() {
+            out[s * part + i] = v;
+        }
+    }
+    for i in S * part..out.len() {
+        out[i] = one(row(first + i));
+    }
+}
+
 /// `out[i] = w_{r0+i} · x`, F16 rows with F16C when available.
 pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && w.ty == GgmlType::F16 {
-        // HEAD_STREAMS rows at once, spread over the range: that many weight streams in flight.
-        const S: usize = HEAD_STREAMS;
-        let rb = 2 * w.k;
-        let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
-        let part = out.len() / S;
-        for i in 0..part {
-            let rows: [&[u8]; S] = std::array::from_fn(|s| row(r0 + s * part + i));
-            // SAFETY: AVX-512 F, F16C and FMA were detected; each row holds k f16 values.
-            let d = unsafe { x86::dot_f16_rows_avx512::<S>(rows, x) };
-            for (s, v) in d.into_iter().enumerate() {
-                out[s * part + i] = v;
+    {
+        let row_bytes = match w.ty {
+            GgmlType::F16 => 2 * w.k,
+            _ => w.k / 32 * 34,
+        };
+        let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
+        match (isa, w.ty) {
+            (Isa::Avx512Vnni, GgmlType::F16) => {
+                // SAFETY: AVX-512 F, F16C and FMA were detected; each row holds k f16 values.
+                let many = |rows| unsafe { x86::dot_f16_rows_avx512::<HEAD_STREAMS>(rows, x) };
+                // SAFETY: as above.
+                let one = |r| unsafe { x86::dot_f16_rows_avx512::<1>([r], x) }[0];
+                return spread_rows(out, r0, row, many, one);
             }
-        }
-        for i in S * part..out.len() {
-            // SAFETY: as above.
-            out[i] = unsafe { x86::dot_f16_rows_avx512::<1>([row(r0 + i)], x) }[0];
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2 && w.ty == GgmlType::F16 {
-        // As above, four rows at once.
-        const S: usize = 4;
-        let rb = 2 * w.k;
-        let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
-        let part = out.len() / S;
-        for i in 0..part {
-            let rows: [&[u8]; S] = std::array::from_fn(|s| row(r0 + s * part + i));
-            // SAFETY: AVX2, F16C and FMA were detected; each row holds k f16 values.
-            let d = unsafe { x86::dot_f16_rows_avx2::<S>(rows, x) };
-            for (s, v) in d.into_iter().enumerate() {
-                out[s * part + i] = v;
+            (Isa::Avx2, GgmlType::F16) => {
+                // SAFETY: AVX2, F16C and FMA were detected; each row holds k f16 values.
+                let many = |rows| unsafe { x86::dot_f16_rows_avx2::<HEAD_STREAMS_AVX2>(rows, x) };
+                // SAFETY: as above.
+                let one = |r| unsafe { x86::dot_f16_rows_avx2::<1>([r], x) }[0];
+                return spread_rows(out, r0, row, many, one);
             }
+            (Isa::Avx512Vnni, GgmlType::Q8_0) if w.k.is_multiple_of(32) => {
+                // SAFETY: AVX-512 F was detected; each row holds k/32 Q8_0 blocks.
+                let many = |rows| unsafe { x86::dot_q8_0_rows_avx512::<HEAD_STREAMS>(rows, x) };
+                // SAFETY: as above.
+                let one = |r| unsafe { x86::dot_q8_0_rows_avx512::<1>([r], x) }[0];
+                return spread_rows(out, r0, row, many, one);
+            }
+            _ => {}
         }
-        for i in S * part..out.len() {
-            // SAFETY: as above.
-            out[i] = unsafe { x86::dot_f16_rows_avx2::<1>([row(r0 + i)], x) }[0];
-        }
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx512Vnni && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {
-        let rb = w.k / 32 * 34;
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = r0 + i;
-            // SAFETY: AVX-512 F was detected; the row holds k/32 Q8_0 blocks.
-            *o = unsafe { x86::dot_q8_0_avx512(&w.data[r * rb..(r + 1) * rb], x) };
-        }
-        return;
     }
     #[cfg(target_arch = "x86_64")]
     if isa >= Isa::Avx2 && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {

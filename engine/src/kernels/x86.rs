@@ -699,43 +699,41 @@ pub unsafe fn dot_q8_0_avx2(row: &[u8], x: &[f32]) -> f32 {
     lanes.iter().sum()
 }
 
-/// [`dot_q8_0_avx2`] with AVX-512: two blocks' worth of lanes per step, scales converted by
-/// the hardware.
+/// [`dot_q8_0_avx2`] with AVX-512 for `S` rows at once, their blocks read in lockstep (`S`
+/// weight streams in flight; see [`dot_f16_rows_avx512`]), scales converted by the hardware.
+/// Each row is summed the same way whatever `S` is (two chains: even and odd blocks).
 ///
 /// # Safety
-/// The CPU supports AVX-512 F; `row` holds `x.len() / 32` blocks of 34 bytes and `x.len()`
-/// is a multiple of 32.
+/// The CPU supports AVX-512 F; every row holds `x.len() / 32` blocks of 34 bytes and
+/// `x.len()` is a multiple of 32.
+#[inline]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn dot_q8_0_avx512(row: &[u8], x: &[f32]) -> f32 {
+pub unsafe fn dot_q8_0_rows_avx512<const S: usize>(rows: [&[u8]; S], x: &[f32]) -> [f32; S] {
     let nb = x.len() / 32;
-    debug_assert!(row.len() >= nb * 34);
-    let mut acc = [_mm512_setzero_ps(); 4];
+    debug_assert!(rows.iter().all(|r| r.len() >= nb * 34));
+    let mut acc = [[_mm512_setzero_ps(); 2]; S];
     for b in 0..nb {
-        _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 34 + PREFETCH) as *const i8);
-        // SAFETY: block b spans 34 bytes from 34b; x has 32 values from 32b.
+        // SAFETY: block b spans 34 bytes from 34b of every row; x has 32 values from 32b.
         unsafe {
-            let p = row.as_ptr().add(b * 34);
-            let bits = u16::from_le_bytes([*p, *p.add(1)]);
-            let d = _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16));
             let xs = x.as_ptr().add(b * 32);
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                p.add(2) as *const __m128i
-            )));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
-                p.add(18) as *const __m128i
-            )));
-            let s = _mm512_fmadd_ps(
-                hi,
-                _mm512_loadu_ps(xs.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(xs)),
-            );
-            acc[b % 4] = _mm512_fmadd_ps(s, d, acc[b % 4]);
+            let (x0, x1) = (_mm512_loadu_ps(xs), _mm512_loadu_ps(xs.add(16)));
+            for (row, a) in rows.iter().zip(acc.iter_mut()) {
+                let p = row.as_ptr().add(b * 34);
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                let bits = u16::from_le_bytes([*p, *p.add(1)]);
+                let d = _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16));
+                let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    p.add(2) as *const __m128i
+                )));
+                let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                    p.add(18) as *const __m128i
+                )));
+                let v = _mm512_fmadd_ps(hi, x1, _mm512_mul_ps(lo, x0));
+                a[b % 2] = _mm512_fmadd_ps(v, d, a[b % 2]);
+            }
         }
     }
-    _mm512_reduce_add_ps(_mm512_add_ps(
-        _mm512_add_ps(acc[0], acc[1]),
-        _mm512_add_ps(acc[2], acc[3]),
-    ))
+    std::array::from_fn(|s| _mm512_reduce_add_ps(_mm512_add_ps(acc[s][0], acc[s][1])))
 }
 
 /// TQ1_0 against one token without extracting trits: with `x_n = b * 3^n mod 256` and
