@@ -130,7 +130,7 @@ def prefill_dots_per_token(model):
 ths = sorted({r["threads"] for r in rows})
 label = {"tq2_0-upstream": "bitnet TQ2_0, same file", "i2_s": "bitnet I2_S", "tq2_0": "bitnet TQ2_0",
          "tq1_0": "bitnet TQ1_0", "i2_s-q8head": "bitnet I2_S, Q8_0 head"}
-print(f"\n2B4T shapes; decode roofline = bytes read per token / measured read bandwidth")
+print(f"\n2B4T shapes; decode roofline = bytes read per token / measured read bandwidth (bench/membw.c, 8 streams per thread)")
 print("'same file' = this engine on llama.cpp's own GGUF (identical page-cache pages)")
 print(f"{'engine':<24}{'thr':>4}{'decode tok/s':>14}{'pp'+sys.argv[3]+' tok/s':>13}{'vs llama.cpp':>20}{'load ms':>9}{'peak RSS MB':>12}{'roofline':>10}")
 for th in ths:
