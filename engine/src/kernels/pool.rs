@@ -9,18 +9,23 @@
 //!
 //! Chunks are claimed from a shared counter, so uneven chunks still balance. A region runs
 //! on the thread that asks for it, which makes the calling thread one of the pool's threads.
-//! A region inside a region (or one asked for outside [`Pool::install`]) runs serially.
+//! A region inside a region (or one asked for outside [`Pool::install`]) runs serially. One
+//! region runs at a time: a chunk must not wait for another thread that asks this pool for a
+//! region (it would wait for the region lock the chunk's region holds).
 
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long an idle worker spins before it parks.
 const SPIN_FOR: Duration = Duration::from_millis(2);
+
+/// Spins between yields of a waiting thread (tens of microseconds).
+const YIELD_AFTER: u32 = 1024;
 
 /// One region: `f(c)` for every chunk `c < n`.
 struct Job<'a> {
@@ -32,7 +37,7 @@ struct Shared {
     /// Bumped once per region; a worker runs the region when it sees a new value.
     epoch: AtomicUsize,
     /// The current region's `Job`, valid from the epoch bump until `running` reaches 0.
-    job: AtomicUsize,
+    job: AtomicPtr<()>,
     /// Next chunk to claim.
     next: AtomicUsize,
     /// Workers that have not finished the current region.
@@ -65,7 +70,7 @@ impl Pool {
     pub fn new(threads: usize) -> Self {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            job: AtomicUsize::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
             next: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
@@ -74,20 +79,21 @@ impl Pool {
             parked: Mutex::new(0),
             wake: Condvar::new(),
         });
-        let workers = (1..threads.max(1))
-            .map(|i| {
-                let s = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("bitnet-{i}"))
-                    .spawn(move || worker(&s))
-                    .expect("spawn kernel worker thread")
-            })
-            .collect();
-        Self {
+        let mut pool = Self {
             shared,
-            workers,
+            workers: Vec::with_capacity(threads.saturating_sub(1)),
             region: Mutex::new(()),
+        };
+        for i in 1..threads.max(1) {
+            let s = Arc::clone(&pool.shared);
+            // On failure `pool` drops, which stops the workers already started.
+            let w = std::thread::Builder::new()
+                .name(format!("bitnet-{i}"))
+                .spawn(move || worker(&s))
+                .expect("spawn kernel worker thread");
+            pool.workers.push(w);
         }
+        pool
     }
 
     /// Threads that run a region: the workers plus the caller.
@@ -117,13 +123,12 @@ impl Pool {
         if self.workers.is_empty() || n == 1 || IN_REGION.with(Cell::get) {
             return serial(n, f);
         }
-        // A panic inside a region is re-raised after the region, so the lock is never held
-        // by a panicking region; recover it anyway rather than poison every later call.
-        let _one = self.region.lock().unwrap_or_else(|e| e.into_inner());
+        // Released before a chunk's panic is re-raised; recover a poisoned lock anyway.
+        let one = self.region.lock().unwrap_or_else(|e| e.into_inner());
         let s = &*self.shared;
         let job = Job { f, n };
         s.job
-            .store(&job as *const Job<'_> as usize, Ordering::Relaxed);
+            .store(&job as *const Job<'_> as *mut (), Ordering::Relaxed);
         s.next.store(0, Ordering::Relaxed);
         s.running.store(self.workers.len(), Ordering::Relaxed);
         // Release: a worker that sees the new epoch also sees the job and the counters.
@@ -137,14 +142,23 @@ impl Pool {
         let mine = catch_unwind(AssertUnwindSafe(|| claim_chunks(s, &job)));
         // Workers read `job` until they decrement `running`: wait for all of them before
         // `job` (on this stack) goes away, even when this thread's chunks panicked.
+        let mut spins = 0u32;
         while s.running.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            spins = spins.saturating_add(1);
+            if spins < YIELD_AFTER {
+                std::hint::spin_loop();
+            } else {
+                // More threads than cores (tests, other processes): let the worker run.
+                std::thread::yield_now();
+            }
         }
         let theirs = s
             .panicked
             .swap(false, Ordering::Relaxed)
             .then(|| s.payload.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(one);
         if let Err(p) = mine {
+            drop_quietly(theirs);
             resume_unwind(p);
         }
         if let Some(p) = theirs {
@@ -221,7 +235,7 @@ impl Guided {
         let max = max.max(1);
         let min = min.clamp(1, max);
         let threads = threads.max(1);
-        let bulk = total.saturating_sub(2 * threads * max) / max;
+        let bulk = total.saturating_sub(threads.saturating_mul(max).saturating_mul(2)) / max;
         let mut g = Self {
             total,
             max,
@@ -236,7 +250,7 @@ impl Guided {
                 return Self::uniform(total, max);
             }
             let rest = total - pos;
-            pos += (rest / (2 * threads)).clamp(min, max).min(rest);
+            pos += (rest / threads.saturating_mul(2)).clamp(min, max).min(rest);
             g.tail[g.n_tail] = pos;
             g.n_tail += 1;
         }
@@ -265,6 +279,7 @@ impl Guided {
 
     /// Chunk `c` as `(start, end)`.
     pub fn range(&self, c: usize) -> (usize, usize) {
+        debug_assert!(c < self.len());
         if c < self.bulk {
             return (c * self.max, ((c + 1) * self.max).min(self.total));
         }
@@ -309,6 +324,11 @@ impl Drop for InRegion {
     }
 }
 
+/// Drops a panic payload, containing a panic from its destructor.
+fn drop_quietly<T>(p: T) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(p)));
+}
+
 fn serial(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let _in = InRegion::enter();
     (0..n).for_each(f);
@@ -342,10 +362,12 @@ fn worker(s: &Shared) {
                 return;
             }
             spins = spins.wrapping_add(1);
-            if !first && !spins.is_multiple_of(1024) {
+            if !first && !spins.is_multiple_of(YIELD_AFTER) {
                 std::hint::spin_loop();
                 continue;
             }
+            // Now and then, give the core to a runnable thread (oversubscribed machines).
+            std::thread::yield_now();
             let start = *since.get_or_insert_with(Instant::now);
             if !first && start.elapsed() < SPIN_FOR {
                 continue;
@@ -364,7 +386,14 @@ fn worker(s: &Shared) {
         // until this worker decrements `running` below; this is the last use of `job`.
         let job = unsafe { &*(s.job.load(Ordering::Relaxed) as *const Job<'_>) };
         if let Err(p) = catch_unwind(AssertUnwindSafe(|| claim_chunks(s, job))) {
-            *s.payload.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+            // The first panic is raised; a later one is dropped here, where a panicking
+            // payload destructor cannot kill this thread (the caller waits for it).
+            let mut slot = s.payload.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(p);
+            } else {
+                drop_quietly(Some(p));
+            }
             s.panicked.store(true, Ordering::Relaxed);
         }
         // Release: the chunk's writes (and the panic flag) happen before the caller returns.

@@ -107,6 +107,9 @@ pub fn quantize_matrix(m: &DenseMatrix<'_>) -> Vec<u8> {
 pub fn quantize_matrix_into(m: &DenseMatrix<'_>, out: &mut [u8]) {
     let rb = m.k / BLOCK * BLOCK_BYTES;
     assert_eq!(out.len(), m.rows * rb);
+    if rb == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     let simd = m.ty == crate::gguf::GgmlType::F16
         && m.k.is_multiple_of(BLOCK)
