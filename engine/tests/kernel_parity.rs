@@ -234,14 +234,19 @@ fn assert_dense_rows_match_scalar(w: &DenseMatrix<'_>, x: &[f32]) {
     }
 }
 
+/// `rows` x `k` random F16 weights, then `k` random inputs.
+fn random_f16_rows(r: &mut Rng, rows: usize, k: usize) -> (Vec<u8>, Vec<f32>) {
+    let data = (0..rows * k)
+        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
+        .collect();
+    (data, (0..k).map(|_| r.f()).collect())
+}
+
 #[test]
 fn f16_head_matches_scalar_within_summation_order() {
     let mut r = Rng(77);
     let (rows, k) = (37, 2560 + 24);
-    let data: Vec<u8> = (0..rows * k)
-        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
-        .collect();
-    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+    let (data, x) = random_f16_rows(&mut r, rows, k);
     let w = DenseMatrix {
         ty: GgmlType::F16,
         rows,
@@ -326,10 +331,7 @@ fn threaded_head_matches_one_thread_exactly() {
     // Rows are split over the threads, never within a row: the same sums in the same order.
     let mut r = Rng(99);
     let (rows, k) = (1000, 256);
-    let data: Vec<u8> = (0..rows * k)
-        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
-        .collect();
-    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+    let (data, x) = random_f16_rows(&mut r, rows, k);
     let w = DenseMatrix {
         ty: GgmlType::F16,
         rows,

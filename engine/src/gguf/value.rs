@@ -214,45 +214,28 @@ impl fmt::Display for Value {
             Value::F64(v) => write!(f, "{v}"),
             Value::Bool(v) => write!(f, "{v}"),
             Value::String(s) => write!(f, "{s:?}"),
-            Value::Strings(a) => {
-                write!(f, "[")?;
-                for (i, v) in a.iter().take(4).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v:?}")?;
-                }
-                if a.len() > 4 {
-                    write!(f, ", ... ({} items)", a.len())?;
-                }
-                write!(f, "]")
-            }
-            Value::I32s(a) => {
-                write!(f, "[")?;
-                for (i, v) in a.iter().take(4).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                if a.len() > 4 {
-                    write!(f, ", ... ({} items)", a.len())?;
-                }
-                write!(f, "]")
-            }
-            Value::Array { items, .. } => {
-                write!(f, "[")?;
-                for (i, v) in items.iter().take(4).enumerate() {
-                    if i > 0 {
-                        write!(f, ", ")?;
-                    }
-                    write!(f, "{v}")?;
-                }
-                if items.len() > 4 {
-                    write!(f, ", ... ({} items)", items.len())?;
-                }
-                write!(f, "]")
-            }
+            Value::Strings(a) => write_list(f, a.len(), a.iter().map(|v| format!("{v:?}"))),
+            Value::I32s(a) => write_list(f, a.len(), a.iter()),
+            Value::Array { items, .. } => write_list(f, items.len(), items.iter()),
         }
     }
+}
+
+/// `[a, b, c, d, ... (n items)]`: the first four of `len` items.
+fn write_list<T: fmt::Display>(
+    f: &mut fmt::Formatter<'_>,
+    len: usize,
+    items: impl Iterator<Item = T>,
+) -> fmt::Result {
+    write!(f, "[")?;
+    for (i, v) in items.take(4).enumerate() {
+        if i > 0 {
+            write!(f, ", ")?;
+        }
+        write!(f, "{v}")?;
+    }
+    if len > 4 {
+        write!(f, ", ... ({len} items)")?;
+    }
+    write!(f, "]")
 }

@@ -516,14 +516,13 @@ impl SharedOut {
 /// Thread pool plus kernel choice, built once per model.
 pub struct Kernels {
     pool: pool::Pool,
-    threads: usize,
     pub isa: Isa,
 }
 
 impl std::fmt::Debug for Kernels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Kernels")
-            .field("threads", &self.threads)
+            .field("threads", &self.threads())
             .finish()
     }
 }
@@ -535,13 +534,12 @@ impl Kernels {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Self {
             pool: pool::Pool::new(threads),
-            threads,
             isa: Isa::from_env(),
         }
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
+        self.pool.threads()
     }
 
     /// Runs `f` on this thread with this pool current: [`pool::for_each`] inside it (and the
@@ -586,9 +584,9 @@ impl Kernels {
         let chunks = if interleaved.is_some() {
             pool::Guided::uniform(rows, GEMM_ROWS)
         } else if n == 1 {
-            pool::Guided::new(rows, self.threads, DECODE_MIN_ROWS, DECODE_ROWS)
+            pool::Guided::new(rows, self.threads(), DECODE_MIN_ROWS, DECODE_ROWS)
         } else {
-            pool::Guided::new(rows, self.threads, 8, PREFILL_ROWS)
+            pool::Guided::new(rows, self.threads(), 8, PREFILL_ROWS)
         };
         // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
         // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).
@@ -654,8 +652,12 @@ impl Kernels {
     /// `out[r] = w_r · x` for every row r of a dense matrix (the output head).
     pub fn matvec(&self, w: &DenseMatrix<'_>, x: &[f32], out: &mut [f32]) {
         assert_eq!(out.len(), w.rows);
-        let chunks =
-            pool::Guided::new(w.rows, self.threads, 64, w.rows.div_ceil(self.threads * 16));
+        let chunks = pool::Guided::new(
+            w.rows,
+            self.threads(),
+            64,
+            w.rows.div_ceil(self.threads() * 16),
+        );
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
@@ -665,9 +667,8 @@ impl Kernels {
     }
 }
 
-/// `out[i] = dot(row(first + i))`: `S` rows at a time, spread evenly over the range so that
-/// `S` weight streams are in flight (one stream per thread leaves memory bandwidth unused),
-/// then the rows left over one by one.
+/// `out[i] = dot(row(first + i))`: `S` rows at a time spread over the range
+/// ([`x86::spread`]), then the rows left over one by one.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn spread_rows<'a, const S: usize>(
@@ -677,15 +678,10 @@ fn spread_rows<'a, const S: usize>(
     many: impl Fn([&'a [u8]; S]) -> [f32; S],
     one: impl Fn(&'a [u8]) -> f32,
 ) {
-    let part = out.len() / S;
-    for i in 0..part {
-        let d = many(std::array::from_fn(|s| row(first + s * part + i)));
-        for (s, v) in d.into_iter().enumerate() {
-            out[s * part + i] = v;
-        }
-    }
-    for i in S * part..out.len() {
-        out[i] = one(row(first + i));
+    let end = first + out.len();
+    let done = x86::spread(out, (first, end), |rs| many(rs.map(&row)));
+    for m in done..end {
+        out[m - first] = one(row(m));
     }
 }
 
