@@ -117,6 +117,7 @@ def check_lambda_module(tf: dict) -> list[str]:
     arch_var = tf["variable"].get("architecture", {})
     if "arm64" not in str(arch_var.get("validation", "")):
         v.append("architecture variable must allow arm64")
+    v += check_arm64_acknowledgement(tf)
     zip_default = _var_default(tf, fn.get("filename"))
     if zip_default != "target/lambda/bootstrap/bootstrap.zip":
         v.append(f"zip path default must be target/lambda/bootstrap/bootstrap.zip, is {zip_default!r}")
@@ -131,15 +132,12 @@ def check_lambda_module(tf: dict) -> list[str]:
     if "s3://" not in str(tf["locals"].get("model_uri", "")):
         v.append("BITNET_MODEL must be an s3:// URI")
 
-    # Zero cost at rest: no provisioned concurrency, no warmers, no reservation by default.
+    # Zero cost at rest: no provisioned concurrency, no warmers.
     for bad in ("aws_lambda_provisioned_concurrency_config", "aws_cloudwatch_event_rule", "aws_scheduler_schedule"):
         if res.get(bad):
             v.append(f"{bad} must not exist (costs or warms while idle)")
-    rce = fn.get("reserved_concurrent_executions")
-    if rce is not None:
-        default = _var_default(tf, rce)
-        if default is not None and default != -1:
-            v.append(f"reserved_concurrent_executions must default to unreserved, is {default!r}")
+    v += check_concurrency_cap(tf)
+    v += check_lambda_auth(tf)
 
     # Function URL.
     urls = res.get("aws_lambda_function_url", {})
@@ -229,6 +227,91 @@ def check_lambda_module(tf: dict) -> list[str]:
     return v
 
 
+# Each cold start downloads the 1.2 GB model: the default cap must exist and be small.
+MAX_DEFAULT_CONCURRENCY = 20
+
+
+def check_concurrency_cap(tf: dict) -> list[str]:
+    """reserved_concurrent_executions comes from var.reserved_concurrency, whose default is a
+    small positive cap (not null = uncapped, not 0 = disabled, not -1 = unreserved)."""
+    v: list[str] = []
+    fns = tf["resource"].get("aws_lambda_function", {})
+    if len(fns) != 1:
+        return ["expected exactly one aws_lambda_function"]
+    fn = next(iter(fns.values()))
+    rce = fn.get("reserved_concurrent_executions")
+    if rce != "${var.reserved_concurrency}":
+        v.append(f"reserved_concurrent_executions must be var.reserved_concurrency (the cap), is {rce!r}")
+    var = tf["variable"].get("reserved_concurrency")
+    if var is None:
+        return v + ["variable reserved_concurrency (concurrency cap) is missing"]
+    default = var.get("default")
+    if isinstance(default, bool) or not isinstance(default, int) or not 1 <= default <= MAX_DEFAULT_CONCURRENCY:
+        v.append(f"reserved_concurrency must default to a cap between 1 and {MAX_DEFAULT_CONCURRENCY} "
+                 f"(each cold start downloads the model), is {default!r}")
+    if ">= 1" not in str(var.get("validation", "")):
+        v.append("reserved_concurrency must be validated >= 1 (0 disables the function)")
+    return v
+
+
+def _validations(var: dict) -> list[dict]:
+    val = var.get("validation", [])
+    return val if isinstance(val, list) else [val]
+
+
+def check_arm64_acknowledgement(tf: dict) -> list[str]:
+    """arm64 runs the engine's scalar fallback: refused unless allow_scalar_arm64 = true."""
+    v: list[str] = []
+    ack = tf["variable"].get("allow_scalar_arm64")
+    if ack is None:
+        return ["variable allow_scalar_arm64 (acknowledgement for arm64's scalar kernels) is missing"]
+    if ack.get("type") != "bool" or ack.get("default") is not False:
+        v.append(f"allow_scalar_arm64 must be a bool defaulting to false, is {ack.get('type')!r} = {ack.get('default')!r}")
+    arch = tf["variable"].get("architecture", {})
+    guard = [x for x in _validations(arch)
+             if re.search(r'var\.architecture\s*!=\s*"arm64"\s*\|\|\s*var\.allow_scalar_arm64\b', str(x.get("condition")))]
+    if not guard:
+        v.append('architecture must be validated with var.architecture != "arm64" || var.allow_scalar_arm64')
+    elif "scalar" not in str(guard[0].get("error_message", "")).lower():
+        v.append("the arm64 validation message must say that arm64 runs the scalar kernels")
+    return v
+
+
+def check_lambda_auth(tf: dict) -> list[str]:
+    """The function gets API_KEY (from a sensitive variable) or, only on explicit opt-in,
+    BITNET_ALLOW_NO_AUTH=1; with neither, the plan fails."""
+    v: list[str] = []
+    var = tf["variable"]
+    key = var.get("api_key")
+    if key is None:
+        return ["variable api_key is missing"]
+    if key.get("sensitive") is not True:
+        v.append("api_key must be sensitive")
+    opt = var.get("allow_no_auth")
+    if opt is None:
+        return v + ["variable allow_no_auth (explicit no-auth opt-in) is missing"]
+    if opt.get("type") != "bool" or opt.get("default") is not False:
+        v.append(f"allow_no_auth must be a bool defaulting to false, is {opt.get('type')!r} = {opt.get('default')!r}")
+    conds = [str(x.get("condition")) for x in _validations(opt) + _validations(key)]
+    if not any("var.allow_no_auth" in c and re.search(r"var\.api_key\s*!=\s*null", c) for c in conds):
+        v.append("a validation must require api_key or allow_no_auth = true")
+    url = [str(x.get("condition")) for x in _validations(var.get("function_url_auth_type", {}))]
+    if not any('"NONE"' in c and re.search(r"var\.api_key\s*!=\s*null", c) for c in url):
+        v.append('function_url_auth_type = "NONE" must be validated to need api_key')
+    env = str(tf["locals"].get("environment", ""))
+    if not re.search(r"var\.api_key == null \? \{\} : \{API_KEY = var\.api_key\}", env):
+        v.append("environment must set API_KEY from var.api_key when it is set")
+    no_auth = re.findall(r"([^,]*)\? \{BITNET_ALLOW_NO_AUTH = \"1\"\} : \{\}", env)
+    if len(no_auth) != 1 or "var.allow_no_auth" not in no_auth[0]:
+        v.append("environment must set BITNET_ALLOW_NO_AUTH=1 only when var.allow_no_auth is true")
+    if re.search(r"BITNET_ALLOW_NO_AUTH\s*=", env.replace('BITNET_ALLOW_NO_AUTH = "1"} : {}', "")):
+        v.append("BITNET_ALLOW_NO_AUTH must not be set unconditionally")
+    extra = str(var.get("extra_environment", {}).get("validation", ""))
+    if "API_KEY" not in extra or "BITNET_ALLOW_NO_AUTH" not in extra:
+        v.append("extra_environment must be validated not to carry API_KEY / BITNET_ALLOW_NO_AUTH")
+    return v
+
+
 def check_example(tf: dict) -> list[str]:
     v: list[str] = []
     mods = tf["module"]
@@ -240,9 +323,34 @@ def check_example(tf: dict) -> list[str]:
     auth = tf["variable"].get("function_url_auth_type", {}).get("default")
     if auth != "AWS_IAM":
         v.append(f"example must default to AWS_IAM, is {auth!r}")
+    # The example passes the safety switches through with the module's safe defaults (a
+    # root variable defaulting to null would override the module's default cap).
+    mod = next((m for m in mods.values() if m.get("source") == "../../modules/bitnet-lambda"), {})
+    module_vars = load_tf(TF_MODULE)["variable"]
+    for name in ("reserved_concurrency", "allow_scalar_arm64", "allow_no_auth", "api_key"):
+        if mod.get(name) != f"${{var.{name}}}":
+            v.append(f"example must pass {name} to the module")
+            continue
+        got = tf["variable"].get(name, {}).get("default")
+        want = module_vars.get(name, {}).get("default")
+        if got != want:
+            v.append(f"example default of {name} must match the module's ({want!r}), is {got!r}")
+    if tf["variable"].get("api_key", {}).get("sensitive") is not True:
+        v.append("example api_key must be sensitive")
     for out in ("function_url", "function_name", "bucket"):
         if out not in tf["output"]:
             v.append(f"example is missing output {out}")
+    return v
+
+
+def check_required_version(root: Path) -> list[str]:
+    """Cross-variable validations need Terraform >= 1.9."""
+    v = []
+    for tf in sorted(Path(root).rglob("*.tf")):
+        for m in re.finditer(r'required_version\s*=\s*"([^"]*)"', tf.read_text()):
+            got = re.search(r">=\s*(\d+)\.(\d+)", m.group(1))
+            if not got or (int(got.group(1)), int(got.group(2))) < (1, 9):
+                v.append(f"{tf}: required_version must be >= 1.9 (validations refer to other variables), is {m.group(1)!r}")
     return v
 
 

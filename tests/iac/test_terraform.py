@@ -1,9 +1,12 @@
-"""Terraform module and example: parsed with python-hcl2, key settings asserted."""
+"""Terraform module and example: parsed with python-hcl2, key settings asserted; the
+variables' validations also run for real in `terraform plan` (no provider needed)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,30 @@ def test_no_provisioned_concurrency_anywhere():
     assert r.check_no_provisioned_concurrency(r.REPO / "terraform") == []
 
 
+def test_required_version_allows_cross_variable_validation():
+    assert r.check_required_version(r.REPO / "terraform") == []
+
+
+def test_concurrency_is_capped_by_default(module_tf):
+    fn = module_tf["resource"]["aws_lambda_function"]["this"]
+    assert fn["reserved_concurrent_executions"] == "${var.reserved_concurrency}"
+    assert module_tf["variable"]["reserved_concurrency"]["default"] == 10
+    assert r.check_concurrency_cap(module_tf) == []
+
+
+def test_arm64_needs_acknowledgement(module_tf):
+    assert module_tf["variable"]["allow_scalar_arm64"]["default"] is False
+    assert module_tf["variable"]["architecture"]["default"] == "x86_64"
+    assert r.check_arm64_acknowledgement(module_tf) == []
+
+
+def test_auth_is_a_key_or_an_explicit_opt_in(module_tf):
+    var = module_tf["variable"]
+    assert var["api_key"]["default"] is None and var["api_key"]["sensitive"] is True
+    assert var["allow_no_auth"]["default"] is False
+    assert r.check_lambda_auth(module_tf) == []
+
+
 def test_function_url_streams_with_iam_auth(module_tf):
     url = module_tf["resource"]["aws_lambda_function_url"]["this"]
     assert url["invoke_mode"] == "RESPONSE_STREAM"
@@ -40,7 +67,7 @@ def test_sizes(module_tf):
     assert var["memory_size"]["default"] == 4096
     assert var["ephemeral_storage_size"]["default"] >= 2048
     assert var["timeout"]["default"] == 900
-    assert var["reserved_concurrency"]["default"] is None
+    assert var["reserved_concurrency"]["default"] == 10
 
 
 def test_s3_statement_is_get_object_on_model_only(module_tf):
@@ -84,6 +111,27 @@ MUTATIONS = {
     "no retention": ("retention_in_days = var.log_retention_days", "retention_in_days = 0", "retention"),
     "reserved warmers": ("reserved_concurrent_executions = var.reserved_concurrency",
                          "reserved_concurrent_executions = 5", "reserved_concurrent_executions"),
+    "uncapped by default": ("type        = number\n  default     = 10\n", "type        = number\n  default     = null\n",
+                            "reserved_concurrency must default to a cap"),
+    "large default cap": ("type        = number\n  default     = 10\n", "type        = number\n  default     = 1000\n",
+                          "reserved_concurrency must default to a cap"),
+    "cap not applied": ("reserved_concurrent_executions = var.reserved_concurrency",
+                        "reserved_concurrent_executions = null", "reserved_concurrent_executions"),
+    "arm64 acknowledged by default": ("default     = false\n  nullable    = false\n}",
+                                      "default     = true\n  nullable    = false\n}", "allow_scalar_arm64"),
+    "arm64 unguarded": ('condition     = var.architecture != "arm64" || var.allow_scalar_arm64',
+                        "condition     = true", "allow_scalar_arm64"),
+    "no auth by default": ("default     = false\n  nullable    = false\n\n  validation {\n    condition     = var.allow_no_auth",
+                           "default     = true\n  nullable    = false\n\n  validation {\n    condition     = var.allow_no_auth",
+                           "allow_no_auth must be a bool defaulting to false"),
+    "auth not required": ("condition     = var.allow_no_auth || var.api_key != null", "condition     = true",
+                          "require api_key or allow_no_auth"),
+    "no-auth always": ('var.api_key == null && var.allow_no_auth ? { BITNET_ALLOW_NO_AUTH = "1" } : {}',
+                       '{ BITNET_ALLOW_NO_AUTH = "1" }', "BITNET_ALLOW_NO_AUTH"),
+    "key dropped": ("var.api_key == null ? {} : { API_KEY = var.api_key },", "", "API_KEY"),
+    "key not sensitive": ("sensitive   = true", "sensitive   = false", "sensitive"),
+    "public url without key": ('condition     = var.function_url_auth_type != "NONE" || var.api_key != null',
+                               "condition     = true", "NONE"),
     "provisioned": (None, 'resource "aws_lambda_provisioned_concurrency_config" "warm" {\n'
                           '  function_name                     = aws_lambda_function.this.function_name\n'
                           '  provisioned_concurrent_executions = 1\n'
@@ -112,3 +160,73 @@ def test_checker_catches_mutation(tmp_path, name):
     violations = r.check_lambda_module(r.load_tf(broken)) + r.check_no_provisioned_concurrency(broken)
     assert violations, f"mutation {name!r} was not caught"
     assert any(re.search(re.escape(expect), x, re.I) for x in violations), violations
+
+
+# ----------------------------------------------------------------------------------------
+# The validations themselves, run by terraform: a root module made of a copy of the module's
+# variables.tf needs no provider, so `terraform plan` works offline and evaluates them.
+
+
+def _terraform() -> str | None:
+    candidates = [os.environ.get("TERRAFORM_BIN"), shutil.which("terraform"),
+                  str(r.REPO / ".venv-iac" / "test" / "bin" / "terraform")]
+    for c in candidates:
+        if not c or not Path(c).exists():
+            continue
+        out = subprocess.run([c, "version"], capture_output=True, text=True, env=_tf_env()).stdout
+        m = re.search(r"Terraform v(\d+)\.(\d+)", out)
+        if m and (int(m.group(1)), int(m.group(2))) >= (1, 9):
+            return c
+    return None
+
+
+def _tf_env(data_dir: Path | None = None) -> dict:
+    env = dict(os.environ, CHECKPOINT_DISABLE="1", TF_IN_AUTOMATION="1", TF_INPUT="0")
+    env.pop("TF_CLI_ARGS", None)
+    if data_dir is not None:
+        env["TF_DATA_DIR"] = str(data_dir / ".terraform")
+    return env
+
+
+@pytest.fixture(scope="module")
+def variables_root(tmp_path_factory):
+    tf = _terraform()
+    if tf is None:
+        pytest.skip("no terraform >= 1.9 (cross-variable validation) on PATH or in .venv-iac")
+    d = tmp_path_factory.mktemp("tf-variables")
+    shutil.copy(r.TF_MODULE / "variables.tf", d / "variables.tf")
+    init = subprocess.run([tf, "init", "-backend=false", "-no-color"], cwd=d, capture_output=True, text=True,
+                          env=_tf_env(d))
+    assert init.returncode == 0, init.stdout + init.stderr
+
+    def plan(*var_args: str) -> tuple[int, str]:
+        argv = [tf, "plan", "-lock=false", "-no-color", "-refresh=false"]
+        for a in var_args:
+            argv += ["-var", a]
+        p = subprocess.run(argv, cwd=d, capture_output=True, text=True, env=_tf_env(d))
+        return p.returncode, " ".join((p.stdout + p.stderr).split())
+
+    return plan
+
+
+@pytest.mark.parametrize("args,ok,message", [
+    ((), False, "Set api_key"),                                          # neither key nor opt-in
+    (("allow_no_auth=true",), True, None),
+    (("api_key=s3cret-key",), True, None),
+    (("api_key=   ",), False, "must not be empty"),
+    (("api_key=",), False, "must not be empty"),
+    (("allow_no_auth=true", "function_url_auth_type=NONE"), False, "needs api_key"),
+    (("api_key=k", "function_url_auth_type=NONE"), True, None),
+    (("allow_no_auth=true", "architecture=arm64"), False, "scalar"),
+    (("allow_no_auth=true", "architecture=arm64", "allow_scalar_arm64=true"), True, None),
+    (("allow_no_auth=true", "reserved_concurrency=0"), False, "reserved_concurrency"),
+    (("allow_no_auth=true", 'extra_environment={BITNET_ALLOW_NO_AUTH="1"}'), False, "extra_environment must not"),
+    (("api_key=k", 'extra_environment={API_KEY="x"}'), False, "extra_environment must not"),
+])
+def test_validations_in_terraform_plan(variables_root, args, ok, message):
+    rc, out = variables_root(*args)
+    if ok:
+        assert rc == 0, out
+    else:
+        assert rc != 0, f"plan with {args} should fail: {out}"
+        assert "Invalid value for variable" in out and message in out, out

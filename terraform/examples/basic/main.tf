@@ -1,11 +1,13 @@
 # Example root module: one scale-to-zero BitNet function with its own model bucket.
 #
 #   cargo lambda build --release --output-format zip -p bitnet-lambda   # from the repo root
-#   cd terraform/examples/basic && terraform init && terraform apply
+#   cd terraform/examples/basic && cp terraform.tfvars.example terraform.tfvars
+#   # set api_key, or allow_no_auth = true (AWS_IAM auth alone), in terraform.tfvars
+#   terraform init && terraform apply
 #   aws s3 cp ggml-model-i2_s.gguf "$(terraform output -raw model_uri)" --metadata sha256=<hex>
 
 terraform {
-  required_version = ">= 1.5.0"
+  required_version = ">= 1.9.0"
 
   required_providers {
     aws = {
@@ -28,13 +30,17 @@ provider "aws" {
 module "bitnet" {
   source = "../../modules/bitnet-lambda"
 
-  name            = var.name
-  lambda_zip_path = var.lambda_zip_path
-  architecture    = var.architecture
-  model_key       = var.model_key
-  model_sha256    = var.model_sha256
+  name               = var.name
+  lambda_zip_path    = var.lambda_zip_path
+  architecture       = var.architecture
+  allow_scalar_arm64 = var.allow_scalar_arm64
+  model_key          = var.model_key
+  model_sha256       = var.model_sha256
+
+  reserved_concurrency = var.reserved_concurrency
 
   function_url_auth_type = var.function_url_auth_type
   api_key                = var.api_key
+  allow_no_auth          = var.allow_no_auth
   cors                   = var.cors
 }

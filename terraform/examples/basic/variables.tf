@@ -17,9 +17,21 @@ variable "lambda_zip_path" {
 }
 
 variable "architecture" {
-  description = "x86_64 (default) or arm64 (build with `cargo lambda build --release --arm64 --output-format zip`)."
+  description = "x86_64 (default) or arm64 (build with `cargo lambda build --release --arm64 --output-format zip`). arm64 runs the engine's slow scalar kernels and needs allow_scalar_arm64 = true."
   type        = string
   default     = "x86_64"
+}
+
+variable "allow_scalar_arm64" {
+  description = "Acknowledge that arm64 runs the slow scalar fallback (no aarch64 SIMD kernels yet); required for arm64."
+  type        = bool
+  default     = false
+}
+
+variable "reserved_concurrency" {
+  description = "Cap on concurrent executions (each cold start downloads the 1.2 GB model); null removes the cap (accounts with a concurrency quota below 110 cannot reserve any)."
+  type        = number
+  default     = 10
 }
 
 variable "model_key" {
@@ -41,10 +53,16 @@ variable "function_url_auth_type" {
 }
 
 variable "api_key" {
-  description = "Bearer token the API requires; needed when function_url_auth_type is NONE."
+  description = "Bearer token the API requires; needed when function_url_auth_type is NONE. Either this or allow_no_auth = true."
   type        = string
   default     = null
   sensitive   = true
+}
+
+variable "allow_no_auth" {
+  description = "Explicit opt-in to run without api_key, relying on the function URL's AWS_IAM auth alone (not allowed with NONE)."
+  type        = bool
+  default     = false
 }
 
 variable "cors" {

@@ -3,6 +3,8 @@
 # Nothing here costs money while idle: no provisioned concurrency, no scheduled
 # warm-up pings, no NAT/VPC, no customer-managed KMS key unless one is passed in.
 # What remains at rest is S3 storage of the model and of the logs you keep.
+# Concurrency is capped (var.reserved_concurrency, default 10): each cold start
+# downloads the 1.2 GB model, so an unbounded burst is an unbounded bill.
 
 data "aws_partition" "current" {}
 data "aws_region" "current" {}
@@ -25,7 +27,10 @@ locals {
     },
     var.model_sha256 == "" ? {} : { BITNET_MODEL_SHA256 = var.model_sha256 },
     var.threads == null ? {} : { BITNET_THREADS = tostring(var.threads) },
+    # The API refuses to start without API_KEY unless BITNET_ALLOW_NO_AUTH=1 says that
+    # something in front (the function URL's AWS_IAM auth) checks every caller.
     var.api_key == null ? {} : { API_KEY = var.api_key },
+    var.api_key == null && var.allow_no_auth ? { BITNET_ALLOW_NO_AUTH = "1" } : {},
   )
 }
 
@@ -61,11 +66,13 @@ resource "aws_lambda_function" "this" {
     size = var.ephemeral_storage_size
   }
 
-  # null = unreserved pool. A cap, never provisioned concurrency.
+  # A cap (default 10), never provisioned concurrency: reserved concurrency costs
+  # nothing, and requests beyond it are throttled (429) instead of each starting
+  # another instance that downloads the model. null = uncapped (unreserved pool).
   reserved_concurrent_executions = var.reserved_concurrency
 
-  # No secrets by default (model URI, sha256, thread count); set kms_key_arn
-  # to encrypt the environment (API_KEY) with your own key.
+  # The environment holds API_KEY when api_key is set; set kms_key_arn to
+  # encrypt it with your own key (AWS-owned key otherwise).
   kms_key_arn = var.kms_key_arn
 
   environment {
@@ -95,13 +102,6 @@ resource "aws_lambda_function_url" "this" {
   function_name      = aws_lambda_function.this.function_name
   authorization_type = var.function_url_auth_type
   invoke_mode        = "RESPONSE_STREAM"
-
-  lifecycle {
-    precondition {
-      condition     = var.function_url_auth_type != "NONE" || var.api_key != null
-      error_message = "A public function URL (function_url_auth_type = \"NONE\") needs api_key, so that the API is not open to anyone."
-    }
-  }
 
   dynamic "cors" {
     for_each = var.cors == null ? [] : [var.cors]

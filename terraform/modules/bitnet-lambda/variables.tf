@@ -16,7 +16,7 @@ variable "lambda_zip_path" {
 }
 
 variable "architecture" {
-  description = "Instruction set of the zip: x86_64 (cargo lambda build default) or arm64 (build with `--arm64`; Graviton is ~20% cheaper per GB-second)."
+  description = "Instruction set of the zip: x86_64 (cargo lambda build default) or arm64 (build with `--arm64`). The engine's SIMD kernels are x86_64-only (AVX2 / AVX-512); on arm64 it runs its portable scalar fallback, which is much slower per token, so arm64 (Graviton, ~20% cheaper per GB-second) costs more per token, not less. arm64 needs allow_scalar_arm64 = true until aarch64 kernels exist."
   type        = string
   default     = "x86_64"
 
@@ -24,6 +24,18 @@ variable "architecture" {
     condition     = contains(["x86_64", "arm64"], var.architecture)
     error_message = "architecture must be \"x86_64\" or \"arm64\"."
   }
+
+  validation {
+    condition     = var.architecture != "arm64" || var.allow_scalar_arm64
+    error_message = "architecture = \"arm64\" runs the engine's portable scalar kernels (its SIMD kernels are x86_64-only: AVX2 / AVX-512), which are much slower per token than x86_64, so Graviton's lower price per GB-second does not make it cheaper. Use x86_64, or set allow_scalar_arm64 = true to deploy arm64 anyway (see docs/deploy.md)."
+  }
+}
+
+variable "allow_scalar_arm64" {
+  description = "Acknowledges that architecture = \"arm64\" runs the engine's slow scalar fallback (no aarch64 SIMD kernels yet). Required for arm64; ignored for x86_64."
+  type        = bool
+  default     = false
+  nullable    = false
 }
 
 variable "memory_size" {
@@ -125,6 +137,11 @@ variable "function_url_auth_type" {
     condition     = contains(["AWS_IAM", "NONE"], var.function_url_auth_type)
     error_message = "function_url_auth_type must be AWS_IAM or NONE."
   }
+
+  validation {
+    condition     = var.function_url_auth_type != "NONE" || var.api_key != null
+    error_message = "A public function URL (function_url_auth_type = \"NONE\") needs api_key, so that the API is not open to anyone (allow_no_auth only applies behind AWS_IAM)."
+  }
 }
 
 variable "cors" {
@@ -141,10 +158,27 @@ variable "cors" {
 }
 
 variable "api_key" {
-  description = "API_KEY: optional bearer token the HTTP API requires. Stored in the function configuration: pass kms_key_arn to encrypt it with your own key."
+  description = "API_KEY: bearer token the HTTP API requires on every route but /, /health and /ready. Stored in the function configuration: pass kms_key_arn to encrypt it with your own key. Either this or allow_no_auth = true is required (the function refuses to start with neither)."
   type        = string
   default     = null
   sensitive   = true
+
+  validation {
+    condition     = var.api_key == null || try(length(trimspace(var.api_key)) > 0, false)
+    error_message = "api_key must not be empty or blank (leave it null and set allow_no_auth = true to run without a key)."
+  }
+}
+
+variable "allow_no_auth" {
+  description = "Explicit opt-in to run the API without API_KEY (sets BITNET_ALLOW_NO_AUTH=1): only where something in front checks every caller, i.e. the function URL's AWS_IAM auth. Not allowed with function_url_auth_type = \"NONE\" (a public URL always needs api_key). Ignored when api_key is set."
+  type        = bool
+  default     = false
+  nullable    = false
+
+  validation {
+    condition     = var.allow_no_auth || var.api_key != null
+    error_message = "Set api_key (a bearer token clients must send), or allow_no_auth = true to rely on the function URL's AWS_IAM auth alone. The function refuses to start with neither."
+  }
 }
 
 variable "kms_key_arn" {
@@ -182,20 +216,25 @@ variable "tracing_mode" {
 }
 
 variable "reserved_concurrency" {
-  description = "Optional cap on concurrent executions (a cost ceiling, not a warmer: reserved concurrency costs nothing). null leaves the function in the unreserved pool; new accounts with a quota of 10 cannot reserve any."
+  description = "Cap on concurrent executions (reserved concurrency: free, a ceiling, not a warmer). Every cold start downloads the 1.2 GB model, so an uncapped burst multiplies S3 transfer, /tmp and GB-seconds; requests beyond the cap get 429 (throttled) instead. Default 10. Reserving needs an account concurrency quota of at least 100 + this value; on accounts with a smaller quota (new accounts can have 10), set null, which removes the cap (the account quota is then the only limit)."
   type        = number
-  default     = null
+  default     = 10
 
   validation {
     condition     = var.reserved_concurrency == null ? true : var.reserved_concurrency >= 1
-    error_message = "reserved_concurrency must be null or >= 1 (0 would disable the function)."
+    error_message = "reserved_concurrency must be null (no cap) or >= 1 (0 would disable the function)."
   }
 }
 
 variable "extra_environment" {
-  description = "Additional environment variables (for example RUST_LOG). Must not contain secrets."
+  description = "Additional environment variables (for example RUST_LOG). Must not contain secrets, nor API_KEY / BITNET_ALLOW_NO_AUTH (use api_key / allow_no_auth)."
   type        = map(string)
   default     = {}
+
+  validation {
+    condition     = length(setintersection(keys(var.extra_environment), ["API_KEY", "BITNET_ALLOW_NO_AUTH"])) == 0
+    error_message = "extra_environment must not set API_KEY or BITNET_ALLOW_NO_AUTH: use the api_key (sensitive) and allow_no_auth variables."
+  }
 }
 
 variable "tags" {

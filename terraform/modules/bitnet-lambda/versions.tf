@@ -1,5 +1,7 @@
 terraform {
-  required_version = ">= 1.5.0"
+  # 1.9: input validations that refer to other variables (architecture /
+  # allow_scalar_arm64, allow_no_auth / api_key).
+  required_version = ">= 1.9.0"
 
   required_providers {
     aws = {
