@@ -4,7 +4,8 @@
 // 1 GiB local disk), which could not even hold the 1.19 GB model.
 //
 //   az deployment group create -g <rg> -f bicep/containerapp.bicep \
-//     -p containerRegistry=<acr>.azurecr.io image=bitnet-api:<tag> acrName=<acr> modelSha256=<hex>
+//     -p containerRegistry=<acr>.azurecr.io image=bitnet-api:<tag> acrName=<acr> modelSha256=<hex> \
+//        apiKey=<secret, at least 16 characters>
 
 @description('Base name of the resources (letters and digits; the storage account name is derived from it).')
 @minLength(3)
@@ -48,9 +49,10 @@ param modelSha256 string = ''
 @minValue(0)
 param threads int = 0
 
-@description('Optional bearer token for the HTTP API (API_KEY), stored as a Container Apps secret.')
+@description('Bearer token the HTTP API requires (API_KEY), stored as a Container Apps secret. Required: the ingress is public and nothing else checks callers (the image serves on 0.0.0.0, which it refuses to do without a key).')
 @secure()
-param apiKey string = ''
+@minLength(16)
+param apiKey string
 
 @description('Retention of the Log Analytics workspace in days.')
 @minValue(30)
@@ -231,14 +233,14 @@ var threadsEnv = threads == 0 ? [] : [
   }
 ]
 
-var apiKeyEnv = empty(apiKey) ? [] : [
+var apiKeyEnv = [
   {
     name: 'API_KEY'
     secretRef: 'api-key'
   }
 ]
 
-var apiKeySecret = empty(apiKey) ? [] : [
+var apiKeySecret = [
   {
     name: 'api-key'
     value: apiKey

@@ -1,7 +1,9 @@
 // BitNet b1.58 on Azure Functions Flex Consumption (Linux, custom handler), scale to zero.
 //
-//   az deployment group create -g <rg> -f bicep/main.bicep -p modelSha256=<hex>
-//   az functionapp deploy -g <rg> -n <functionAppName> --src-path app.zip --type zip
+//   az deployment group create -g <rg> -f bicep/main.bicep -p modelSha256=<hex> apiKey=<secret>
+//     (or apiKey='' allowNoAuth=true to rely on the function keys alone)
+//   infra/package-azure.sh      # -> target-azure/app.zip
+//   az functionapp deploy -g <rg> -n <functionAppName> --src-path target-azure/app.zip --type zip
 //
 // Nothing here is billed while idle: Flex Consumption with no always-ready
 // instances, a pay-per-GB workspace, and storage for the package and the model.
@@ -34,9 +36,12 @@ param modelSha256 string = ''
 @minValue(0)
 param threads int = 0
 
-@description('Optional bearer token for the HTTP API (API_KEY). Empty leaves it unset.')
+@description('Bearer token the HTTP API requires (API_KEY), on top of the function key the host checks. Required: an empty string only together with allowNoAuth=true.')
 @secure()
-param apiKey string = ''
+param apiKey string
+
+@description('Explicit opt-in to run the handler without API_KEY (BITNET_ALLOW_NO_AUTH=1), relying on the function keys (authLevel: function) the Functions host checks before the handler. Ignored when apiKey is set. With neither, the handler refuses to start.')
+param allowNoAuth bool = false
 
 @description('Retention of the Log Analytics workspace in days.')
 @minValue(30)
@@ -62,8 +67,21 @@ var storageBlobDataReaderRoleId = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var modelUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${modelBlobName}'
 
+// The runtime identity: what the handler (AZURE_CLIENT_ID) and the Functions host
+// (AzureWebJobsStorage) act as. Read on the models container, read/write on the two host
+// containers, nothing on the deployment package.
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-id'
+  location: location
+  tags: tags
+}
+
+// The deployment identity: only functionAppConfig.deployment.storage authenticates with it.
+// `az functionapp deploy` (OneDeploy) has the platform write the package into the
+// deployment container as this identity, and the platform reads it from there at each
+// start, so it needs write on that one container and nothing else.
+resource deployIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: '${name}-deploy-id'
   location: location
   tags: tags
 }
@@ -182,13 +200,14 @@ resource modelsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// The platform reads (and az functionapp deploy writes) the package here.
+// The platform reads (and az functionapp deploy writes) the package here, as the
+// deployment identity. The runtime identity gets no role on this container.
 resource deploymentContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   scope: deploymentContainer
-  name: guid(deploymentContainer.id, identity.id, storageBlobDataContributorRoleId)
+  name: guid(deploymentContainer.id, deployIdentity.id, storageBlobDataContributorRoleId)
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
-    principalId: identity.properties.principalId
+    principalId: deployIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
@@ -271,6 +290,14 @@ var apiKeySetting = empty(apiKey) ? [] : [
   }
 ]
 
+// Only on explicit opt-in, and only without a key.
+var noAuthSetting = (empty(apiKey) && allowNoAuth) ? [
+  {
+    name: 'BITNET_ALLOW_NO_AUTH'
+    value: '1'
+  }
+] : []
+
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:This is the public HTTP endpoint of the API (function keys / API_KEY); private access needs VNet integration or private endpoints, billed while idle.
   // checkov:skip=CKV_AZURE_212:A minimum instance count for failover means instances billed while idle; this app scales to zero by design (alwaysReady is empty).
@@ -284,6 +311,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     type: 'UserAssigned'
     userAssignedIdentities: {
       '${identity.id}': {}
+      '${deployIdentity.id}': {}
     }
   }
   properties: {
@@ -297,7 +325,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
           value: '${storage.properties.primaryEndpoints.blob}${deploymentContainerName}'
           authentication: {
             type: 'UserAssignedIdentity'
-            userAssignedIdentityResourceId: identity.id
+            userAssignedIdentityResourceId: deployIdentity.id
           }
         }
       }
@@ -321,7 +349,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: concat(baseAppSettings, shaSetting, threadsSetting, apiKeySetting)
+      appSettings: concat(baseAppSettings, shaSetting, threadsSetting, apiKeySetting, noAuthSetting)
     }
   }
   dependsOn: [
@@ -338,3 +366,4 @@ output deploymentContainer string = deploymentContainerName
 output modelsContainer string = modelsContainerName
 output modelUri string = modelUri
 output identityClientId string = identity.properties.clientId
+output deploymentIdentityClientId string = deployIdentity.properties.clientId

@@ -22,6 +22,16 @@ BICEP_ACA = REPO / "bicep" / "containerapp.bicep"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+# Roles that can write blobs in a container they cover (or grant themselves that right).
+WRITE_ROLES = {
+    STORAGE_BLOB_DATA_CONTRIBUTOR: "Storage Blob Data Contributor",
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "17d1049b-9a84-46fb-8f53-869881c3d3ab": "Storage Account Contributor",
+    "b24988ac-6180-42a0-ab88-20f7382dd24c": "Contributor",
+    "8e3af657-a8ff-443c-a75c-2fe8c4bcb635": "Owner",
+    "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9": "User Access Administrator",
+    "f58310d9-a9f6-439a-9e8d-f62e7b41a168": "Role Based Access Control Administrator",
+}
 
 # --------------------------------------------------------------------------- Terraform
 
@@ -473,6 +483,172 @@ def _settings(doc: dict, value: Any) -> dict[str, Any]:
     return {i.get("name"): i.get("value", i.get("secretRef")) for i in items if isinstance(i, dict)}
 
 
+def _setting_entries(doc: dict, value: Any) -> list[dict]:
+    """Every {name, value|secretRef} item of an appSettings / env concat(...), with the
+    condition (as text) and branch of the `cond ? [...] : [...]` it sits in, if any."""
+    out: list[dict] = []
+    args = []
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "concat":
+        args = list(value["function"]["parameters"].values())
+    elif isinstance(value, list):
+        args = [value]
+    for arg in args:
+        resolved = _resolve(doc, arg)
+        if isinstance(resolved, dict) and resolved.get("operator", {}).get("type") == "conditional":
+            ops = resolved["operator"]["operands"]
+            for branch in ("true_value", "false_value"):
+                for item in _resolve(doc, ops.get(branch)) or []:
+                    if isinstance(item, dict):
+                        out.append(dict(item, _cond=str(ops.get("condition")), _branch=branch))
+        elif isinstance(resolved, list):
+            for item in resolved:
+                if isinstance(item, dict):
+                    out.append(dict(item, _cond=None, _branch=None))
+        elif resolved is not None:
+            out.append({"name": None, "_unparsed": resolved, "_cond": None, "_branch": None})
+    return out
+
+
+def _param_decorators(doc: dict, name: str) -> dict[str, Any]:
+    return {d.get("type"): d.get("argument", True) for d in doc["parameters"].get(name, {}).get("decorators", [])}
+
+
+def check_flex_auth(doc: dict) -> list[str]:
+    """API_KEY from a required secure parameter, or BITNET_ALLOW_NO_AUTH=1 only on the explicit
+    allowNoAuth opt-in and only without a key: never neither by default, never no-auth by default."""
+    v: list[str] = []
+    params = doc["parameters"]
+    key = params.get("apiKey")
+    if key is None:
+        return ["parameter apiKey is missing"]
+    if "secure" not in _param_decorators(doc, "apiKey"):
+        v.append("apiKey must be @secure()")
+    if key.get("default") is not None:
+        v.append(f"apiKey must be a required parameter (no default), so that no deployment is keyless by accident; default is {key.get('default')!r}")
+    opt = params.get("allowNoAuth")
+    if opt is None or opt.get("type") != "bool" or opt.get("default") is not False:
+        v.append(f"allowNoAuth must be a bool parameter defaulting to false, is {opt!r}")
+    sites = _resources(doc, "Microsoft.Web/sites")
+    if len(sites) != 1:
+        return v + ["expected one Microsoft.Web/sites"]
+    entries = _setting_entries(doc, next(iter(sites.values()))["config"]["properties"].get("siteConfig", {}).get("appSettings"))
+    keys = [e for e in entries if e.get("name") == "API_KEY"]
+    if not keys or any(e.get("value") != "apiKey" for e in keys):
+        v.append(f"app setting API_KEY must come from the apiKey parameter, is {keys!r}")
+    for e in keys:
+        if e["_cond"] is not None and not ("apiKey" in e["_cond"] and e["_branch"] == "false_value" and "empty" in e["_cond"]):
+            v.append(f"API_KEY must be set whenever apiKey is non-empty, is under {e['_cond']} ({e['_branch']})")
+    for e in (x for x in entries if x.get("name") == "BITNET_ALLOW_NO_AUTH"):
+        cond = e["_cond"] or ""
+        if e.get("value") != "1" or e["_branch"] != "true_value" or "allowNoAuth" not in cond or "apiKey" not in cond:
+            v.append(f"BITNET_ALLOW_NO_AUTH may only be set to '1' when allowNoAuth is true and apiKey is empty, is {e!r}")
+    if not any(e.get("name") == "BITNET_ALLOW_NO_AUTH" for e in entries):
+        v.append("the allowNoAuth opt-in must set BITNET_ALLOW_NO_AUTH=1")
+    return v
+
+
+def check_containerapp_auth(doc: dict) -> list[str]:
+    """The container app is public (external ingress, bitnet serve on 0.0.0.0): API_KEY always,
+    from a required secure parameter of at least 16 characters, as a Container Apps secret."""
+    v: list[str] = []
+    key = doc["parameters"].get("apiKey")
+    if key is None:
+        return ["parameter apiKey is missing"]
+    dec = _param_decorators(doc, "apiKey")
+    if "secure" not in dec:
+        v.append("apiKey must be @secure()")
+    if key.get("default") is not None:
+        v.append(f"apiKey must be a required parameter (no default), default is {key.get('default')!r}")
+    if not isinstance(dec.get("min_length"), int) or dec["min_length"] < 16:
+        v.append(f"apiKey must be @minLength(16) or more, is {dec.get('min_length')!r}")
+    apps = _resources(doc, "Microsoft.App/containerApps")
+    if len(apps) != 1:
+        return v + ["expected one Microsoft.App/containerApps"]
+    props = next(iter(apps.values()))["config"]["properties"]
+    containers = props["template"].get("containers", [])
+    env = _setting_entries(doc, containers[0].get("env") if containers else None)
+    keys = [e for e in env if e.get("name") == "API_KEY"]
+    if len(keys) != 1 or keys[0]["_cond"] is not None or not keys[0].get("secretRef"):
+        v.append(f"container env API_KEY must always be set from a secret, is {keys!r}")
+    if any(e.get("name") == "BITNET_ALLOW_NO_AUTH" for e in env):
+        v.append("the public container app must not set BITNET_ALLOW_NO_AUTH")
+    secrets = _setting_entries(doc, _resolve(doc, props["configuration"].get("secrets")))
+    ref = keys[0].get("secretRef") if keys else None
+    if not any(s.get("name") == ref and s.get("value") == "apiKey" and s["_cond"] is None for s in secrets):
+        v.append(f"secret {ref!r} must always hold the apiKey parameter, secrets are {secrets!r}")
+    return v
+
+
+def _root_symbol(value: Any) -> str | None:
+    """`identity.properties.principalId` / `identity.id` / '${identity.id}' -> 'identity'."""
+    if isinstance(value, dict):
+        op = value.get("operator", {})
+        if op.get("type") in ("property_accessor", "index_accessor"):
+            return _root_symbol(op["operands"]["operand_1"])
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"'?\$\{([A-Za-z_][A-Za-z0-9_]*)\.[^}]*\}'?", value)
+        if m:
+            return m.group(1)
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            return value
+    return None
+
+
+def check_flex_identities(doc: dict) -> list[str]:
+    """The runtime identity (AZURE_CLIENT_ID, AzureWebJobsStorage__clientId) has no write role on
+    the deployment package container (nor on anything containing it); the package is written and
+    read as a separate deployment identity, which holds write on that container and nothing else."""
+    v: list[str] = []
+    identities = set(_resources(doc, "Microsoft.ManagedIdentity/userAssignedIdentities"))
+    sites = _resources(doc, "Microsoft.Web/sites")
+    if len(sites) != 1:
+        return ["expected one Microsoft.Web/sites"]
+    site = next(iter(sites.values()))["config"]
+    settings = _settings(doc, site["properties"].get("siteConfig", {}).get("appSettings"))
+    runtime = {_root_symbol(settings.get(n)) for n in ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")}
+    if len(runtime) != 1 or not runtime <= identities:
+        return [f"AZURE_CLIENT_ID and AzureWebJobsStorage__clientId must name one user-assigned identity, name {runtime!r}"]
+    runtime_id = runtime.pop()
+    storage = site["properties"].get("functionAppConfig", {}).get("deployment", {}).get("storage", {})
+    deploy_id = _root_symbol(storage.get("authentication", {}).get("userAssignedIdentityResourceId"))
+    if deploy_id not in identities:
+        v.append(f"deployment storage must authenticate with a user-assigned identity of this template, uses {deploy_id!r}")
+    elif deploy_id == runtime_id:
+        v.append(f"deployment storage authenticates with the runtime identity {runtime_id!r}: it then needs write on the "
+                 "package container; use a separate deployment identity")
+    attached = {_root_symbol(k) for k in site.get("identity", {}).get("userAssignedIdentities", {})}
+    if attached != {runtime_id, deploy_id}:
+        v.append(f"the site must carry exactly the runtime and deployment identities, carries {sorted(map(str, attached))}")
+
+    m = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}$", str(storage.get("value", "")))
+    package_container = _resolve(doc, m.group(1)) if m else None
+    containers = _container_names(doc)
+    deploy_write = False
+    for sym, r in _resources(doc, "Microsoft.Authorization/roleAssignments").items():
+        body = _body(r)
+        role = _role_id(doc, body)
+        principal = _root_symbol(body.get("properties", {}).get("principalId"))
+        names = containers.get(_scope_symbol(body))
+        covers_package = names is None or package_container in names  # a wider scope covers it too
+        if principal == runtime_id and role in WRITE_ROLES and covers_package:
+            v.append(f"{sym}: the runtime identity {runtime_id!r} gets {WRITE_ROLES[role]} on "
+                     f"{sorted(names) if names else _scope_symbol(body)!r}, which covers the deployment container "
+                     f"{package_container!r}: it could replace its own code")
+        if principal == deploy_id:
+            if role == STORAGE_BLOB_DATA_CONTRIBUTOR and names == frozenset([package_container]):
+                deploy_write = True
+            else:
+                v.append(f"{sym}: the deployment identity may only hold Storage Blob Data Contributor on the "
+                         f"deployment container, gets {WRITE_ROLES.get(role, role)!r} on {sorted(names) if names else _scope_symbol(body)!r}")
+        if principal not in (runtime_id, deploy_id):
+            v.append(f"{sym}: role assignment for an unexpected principal {principal!r}")
+    if deploy_id in identities and deploy_id != runtime_id and not deploy_write:
+        v.append(f"the deployment identity {deploy_id!r} needs Storage Blob Data Contributor on the deployment "
+                 f"container {package_container!r} (az functionapp deploy writes the package as it)")
+    return v
+
+
 def check_flex(doc: dict) -> list[str]:
     v: list[str] = []
     sites = _resources(doc, "Microsoft.Web/sites")
@@ -525,6 +701,8 @@ def check_flex(doc: dict) -> list[str]:
         v.append("Application Insights and a Log Analytics workspace are required")
     v += _check_storage(doc)
     v += check_role_assignments(doc, writable={"app-package", "azure-webjobs-hosts", "azure-webjobs-secrets"})
+    v += check_flex_identities(doc)
+    v += check_flex_auth(doc)
     return v
 
 
@@ -610,6 +788,7 @@ def check_containerapp(doc: dict) -> list[str]:
         v.append("container app must use the user-assigned identity")
     v += _check_storage(doc)
     v += check_role_assignments(doc, writable=set())
+    v += check_containerapp_auth(doc)
     return v
 
 

@@ -44,6 +44,40 @@ def test_models_reader_role(flex, aca):
         assert r._role_id(doc, body) == r.STORAGE_BLOB_DATA_READER
 
 
+def test_runtime_identity_cannot_write_the_deployment_container(flex):
+    """The identity the handler and the host run as has no write role on the package container
+    (or anything containing it); the package is written and read as a separate identity."""
+    settings = r._settings(flex, flex["resources"]["functionApp"]["config"]["properties"]["siteConfig"]["appSettings"])
+    runtime = r._root_symbol(settings["AZURE_CLIENT_ID"])
+    assert runtime == "identity" == r._root_symbol(settings["AzureWebJobsStorage__clientId"])
+    auth = flex["resources"]["functionApp"]["config"]["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]
+    assert r._root_symbol(auth["userAssignedIdentityResourceId"]) == "deployIdentity"
+    containers = r._container_names(flex)
+    runtime_grants = []
+    for sym, res in r._resources(flex, "Microsoft.Authorization/roleAssignments").items():
+        body = r._body(res)
+        if r._root_symbol(body["properties"]["principalId"]) == runtime:
+            runtime_grants.append((r._role_id(flex, body), containers.get(r._scope_symbol(body))))
+    assert runtime_grants, "the runtime identity must at least read the models"
+    for role, names in runtime_grants:
+        assert names is not None, "every grant of the runtime identity is scoped on one container"
+        if role in r.WRITE_ROLES:
+            assert "app-package" not in names, (role, names)
+    assert r.check_flex_identities(flex) == []
+
+
+def test_flex_auth_is_a_key_or_an_explicit_opt_in(flex):
+    assert flex["parameters"]["apiKey"]["default"] is None  # required
+    assert flex["parameters"]["allowNoAuth"]["default"] is False
+    assert r.check_flex_auth(flex) == []
+
+
+def test_containerapp_always_has_a_key(aca):
+    assert aca["parameters"]["apiKey"]["default"] is None
+    assert "allowNoAuth" not in aca["parameters"]
+    assert r.check_containerapp_auth(aca) == []
+
+
 def test_containerapp_probes_text():
     text = r.BICEP_ACA.read_text()
     assert re.search(r"type: 'Liveness'\s+httpGet: \{\s+path: '/health'", text)
@@ -58,6 +92,18 @@ def test_skip_comments_have_reasons():
 # ----------------------------------------------------------------------------------------
 # The checker must be able to fail: each mutation of a copy must be caught.
 
+OWNER_ON_ACCOUNT = """resource runtimeOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  scope: storage
+  name: guid(storage.id, identity.id, 'owner')
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b')
+    principalId: identity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+"""
+
 FLEX_MUTATIONS = {
     "always ready": ("alwaysReady: []", "alwaysReady: [\n          {\n            name: 'http'\n            instanceCount: 1\n          }\n        ]", "alwaysReady"),
     "small instance": ("var instanceMemoryMB = 4096", "var instanceMemoryMB = 2048", "instanceMemoryMB"),
@@ -69,6 +115,19 @@ FLEX_MUTATIONS = {
                    "var storageBlobDataReaderRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'", "unexpected role"),
     "disk storage": ("value: 'memory'", "value: 'disk'", "BITNET_MODEL_STORAGE"),
     "shared keys": ("allowSharedKeyAccess: false", "allowSharedKeyAccess: true", "allowSharedKeyAccess"),
+    "runtime writes package": ("    principalId: deployIdentity.properties.principalId\n",
+                               "    principalId: identity.properties.principalId\n", "runtime identity"),
+    "package as runtime": ("userAssignedIdentityResourceId: deployIdentity.id", "userAssignedIdentityResourceId: identity.id",
+                           "authenticates with the runtime identity"),
+    "runtime owner on account": ("output functionAppName", OWNER_ON_ACCOUNT + "output functionAppName",
+                                 "covers the deployment container"),
+    "deploy identity on account": ("  scope: deploymentContainer\n", "  scope: storage\n", "deployment identity may only hold"),
+    "deploy identity unattached": ("      '${deployIdentity.id}': {}\n", "", "exactly the runtime and deployment identities"),
+    "no-auth by default": ("param allowNoAuth bool = false", "param allowNoAuth bool = true", "allowNoAuth must be a bool"),
+    "keyless by default": ("@secure()\nparam apiKey string\n", "@secure()\nparam apiKey string = ''\n", "required parameter"),
+    "key not secure": ("@secure()\nparam apiKey string\n", "param apiKey string\n", "@secure"),
+    "no-auth always": ("(empty(apiKey) && allowNoAuth) ? [", "true ? [", "BITNET_ALLOW_NO_AUTH may only"),
+    "no-auth dropped": ("apiKeySetting, noAuthSetting)", "apiKeySetting)", "must set BITNET_ALLOW_NO_AUTH"),
 }
 
 ACA_MUTATIONS = {
@@ -79,6 +138,11 @@ ACA_MUTATIONS = {
     "small memory": ("param memory string = '4Gi'", "param memory string = '0.5Gi'", "memory"),
     "wrong port": ("var targetPort = 8080", "var targetPort = 80", "8080"),
     "reader on account": ("  scope: modelsContainer\n", "  scope: storage\n", "scoped on a blob container"),
+    "optional key": ("@minLength(16)\nparam apiKey string\n", "param apiKey string = ''\n", "required parameter"),
+    "short key": ("@minLength(16)\nparam apiKey", "@minLength(4)\nparam apiKey", "minLength"),
+    "conditional key": ("var apiKeyEnv = [", "var apiKeyEnv = empty(apiKey) ? [] : [", "API_KEY must always"),
+    "no-auth": ("var baseEnv = [\n", "var baseEnv = [\n  {\n    name: 'BITNET_ALLOW_NO_AUTH'\n    value: '1'\n  }\n",
+                "BITNET_ALLOW_NO_AUTH"),
 }
 
 
