@@ -2,6 +2,9 @@
 as subprocesses on free loopback ports, and the synthetic `tiny` model.
 
 Binaries come from $BITNET_BIN_DIR, else $CARGO_TARGET_DIR/release, else target/release.
+
+Auth: the servers refuse to start without API_KEY unless BITNET_ALLOW_NO_AUTH=1, so every
+server started here without an API_KEY gets BITNET_ALLOW_NO_AUTH=1 (see `no_auth_unless_keyed`).
 """
 import json
 import os
@@ -42,16 +45,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-_SERVE_OK = None
+_SERVE_CHECKED = False
 
 
-def serve_available() -> bool:
-    """`bitnet serve` exists once the CLI wires functions/cli/src/serve.rs."""
-    global _SERVE_OK
-    if _SERVE_OK is None:
-        p = bin_dir() / "bitnet"
-        _SERVE_OK = p.exists() and subprocess.run([p, "serve", "--help"], capture_output=True).returncode == 0
-    return _SERVE_OK
+def serve_binary() -> Path:
+    """The `bitnet` binary, after checking that `bitnet serve --help` works: a broken
+    `bitnet serve` fails the test (there is no fallback to another binary)."""
+    global _SERVE_CHECKED
+    p = binary("bitnet")
+    if not _SERVE_CHECKED:
+        r = subprocess.run([p, "serve", "--help"], capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.fail(f"`{p} serve --help` exited with {r.returncode}:\n{r.stdout}{r.stderr}")
+        _SERVE_CHECKED = True
+    return p
+
+
+def no_auth_unless_keyed(env: dict) -> dict:
+    """A server started without API_KEY needs the explicit opt-in BITNET_ALLOW_NO_AUTH=1."""
+    if not env.get("API_KEY"):
+        env.setdefault("BITNET_ALLOW_NO_AUTH", "1")
+    return env
 
 
 class Proc:
@@ -59,6 +73,7 @@ class Proc:
 
     def __init__(self, argv, env, url, log_path):
         self.url = url
+        self.env = dict(env)  # what the test set, on top of the filtered environment
         self.log_path = log_path
         self._log = open(log_path, "wb")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith(("BITNET_", "API_KEY", "FUNCTIONS_"))}
@@ -130,20 +145,16 @@ def tiny_model(workdir) -> Path:
 
 @pytest.fixture
 def start_server(workdir, request):
-    """start_server(env={...}, args=[...]) -> Proc: `bitnet serve` on a free port (or, until the CLI
-    wires it, the Azure `handler`, which serves the same router on 127.0.0.1)."""
+    """start_server(env={...}, args=[...]) -> Proc: `bitnet serve` on a free loopback port;
+    without API_KEY in env, with BITNET_ALLOW_NO_AUTH=1."""
     procs = []
 
-    def start(env=None, args=(), wait=True, use_handler=False):
+    def start(env=None, args=(), wait=True):
         port = free_port()
-        env = dict(env or {})
+        env = no_auth_unless_keyed(dict(env or {}))
         env.setdefault("BITNET_CACHE_DIR", str(workdir / f"cache-{port}"))
         log = workdir / f"{request.node.name}-{port}.log"
-        if serve_available() and not use_handler:
-            argv = [binary("bitnet"), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
-        else:
-            env["FUNCTIONS_CUSTOMHANDLER_PORT"] = str(port)
-            argv = [binary("handler")]
+        argv = [serve_binary(), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
         p = Proc(argv, env, f"http://127.0.0.1:{port}", log)
         procs.append(p)
         if wait:
@@ -169,12 +180,9 @@ def model_server(tiny_model, tmp_path_factory):
     """One ready server on the tiny model for the read-only tests of a module."""
     d = tmp_path_factory.mktemp("srv")
     port = free_port()
-    env = {"BITNET_MODEL": str(tiny_model), "BITNET_CACHE_DIR": str(d / "cache"), "BITNET_MAX_BODY_BYTES": "65536"}
-    if serve_available():
-        argv = [binary("bitnet"), "serve", "--port", str(port)]
-    else:
-        env["FUNCTIONS_CUSTOMHANDLER_PORT"] = str(port)
-        argv = [binary("handler")]
+    env = no_auth_unless_keyed({"BITNET_MODEL": str(tiny_model), "BITNET_CACHE_DIR": str(d / "cache"),
+                                "BITNET_MAX_BODY_BYTES": "65536"})
+    argv = [serve_binary(), "serve", "--port", str(port)]
     p = Proc(argv, env, f"http://127.0.0.1:{port}", d / "server.log")
     try:
         p.wait_http().wait_ready()

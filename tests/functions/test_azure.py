@@ -6,16 +6,17 @@ import time
 import pytest
 import requests
 
-from conftest import MODEL_ID, Proc, ROOT, binary, free_port
+from conftest import MODEL_ID, Proc, ROOT, binary, free_port, no_auth_unless_keyed
 
 
 @pytest.fixture(scope="module")
 def handler(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("azure")
     port = free_port()
-    p = Proc([binary("handler")], {"FUNCTIONS_CUSTOMHANDLER_PORT": str(port), "BITNET_MODEL": str(tiny_model),
-                                    "BITNET_CACHE_DIR": str(d / "cache")},
-             f"http://127.0.0.1:{port}", d / "handler.log")
+    # No API_KEY (the host checks function keys): the handler needs the explicit opt-in.
+    env = no_auth_unless_keyed({"FUNCTIONS_CUSTOMHANDLER_PORT": str(port), "BITNET_MODEL": str(tiny_model),
+                                "BITNET_CACHE_DIR": str(d / "cache")})
+    p = Proc([binary("handler")], env, f"http://127.0.0.1:{port}", d / "handler.log")
     try:
         # The host probes `/` until any answer arrives.
         t0 = time.time()
