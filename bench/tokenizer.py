@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def corpus(size=1 << 20, seed=7) -> str:
     rnd = random.Random(seed)
-    prose = (ROOT.parent / "shared/docs/bitnet-format.md").read_text(encoding="utf-8") \
-        if (ROOT.parent / "shared/docs/bitnet-format.md").exists() else "The quick brown fox jumps over the lazy dog. " * 50
+    prose = (ROOT / "README.md").read_text(encoding="utf-8") + "".join(
+        p.read_text(encoding="utf-8") for p in sorted((ROOT / "docs").glob("*.md")))
     code = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "engine/src").rglob("*.rs")))
     cjk = "".join(chr(rnd.randint(0x4E00, 0x9FA5)) if rnd.random() < 0.9 else "，。" [rnd.randint(0, 1)] for _ in range(4000))
     emoji = " ".join("".join(chr(rnd.randint(0x1F600, 0x1F64F)) for _ in range(rnd.randint(1, 3))) for _ in range(2000))
@@ -52,7 +52,8 @@ def main():
         model = str(tmp / "tiny.gguf")
         subprocess.run([a.bitnet, "fixture", "--preset", "tiny", "-o", model], check=True, capture_output=True)
 
-    hf = Tokenizer.from_file(str(ROOT.parent / "shared/fixtures/llama3/tokenizer.json"))
+    import gzip
+    hf = Tokenizer.from_str(gzip.decompress((ROOT / "engine/data/llama3-tokenizer.json.gz").read_bytes()).decode("utf-8"))
     hf_times = []
     for _ in range(a.reps):
         t = time.perf_counter()

@@ -25,4 +25,22 @@ pub enum EngineError {
     EmptyPrompt,
     #[error("token id {id} is outside the vocabulary of {n_vocab}")]
     TokenOutOfRange { id: u32, n_vocab: usize },
+    /// A request parameter the engine cannot compute with; `param` is its API name.
+    #[error("invalid '{param}': {message}")]
+    InvalidParam {
+        param: &'static str,
+        message: String,
+    },
+    /// The forward pass stopped between layers: the [`crate::generate::Interrupt`] fired.
+    #[error("interrupted ({0:?})")]
+    Interrupted(crate::StopReason),
+}
+
+impl EngineError {
+    pub fn invalid_param(param: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidParam {
+            param,
+            message: message.into(),
+        }
+    }
 }

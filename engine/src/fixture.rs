@@ -5,7 +5,7 @@
 //! written as I2_S, TQ2_0, TQ1_0 or F16 holds the same weights.
 
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use half::f16;
 
@@ -82,24 +82,20 @@ pub enum FixtureError {
     Spec(String),
 }
 
-/// Where `tokenizer.json` of the Llama 3 fixture is: `$BITNET_TOKENIZER_JSON`, or
-/// `shared/fixtures/llama3/tokenizer.json` beside or above the working directory or this
-/// source tree.
-pub fn find_tokenizer_json() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BITNET_TOKENIZER_JSON") {
-        return Some(PathBuf::from(p));
-    }
-    let rel = Path::new("shared/fixtures/llama3/tokenizer.json");
-    let mut roots = vec![];
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    roots.extend(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .ancestors()
-            .map(Path::to_path_buf),
-    );
-    roots.into_iter().map(|r| r.join(rel)).find(|p| p.is_file())
+/// The Llama 3 tokenizer (Hugging Face `tokenizer.json`, gzip): shipped in the repository so
+/// that fixtures and the tokenizer tests need nothing beside a clone. Linked only into
+/// binaries that make fixtures.
+const LLAMA3_TOKENIZER_JSON_GZ: &[u8] = include_bytes!("../data/llama3-tokenizer.json.gz");
+
+/// The Llama 3 tokenizer's GGUF arrays, from the copy shipped in the crate.
+pub fn llama3_tokenizer_parts() -> Result<TokenizerParts, FixtureError> {
+    use std::io::Read;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(LLAMA3_TOKENIZER_JSON_GZ)
+        .read_to_string(&mut text)
+        .map_err(|e| FixtureError::Tokenizer(format!("shipped tokenizer: {e}")))?;
+    tokenizer_parts_from_hf_str(&text)
+        .map_err(|m| FixtureError::Tokenizer(format!("shipped tokenizer: {m}")))
 }
 
 /// Reads a Hugging Face `tokenizer.json` (byte-level BPE) into GGUF tokenizer arrays: the
@@ -107,10 +103,15 @@ pub fn find_tokenizer_json() -> Option<PathBuf> {
 pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, FixtureError> {
     let err = |m: String| FixtureError::Tokenizer(format!("{}: {m}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+    tokenizer_parts_from_hf_str(&text).map_err(err)
+}
+
+fn tokenizer_parts_from_hf_str(text: &str) -> Result<TokenizerParts, String> {
+    let err = |m: &str| m.to_owned();
+    let j: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     let vocab = j["model"]["vocab"]
         .as_object()
-        .ok_or_else(|| err("no model.vocab".into()))?;
+        .ok_or_else(|| err("no model.vocab"))?;
     let mut entries: Vec<(u64, String, i32)> = vocab
         .iter()
         .map(|(t, id)| {
@@ -124,7 +125,7 @@ pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, Fixtu
     for a in j["added_tokens"].as_array().into_iter().flatten() {
         let id = a["id"]
             .as_u64()
-            .ok_or_else(|| err("added token without id".into()))?;
+            .ok_or_else(|| err("added token without id"))?;
         let content = a["content"].as_str().unwrap_or_default().to_owned();
         let ty = if a["special"].as_bool() == Some(true) {
             token_type::CONTROL
@@ -136,11 +137,11 @@ pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, Fixtu
     }
     entries.sort_by_key(|e| e.0);
     if entries.iter().enumerate().any(|(i, e)| e.0 != i as u64) {
-        return Err(err("token ids are not contiguous from 0".into()));
+        return Err(err("token ids are not contiguous from 0"));
     }
     let merges = j["model"]["merges"]
         .as_array()
-        .ok_or_else(|| err("no model.merges".into()))?
+        .ok_or_else(|| err("no model.merges"))?
         .iter()
         .map(|m| match m {
             serde_json::Value::String(s) => Some(s.clone()),
@@ -150,7 +151,7 @@ pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, Fixtu
             _ => None,
         })
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| err("malformed merges".into()))?;
+        .ok_or_else(|| err("malformed merges"))?;
     Ok(TokenizerParts {
         token_types: entries.iter().map(|e| e.2).collect(),
         tokens: entries.iter().map(|e| e.1.as_str()).collect(),

@@ -15,6 +15,6 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use error::EngineError;
-pub use generate::{GenerateOutput, GenerateParams, Piece, SamplingParams, StopReason};
+pub use generate::{GenerateOutput, GenerateParams, Interrupt, Piece, SamplingParams, StopReason};
 pub use model::{HeadPrecision, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Tokenizer};

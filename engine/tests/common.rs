@@ -10,11 +10,7 @@ use bitnet_engine::tokenizer::TokenizerParts;
 
 pub fn tokenizer_parts() -> &'static TokenizerParts {
     static P: OnceLock<TokenizerParts> = OnceLock::new();
-    P.get_or_init(|| {
-        let path = fixture::find_tokenizer_json()
-            .expect("shared/fixtures/llama3/tokenizer.json not found");
-        fixture::tokenizer_parts_from_hf_json(&path).expect("tokenizer.json")
-    })
+    P.get_or_init(|| fixture::llama3_tokenizer_parts().expect("shipped tokenizer"))
 }
 
 pub fn tokenizer() -> &'static Tokenizer {
@@ -69,4 +65,26 @@ pub fn mini_vocab_parts() -> TokenizerParts {
         add_bos: true,
         pre: Default::default(),
     }
+}
+
+/// A copy of a GGUF file with every metadata value passed through `f` (tensors unchanged).
+pub fn rewrite_metadata(
+    bytes: &Arc<Vec<u8>>,
+    f: impl Fn(&str, &bitnet_engine::gguf::Value) -> bitnet_engine::gguf::Value,
+) -> Arc<Vec<u8>> {
+    let src = bitnet_engine::gguf::GgufFile::from_backing(bytes.clone()).expect("parse");
+    let mut w = bitnet_engine::gguf::GgufWriter::new();
+    for (k, v) in &src.metadata {
+        w.add(k.clone(), f(k, v));
+    }
+    for t in &src.tensors {
+        w.add_tensor(t.name.clone(), &t.dims, t.ty);
+    }
+    let mut out = Vec::new();
+    w.write_header(&mut out).expect("header");
+    for t in &src.tensors {
+        w.write_tensor(&mut out, src.tensor_data(t))
+            .expect("tensor");
+    }
+    Arc::new(out)
 }

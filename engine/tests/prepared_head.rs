@@ -29,6 +29,7 @@ fn prepared_q8_0_head_matches_conversion_at_load() {
     let opts = |head| LoadOptions {
         threads: Some(2),
         head,
+        ..Default::default()
     };
     let at_load = Model::from_backing(original.clone(), &opts(HeadPrecision::Q8_0)).expect("load");
     let from_file = Model::from_backing(prepared, &opts(HeadPrecision::File)).expect("load");

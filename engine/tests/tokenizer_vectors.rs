@@ -5,11 +5,8 @@ mod common;
 use std::path::PathBuf;
 
 fn fixture_dir() -> PathBuf {
-    bitnet_engine::fixture::find_tokenizer_json()
-        .expect("tokenizer.json")
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    // llama.cpp's vectors, copied into the repository.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 #[test]

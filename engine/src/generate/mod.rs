@@ -4,29 +4,92 @@ pub mod sampler;
 
 pub use sampler::SamplingParams;
 
-/// Token ids that end generation unless the caller overrides them: `<|end_of_text|>` and
-/// `<|eot_id|>` (the chat turn terminator the model was trained with).
-pub const DEFAULT_STOP_IDS: [u32; 2] = [128001, 128009];
+/// At most this many stop strings per request (OpenAI's limit).
+pub const MAX_STOP_STRINGS: usize = 4;
+/// A stop string may be at most this many bytes: matching holds back and rescans up to this
+/// much text per token.
+pub const MAX_STOP_STRING_BYTES: usize = 256;
 
 /// Everything that controls one generation request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GenerateParams {
     /// Upper bound on generated tokens (the stop token, when hit, is not counted or emitted).
     pub max_tokens: usize,
     pub sampling: SamplingParams,
-    /// Generation ends when one of these ids is sampled.
-    pub stop_ids: Vec<u32>,
+    /// Generation ends when one of these ids is sampled. `None`: the model's own
+    /// end-of-generation ids (the file's `eos_token_id` and `eot_token_id`); `Some(vec![])`
+    /// never stops on an id.
+    pub stop_ids: Option<Vec<u32>>,
     /// Generation ends when the text contains one of these; the text is cut before it.
     pub stop_strings: Vec<String>,
 }
 
-impl Default for GenerateParams {
-    fn default() -> Self {
-        Self {
-            max_tokens: 256,
-            sampling: SamplingParams::default(),
-            stop_ids: DEFAULT_STOP_IDS.to_vec(),
-            stop_strings: Vec::new(),
+impl GenerateParams {
+    /// Every check of a request's parameters that does not depend on the prompt: the one place
+    /// that decides what the engine accepts (the API maps the error to a 400 naming `param`).
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.max_tokens == 0 {
+            return Err(EngineError::invalid_param(
+                "max_tokens",
+                "must be at least 1",
+            ));
+        }
+        if self.stop_strings.len() > MAX_STOP_STRINGS {
+            return Err(EngineError::invalid_param(
+                "stop",
+                format!("at most {MAX_STOP_STRINGS} stop sequences are allowed"),
+            ));
+        }
+        if let Some(s) = self
+            .stop_strings
+            .iter()
+            .find(|s| s.len() > MAX_STOP_STRING_BYTES)
+        {
+            return Err(EngineError::invalid_param(
+                "stop",
+                format!(
+                    "a stop sequence may be at most {MAX_STOP_STRING_BYTES} bytes; one has {}",
+                    s.len()
+                ),
+            ));
+        }
+        self.sampling.validate()
+    }
+}
+
+/// Ends a generation early from outside the generating thread: a flag another thread sets
+/// (the client left) and a deadline (the front door's time limit). Checked before every
+/// token and between the layers of a prompt's forward pass. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    cancelled: Arc<AtomicBool>,
+    deadline: Option<Instant>,
+}
+
+impl Interrupt {
+    /// Never fires unless [`Interrupt::cancel`] is called.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also fires at `deadline` (`None`: no deadline).
+    pub fn with_deadline(mut self, deadline: Option<Instant>) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+    }
+
+    /// Why to stop now, if at all.
+    pub fn check(&self) -> Option<StopReason> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            Some(StopReason::Cancelled)
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(StopReason::Deadline)
+        } else {
+            None
         }
     }
 }
@@ -39,8 +102,11 @@ pub enum StopReason {
     Length,
     /// A stop id or stop string was produced.
     Stop,
-    /// The streaming callback asked to stop (e.g. the client disconnected).
+    /// The streaming callback asked to stop, or the [`Interrupt`] was cancelled (e.g. the
+    /// client disconnected).
     Cancelled,
+    /// The [`Interrupt`]'s deadline passed (the output is cut short, like `Length`).
+    Deadline,
 }
 
 /// A piece of streamed output: the text that became complete with this token (possibly empty
@@ -69,6 +135,8 @@ pub struct GenerateOutput {
 }
 
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::tokenizer::StreamDecoder;
@@ -117,8 +185,10 @@ pub(crate) fn generate(
     model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
+    interrupt: &Interrupt,
     on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
 ) -> Result<GenerateOutput, EngineError> {
+    params.validate()?;
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
@@ -130,11 +200,30 @@ pub(crate) fn generate(
             n_ctx,
         });
     }
+    let model_stops = model.end_of_generation_ids();
+    let stop_ids = params.stop_ids.as_deref().unwrap_or(&model_stops);
     let mut session = model.new_session(prompt.len() + params.max_tokens);
     let mut logits = vec![0f32; model.n_vocab()];
     let t0 = Instant::now();
-    model.forward_into(&mut session, prompt, &mut logits)?;
-    let prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut output = GenerateOutput {
+        text: String::new(),
+        token_ids: Vec::new(),
+        prompt_tokens: prompt.len(),
+        completion_tokens: 0,
+        stop_reason: StopReason::Length,
+        prompt_ms: 0.0,
+        decode_ms: 0.0,
+    };
+    match model.forward_interruptible(&mut session, prompt, &mut logits, interrupt) {
+        Ok(()) => {}
+        Err(EngineError::Interrupted(reason)) => {
+            output.stop_reason = reason;
+            output.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
+            return Ok(output);
+        }
+        Err(e) => return Err(e),
+    }
+    output.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
 
     let tok = model.tokenizer();
     let mut sampler = Sampler::new(params.sampling.clone());
@@ -150,7 +239,7 @@ pub(crate) fn generate(
     let t1 = Instant::now();
     while ids.len() < params.max_tokens {
         let id = sampler.sample(&mut logits, &history);
-        if params.stop_ids.contains(&id) {
+        if stop_ids.contains(&id) {
             stop_reason = StopReason::Stop;
             break;
         }
@@ -174,6 +263,10 @@ pub(crate) fn generate(
         if ids.len() == params.max_tokens {
             break;
         }
+        if let Some(reason) = interrupt.check() {
+            stop_reason = reason;
+            break;
+        }
         model.forward_into(&mut session, &[id], &mut logits)?;
     }
     if stop_reason != StopReason::Stop {
@@ -190,15 +283,12 @@ pub(crate) fn generate(
             });
         }
     }
-    Ok(GenerateOutput {
-        text,
-        completion_tokens: ids.len(),
-        token_ids: ids,
-        prompt_tokens: prompt.len(),
-        stop_reason,
-        prompt_ms,
-        decode_ms: t1.elapsed().as_secs_f64() * 1e3,
-    })
+    output.text = text;
+    output.completion_tokens = ids.len();
+    output.token_ids = ids;
+    output.stop_reason = stop_reason;
+    output.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+    Ok(output)
 }
 
 #[cfg(test)]

@@ -36,7 +36,43 @@ impl Default for SamplingParams {
     }
 }
 
+/// Below this temperature sampling is greedy. A logit gap times `1 / temperature` is far past
+/// what `exp` can tell from zero long before this, and for temperatures in (0, ~3e-39]
+/// `1 / temperature` is infinite, which turned the softmax into NaNs (and the draw into the
+/// least likely token).
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
+
 impl SamplingParams {
+    /// The ranges the engine computes with (OpenAI's where OpenAI has the parameter): an
+    /// error names the parameter. `repeat_penalty` must be positive: it divides the logits.
+    pub fn validate(&self) -> Result<(), crate::EngineError> {
+        let check = |param: &'static str, v: f32, lo: f32, hi: f32, lo_open: bool| {
+            let above_lo = if lo_open { v > lo } else { v >= lo };
+            if v.is_finite() && above_lo && v <= hi {
+                Ok(())
+            } else {
+                let lo_bracket = if lo_open { "(" } else { "[" };
+                Err(crate::EngineError::invalid_param(
+                    param,
+                    format!("must be a number in {lo_bracket}{lo}, {hi}]; got {v}"),
+                ))
+            }
+        };
+        check("temperature", self.temperature, 0.0, 2.0, false)?;
+        check("top_p", self.top_p, 0.0, 1.0, false)?;
+        check("min_p", self.min_p, 0.0, 1.0, false)?;
+        check("repeat_penalty", self.repeat_penalty, 0.0, 10.0, true)?;
+        check("presence_penalty", self.presence_penalty, -2.0, 2.0, false)?;
+        check(
+            "frequency_penalty",
+            self.frequency_penalty,
+            -2.0,
+            2.0,
+            false,
+        )?;
+        Ok(())
+    }
+
     /// Deterministic argmax decoding.
     pub fn greedy() -> Self {
         Self {
@@ -121,7 +157,7 @@ impl Sampler {
                 *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
-        if p.temperature <= 0.0 {
+        if p.temperature < GREEDY_BELOW_TEMPERATURE {
             return argmax(logits);
         }
         let c = &mut self.cand;
@@ -237,6 +273,101 @@ mod tests {
             ..SamplingParams::greedy()
         });
         assert_ne!(s.sample(&mut logits(), &[best]), best);
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy_not_the_least_likely_token() {
+        let best = argmax(&logits());
+        for t in [f32::from_bits(1), 1e-39, 1e-30, 1e-6] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: Some(5),
+                ..Default::default()
+            });
+            for _ in 0..10 {
+                assert_eq!(s.sample(&mut logits(), &[]), best, "temperature {t:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn values_that_cannot_be_computed_are_refused_by_name() {
+        let bad = [
+            (
+                "repeat_penalty",
+                SamplingParams {
+                    repeat_penalty: 0.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "repeat_penalty",
+                SamplingParams {
+                    repeat_penalty: -1.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "temperature",
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+            ),
+            (
+                "temperature",
+                SamplingParams {
+                    temperature: -0.5,
+                    ..Default::default()
+                },
+            ),
+            (
+                "top_p",
+                SamplingParams {
+                    top_p: f32::INFINITY,
+                    ..Default::default()
+                },
+            ),
+            (
+                "min_p",
+                SamplingParams {
+                    min_p: 1.5,
+                    ..Default::default()
+                },
+            ),
+            (
+                "presence_penalty",
+                SamplingParams {
+                    presence_penalty: 3.0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "frequency_penalty",
+                SamplingParams {
+                    frequency_penalty: f32::NAN,
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (name, p) in bad {
+            match p.validate() {
+                Err(crate::EngineError::InvalidParam { param, .. }) => assert_eq!(param, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(SamplingParams::default().validate().is_ok());
+        assert!(
+            SamplingParams {
+                temperature: 1e-39,
+                ..Default::default()
+            }
+            .validate()
+            .is_ok()
+        );
     }
 
     #[test]

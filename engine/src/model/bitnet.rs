@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 
 use super::config::{Activation, Config};
 use crate::EngineError;
+use crate::generate::Interrupt;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::kernels::Kernels;
 use crate::quant::act::ActOrders;
@@ -91,6 +92,9 @@ fn check_ternary(
 ) -> Result<TernaryScale, String> {
     if ty == GgmlType::I2S && i2s::has_invalid_code(&data[..rows * k / 4]) {
         return Err(format!("{name}: I2_S data holds the reserved code 3"));
+    }
+    if TernaryMatrix::has_non_finite_block_scale(ty, data) {
+        return Err(format!("{name}: a block scale is not finite"));
     }
     let scale = TernaryMatrix::detect_scale(ty, rows, k, data);
     if let TernaryScale::Uniform(s) = scale
@@ -313,6 +317,33 @@ impl BitNet {
         })
     }
 
+    /// Checks every ternary weight now (reserved I2_S codes, non-finite scales) instead of at
+    /// its first use: a model that loads is a model that can run. Touches every page of the
+    /// projections, which the first forward pass does anyway. The results are kept, so the
+    /// forward pass does not check again.
+    pub(crate) fn validate_weights(&self, file: &[u8], kern: &Kernels) -> Result<(), EngineError> {
+        let weights: Vec<&TernaryWeight> = self
+            .layers
+            .iter()
+            .flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down])
+            .collect();
+        let first_error = std::sync::Mutex::new(None);
+        kern.install(|| {
+            crate::kernels::pool::for_each(weights.len(), &|i| {
+                if let Err(e) = weights[i].matrix(file) {
+                    first_error
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get_or_insert(e);
+                }
+            })
+        });
+        match first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) fn output_matrix<'a>(&'a self, file: &'a [u8]) -> DenseMatrix<'a> {
         self.output.matrix(file)
     }
@@ -421,6 +452,8 @@ fn rope_head(x: &mut [f32], cs: &[(f32, f32)]) {
 impl BitNet {
     /// Runs `tokens` (at positions `session.pos..`) through the model and returns the
     /// logits of the last one. `tokens` must be non-empty, in vocabulary, and fit.
+    /// `interrupt` is checked before each layer: when it fires the session is left unusable
+    /// (reset it) and `EngineError::Interrupted` returned.
     pub fn forward_into(
         &self,
         file: &[u8],
@@ -428,6 +461,7 @@ impl BitNet {
         s: &mut Session,
         tokens: &[u32],
         logits: &mut [f32],
+        interrupt: &Interrupt,
     ) -> Result<(), EngineError> {
         let c = &self.config;
         let n = tokens.len();
@@ -462,6 +496,9 @@ impl BitNet {
             embd.row_f32(tok as usize, &mut sc.x[t * d..(t + 1) * d]);
         }
         for (li, l) in self.layers.iter().enumerate() {
+            if let Some(reason) = interrupt.check() {
+                return Err(EngineError::Interrupted(reason));
+            }
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
             sc.acts

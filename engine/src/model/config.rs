@@ -29,6 +29,9 @@ pub struct Config {
     pub activation: Activation,
 }
 
+/// Tensors of one BitNet layer: 7 projections and 4 norms.
+pub const TENSORS_PER_LAYER: usize = 11;
+
 impl Config {
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
@@ -70,6 +73,15 @@ impl Config {
             }
         };
         let n_layer = req("block_count")?;
+        // Each layer is 11 tensors: a header may not make the loader size anything by more
+        // layers than the file holds (`block_count` near 2^31 used to abort on allocation).
+        if n_layer.saturating_mul(TENSORS_PER_LAYER) > g.tensors.len() {
+            return Err(invalid(format!(
+                "key {} = {n_layer} layers, but the file has only {} tensors ({TENSORS_PER_LAYER} per layer)",
+                key("block_count"),
+                g.tensors.len()
+            )));
+        }
         let dim = req("embedding_length")?;
         let ffn_dim = req("feed_forward_length")?;
         let n_head = req("attention.head_count")?;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 pub use bitnet::{BitNet, Session};
 pub use config::{Activation, Config};
 
-use crate::generate::{GenerateOutput, GenerateParams, Piece};
+use crate::generate::{GenerateOutput, GenerateParams, Interrupt, Piece};
 use crate::gguf::{Backing, GgufFile};
 use crate::kernels::Kernels;
 use crate::{EngineError, Tokenizer};
@@ -24,6 +24,13 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Precision of the output head.
     pub head: HeadPrecision,
+    /// Longest sequence (prompt + generated) served: the file's context length, capped by
+    /// this. A sequence's KV cache is sized from it ([`Model::kv_bytes_per_token`]), so a file
+    /// that declares an absurd context cannot make a request allocate without bound.
+    pub max_context: Option<usize>,
+    /// Check every weight at load (reserved I2_S codes, non-finite scales) rather than at
+    /// its first use, so that a loaded model is one that can run (servers turn this on).
+    pub validate_weights: bool,
 }
 
 /// The output head is the largest read per decoded token (0.66 GB of F16 on 2B4T).
@@ -82,8 +89,14 @@ impl Model {
 
     pub fn from_gguf(gguf: GgufFile, opts: &LoadOptions) -> Result<Model, EngineError> {
         let mut net = BitNet::from_gguf(&gguf)?;
+        if let Some(cap) = opts.max_context {
+            net.config.n_ctx = net.config.n_ctx.min(cap.max(1));
+        }
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         let kernels = Kernels::new(opts.threads);
+        if opts.validate_weights {
+            net.validate_weights(gguf.bytes(), &kernels)?;
+        }
         if opts.head == HeadPrecision::Q8_0 {
             let head = net.output_matrix(gguf.bytes());
             if head.ty != crate::gguf::GgmlType::Q8_0 {
@@ -118,9 +131,28 @@ impl Model {
         &self.net.config
     }
 
-    /// Context length in tokens (`<arch>.context_length`).
+    /// Context length in tokens: `<arch>.context_length`, capped by
+    /// [`LoadOptions::max_context`].
     pub fn n_ctx(&self) -> usize {
         self.net.config.n_ctx
+    }
+
+    /// KV cache bytes per token of a sequence (keys and values of every layer, f32).
+    pub fn kv_bytes_per_token(&self) -> usize {
+        let c = &self.net.config;
+        2 * c.n_layer * c.kv_dim() * std::mem::size_of::<f32>()
+    }
+
+    /// Ids that end a generation unless the request says otherwise: the file's
+    /// end-of-sequence and end-of-turn tokens (`tokenizer.ggml.eos_token_id`,
+    /// `eot_token_id`, or `<|eot_id|>` in a Llama 3 vocabulary).
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let t = &self.tokenizer;
+        let mut ids = vec![t.eos];
+        if t.eot != t.eos {
+            ids.push(t.eot);
+        }
+        ids
     }
 
     pub fn n_vocab(&self) -> usize {
@@ -181,22 +213,37 @@ impl Model {
         tokens: &[u32],
         logits: &mut [f32],
     ) -> Result<(), EngineError> {
+        self.forward_interruptible(session, tokens, logits, &Interrupt::new())
+    }
+
+    /// [`Model::forward_into`] that stops between layers when `interrupt` fires
+    /// (`EngineError::Interrupted`; the session must then be reset).
+    pub fn forward_interruptible(
+        &self,
+        session: &mut Session,
+        tokens: &[u32],
+        logits: &mut [f32],
+        interrupt: &Interrupt,
+    ) -> Result<(), EngineError> {
         self.check_tokens(session, tokens)?;
         let file = self.gguf.bytes();
         self.kernels.install(|| {
             self.net
-                .forward_into(file, &self.kernels, session, tokens, logits)
+                .forward_into(file, &self.kernels, session, tokens, logits, interrupt)
         })
     }
 
     /// Runs the prompt, then samples until a stop condition. `on_piece` sees every generated
     /// token; returning `ControlFlow::Break(())` stops generation (`StopReason::Cancelled`).
+    /// `interrupt` ends it from outside, during the prompt too (`Cancelled` or `Deadline`,
+    /// with the text so far).
     pub fn generate(
         &self,
         prompt: &[u32],
         params: &GenerateParams,
+        interrupt: &Interrupt,
         on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateOutput, EngineError> {
-        crate::generate::generate(self, prompt, params, on_piece)
+        crate::generate::generate(self, prompt, params, interrupt, on_piece)
     }
 }

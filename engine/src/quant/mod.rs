@@ -74,6 +74,19 @@ impl<'a> TernaryMatrix<'a> {
         &self.data[m * rb..(m + 1) * rb]
     }
 
+    /// Whether any block of a TQ tensor has an infinite or NaN scale (I2_S has one scale,
+    /// which [`TernaryMatrix::detect_scale`] returns).
+    pub fn has_non_finite_block_scale(ty: GgmlType, data: &[u8]) -> bool {
+        let (block_bytes, scale_at) = match ty {
+            GgmlType::Tq2_0 => (tq2_0::BLOCK_BYTES, 64),
+            GgmlType::Tq1_0 => (tq1_0::BLOCK_BYTES, 52),
+            _ => return false,
+        };
+        // f16 with every exponent bit set is an infinity or a NaN.
+        data.chunks_exact(block_bytes)
+            .any(|blk| blk[scale_at + 1] & 0x7c == 0x7c)
+    }
+
     /// Works out the scale of a tensor from its bytes; `None` when a TQ tensor has no
     /// non-zero scale at all (then every weight is zero and `Uniform(0.0)` is used).
     pub fn detect_scale(ty: GgmlType, rows: usize, k: usize, data: &[u8]) -> TernaryScale {

@@ -7,6 +7,8 @@
 pub mod pretokenize;
 mod stream;
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::hash::{Hash, Hasher};
 
 use hashbrown::HashTable;
@@ -107,6 +109,20 @@ impl Vocab {
             .find(hash_bytes(b), |&id| self.bytes(id) == b)
             .copied()
     }
+}
+
+/// A symbol merged into its left neighbour.
+const DEAD: u32 = u32::MAX;
+/// No left neighbour.
+const NONE: u32 = u32::MAX;
+
+/// Buffers of [`Tokenizer::encode_piece`], reused across the pieces of one text.
+#[derive(Default)]
+struct BpeWork {
+    sym: Vec<u32>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    heap: BinaryHeap<Reverse<(u32, u32)>>,
 }
 
 pub struct Tokenizer {
@@ -391,40 +407,83 @@ impl Tokenizer {
     pub fn encode_into(&self, text: &str, ids: &mut Vec<u32>) {
         let mut pieces = Vec::with_capacity(text.len() / 4 + 1);
         pretokenize::split(self.pre, text, &mut pieces);
-        let mut work = Vec::new();
+        let mut work = BpeWork::default();
         for (a, b) in pieces {
             self.encode_piece(&text.as_bytes()[a..b], ids, &mut work);
         }
     }
 
-    fn encode_piece(&self, piece: &[u8], ids: &mut Vec<u32>, sym: &mut Vec<u32>) {
+    /// The merge of the adjacent pair `(left, right)`: (rank, merged id).
+    fn merge_of(&self, left: u32, right: u32) -> Option<(u32, u32)> {
+        self.merges
+            .get(&((left as u64) << 32 | right as u64))
+            .map(|&packed| ((packed >> 32) as u32, packed as u32))
+    }
+
+    /// Byte-level BPE of one piece: merges the lowest-ranked adjacent pair, leftmost on ties,
+    /// until none applies. Candidate pairs wait in a min-heap keyed by (rank, position of the
+    /// left symbol); symbols form a linked list over the piece's byte positions (a merged
+    /// symbol keeps its left part's position, so "leftmost" is the smallest position). A
+    /// popped candidate whose two symbols have changed since it was pushed is stale and
+    /// skipped. O(n log n) in the piece's length: a piece has no length bound (a prompt can
+    /// be one run of a million letters), and the plain rescan-per-merge loop was quadratic.
+    fn encode_piece(&self, piece: &[u8], ids: &mut Vec<u32>, work: &mut BpeWork) {
         if self.pre == PreTokenizer::Llama3
             && let Some(id) = self.vocab.get(piece)
         {
             ids.push(id);
             return;
         }
+        let n = piece.len();
+        let BpeWork {
+            sym,
+            next,
+            prev,
+            heap,
+        } = work;
         sym.clear();
         sym.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
-        // Merge the lowest-ranked adjacent pair (leftmost on ties) until none applies.
-        loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..sym.len().saturating_sub(1) {
-                if let Some(&packed) = self
-                    .merges
-                    .get(&((sym[i] as u64) << 32 | sym[i + 1] as u64))
-                {
-                    let (rank, id) = ((packed >> 32) as u32, packed as u32);
-                    if best.is_none_or(|(r, _, _)| rank < r) {
-                        best = Some((rank, i, id));
-                    }
-                }
+        // `next[i] == n` / `prev[i] == NONE`: no neighbour; `sym[i] == DEAD`: merged away.
+        next.clear();
+        next.extend(1..=n as u32);
+        prev.clear();
+        prev.extend((0..n as u32).map(|i| i.wrapping_sub(1)));
+        heap.clear();
+        let push = |heap: &mut BinaryHeap<Reverse<(u32, u32)>>, i: usize, l: u32, r: u32| {
+            if let Some((rank, _)) = self.merge_of(l, r) {
+                heap.push(Reverse((rank, i as u32)));
             }
-            let Some((_, i, id)) = best else { break };
-            sym[i] = id;
-            sym.remove(i + 1);
+        };
+        for i in 0..n.saturating_sub(1) {
+            push(heap, i, sym[i], sym[i + 1]);
         }
-        ids.extend_from_slice(sym);
+        while let Some(Reverse((rank, i))) = heap.pop() {
+            let i = i as usize;
+            let j = next[i] as usize;
+            if sym[i] == DEAD || j >= n {
+                continue;
+            }
+            // Still the pair that was pushed? Its rank says so: ranks are unique per pair.
+            let Some((now, merged)) = self.merge_of(sym[i], sym[j]) else {
+                continue;
+            };
+            if now != rank {
+                continue;
+            }
+            sym[i] = merged;
+            sym[j] = DEAD;
+            let k = next[j] as usize;
+            next[i] = k as u32;
+            if k < n {
+                prev[k] = i as u32;
+                push(heap, i, merged, sym[k]);
+            }
+            let p = prev[i];
+            if p != NONE {
+                push(heap, p as usize, sym[p as usize], merged);
+            }
+        }
+        ids.extend(sym.iter().copied().filter(|&s| s != DEAD));
     }
 
     /// BOS, then `Role: content<|eot_id|>` per message (header and content tokenized
@@ -479,5 +538,80 @@ fn role_title(role: &str) -> String {
             .chain(c.flat_map(char::to_lowercase))
             .collect(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::generate::sampler::Rng;
+
+    impl Tokenizer {
+        /// The plain specification of BPE (the engine's algorithm before the heap): rescan
+        /// every adjacent pair, merge the lowest rank (leftmost on ties), repeat.
+        fn encode_piece_rescan(&self, piece: &[u8]) -> Vec<u32> {
+            if self.pre == PreTokenizer::Llama3
+                && let Some(id) = self.vocab.get(piece)
+            {
+                return vec![id];
+            }
+            let mut sym: Vec<u32> = piece.iter().map(|&b| self.byte_ids[b as usize]).collect();
+            loop {
+                let best = (0..sym.len().saturating_sub(1))
+                    .filter_map(|i| self.merge_of(sym[i], sym[i + 1]).map(|(r, id)| (r, i, id)))
+                    .min_by_key(|&(r, i, _)| (r, i));
+                let Some((_, i, id)) = best else { break };
+                sym[i] = id;
+                sym.remove(i + 1);
+            }
+            sym
+        }
+    }
+
+    fn tokenizer(pre: PreTokenizer) -> Tokenizer {
+        let mut parts = crate::fixture::llama3_tokenizer_parts().expect("shipped tokenizer");
+        parts.pre = pre;
+        Tokenizer::from_parts(parts).expect("tokenizer")
+    }
+
+    /// Random text from a small alphabet (long runs, repeated pairs, the merges' tie cases)
+    /// and from every class the pre-tokenizer splits on.
+    fn random_text(rng: &mut Rng, len: usize) -> String {
+        const ALPHABETS: [&str; 5] = [
+            "ab",
+            "aaab ",
+            "the quick brown fox, 12345!?",
+            "ééàç中文😀\n\t ",
+            "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:'\"()-_",
+        ];
+        let chars: Vec<char> = ALPHABETS[rng.next_u64() as usize % ALPHABETS.len()]
+            .chars()
+            .collect();
+        (0..len)
+            .map(|_| chars[rng.next_u64() as usize % chars.len()])
+            .collect()
+    }
+
+    #[test]
+    fn heap_bpe_gives_the_ids_of_the_rescanning_bpe() {
+        for pre in [PreTokenizer::Llama3, PreTokenizer::LlamaCppDefault] {
+            let tok = tokenizer(pre);
+            let mut rng = Rng::new(0x5eed);
+            let mut work = BpeWork::default();
+            for case in 0..400 {
+                let len = 1 + rng.next_u64() as usize % if case % 10 == 0 { 600 } else { 40 };
+                let text = random_text(&mut rng, len);
+                let mut pieces = Vec::new();
+                pretokenize::split(pre, &text, &mut pieces);
+                // Whole text as one piece too: the longest inputs the merge loop can see.
+                pieces.push((0, text.len()));
+                for (a, b) in pieces {
+                    let piece = &text.as_bytes()[a..b];
+                    let mut got = Vec::new();
+                    tok.encode_piece(piece, &mut got, &mut work);
+                    assert_eq!(got, tok.encode_piece_rescan(piece), "{pre:?} {piece:?}");
+                }
+            }
+        }
     }
 }
