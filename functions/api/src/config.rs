@@ -1,6 +1,68 @@
-//! Configuration of the API, read from the environment once at start.
+//! Configuration of the API: every environment variable the front doors read, in one table,
+//! read once at start. `docs/security.md` lists the limits and timeouts among them.
 
 use std::time::Duration;
+
+/// Which front door runs the API: it picks the defaults that fit the platform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrontDoor {
+    /// `bitnet serve` (and the container image).
+    Serve,
+    /// The AWS Lambda adapter: one request per sandbox, the invocation's own deadline.
+    Lambda,
+    /// The Azure Functions custom handler: the host cuts HTTP requests at 230 s.
+    Azure,
+}
+
+/// An API key. Its `Debug` never shows the key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Option<Self> {
+        let key = key.into().trim().to_owned();
+        (!key.is_empty()).then_some(Self(key))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Limits of the HTTP server (`bitnet serve`, the Azure handler): bounded time and sockets
+/// per client, before authentication too.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpLimits {
+    /// A request's headers must arrive within this (`BITNET_HEADER_TIMEOUT_SECS`, 10).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this once its headers have
+    /// (`BITNET_BODY_TIMEOUT_SECS`, 30): 408 otherwise.
+    pub body_timeout: Duration,
+    /// A connection with no request in flight is closed after this
+    /// (`BITNET_IDLE_TIMEOUT_SECS`, 30).
+    pub idle_timeout: Duration,
+    /// Open connections at most (`BITNET_MAX_CONNECTIONS`, 256; never more than the
+    /// process's file descriptor limit allows). At the cap a new connection closes the
+    /// connection idle the longest, or is closed itself when every one is busy.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 256,
+        }
+    }
+}
 
 /// Settings that every front door (local server, Lambda, Azure) shares.
 #[derive(Debug, Clone)]
@@ -8,14 +70,18 @@ pub struct ApiConfig {
     /// Model id shown by `/v1/models` and accepted in `model` (`BITNET_MODEL_ID`).
     pub model_id: String,
     /// How long a generation request waits for the model to become ready before answering 503
-    /// (`BITNET_WAIT_FOR_MODEL_SECS`; 0 = answer 503 at once).
+    /// (`BITNET_WAIT_FOR_MODEL_SECS`; 0 = answer 503 at once; Lambda: 900).
     pub wait_for_model: Duration,
     /// Largest request body accepted (`BITNET_MAX_BODY_BYTES`, default 1 MiB).
     pub max_body_bytes: usize,
-    /// Requests that may wait while one generation runs (`BITNET_MAX_QUEUE`, default 4).
+    /// Requests that may wait while one generation runs (`BITNET_MAX_QUEUE`, default 4;
+    /// Lambda: 1).
     pub max_queue: usize,
-    /// Bearer token required on every route but `/`, `/health` and `/ready` (`API_KEY`).
-    pub api_key: Option<String>,
+    /// Key required on every route but `/`, `/health` and `/ready` (`API_KEY`).
+    pub api_key: Option<ApiKey>,
+    /// Serve without a key although the front door would refuse to
+    /// (`BITNET_ALLOW_NO_AUTH=1`; `bitnet serve --no-auth`).
+    pub allow_no_auth: bool,
     /// Kernel threads (`BITNET_THREADS`; default: all available).
     pub threads: Option<usize>,
     /// Output head precision (`BITNET_HEAD`: `file`, the default, or `q8_0`: converted at
@@ -27,6 +93,25 @@ pub struct ApiConfig {
     /// Start fetching and loading the model as soon as the state is built
     /// (`BITNET_PRELOAD`, default on); otherwise on the first generation request.
     pub preload: bool,
+    /// Longest sequence served, prompt and completion (`BITNET_CTX_SIZE`, default 4096, the
+    /// context of BitNet b1.58 2B4T): caps a file's declared context and so each
+    /// sequence's KV cache.
+    pub max_context: usize,
+    /// A streaming client that reads nothing for this long is treated as gone: its
+    /// generation is cancelled and its slot freed (`BITNET_STREAM_STALL_SECS`, 5).
+    pub stream_stall: Duration,
+    /// Longest a generation may run before it is stopped and its response finished
+    /// (`BITNET_GENERATION_TIMEOUT_SECS`; 0 = none; default 600 for `bitnet serve`, 225 for
+    /// Azure (the host cuts at 230 s), on Lambda the invocation's deadline less 2 s).
+    pub generation_timeout: Option<Duration>,
+    /// Origins allowed by CORS (`BITNET_CORS_ORIGINS`: comma-separated, or `*`; default
+    /// none: no CORS headers, preflights are refused).
+    pub cors_origins: Vec<String>,
+    /// After a failed model fetch or load the next attempt waits 10 s, doubling per failure
+    /// up to this (`BITNET_LOAD_RETRY_MAX_SECS`, 600). A file that failed verification waits
+    /// the whole cap at once.
+    pub load_retry_max: Duration,
+    pub http: HttpLimits,
 }
 
 impl Default for ApiConfig {
@@ -37,59 +122,262 @@ impl Default for ApiConfig {
             max_body_bytes: 1 << 20,
             max_queue: 4,
             api_key: None,
+            allow_no_auth: false,
             threads: None,
             head: bitnet_engine::HeadPrecision::File,
             default_max_tokens: 512,
             preload: true,
+            max_context: 4096,
+            stream_stall: Duration::from_secs(5),
+            generation_timeout: Some(Duration::from_secs(600)),
+            cors_origins: Vec::new(),
+            load_retry_max: Duration::from_secs(600),
+            http: HttpLimits::default(),
         }
     }
 }
 
 impl ApiConfig {
+    /// The defaults of one front door, before the environment.
+    pub fn defaults_for(front_door: FrontDoor) -> Self {
+        let d = Self::default();
+        match front_door {
+            FrontDoor::Serve => d,
+            FrontDoor::Lambda => Self {
+                // The Lambda timeout is the real bound on waiting for the model.
+                wait_for_model: Duration::from_secs(900),
+                // Lambda hands an instance one invocation at a time, but a streamed
+                // invocation whose caller left can still be winding down when the next
+                // arrives: one queue place lets that next one wait instead of failing.
+                max_queue: 1,
+                // Each invocation carries its own deadline (see `RequestDeadline`).
+                generation_timeout: None,
+                ..d
+            },
+            FrontDoor::Azure => Self {
+                generation_timeout: Some(Duration::from_secs(225)),
+                ..d
+            },
+        }
+    }
+
     /// How the engine loads the model.
     pub fn load_options(&self) -> bitnet_engine::LoadOptions {
         bitnet_engine::LoadOptions {
             threads: self.threads,
             head: self.head,
+            max_context: Some(self.max_context),
+            validate_weights: true,
         }
     }
 
-    /// Reads the variables above; unset or unparsable ones keep their defaults (an unparsable
-    /// one is logged).
-    pub fn from_env() -> Self {
-        let d = Self::default();
-        Self {
-            model_id: env_string("BITNET_MODEL_ID").unwrap_or(d.model_id),
-            wait_for_model: env_parse::<f64>("BITNET_WAIT_FOR_MODEL_SECS")
-                .filter(|s| s.is_finite() && *s >= 0.0)
+    /// A front door's defaults overridden by the environment: unset variables keep the
+    /// defaults, unparsable ones too (and are logged).
+    pub fn from_env(front_door: FrontDoor) -> Self {
+        Self::from_lookup(front_door, |name| std::env::var(name).ok())
+    }
+
+    /// [`ApiConfig::from_env`] over any variable lookup (tests).
+    pub fn from_lookup(front_door: FrontDoor, var: impl Fn(&str) -> Option<String>) -> Self {
+        let d = Self::defaults_for(front_door);
+        let env = Env(&var);
+        let secs = |name: &str| -> Option<Duration> {
+            env.parse::<f64>(name)
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
                 .map(Duration::from_secs_f64)
-                .unwrap_or(d.wait_for_model),
-            max_body_bytes: env_parse("BITNET_MAX_BODY_BYTES").unwrap_or(d.max_body_bytes),
-            max_queue: env_parse("BITNET_MAX_QUEUE").unwrap_or(d.max_queue),
-            api_key: env_string("API_KEY"),
-            threads: env_parse::<usize>("BITNET_THREADS").filter(|&t| t > 0),
-            head: env_parse("BITNET_HEAD").unwrap_or(d.head),
-            default_max_tokens: env_parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
+        };
+        let positive_secs = |name: &str, default: Duration| -> Duration {
+            secs(name).filter(|d| !d.is_zero()).unwrap_or(default)
+        };
+        Self {
+            model_id: env.string("BITNET_MODEL_ID").unwrap_or(d.model_id),
+            wait_for_model: secs("BITNET_WAIT_FOR_MODEL_SECS").unwrap_or(d.wait_for_model),
+            max_body_bytes: env
+                .parse::<usize>("BITNET_MAX_BODY_BYTES")
+                .filter(|&n| n > 0)
+                .unwrap_or(d.max_body_bytes),
+            max_queue: env.parse("BITNET_MAX_QUEUE").unwrap_or(d.max_queue),
+            api_key: env.string("API_KEY").and_then(ApiKey::new),
+            allow_no_auth: env.flag("BITNET_ALLOW_NO_AUTH").unwrap_or(d.allow_no_auth),
+            threads: env.parse::<usize>("BITNET_THREADS").filter(|&t| t > 0),
+            head: env.parse("BITNET_HEAD").unwrap_or(d.head),
+            default_max_tokens: env
+                .parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
                 .filter(|&t| t > 0)
                 .unwrap_or(d.default_max_tokens),
-            preload: env_parse::<String>("BITNET_PRELOAD")
-                .map(|v| !matches!(v.as_str(), "0" | "false" | "no" | "off"))
-                .unwrap_or(d.preload),
+            preload: env.flag("BITNET_PRELOAD").unwrap_or(d.preload),
+            max_context: env
+                .parse::<usize>("BITNET_CTX_SIZE")
+                .filter(|&n| n > 0)
+                .unwrap_or(d.max_context),
+            stream_stall: positive_secs("BITNET_STREAM_STALL_SECS", d.stream_stall),
+            generation_timeout: match secs("BITNET_GENERATION_TIMEOUT_SECS") {
+                Some(t) if t.is_zero() => None,
+                Some(t) => Some(t),
+                None => d.generation_timeout,
+            },
+            cors_origins: env
+                .string("BITNET_CORS_ORIGINS")
+                .map(|v| {
+                    v.split(',')
+                        .map(|o| o.trim().to_owned())
+                        .filter(|o| !o.is_empty())
+                        .collect()
+                })
+                .unwrap_or(d.cors_origins),
+            load_retry_max: positive_secs("BITNET_LOAD_RETRY_MAX_SECS", d.load_retry_max),
+            http: HttpLimits {
+                header_timeout: positive_secs("BITNET_HEADER_TIMEOUT_SECS", d.http.header_timeout),
+                body_timeout: positive_secs("BITNET_BODY_TIMEOUT_SECS", d.http.body_timeout),
+                idle_timeout: positive_secs("BITNET_IDLE_TIMEOUT_SECS", d.http.idle_timeout),
+                max_connections: env
+                    .parse::<usize>("BITNET_MAX_CONNECTIONS")
+                    .filter(|&n| n > 0)
+                    .unwrap_or(d.http.max_connections),
+            },
+        }
+    }
+
+    /// No key is an explicit choice: without `API_KEY` a front door refuses to start unless
+    /// `BITNET_ALLOW_NO_AUTH=1` (`--no-auth`) says that something in front does the checking.
+    /// `bitnet serve` on a loopback address is the one exception (only this machine can
+    /// reach it; browsers are kept out by the JSON content type and CORS).
+    pub fn check_auth(&self, front_door: FrontDoor, loopback_only: bool) -> Result<(), String> {
+        if self.api_key.is_some() || self.allow_no_auth {
+            return Ok(());
+        }
+        if front_door == FrontDoor::Serve && loopback_only {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to start without an API key: set API_KEY{}, or set BITNET_ALLOW_NO_AUTH=1 \
+             if the network in front of this {front_door:?} front door does the checking",
+            if front_door == FrontDoor::Serve {
+                " (or --api-key-file)"
+            } else {
+                ""
+            }
+        ))
+    }
+}
+
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn string(&self, name: &str) -> Option<String> {
+        (self.0)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    fn parse<T: std::str::FromStr>(&self, name: &str) -> Option<T> {
+        let raw = self.string(name)?;
+        match raw.trim().parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(variable = name, value = %raw, "ignoring unparsable setting");
+                None
+            }
+        }
+    }
+
+    fn flag(&self, name: &str) -> Option<bool> {
+        let raw = self.string(name)?;
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Some(true),
+            "0" | "false" | "no" | "off" => Some(false),
+            _ => {
+                tracing::warn!(variable = name, value = %raw, "ignoring unparsable flag");
+                None
+            }
         }
     }
 }
 
-fn env_string(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn env_parse<T: std::str::FromStr>(name: &str) -> Option<T> {
-    let raw = env_string(name)?;
-    match raw.trim().parse() {
-        Ok(v) => Some(v),
-        Err(_) => {
-            tracing::warn!(variable = name, value = %raw, "ignoring unparsable setting");
-            None
+    fn from(front_door: FrontDoor, vars: &[(&str, &str)]) -> ApiConfig {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ApiConfig::from_lookup(front_door, |name| {
+            vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let c = from(FrontDoor::Serve, &[("API_KEY", "sk-very-secret")]);
+        assert_eq!(c.api_key.as_ref().unwrap().expose(), "sk-very-secret");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn front_doors_have_their_defaults_and_the_environment_wins() {
+        let lambda = from(FrontDoor::Lambda, &[]);
+        assert_eq!(lambda.max_queue, 1);
+        assert_eq!(lambda.generation_timeout, None);
+        assert_eq!(lambda.wait_for_model, Duration::from_secs(900));
+        let azure = from(FrontDoor::Azure, &[]);
+        assert_eq!(azure.generation_timeout, Some(Duration::from_secs(225)));
+        let tuned = from(
+            FrontDoor::Azure,
+            &[
+                ("BITNET_GENERATION_TIMEOUT_SECS", "0"),
+                ("BITNET_MAX_QUEUE", "9"),
+                (
+                    "BITNET_CORS_ORIGINS",
+                    "https://a.example, https://b.example",
+                ),
+                ("BITNET_MAX_CONNECTIONS", "not a number"),
+                ("BITNET_THREADS", "3"),
+            ],
+        );
+        assert_eq!(tuned.generation_timeout, None);
+        assert_eq!(tuned.max_queue, 9);
+        assert_eq!(
+            tuned.cors_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert_eq!(tuned.http.max_connections, 256);
+        assert_eq!(tuned.load_options().threads, Some(3));
+    }
+
+    #[test]
+    fn no_key_is_an_explicit_opt_in_on_every_front_door() {
+        for door in [FrontDoor::Serve, FrontDoor::Lambda, FrontDoor::Azure] {
+            let none = from(door, &[]);
+            assert!(none.check_auth(door, false).is_err(), "{door:?}");
+            assert!(
+                from(door, &[("API_KEY", "k")])
+                    .check_auth(door, false)
+                    .is_ok()
+            );
+            assert!(
+                from(door, &[("BITNET_ALLOW_NO_AUTH", "1")])
+                    .check_auth(door, false)
+                    .is_ok()
+            );
+            // A blank key is no key.
+            assert!(
+                from(door, &[("API_KEY", "  ")])
+                    .check_auth(door, false)
+                    .is_err()
+            );
         }
+        // Only `bitnet serve` on loopback may go without.
+        assert!(
+            from(FrontDoor::Serve, &[])
+                .check_auth(FrontDoor::Serve, true)
+                .is_ok()
+        );
+        assert!(
+            from(FrontDoor::Azure, &[])
+                .check_auth(FrontDoor::Azure, true)
+                .is_err()
+        );
     }
 }

@@ -108,6 +108,34 @@ impl ApiError {
         .with_code("request_too_large")
     }
 
+    pub fn body_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} s.",
+                limit.as_secs_f64()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
+    pub fn unsupported_media_type(content_type: &str) -> Self {
+        let shown = if content_type.is_empty() {
+            "none".to_owned()
+        } else {
+            format!("'{}'", content_type.chars().take(100).collect::<String>())
+        };
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            format!(
+                "The request body must be JSON with Content-Type: application/json; got {shown}."
+            ),
+        )
+        .with_code("unsupported_media_type")
+    }
+
     pub fn queue_full(waiting: usize) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -189,6 +217,9 @@ impl From<EngineError> for ApiError {
             ),
             e @ EngineError::TokenOutOfRange { .. } => {
                 ApiError::invalid_param("prompt", e.to_string())
+            }
+            EngineError::InvalidParam { param, message } => {
+                ApiError::invalid_param(param, format!("Invalid '{param}': {message}."))
             }
             e => ApiError::internal(e.to_string()),
         }

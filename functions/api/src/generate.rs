@@ -4,13 +4,12 @@
 use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bitnet_engine::{GenerateOutput, GenerateParams, SamplingParams, StopReason};
+use bitnet_engine::{GenerateOutput, GenerateParams, Interrupt, StopReason};
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, Endpoint, PromptInput};
-use crate::state::{AppState, panic_message};
+use crate::state::{Admission, AppState, panic_message};
 
 /// Streamed output passes through this buffer so that text which may be the start of a stop
 /// sequence is held back until it is known not to be one.
@@ -97,15 +96,29 @@ impl StopBuffer {
     }
 }
 
-/// Sets the flag when dropped: the non-streaming handler's future is dropped when the client
-/// disconnects, and the generation loop sees the flag at the next token.
-struct CancelOnDrop(Arc<AtomicBool>);
+/// Cancels the generation when dropped before [`CancelOnDrop::disarm`]: the non-streaming
+/// handler's future is dropped when the client disconnects, the streaming forwarder's task
+/// ends when the response body is dropped; the engine sees the interrupt at the next layer
+/// or token.
+struct CancelOnDrop(Option<Interrupt>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        if let Some(i) = &self.0 {
+            i.cancel();
+        }
     }
 }
+
+/// How often a stream with nothing to send (a long prompt being read) sends an SSE comment:
+/// proxies keep the connection, and a client that left is noticed by the failed write.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// What the blocking generation task reports.
 enum Event {
@@ -124,6 +137,40 @@ pub struct Prepared {
     engine: Arc<dyn Engine>,
     prompt: Vec<u32>,
     params: GenerateParams,
+}
+
+/// Sends to the client's channel, waiting at most `stall` for room: a client that has read
+/// nothing for that long is treated as gone. Runs on the generation thread.
+struct TimedSender {
+    tx: mpsc::Sender<Event>,
+    stall: Duration,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TimedSender {
+    /// False when the client is gone or stalled.
+    fn send(&self, ev: Event) -> bool {
+        match self.tx.try_send(ev) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Full(ev)) => {
+                let sent = self
+                    .runtime
+                    .block_on(tokio::time::timeout(self.stall, self.tx.send(ev)));
+                match sent {
+                    Ok(Ok(())) => true,
+                    Ok(Err(_)) => false,
+                    Err(_) => {
+                        tracing::warn!(
+                            stall_s = self.stall.as_secs_f64(),
+                            "client stopped reading the stream; cancelling its generation"
+                        );
+                        false
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Tokenises and checks the request against the model; errors are the client's (400).
@@ -173,23 +220,8 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
             state.config().default_max_tokens.min(n_ctx - prompt.len())
         }
     };
-    let d = SamplingParams::default();
-    let params = GenerateParams {
-        max_tokens,
-        sampling: SamplingParams {
-            temperature: req.temperature.unwrap_or(d.temperature),
-            top_k: req.top_k.unwrap_or(d.top_k),
-            top_p: req.top_p.unwrap_or(d.top_p),
-            min_p: req.min_p.unwrap_or(d.min_p),
-            repeat_penalty: req.repeat_penalty.unwrap_or(d.repeat_penalty),
-            penalty_last_n: d.penalty_last_n,
-            presence_penalty: req.presence_penalty.unwrap_or(d.presence_penalty),
-            frequency_penalty: req.frequency_penalty.unwrap_or(d.frequency_penalty),
-            seed: req.seed,
-        },
-        stop_strings: req.stop.clone(),
-        ..GenerateParams::default()
-    };
+    let params = req.generate_params(max_tokens);
+    params.validate()?;
     Ok(Prepared {
         engine,
         prompt,
@@ -197,44 +229,49 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
     })
 }
 
-/// Runs on a blocking thread: generation with streaming into `tx` (a failed send means the
-/// receiver, i.e. the client, is gone) and the cancel flag checked at every token.
+/// Runs on a blocking thread: generation with streaming into `tx` (a failed or stalled send
+/// means the client is gone) and the interrupt checked between layers and at every token.
 fn run_blocking(
     p: Prepared,
     stops: Vec<String>,
-    tx: Option<mpsc::Sender<Event>>,
-    cancel: Arc<AtomicBool>,
+    tx: Option<&TimedSender>,
+    interrupt: &Interrupt,
 ) -> Event {
     let mut buf = StopBuffer::new(stops);
     let mut client_gone = false;
-    let result = p.engine.generate(&p.prompt, &p.params, &mut |piece| {
-        if cancel.load(Ordering::Relaxed) {
-            client_gone = true;
-            return ControlFlow::Break(());
-        }
-        let out = buf.push(piece.text);
-        if let Some(tx) = &tx
-            && !out.is_empty()
-            && tx.blocking_send(Event::Delta(out)).is_err()
-        {
-            client_gone = true;
-            return ControlFlow::Break(());
-        }
-        if buf.hit {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
-        }
-    });
+    let result = p
+        .engine
+        .generate(&p.prompt, &p.params, interrupt, &mut |piece| {
+            let out = buf.push(piece.text);
+            if let Some(tx) = tx
+                && !out.is_empty()
+                && !tx.send(Event::Delta(out))
+            {
+                client_gone = true;
+                return ControlFlow::Break(());
+            }
+            if buf.hit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
     match result {
         Ok(mut output) => {
             let (text, rest) = buf.finish(&output.text);
             if client_gone {
-                tracing::info!(
-                    completion_tokens = output.completion_tokens,
-                    "client disconnected; generation stopped"
-                );
                 output.stop_reason = StopReason::Cancelled;
+            }
+            match output.stop_reason {
+                StopReason::Cancelled => tracing::info!(
+                    completion_tokens = output.completion_tokens,
+                    "client gone; generation stopped"
+                ),
+                StopReason::Deadline => tracing::warn!(
+                    completion_tokens = output.completion_tokens,
+                    "generation deadline reached; response cut short"
+                ),
+                _ => {}
             }
             Event::Done {
                 output,
@@ -259,7 +296,8 @@ fn finish_reason(output: &GenerateOutput, hit_stop: bool) -> &'static str {
         return "stop";
     }
     match output.stop_reason {
-        StopReason::Length => "length",
+        // Cut short by the deadline: like max_tokens, the text is incomplete.
+        StopReason::Length | StopReason::Deadline => "length",
         StopReason::Stop | StopReason::Cancelled => "stop",
     }
 }
@@ -381,13 +419,30 @@ fn sse(v: &Value) -> Bytes {
 
 pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
-/// Serves one completion request (both endpoints, both modes).
+/// When a generation that starts now must end: the configured limit, or the front door's
+/// deadline for this request, whichever comes first.
+fn generation_deadline(state: &AppState, request: Option<Instant>) -> Option<Instant> {
+    let configured = state
+        .config()
+        .generation_timeout
+        .map(|t| Instant::now() + t);
+    match (configured, request) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Serves one completion request (both endpoints, both modes). `admission` is the request's
+/// place in the queue, taken before its body was read.
 pub async fn complete(
     state: AppState,
     endpoint: Endpoint,
     req: CompletionRequest,
     request_id: String,
+    admission: Admission,
+    request_deadline: Option<Instant>,
 ) -> Result<Response, ApiError> {
+    let deadline = generation_deadline(&state, request_deadline);
     if let Some(m) = &req.model
         && !m.is_empty()
         && !m.eq_ignore_ascii_case(&state.config().model_id)
@@ -395,23 +450,23 @@ pub async fn complete(
         return Err(ApiError::model_not_found(m));
     }
     let prepared = prepare(&state, &req).await?;
-    let permit = state.acquire_generation().await?;
+    let permit = admission.until_engine_free().await?;
     let shape = Shape::new(endpoint, state.config().model_id.clone(), &request_id);
     let stops = req.stop.clone();
-    let cancel = Arc::new(AtomicBool::new(false));
+    let interrupt = Interrupt::new().with_deadline(deadline);
 
     if !req.stream {
-        let guard = CancelOnDrop(cancel.clone());
+        let guard = CancelOnDrop(Some(interrupt.clone()));
         let span = tracing::Span::current();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let _span = span.entered();
-            run_blocking(prepared, stops, None, cancel)
+            run_blocking(prepared, stops, None, &interrupt)
         });
         let event = task
             .await
             .map_err(|e| ApiError::internal(format!("generation failed: {}", panic_message(e))))?;
-        drop(guard);
+        guard.disarm();
         return match event {
             Event::Done {
                 output,
@@ -429,14 +484,19 @@ pub async fn complete(
 
     // Streaming: a small bounded channel between the generation thread and the response body.
     let (tx, mut rx) = mpsc::channel::<Event>(8);
-    let done_tx = tx.clone();
+    let sender = TimedSender {
+        tx,
+        stall: state.config().stream_stall,
+        runtime: tokio::runtime::Handle::current(),
+    };
     let span = tracing::Span::current();
     let gen_span = span.clone();
+    let gen_interrupt = interrupt.clone();
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let _span = gen_span.entered();
         let event = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_blocking(prepared, stops, Some(tx), cancel)
+            run_blocking(prepared, stops, Some(&sender), &gen_interrupt)
         }))
         .unwrap_or_else(|p| {
             let msg = p
@@ -446,7 +506,7 @@ pub async fn complete(
                 .unwrap_or_else(|| "unknown panic".into());
             Event::Failed(ApiError::internal(format!("generation failed: {msg}")))
         });
-        let _ = done_tx.blocking_send(event);
+        sender.send(event);
     });
 
     let include_usage = req.include_usage;
@@ -454,7 +514,9 @@ pub async fn complete(
     tokio::spawn(tracing::Instrument::instrument(
         async move {
             // Each send fails once the response body is dropped (the client left): stop then,
-            // which drops `rx` and makes the generation thread's next send fail too.
+            // which cancels the generation (between layers of a long prompt too) and drops
+            // `rx`, so the generation thread's next send fails as well.
+            let _cancel = CancelOnDrop(Some(interrupt));
             macro_rules! emit {
                 ($b:expr) => {
                     if btx.send($b).await.is_err() {
@@ -468,7 +530,15 @@ pub async fn complete(
                     include_usage
                 )));
             }
-            while let Some(ev) = rx.recv().await {
+            loop {
+                let ev = match tokio::time::timeout(SSE_KEEP_ALIVE, rx.recv()).await {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => return,
+                    Err(_) => {
+                        emit!(Bytes::from_static(b": keep-alive\n\n"));
+                        continue;
+                    }
+                };
                 match ev {
                     Event::Delta(text) => {
                         emit!(sse(&shape.chunk(

@@ -24,8 +24,14 @@ use crate::state::{AppState, retry_after_estimate};
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
 
+/// The latest a generation for this request may run (Lambda puts the invocation's deadline
+/// here, less a margin); the configured `BITNET_GENERATION_TIMEOUT_SECS` applies as well.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestDeadline(pub Instant);
+
 /// Builds the API's router. Every front door serves exactly this.
 pub fn router(state: AppState) -> Router {
+    let cors = cors_layer(&state.config().cors_origins);
     let api = Router::new()
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
@@ -41,8 +47,47 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(tower::util::option_layer(cors))
         .layer(middleware::from_fn(request_context))
         .with_state(state)
+}
+
+/// CORS for the configured origins (`BITNET_CORS_ORIGINS`), none by default: then browsers
+/// get no CORS headers and a preflight is refused (405), so a page elsewhere cannot call the
+/// API with a JSON body.
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| match HeaderValue::from_str(o) {
+                    Ok(v) => Some(v),
+                    Err(_) => {
+                        tracing::warn!(origin = %o, "ignoring an unusable CORS origin");
+                        None
+                    }
+                }),
+        )
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                axum::http::HeaderName::from_static("api-key"),
+                axum::http::HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([axum::http::HeaderName::from_static("x-request-id")])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 const REQUEST_ID_HEADERS: [&str; 3] = [
@@ -133,8 +178,7 @@ pub fn authorized(headers: &HeaderMap, key: &str) -> bool {
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(key) = &state.config().api_key
         && !auth_exempt(req.uri().path())
-        && req.method() != Method::OPTIONS
-        && !authorized(req.headers(), key)
+        && !authorized(req.headers(), key.expose())
     {
         return ApiError::unauthorized().into_response();
     }
@@ -163,7 +207,7 @@ async fn root(State(state): State<AppState>) -> Response {
 async fn health(State(state): State<AppState>) -> Response {
     axum::Json(json!({
         "status": "ok",
-        "model": state.model_status(),
+        "model": state.model_report(),
         "uptime_s": state.uptime().as_secs_f64(),
         "in_flight": state.in_flight(),
         "version": env!("CARGO_PKG_VERSION"),
@@ -178,11 +222,11 @@ async fn ready(State(state): State<AppState>) -> Response {
             .into_response();
     }
     state.start_loading();
-    let status = state.model_status();
-    let retry = retry_after_estimate(&status);
+    let report = state.model_report();
+    let retry = retry_after_estimate(&report.state);
     let mut resp = (
         StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({ "status": "not_ready", "model": status })),
+        axum::Json(json!({ "status": "not_ready", "model": report })),
     )
         .into_response();
     resp.headers_mut()
@@ -210,7 +254,7 @@ async fn get_model(
     }
 }
 
-/// Reads the body up to the configured limit: 413 beyond it.
+/// Reads the body up to the configured limit (413 beyond it) within the body timeout (408).
 async fn read_body(
     state: &AppState,
     headers: &HeaderMap,
@@ -224,7 +268,11 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
+    let timeout = state.config().http.body_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| ApiError::body_timeout(timeout))?;
+    read.map_err(|e| {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = src {
             if s.is::<http_body_util::LengthLimitError>() {
@@ -236,21 +284,42 @@ async fn read_body(
     })
 }
 
+/// Generation requests carry JSON: anything else is a 415. This also keeps browsers' simple
+/// cross-site requests (`text/plain`, forms) from running a generation.
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(ct))
+    }
+}
+
 async fn completion(
     state: AppState,
     endpoint: Endpoint,
     req: Request,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
+    require_json(&parts.headers)?;
+    // Admission before any work: a request that would be refused is refused before its body
+    // is read, parsed or tokenized.
+    let admission = state.admit()?;
     let id = parts
         .extensions
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_else(new_request_id);
+    let deadline = parts.extensions.get::<RequestDeadline>().map(|d| d.0);
     let bytes = read_body(&state, &parts.headers, body).await?;
     let parsed = openai::parse_request(endpoint, &bytes)?;
+    drop(bytes);
     tracing::debug!(stream = parsed.stream, max_tokens = ?parsed.max_tokens, "completion request");
-    generate::complete(state, endpoint, parsed, id).await
+    generate::complete(state, endpoint, parsed, id, admission, deadline).await
 }
 
 async fn chat_completions(

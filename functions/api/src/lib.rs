@@ -12,13 +12,14 @@ pub mod generate;
 pub mod http;
 pub mod logging;
 pub mod openai;
+pub mod server;
 pub mod state;
 pub mod store;
 
-pub use config::ApiConfig;
+pub use config::{ApiConfig, FrontDoor};
 pub use engine::{Engine, Loader, ModelSource, engine_loader};
 pub use error::ApiError;
-pub use http::{RequestId, router};
+pub use http::{RequestDeadline, RequestId, router};
 pub use state::AppState;
 /// Re-exported so that front doors log through the same subscriber without their own dependency.
 pub use tracing;
@@ -26,41 +27,31 @@ pub use tracing;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-/// The state every binary builds: config from the environment, the model store from the
-/// environment (`BITNET_MODEL` and friends, see `model_store::StoreConfig::from_env`), and the
-/// real engine loader. Starts fetching the model in the background unless `BITNET_PRELOAD=0`.
-/// Needs a Tokio runtime; never blocks.
-pub fn state_from_env() -> Result<AppState, String> {
-    let config = ApiConfig::from_env();
-    let source = store::StoreSource::from_env()?;
-    Ok(AppState::new(
-        config.clone(),
-        Arc::new(source),
-        engine_loader(config.load_options()),
-    ))
+/// The one place a front door builds its state: checks that running without a key is an
+/// explicit choice (see [`ApiConfig::check_auth`]), then the model store from the environment
+/// (`BITNET_MODEL` and friends, `model_uri` overriding the URI) and the engine loader from
+/// `config`. Starts fetching the model in the background unless `BITNET_PRELOAD=0`. Needs a
+/// Tokio runtime; never blocks.
+pub fn start(
+    front_door: FrontDoor,
+    config: ApiConfig,
+    model_uri: Option<&str>,
+    loopback_only: bool,
+) -> Result<AppState, String> {
+    config.check_auth(front_door, loopback_only)?;
+    if config.api_key.is_none() {
+        tracing::warn!(?front_door, "serving without authentication");
+    }
+    let source = store::StoreSource::from_env(model_uri);
+    let loader = engine_loader(config.load_options());
+    Ok(AppState::new(config, Arc::new(source), loader))
 }
 
-/// Serves the router on `addr` until Ctrl-C or SIGTERM.
+/// Serves the router on `addr` until Ctrl-C or SIGTERM, with the configured HTTP limits.
 pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(no_delay(listener), router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-}
-
-/// Turns off Nagle's algorithm on every accepted connection: SSE sends one small write per
-/// token, and on a kept-alive connection Nagle holds each behind the client's delayed ACK
-/// (~40 ms per token).
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = SocketAddr> {
-    use axum::serve::ListenerExt;
-    listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    })
+    let limits = state.config().http.clone();
+    server::serve_listener(listener, router(state), limits, shutdown_signal()).await
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

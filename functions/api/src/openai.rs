@@ -4,7 +4,7 @@
 //! `Deserialize`, so that every error names the parameter at fault (as OpenAI's do) and
 //! unknown fields are ignored.
 
-use bitnet_engine::ChatMessage;
+use bitnet_engine::{ChatMessage, GenerateParams, SamplingParams};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
@@ -80,12 +80,12 @@ fn parse_object(
             format!("'{name}' must be at least 1."),
         ));
     }
-    let temperature = opt_f32_range(obj, "temperature", 0.0, 2.0)?;
-    let top_p = opt_f32_range(obj, "top_p", 0.0, 1.0)?;
-    let min_p = opt_f32_range(obj, "min_p", 0.0, 1.0)?;
-    let presence_penalty = opt_f32_range(obj, "presence_penalty", -2.0, 2.0)?;
-    let frequency_penalty = opt_f32_range(obj, "frequency_penalty", -2.0, 2.0)?;
-    let repeat_penalty = opt_f32_range(obj, "repeat_penalty", 0.0, 10.0)?;
+    let temperature = opt_f32(obj, "temperature")?;
+    let top_p = opt_f32(obj, "top_p")?;
+    let min_p = opt_f32(obj, "min_p")?;
+    let presence_penalty = opt_f32(obj, "presence_penalty")?;
+    let frequency_penalty = opt_f32(obj, "frequency_penalty")?;
+    let repeat_penalty = opt_f32(obj, "repeat_penalty")?;
     let top_k = opt_uint(obj, "top_k")?;
     let seed = match field(obj, "seed") {
         None => None,
@@ -111,7 +111,7 @@ fn parse_object(
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(type_error("model", "a string")),
     };
-    Ok(CompletionRequest {
+    let req = CompletionRequest {
         model,
         input,
         max_tokens,
@@ -126,7 +126,36 @@ fn parse_object(
         stop,
         stream,
         include_usage,
-    })
+    };
+    // The engine decides what it can compute with; a request it would refuse is a 400 now,
+    // before the request waits for the engine.
+    req.generate_params(req.max_tokens.unwrap_or(1))
+        .validate()?;
+    Ok(req)
+}
+
+impl CompletionRequest {
+    /// The engine's parameters for this request, unset ones at the engine's defaults.
+    pub fn generate_params(&self, max_tokens: usize) -> GenerateParams {
+        let d = SamplingParams::default();
+        GenerateParams {
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: self.temperature.unwrap_or(d.temperature),
+                top_k: self.top_k.unwrap_or(d.top_k),
+                top_p: self.top_p.unwrap_or(d.top_p),
+                min_p: self.min_p.unwrap_or(d.min_p),
+                repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
+                penalty_last_n: d.penalty_last_n,
+                presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+                frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+                seed: self.seed,
+            },
+            stop_strings: self.stop.clone(),
+            // The model's own end-of-generation ids.
+            stop_ids: None,
+        }
+    }
 }
 
 /// A field, treating an explicit `null` as absent (OpenAI's SDKs send nulls for unset options).
@@ -166,23 +195,13 @@ fn opt_uint(obj: &Map<String, Value>, name: &str) -> Result<Option<usize>, ApiEr
     }
 }
 
-fn opt_f32_range(
-    obj: &Map<String, Value>,
-    name: &str,
-    lo: f32,
-    hi: f32,
-) -> Result<Option<f32>, ApiError> {
+/// A number parameter; its range is the engine's to check (`GenerateParams::validate`).
+fn opt_f32(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError> {
     match field(obj, name) {
         None => Ok(None),
         Some(v) => {
-            let x = v.as_f64().ok_or_else(|| type_error(name, "a number"))? as f32;
-            if !(lo..=hi).contains(&x) {
-                return Err(ApiError::invalid_param(
-                    name,
-                    format!("'{name}' must be between {lo} and {hi}; got {x}."),
-                ));
-            }
-            Ok(Some(x))
+            let x = v.as_f64().ok_or_else(|| type_error(name, "a number"))?;
+            Ok(Some(x as f32))
         }
     }
 }
@@ -427,12 +446,6 @@ fn parse_stop(v: Option<&Value>) -> Result<Vec<String>, ApiError> {
         }
         Some(_) => return Err(type_error("stop", "a string or an array of strings")),
     };
-    if stops.len() > 4 {
-        return Err(ApiError::invalid_param(
-            "stop",
-            "At most 4 stop sequences are allowed.",
-        ));
-    }
     Ok(stops.into_iter().filter(|s| !s.is_empty()).collect())
 }
 

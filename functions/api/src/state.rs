@@ -1,27 +1,29 @@
-//! Application state, built once per process: the model source, the lazily loaded engine, and
-//! the admission control that lets one generation run at a time with a small queue behind it.
+//! Application state, built once per process: the model source, the lazily loaded engine with
+//! its one typed lifecycle, and the admission control that lets one generation run at a time
+//! with a small queue behind it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use model_store::ModelStatus;
+use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::ApiConfig;
-use crate::engine::{Engine, Loader, ModelSource};
+use crate::engine::{Engine, FetchError, Loader, ModelSource};
 use crate::error::ApiError;
 
-/// Where the engine is in its life.
+/// Where the engine is in its life (the one state machine; the model store's file status
+/// fills in the detail while the file is on its way).
 #[derive(Clone)]
-pub enum Phase {
+enum Phase {
     /// Nothing asked for the model yet.
     Idle,
     /// Waiting for the model file (download, verification, cache).
     Fetching,
-    /// The file is mapped; the engine is parsing it.
-    Loading {
-        file_ms: u64,
-    },
+    /// The file is mapped; the engine is parsing and checking it.
+    Loading { file_ms: u64 },
     Ready {
         engine: Arc<dyn Engine>,
         file_ms: u64,
@@ -29,24 +31,64 @@ pub enum Phase {
     },
     Failed {
         error: String,
-        at: Instant,
+        /// Failures in a row.
+        attempts: u32,
+        /// No new attempt before this.
+        retry_at: Instant,
     },
 }
 
-impl Phase {
-    fn name(&self) -> &'static str {
-        match self {
-            Phase::Idle => "not_started",
-            Phase::Fetching => "fetching",
-            Phase::Loading { .. } => "loading",
-            Phase::Ready { .. } => "ready",
-            Phase::Failed { .. } => "failed",
-        }
-    }
+/// The model's state as `/health` and `/ready` report it, serialised with a `state` tag.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelState {
+    NotStarted,
+    Downloading {
+        bytes_done: u64,
+        bytes_total: u64,
+        bytes_per_sec: f64,
+    },
+    Verifying,
+    Loading {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file_ms: Option<u64>,
+    },
+    Ready {
+        n_ctx: usize,
+        n_vocab: usize,
+        /// KV cache of one full-length sequence.
+        kv_bytes_per_sequence: usize,
+        file_ms: u64,
+        load_ms: u64,
+    },
+    Failed {
+        error: String,
+        attempts: u32,
+        /// Seconds until the next attempt may start.
+        retry_in_s: u64,
+    },
 }
 
-/// After a failure, a generation request starts a new attempt only this long after it.
-const RETRY_BACKOFF: Duration = Duration::from_secs(10);
+/// [`ModelState`] with the model's id and source, for `/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelReport {
+    pub id: String,
+    pub source: String,
+    #[serde(flatten)]
+    pub state: ModelState,
+}
+
+/// The first retry after a failure waits this long; each further failure doubles it, up to
+/// `ApiConfig::load_retry_max`.
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+
+fn backoff(attempts: u32, permanent: bool, max: Duration) -> Duration {
+    if permanent {
+        return max;
+    }
+    let doubled = FIRST_RETRY.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    doubled.min(max)
+}
 
 /// Shared, cheaply clonable application state.
 #[derive(Clone)]
@@ -63,7 +105,31 @@ struct Inner {
     admission: Arc<Semaphore>,
     /// One permit: the engine runs one generation at a time.
     exec: Arc<Semaphore>,
+    /// Failed attempts in a row (the back-off's exponent).
+    failures: AtomicU32,
     started: Instant,
+}
+
+/// A place in the queue, taken before a request's body is read: the work a request may cause
+/// (reading, parsing, tokenizing) is only done for requests that will be served.
+pub struct Admission {
+    permit: OwnedSemaphorePermit,
+    exec: Arc<Semaphore>,
+}
+
+impl Admission {
+    /// Waits for the engine to be free. Cancel-safe: a client that leaves gives its place back.
+    pub async fn until_engine_free(self) -> Result<GenerationPermit, ApiError> {
+        let exec = self
+            .exec
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::internal("generation semaphore closed"))?;
+        Ok(GenerationPermit {
+            _admission: self.permit,
+            _exec: exec,
+        })
+    }
 }
 
 /// Permits a generation holds until it ends (moved into the blocking task).
@@ -85,6 +151,7 @@ impl AppState {
                 source,
                 loader,
                 phase: watch::channel(Phase::Idle).0,
+                failures: AtomicU32::new(0),
                 started: Instant::now(),
             }),
         };
@@ -99,13 +166,13 @@ impl AppState {
     }
 
     /// Starts fetching and loading the model in the background unless it is under way, ready,
-    /// or failed less than `RETRY_BACKOFF` ago. Returns immediately.
+    /// or failed and its back-off has not passed. Returns immediately.
     pub fn start_loading(&self) {
         let mut start = false;
         self.inner.phase.send_if_modified(|p| {
             let go = match p {
                 Phase::Idle => true,
-                Phase::Failed { at, .. } => at.elapsed() >= RETRY_BACKOFF,
+                Phase::Failed { retry_at, .. } => Instant::now() >= *retry_at,
                 _ => false,
             };
             if go {
@@ -119,56 +186,33 @@ impl AppState {
         }
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let t0 = Instant::now();
-            tracing::info!(source = %inner.source.describe(), "fetching model");
-            let map = match inner.source.fetch().await {
-                Ok(map) => map,
-                Err(error) => {
-                    tracing::error!(%error, "model fetch failed");
-                    inner.phase.send_replace(Phase::Failed {
-                        error,
-                        at: Instant::now(),
-                    });
-                    return;
+            let result = inner.fetch_and_load().await;
+            let attempts = match &result {
+                Ok(_) => {
+                    inner.failures.store(0, Ordering::Relaxed);
+                    0
                 }
+                Err(_) => inner.failures.fetch_add(1, Ordering::Relaxed) + 1,
             };
-            let file_ms = t0.elapsed().as_millis() as u64;
-            inner.phase.send_replace(Phase::Loading { file_ms });
-            tracing::info!(
-                file_ms,
-                bytes = map.len(),
-                "model file ready; loading engine"
-            );
-            let loader = inner.loader.clone();
-            let t1 = Instant::now();
-            let result = tokio::task::spawn_blocking(move || loader(map)).await;
-            let load_ms = t1.elapsed().as_millis() as u64;
-            let phase = match result {
-                Ok(Ok(engine)) => {
-                    tracing::info!(load_ms, n_ctx = engine.n_ctx(), "model ready");
-                    Phase::Ready {
-                        engine,
-                        file_ms,
-                        load_ms,
+            inner.phase.send_modify(|p| {
+                *p = match result {
+                    Ok(ready) => ready,
+                    Err(FetchError { message, permanent }) => {
+                        let wait = backoff(attempts, permanent, inner.config.load_retry_max);
+                        tracing::error!(
+                            error = %message,
+                            attempts,
+                            retry_in_s = wait.as_secs(),
+                            "model unavailable"
+                        );
+                        Phase::Failed {
+                            error: message,
+                            attempts,
+                            retry_at: Instant::now() + wait,
+                        }
                     }
                 }
-                Ok(Err(error)) => {
-                    tracing::error!(%error, "model load failed");
-                    Phase::Failed {
-                        error,
-                        at: Instant::now(),
-                    }
-                }
-                Err(join) => {
-                    let error = format!("engine panicked while loading: {}", panic_message(join));
-                    tracing::error!(%error, "model load failed");
-                    Phase::Failed {
-                        error,
-                        at: Instant::now(),
-                    }
-                }
-            };
-            inner.phase.send_replace(phase);
+            });
         });
     }
 
@@ -201,84 +245,90 @@ impl AppState {
                 return Ok(engine.clone());
             }
         }
-        let phase = self.inner.phase.borrow().clone();
-        match phase {
-            Phase::Ready { engine, .. } => Ok(engine),
-            Phase::Failed { error, at } => {
-                let left = RETRY_BACKOFF.saturating_sub(at.elapsed()).as_secs().max(1);
-                Err(ApiError::model_failed(&error, left))
-            }
-            other => {
-                let status = self.model_status();
-                let state = status["state"].as_str().unwrap_or(other.name()).to_string();
-                Err(ApiError::not_ready(&state, retry_after_estimate(&status)))
-            }
+        if let Some(e) = self.engine_now() {
+            return Ok(e);
         }
+        let state = self.model_state();
+        let retry = retry_after_estimate(&state);
+        Err(match state {
+            ModelState::Failed { error, .. } => ApiError::model_failed(&error, retry),
+            other => ApiError::not_ready(state_name(&other), retry),
+        })
     }
 
-    /// Takes a place in the queue (429 when it is full), then waits for the engine to be free.
-    /// Cancel-safe: a client that leaves while waiting gives its place back.
-    pub async fn acquire_generation(&self) -> Result<GenerationPermit, ApiError> {
-        let admission = self
+    /// Takes a place in the queue, or 429 when it is full. Call before doing any work for a
+    /// request; then [`Admission::until_engine_free`].
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        let permit = self
             .inner
             .admission
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::queue_full(self.inner.config.max_queue))?;
-        let exec = self
-            .inner
-            .exec
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("generation semaphore closed"))?;
-        Ok(GenerationPermit {
-            _admission: admission,
-            _exec: exec,
+        Ok(Admission {
+            permit,
+            exec: self.inner.exec.clone(),
         })
     }
 
-    /// The model's status for `/health`: the source's file status while the file is not ready,
-    /// then the engine's `loading` / `ready` / `failed`.
-    pub fn model_status(&self) -> Value {
+    /// Where the model is: the engine's phase, with the file's status while it is on its way.
+    pub fn model_state(&self) -> ModelState {
         let phase = self.inner.phase.borrow().clone();
-        let mut file = self.inner.source.status();
-        if !file.is_object() {
-            file = json!({ "state": file });
-        }
-        let mut out = match phase {
-            Phase::Idle | Phase::Fetching => {
-                // The file status says downloading / verifying / ready / failed.
-                let mut s = file.clone();
-                if s["state"] == "ready" {
-                    // File ready, engine about to load.
-                    s["state"] = json!("loading");
+        match phase {
+            Phase::Idle | Phase::Fetching => match self.inner.source.status() {
+                ModelStatus::NotStarted if matches!(phase, Phase::Idle) => ModelState::NotStarted,
+                ModelStatus::NotStarted => ModelState::Loading { file_ms: None },
+                ModelStatus::Downloading {
+                    bytes_done,
+                    bytes_total,
+                    bytes_per_sec,
+                } => ModelState::Downloading {
+                    bytes_done,
+                    bytes_total,
+                    bytes_per_sec,
+                },
+                ModelStatus::Verifying => ModelState::Verifying,
+                // The file is there (or failed before this attempt): the engine is next.
+                ModelStatus::Ready { .. } | ModelStatus::Failed { .. } => {
+                    ModelState::Loading { file_ms: None }
                 }
-                s
-            }
-            Phase::Loading { file_ms } => json!({ "state": "loading", "file_ms": file_ms }),
+            },
+            Phase::Loading { file_ms } => ModelState::Loading {
+                file_ms: Some(file_ms),
+            },
             Phase::Ready {
                 engine,
                 file_ms,
                 load_ms,
-            } => json!({
-                "state": "ready",
-                "n_ctx": engine.n_ctx(),
-                "n_vocab": engine.n_vocab(),
-                "file_ms": file_ms,
-                "load_ms": load_ms,
-            }),
-            Phase::Failed { error, .. } => json!({ "state": "failed", "error": error }),
-        };
-        let same_state = file.get("state") == out.get("state");
-        if let Some(obj) = out.as_object_mut() {
-            obj.insert("id".into(), json!(self.inner.config.model_id));
-            obj.insert("source".into(), json!(self.inner.source.describe()));
-            if !same_state {
-                obj.insert("file".into(), file);
-            }
+            } => ModelState::Ready {
+                n_ctx: engine.n_ctx(),
+                n_vocab: engine.n_vocab(),
+                kv_bytes_per_sequence: engine.kv_bytes_per_token() * engine.n_ctx(),
+                file_ms,
+                load_ms,
+            },
+            Phase::Failed {
+                error,
+                attempts,
+                retry_at,
+            } => ModelState::Failed {
+                error,
+                attempts,
+                retry_in_s: retry_at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil() as u64,
+            },
         }
-        out
+    }
+
+    /// [`AppState::model_state`] with the model's id and source.
+    pub fn model_report(&self) -> ModelReport {
+        ModelReport {
+            id: self.inner.config.model_id.clone(),
+            source: self.inner.source.describe(),
+            state: self.model_state(),
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -295,14 +345,70 @@ impl AppState {
     }
 }
 
-/// Seconds until a retry is worth it: the remaining download time when it is known, else 5.
-pub fn retry_after_estimate(status: &Value) -> u64 {
-    let done = status["bytes_done"].as_f64();
-    let total = status["bytes_total"].as_f64();
-    let rate = status["bytes_per_sec"].as_f64();
-    match (done, total, rate) {
-        (Some(d), Some(t), Some(r)) if r > 0.0 && t >= d => {
-            (((t - d) / r).ceil() as u64).clamp(1, 60)
+impl Inner {
+    /// One attempt: the file from the source, then the engine from the file.
+    async fn fetch_and_load(&self) -> Result<Phase, FetchError> {
+        let t0 = Instant::now();
+        tracing::info!(source = %self.source.describe(), "fetching model");
+        let map = self.source.fetch().await?;
+        let file_ms = t0.elapsed().as_millis() as u64;
+        self.phase.send_replace(Phase::Loading { file_ms });
+        tracing::info!(
+            file_ms,
+            bytes = map.len(),
+            "model file ready; loading engine"
+        );
+        let loader = self.loader.clone();
+        let t1 = Instant::now();
+        let engine = tokio::task::spawn_blocking(move || loader(map))
+            .await
+            .map_err(|join| FetchError {
+                message: format!("engine panicked while loading: {}", panic_message(join)),
+                permanent: true,
+            })?
+            .map_err(|message| FetchError {
+                message,
+                // The same file loads the same way: wait the whole back-off.
+                permanent: true,
+            })?;
+        let load_ms = t1.elapsed().as_millis() as u64;
+        tracing::info!(
+            load_ms,
+            n_ctx = engine.n_ctx(),
+            kv_bytes_per_sequence = engine.kv_bytes_per_token() * engine.n_ctx(),
+            "model ready"
+        );
+        Ok(Phase::Ready {
+            engine,
+            file_ms,
+            load_ms,
+        })
+    }
+}
+
+/// The `state` tag of a [`ModelState`].
+pub fn state_name(s: &ModelState) -> &'static str {
+    match s {
+        ModelState::NotStarted => "not_started",
+        ModelState::Downloading { .. } => "downloading",
+        ModelState::Verifying => "verifying",
+        ModelState::Loading { .. } => "loading",
+        ModelState::Ready { .. } => "ready",
+        ModelState::Failed { .. } => "failed",
+    }
+}
+
+/// Seconds until a retry is worth it: the back-off left after a failure, the remaining
+/// download time when it is known, else 5.
+pub fn retry_after_estimate(state: &ModelState) -> u64 {
+    match *state {
+        ModelState::Failed { retry_in_s, .. } => retry_in_s.max(1),
+        ModelState::Downloading {
+            bytes_done,
+            bytes_total,
+            bytes_per_sec,
+        } if bytes_per_sec > 0.0 && bytes_total >= bytes_done => {
+            (((bytes_total - bytes_done) as f64 / bytes_per_sec).ceil() as u64).clamp(1, 60)
         }
         _ => 5,
     }
@@ -316,5 +422,19 @@ pub(crate) fn panic_message(join: tokio::task::JoinError) -> String {
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into()),
         Err(e) => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap_and_permanent_failures_wait_the_cap() {
+        let max = Duration::from_secs(600);
+        let waits: Vec<u64> = (1..=8).map(|a| backoff(a, false, max).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(backoff(1, true, max), max);
+        assert_eq!(backoff(u32::MAX, false, max), max);
     }
 }

@@ -4,34 +4,25 @@
 
 use std::sync::Arc;
 
-use model_store::{ModelStore, StoreConfig};
-use serde_json::{Value, json};
+pub use model_store::StoreConfig;
+use model_store::{ModelStatus, ModelStore, StoreError};
 
-use crate::engine::{BoxFuture, ModelSource};
+use crate::engine::{BoxFuture, FetchError, ModelSource};
 
 pub struct StoreSource {
     store: ModelStore,
 }
 
 impl StoreSource {
-    /// `model_store::StoreConfig::from_env()`: `BITNET_MODEL`, `BITNET_MODEL_SHA256`,
-    /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, ...
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_env_with_uri(None)
-    }
-
-    /// Like `from_env`, with the model URI replaced when `uri` is given (`bitnet serve --model`).
-    pub fn from_env_with_uri(uri: Option<&str>) -> Result<Self, String> {
+    /// `model_store::StoreConfig::from_env()` (`BITNET_MODEL`, `BITNET_MODEL_SHA256`,
+    /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, ...), with the model URI replaced when `uri`
+    /// is given (`bitnet serve --model`).
+    pub fn from_env(uri: Option<&str>) -> Self {
         let mut cfg = StoreConfig::from_env();
         if let Some(u) = uri {
             cfg.uri = u.to_string();
         }
-        Ok(Self::new(cfg))
-    }
-
-    /// A store for one URI with every other setting at its default.
-    pub fn from_uri(uri: &str) -> Self {
-        Self::new(StoreConfig::new(uri))
+        Self::new(cfg)
     }
 
     pub fn new(cfg: StoreConfig) -> Self {
@@ -41,15 +32,28 @@ impl StoreSource {
     }
 }
 
+/// Failures that the same source gives again on the next try.
+fn is_permanent(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::ChecksumMismatch { .. }
+            | StoreError::SizeMismatch { .. }
+            | StoreError::NotGguf { .. }
+            | StoreError::InvalidUri { .. }
+    )
+}
+
 impl ModelSource for StoreSource {
-    fn status(&self) -> Value {
-        serde_json::to_value(self.store.status())
-            .unwrap_or_else(|e| json!({ "state": "unknown", "error": e.to_string() }))
+    fn status(&self) -> ModelStatus {
+        self.store.status()
     }
 
-    fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, String>> {
+    fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, FetchError>> {
         Box::pin(async move {
-            let file = self.store.get().await.map_err(|e| e.to_string())?;
+            let file = self.store.get().await.map_err(|e| FetchError {
+                message: e.to_string(),
+                permanent: is_permanent(&e),
+            })?;
             tracing::info!(source = %file.source, size = file.size, sha256 = ?file.sha256, path = ?file.path, "model file ready");
             Ok(file.map.clone())
         })

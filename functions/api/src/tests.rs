@@ -8,12 +8,15 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use bitnet_engine::{ChatMessage, EngineError, GenerateOutput, GenerateParams, Piece, StopReason};
+use bitnet_engine::{
+    ChatMessage, EngineError, GenerateOutput, GenerateParams, Interrupt, Piece, StopReason,
+};
 use http_body_util::BodyExt;
+use model_store::ModelStatus;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::engine::{BoxFuture, Engine, Loader, ModelSource};
+use crate::engine::{BoxFuture, Engine, FetchError, Loader, ModelSource};
 use crate::{ApiConfig, AppState, router};
 
 /// Emits `tok0 tok1 ...` (each piece `"tokN "`), one per `delay`.
@@ -29,6 +32,9 @@ impl Engine for FakeEngine {
     }
     fn n_vocab(&self) -> usize {
         1000
+    }
+    fn kv_bytes_per_token(&self) -> usize {
+        16
     }
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         let mut v: Vec<u32> = if add_bos { vec![999] } else { vec![] };
@@ -47,6 +53,7 @@ impl Engine for FakeEngine {
         &self,
         prompt: &[u32],
         params: &GenerateParams,
+        interrupt: &Interrupt,
         on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
     ) -> Result<GenerateOutput, EngineError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
@@ -55,6 +62,13 @@ impl Engine for FakeEngine {
         let mut reason = StopReason::Length;
         for i in 0..params.max_tokens {
             std::thread::sleep(self.delay);
+            if let Some(r) = interrupt.check() {
+                reason = r;
+                if r == StopReason::Cancelled {
+                    self.cancelled.store(true, Ordering::SeqCst);
+                }
+                break;
+            }
             let piece = format!("tok{i} ");
             text.push_str(&piece);
             ids.push(i as u32);
@@ -88,20 +102,31 @@ enum SourceMode {
     Fail,
 }
 
-struct FakeSource(SourceMode);
+struct FakeSource(SourceMode, Arc<AtomicUsize>);
 
 impl ModelSource for FakeSource {
-    fn status(&self) -> Value {
+    fn status(&self) -> ModelStatus {
         match self.0 {
-            SourceMode::Ready => json!({"state": "ready", "size": 0}),
-            SourceMode::Pending => {
-                json!({"state": "downloading", "bytes_done": 50, "bytes_total": 100, "bytes_per_sec": 10.0})
-            }
-            SourceMode::Fail => json!({"state": "failed", "error": "no such object"}),
+            SourceMode::Ready => ModelStatus::Ready {
+                path: "(memory)".into(),
+                size: 0,
+                sha256: None,
+                seconds: 0.0,
+                source: "fake://model".into(),
+            },
+            SourceMode::Pending => ModelStatus::Downloading {
+                bytes_done: 50,
+                bytes_total: 100,
+                bytes_per_sec: 10.0,
+            },
+            SourceMode::Fail => ModelStatus::Failed {
+                error: "no such object".into(),
+            },
         }
     }
-    fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, String>> {
+    fn fetch(&self) -> BoxFuture<'_, Result<Arc<memmap2::Mmap>, FetchError>> {
         let mode = self.0;
+        self.1.fetch_add(1, Ordering::SeqCst);
         Box::pin(async move {
             match mode {
                 SourceMode::Ready => Ok(Arc::new(
@@ -113,7 +138,10 @@ impl ModelSource for FakeSource {
                         .unwrap(),
                 )),
                 SourceMode::Pending => std::future::pending().await,
-                SourceMode::Fail => Err("no such object".to_string()),
+                SourceMode::Fail => Err(FetchError {
+                    message: "no such object".to_string(),
+                    permanent: false,
+                }),
             }
         })
     }
@@ -126,6 +154,7 @@ struct Harness {
     state: AppState,
     cancelled: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
+    fetches: Arc<AtomicUsize>,
 }
 
 fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness {
@@ -139,11 +168,13 @@ fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness
             calls: k2.clone(),
         }) as Arc<dyn Engine>)
     });
-    let state = AppState::new(config, Arc::new(FakeSource(mode)), loader);
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let state = AppState::new(config, Arc::new(FakeSource(mode, fetches.clone())), loader);
     Harness {
         state,
         cancelled,
         calls,
+        fetches,
     }
 }
 
@@ -173,6 +204,14 @@ async fn call(
     let mut b = Request::builder().method(method).uri(path);
     for (k, v) in headers {
         b = b.header(*k, *v);
+    }
+    // The OpenAI SDKs' content type, unless the test sets its own.
+    if body.is_some()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
+        b = b.header("content-type", "application/json");
     }
     let req = b
         .body(
@@ -464,6 +503,7 @@ async fn client_errors() {
         (0..20).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100]))),
     );
     let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
         .body(Body::from_stream(stream))
         .unwrap();
     let resp = router(h.state.clone()).oneshot(req).await.unwrap();
@@ -484,7 +524,7 @@ async fn client_errors() {
 #[tokio::test]
 async fn bearer_auth() {
     let config = ApiConfig {
-        api_key: Some("sekrit".into()),
+        api_key: crate::config::ApiKey::new("sekrit"),
         ..ApiConfig::default()
     };
     let h = ready_harness(config).await;
@@ -561,6 +601,7 @@ async fn stream_disconnect_stops_generation() {
     );
     wait_ready(&h.state).await;
     let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
         .body(Body::from(
             r#"{"prompt":"x","max_tokens":50,"stream":true}"#,
         ))
@@ -637,4 +678,298 @@ fn stop_buffer_holds_back_prefixes() {
     let mut b = StopBuffer::new(vec!["é!".into()]);
     assert_eq!(b.push("né"), "n");
     assert_eq!(b.push("?"), "é?");
+}
+
+/// Waits up to 2 s for `flag`.
+async fn eventually(flag: &AtomicBool) -> bool {
+    for _ in 0..400 {
+        if flag.load(Ordering::SeqCst) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn generation_requests_must_be_json() {
+    let h = ready_harness(ApiConfig::default()).await;
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (s, _, b) = call(
+            &h.state,
+            "POST",
+            "/v1/chat/completions",
+            Some(CHAT),
+            &[("content-type", ct)],
+        )
+        .await;
+        assert_openai_error(s, &b, 415, None, Some("unsupported_media_type"));
+    }
+    let req = Request::post("/v1/completions")
+        .body(Body::from(r#"{"prompt":"x","max_tokens":2}"#))
+        .unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let (s, _, _) = call(
+        &h.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(CHAT),
+        &[("content-type", "Application/JSON; charset=utf-8")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        h.calls.load(Ordering::SeqCst),
+        1,
+        "only the JSON request ran"
+    );
+}
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_answers_preflights_when_configured() {
+    let preflight = |state: AppState| async move {
+        let req = Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/chat/completions")
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization, content-type",
+            )
+            .body(Body::empty())
+            .unwrap();
+        router(state).oneshot(req).await.unwrap()
+    };
+    let off = ready_harness(ApiConfig {
+        api_key: crate::config::ApiKey::new("k"),
+        ..ApiConfig::default()
+    })
+    .await;
+    let resp = preflight(off.state.clone()).await;
+    assert!(!resp.status().is_success(), "{}", resp.status());
+    assert!(!resp.headers().contains_key("access-control-allow-origin"));
+    let on = ready_harness(ApiConfig {
+        api_key: crate::config::ApiKey::new("k"),
+        cors_origins: vec!["https://app.example".into()],
+        ..ApiConfig::default()
+    })
+    .await;
+    let resp = preflight(on.state.clone()).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let allowed = resp.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(
+        allowed.contains("authorization") && allowed.contains("content-type"),
+        "{allowed}"
+    );
+    // The actual request still needs the key.
+    let (s, _, _) = call(
+        &on.state,
+        "POST",
+        "/v1/chat/completions",
+        Some(CHAT),
+        &[("origin", "https://app.example")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn parameters_that_cannot_be_computed_are_400s_naming_them() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let cases = [
+        (r#""repeat_penalty":0"#, "repeat_penalty"),
+        (r#""repeat_penalty":-1"#, "repeat_penalty"),
+        (r#""temperature":3"#, "temperature"),
+        (r#""top_p":1.5"#, "top_p"),
+        (r#""presence_penalty":-2.5"#, "presence_penalty"),
+        (r#""stop":["a","b","c","d","e"]"#, "stop"),
+    ];
+    for (extra, param) in cases {
+        let body = format!(r#"{{"prompt":"x","max_tokens":2,{extra}}}"#);
+        let (s, _, b) = call(&h.state, "POST", "/v1/completions", Some(&body), &[]).await;
+        assert_openai_error(s, &b, 400, Some(param), None);
+    }
+    let long_stop = format!(
+        r#"{{"prompt":"x","max_tokens":2,"stop":"{}"}}"#,
+        "s".repeat(300)
+    );
+    let (s, _, b) = call(&h.state, "POST", "/v1/completions", Some(&long_stop), &[]).await;
+    assert_openai_error(s, &b, 400, Some("stop"), None);
+    assert_eq!(h.calls.load(Ordering::SeqCst), 0);
+    // A temperature too small to divide by is served (greedy), not refused.
+    let tiny = r#"{"prompt":"x","max_tokens":2,"temperature":1e-39}"#;
+    let (s, _, b) = call(&h.state, "POST", "/v1/completions", Some(tiny), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_refuses_before_reading_the_body() {
+    let config = ApiConfig {
+        max_queue: 0,
+        ..ApiConfig::default()
+    };
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(20), config);
+    wait_ready(&h.state).await;
+    let running = tokio::spawn({
+        let s = h.state.clone();
+        async move {
+            call(
+                &s,
+                "POST",
+                "/v1/completions",
+                Some(r#"{"prompt":"x","max_tokens":10}"#),
+                &[],
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    // A body that never arrives: only a refusal that does not read it can answer.
+    let never = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(never))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(2), router(h.state.clone()).oneshot(req))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(running.await.unwrap().0, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_past_the_body_timeout_is_408() {
+    let mut config = ApiConfig::default();
+    config.http.body_timeout = Duration::from_millis(100);
+    let h = ready_harness(config).await;
+    let slow = futures_util::stream::unfold(0, |i| async move {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        (i < 50).then(|| {
+            (
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")),
+                i + 1,
+            )
+        })
+    });
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from_stream(slow))
+        .unwrap();
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(h.state.in_flight(), 0, "the queue place is given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generation_deadline_finishes_the_response_cut_short() {
+    let config = ApiConfig {
+        generation_timeout: Some(Duration::from_millis(150)),
+        ..ApiConfig::default()
+    };
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(20), config);
+    wait_ready(&h.state).await;
+    let (s, _, b) = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x","max_tokens":50}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    let n = v["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(n > 0 && n < 20, "{n} tokens in 150 ms at 20 ms each");
+    let (s, _, b) = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x","max_tokens":50,"stream":true}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let events = sse_events(&b);
+    let last: Value = json_of(&events[events.len() - 2]);
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_nobody_reads_is_cancelled_after_the_stall_limit() {
+    // 60 tokens at 5 ms: the channels are full after about a dozen, the stall limit fires
+    // 30 ms later, long before the last token.
+    let config = ApiConfig {
+        stream_stall: Duration::from_millis(30),
+        ..ApiConfig::default()
+    };
+    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), config);
+    wait_ready(&h.state).await;
+    let req = Request::post("/v1/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            r#"{"prompt":"x","max_tokens":60,"stream":true}"#,
+        ))
+        .unwrap();
+    // The response is held but its body never read: the channels fill, then the stall
+    // limit frees the engine.
+    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        eventually(&h.cancelled).await,
+        "a stalled stream kept the engine"
+    );
+    let (s, _, _) = call(
+        &h.state,
+        "POST",
+        "/v1/completions",
+        Some(r#"{"prompt":"x","max_tokens":2}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    drop(resp);
+}
+
+#[tokio::test]
+async fn a_failed_load_backs_off_instead_of_retrying_on_every_probe() {
+    let h = harness_with(SourceMode::Fail, Duration::ZERO, ApiConfig::default());
+    for _ in 0..200 {
+        if h.fetches.load(Ordering::SeqCst) == 1 && !h.state.is_ready() {
+            let (_, _, b) = call(&h.state, "GET", "/health", None, &[]).await;
+            if json_of(&b)["model"]["state"] == "failed" {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..5 {
+        let (s, headers, b) = call(&h.state, "GET", "/ready", None, &[]).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        let v = json_of(&b);
+        assert_eq!(v["model"]["state"], "failed", "{b}");
+        assert_eq!(v["model"]["attempts"], 1);
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((5..=10).contains(&retry), "{retry}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        h.fetches.load(Ordering::SeqCst),
+        1,
+        "probes restarted the download"
+    );
 }

@@ -248,7 +248,9 @@ mod tests {
     use bitnet_api::{ApiConfig, store::StoreSource};
 
     fn state() -> AppState {
-        let source = StoreSource::from_uri("/nonexistent/model.gguf");
+        let source = StoreSource::new(bitnet_api::store::StoreConfig::new(
+            "/nonexistent/model.gguf",
+        ));
         AppState::new(
             ApiConfig::default(),
             Arc::new(source),
@@ -258,6 +260,7 @@ mod tests {
 
     async fn post(app: Router, path: &str, body: &str) -> (StatusCode, Value) {
         let req = axum::http::Request::post(path)
+            .header("content-type", "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
         let resp = app.oneshot(req).await.unwrap();

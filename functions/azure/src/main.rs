@@ -10,9 +10,8 @@
 mod invocation;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 
-use bitnet_api::{AppState, engine_loader, logging, store::StoreSource};
+use bitnet_api::{FrontDoor, logging};
 
 #[tokio::main]
 async fn main() {
@@ -27,19 +26,17 @@ async fn main() {
         },
         Err(_) => 8080,
     };
-    let config = bitnet_api::ApiConfig::from_env();
-    let source = match StoreSource::from_env() {
+    let config = bitnet_api::ApiConfig::from_env(FrontDoor::Azure);
+    let (model_id, limits) = (config.model_id.clone(), config.http.clone());
+    // The handler listens on loopback, but the Functions host exposes it: that is no reason
+    // to go without a key.
+    let state = match bitnet_api::start(FrontDoor::Azure, config, None, false) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "model store configuration");
+            tracing::error!(error = %e, "refusing to start");
             std::process::exit(2);
         }
     };
-    let state = AppState::new(
-        config.clone(),
-        Arc::new(source),
-        engine_loader(config.load_options()),
-    );
     let app = invocation::app(state, invocation::function_names_from_env());
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let listener = match tokio::net::TcpListener::bind(addr).await {
@@ -49,10 +46,10 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tracing::info!(%addr, model = %config.model_id, "bitnet azure custom handler listening");
-    if let Err(e) = axum::serve(bitnet_api::no_delay(listener), app)
-        .with_graceful_shutdown(bitnet_api::shutdown_signal())
-        .await
+    tracing::info!(%addr, model = %model_id, "bitnet azure custom handler listening");
+    if let Err(e) =
+        bitnet_api::server::serve_listener(listener, app, limits, bitnet_api::shutdown_signal())
+            .await
     {
         tracing::error!(error = %e, "server failed");
         std::process::exit(1);

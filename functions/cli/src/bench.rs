@@ -28,6 +28,9 @@ pub struct BenchArgs {
     /// Output head: f16 (the file's) or q8_0 (quantized at load; opt-in, lower precision).
     #[arg(long, default_value = "f16")]
     head: String,
+    /// Check every weight at load, as the servers do (otherwise at first use).
+    #[arg(long)]
+    validate_weights: bool,
     #[arg(long)]
     json: bool,
     /// Internal: load the model, print "ready", exit (used to time process start to ready).
@@ -64,6 +67,8 @@ fn load_options(a: &BenchArgs) -> Result<LoadOptions> {
     Ok(LoadOptions {
         threads: a.threads,
         head: a.head.parse().map_err(anyhow::Error::msg)?,
+        max_context: None,
+        validate_weights: a.validate_weights,
     })
 }
 
@@ -76,6 +81,9 @@ fn time_process_start_to_ready(a: &BenchArgs) -> Result<f64> {
         .arg(&a.model);
     if let Some(t) = a.threads {
         cmd.args(["--threads", &t.to_string()]);
+    }
+    if a.validate_weights {
+        cmd.arg("--validate-weights");
     }
     let mut child = cmd
         .stdout(Stdio::piped())

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use bitnet_engine::fixture::{self, FixtureSpec};
 use bitnet_engine::gguf::{GgmlType, GgufFile, Value};
 use bitnet_engine::tokenizer::PreTokenizer;
-use bitnet_engine::{ChatMessage, GenerateParams, LoadOptions, Model, SamplingParams, Tokenizer};
+use bitnet_engine::{
+    ChatMessage, GenerateParams, Interrupt, LoadOptions, Model, SamplingParams, Tokenizer,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
@@ -75,7 +77,7 @@ struct FixtureArgs {
     /// `general.architecture`: bitnet-b1.58 (official) or bitnet (upstream llama.cpp).
     #[arg(long, default_value = "bitnet-b1.58")]
     arch: String,
-    /// Hugging Face tokenizer.json (default: $BITNET_TOKENIZER_JSON or shared/fixtures/llama3).
+    /// Hugging Face tokenizer.json (default: the Llama 3 tokenizer shipped in the engine).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
     #[arg(short, long)]
@@ -221,11 +223,10 @@ fn cmd_fixture(a: FixtureArgs) -> Result<()> {
         FixtureType::F16 => GgmlType::F16,
         FixtureType::F32 => GgmlType::F32,
     };
-    let tok_path = a
-        .tokenizer
-        .or_else(fixture::find_tokenizer_json)
-        .context("no tokenizer.json found: pass --tokenizer or set BITNET_TOKENIZER_JSON")?;
-    let tok = fixture::tokenizer_parts_from_hf_json(&tok_path)?;
+    let tok = match &a.tokenizer {
+        Some(path) => fixture::tokenizer_parts_from_hf_json(path)?,
+        None => fixture::llama3_tokenizer_parts()?,
+    };
     let spec = FixtureSpec {
         preset,
         ty,
@@ -427,17 +428,15 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             ..SamplingParams::default()
         },
         stop_ids: if a.ignore_eos {
-            vec![]
+            Some(vec![])
         } else {
-            a.stop_ids
-                .clone()
-                .unwrap_or_else(|| bitnet_engine::generate::DEFAULT_STOP_IDS.to_vec())
+            a.stop_ids.clone()
         },
         stop_strings: a.stop.clone(),
     };
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
-    let out = model.generate(&prompt, &params, &mut |p| {
+    let out = model.generate(&prompt, &params, &Interrupt::new(), &mut |p| {
         if !json {
             // A closed stdout (e.g. `| head`) ends generation quietly.
             if stdout

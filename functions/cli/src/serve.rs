@@ -3,13 +3,14 @@
 //! `file://`, `s3://`, `az://`, `https://` or `hf://` URI); the server answers `/health` and
 //! `/ready` at once and generation requests once the model is loaded.
 //!
-//! Binding a non-loopback address needs an API key (`--api-key` / `API_KEY`) unless
-//! `--no-auth` or `BITNET_ALLOW_NO_AUTH=1` says that the network in front is trusted.
+//! Binding a non-loopback address needs an API key (`API_KEY` or `--api-key-file`; never a
+//! command-line value, which `ps` would show) unless `--no-auth` or `BITNET_ALLOW_NO_AUTH=1`
+//! says that the network in front is trusted. Every other setting comes from the
+//! environment through `bitnet_api::ApiConfig` (one table, `docs/security.md` lists its limits).
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
 /// Arguments of `bitnet serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -27,9 +28,11 @@ pub struct ServeArgs {
     /// Kernel threads [env: BITNET_THREADS; default: all cores]
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Bearer token required on every route but /, /health and /ready [env: API_KEY]
-    #[arg(long, value_name = "KEY")]
-    pub api_key: Option<String>,
+    /// File whose content (trimmed) is the bearer token required on every route but /,
+    /// /health and /ready [or env: API_KEY]. There is no flag for the key itself: the
+    /// command line is visible to every user of the machine.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<std::path::PathBuf>,
     /// Allow a non-loopback bind without an API key [env: BITNET_ALLOW_NO_AUTH=1]
     #[arg(long)]
     pub no_auth: bool,
@@ -41,10 +44,6 @@ pub struct ServeArgs {
 
 fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn env_flag(name: &str) -> bool {
-    env_nonempty(name).is_some_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"))
 }
 
 /// The address to bind. Flags that still have their default value give way to `BITNET_HOST`
@@ -77,11 +76,17 @@ fn bind_addr(args: &ServeArgs) -> anyhow::Result<SocketAddr> {
 
 /// Runs the server until Ctrl-C or SIGTERM.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    use bitnet_api::config::{ApiKey, FrontDoor};
     bitnet_api::logging::init();
     let addr = bind_addr(&args)?;
-    let mut config = bitnet_api::ApiConfig::from_env();
-    if let Some(key) = args.api_key.clone().filter(|k| !k.is_empty()) {
-        config.api_key = Some(key);
+    let mut config = bitnet_api::ApiConfig::from_env(FrontDoor::Serve);
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --api-key-file {}", path.display()))?;
+        config.api_key = Some(
+            ApiKey::new(text)
+                .with_context(|| format!("--api-key-file {} is empty", path.display()))?,
+        );
     }
     if let Some(t) = args.threads {
         config.threads = Some(t);
@@ -89,17 +94,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(id) = args.model_id.clone() {
         config.model_id = id;
     }
-    if config.api_key.is_none()
-        && !addr.ip().is_loopback()
-        && !(args.no_auth || env_flag("BITNET_ALLOW_NO_AUTH"))
-    {
-        bail!(
-            "refusing to serve on {addr} without an API key: set --api-key or API_KEY, or pass \
-             --no-auth (BITNET_ALLOW_NO_AUTH=1) if the network in front of it does the checking"
-        );
-    }
-    if config.api_key.is_none() && !addr.ip().is_loopback() {
-        bitnet_api::tracing::warn!(%addr, "serving without authentication on a non-loopback address");
+    if args.no_auth {
+        config.allow_no_auth = true;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // The engine computes on its own threads; the runtime only moves bytes.
@@ -109,13 +105,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let source = bitnet_api::store::StoreSource::from_env_with_uri(args.model.as_deref())
-            .map_err(|e| anyhow::anyhow!("model store configuration: {e}"))?;
-        let state = bitnet_api::AppState::new(
-            config.clone(),
-            Arc::new(source),
-            bitnet_api::engine_loader(config.load_options()),
-        );
+        let state = bitnet_api::start(
+            FrontDoor::Serve,
+            config,
+            args.model.as_deref(),
+            addr.ip().is_loopback(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e} (bitnet serve on {addr})"))?;
         bitnet_api::serve(addr, state)
             .await
             .with_context(|| format!("serving on {addr}"))

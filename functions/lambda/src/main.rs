@@ -11,23 +11,48 @@
 //! The model store starts pulling the model during INIT in the background; INIT never waits
 //! for it. The first generation request waits for the model (`BITNET_WAIT_FOR_MODEL_SECS`,
 //! default 900 here: the Lambda timeout is the real bound), while `/health` and `/ready`
-//! answer at once.
+//! answer at once. A generation ends 2 s before the invocation's deadline, with its response
+//! finished. Without `API_KEY` the function refuses to start unless
+//! `BITNET_ALLOW_NO_AUTH=1` (API Gateway or IAM auth in front).
 
 use std::time::Duration;
 
-use bitnet_api::{AppState, engine_loader, logging, router, store::StoreSource};
+use bitnet_api::{FrontDoor, RequestDeadline, logging, router};
 use lambda_http::{Request, RequestExt};
 use tower::ServiceBuilder;
 
-/// Adds the Lambda request id as `x-request-id` so that logs and responses carry it.
-fn with_request_id(mut req: Request) -> Request {
+/// A generation stops this long before the invocation's deadline, leaving time to finish the
+/// response.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Adds the Lambda request id as `x-request-id` so that logs and responses carry it, and the
+/// invocation's deadline as the request's generation deadline.
+fn with_invocation_context(mut req: Request) -> Request {
+    let Some(ctx) = req.lambda_context_ref() else {
+        return req;
+    };
+    let request_id = ctx.request_id.parse().ok();
+    let deadline = instant_of_epoch_ms(ctx.deadline)
+        .map(|d| RequestDeadline(d.checked_sub(DEADLINE_MARGIN).unwrap_or(d)));
     if !req.headers().contains_key("x-request-id")
-        && let Some(ctx) = req.lambda_context_ref()
-        && let Ok(v) = ctx.request_id.parse()
+        && let Some(v) = request_id
     {
         req.headers_mut().insert("x-request-id", v);
     }
+    if let Some(d) = deadline {
+        req.extensions_mut().insert(d);
+    }
     req
+}
+
+/// An `Instant` for a wall-clock time in milliseconds since the Unix epoch (a time already
+/// past is now).
+fn instant_of_epoch_ms(ms: u64) -> Option<std::time::Instant> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_millis() as u64;
+    std::time::Instant::now().checked_add(Duration::from_millis(ms.saturating_sub(now_ms)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,26 +78,15 @@ fn mode_from_env() -> Mode {
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     logging::init();
-    let mut config = bitnet_api::ApiConfig::from_env();
-    if std::env::var_os("BITNET_WAIT_FOR_MODEL_SECS").is_none() {
-        config.wait_for_model = Duration::from_secs(900);
-    }
-    // Lambda hands an instance one invocation at a time, but a streamed invocation whose caller
-    // left can still be winding its generation down when the next arrives: one queue place
-    // lets that next request wait for the engine instead of failing with 429.
-    if std::env::var_os("BITNET_MAX_QUEUE").is_none() {
-        config.max_queue = 1;
-    }
-    let source = StoreSource::from_env().map_err(|e| format!("model store configuration: {e}"))?;
-    let state = AppState::new(
-        config.clone(),
-        std::sync::Arc::new(source),
-        engine_loader(config.load_options()),
-    );
+    let config = bitnet_api::ApiConfig::from_env(FrontDoor::Lambda);
+    let model_id = config.model_id.clone();
+    let state = bitnet_api::start(FrontDoor::Lambda, config, None, false).inspect_err(|e| {
+        tracing::error!(error = %e, "refusing to start");
+    })?;
     let mode = mode_from_env();
-    tracing::info!(?mode, model = %config.model_id, "bitnet lambda adapter started; model fetch runs in the background");
+    tracing::info!(?mode, model = %model_id, "bitnet lambda adapter started; model fetch runs in the background");
     let app = ServiceBuilder::new()
-        .map_request(with_request_id)
+        .map_request(with_invocation_context)
         .service(router(state));
     // The runtime loop returns only on a transport error with the Runtime API (e.g. a response
     // post cut off because the caller went away). Exiting would make Lambda start a fresh
