@@ -145,16 +145,17 @@ def tiny_model(workdir) -> Path:
 
 @pytest.fixture
 def start_server(workdir, request):
-    """start_server(env={...}, args=[...]) -> Proc: `bitnet serve` on a free loopback port;
-    without API_KEY in env, with BITNET_ALLOW_NO_AUTH=1."""
+    """start_server(env={...}, args=[...], wrapper=[...]) -> Proc: `bitnet serve` on a free
+    loopback port (run through `wrapper`, e.g. prlimit, when given); without API_KEY in env,
+    with BITNET_ALLOW_NO_AUTH=1."""
     procs = []
 
-    def start(env=None, args=(), wait=True):
+    def start(env=None, args=(), wait=True, wrapper=()):
         port = free_port()
         env = no_auth_unless_keyed(dict(env or {}))
         env.setdefault("BITNET_CACHE_DIR", str(workdir / f"cache-{port}"))
         log = workdir / f"{request.node.name}-{port}.log"
-        argv = [serve_binary(), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
+        argv = [*wrapper, serve_binary(), "serve", "--host", "127.0.0.1", "--port", str(port), *args]
         p = Proc(argv, env, f"http://127.0.0.1:{port}", log)
         procs.append(p)
         if wait:

@@ -47,7 +47,7 @@ def test_proxied_requests(handler):
     s = requests.post(handler.url + "/v1/completions", json={"prompt": "hi", "max_tokens": 4, "stream": True}, stream=True)
     body = s.content.decode()
     assert body.endswith("data: [DONE]\n\n") and body.startswith("data: {")
-    bad = requests.post(handler.url + "/v1/chat/completions", data="{oops")
+    bad = requests.post(handler.url + "/v1/chat/completions", data="{oops", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"
 
 
@@ -78,7 +78,7 @@ def test_invocation_payload(handler):
     res = requests.post(handler.url + "/api", json=payload2).json()["Outputs"]["res"]
     assert res["statusCode"] == 200 and json.loads(res["body"])["status"] == "ok"
     # A client error keeps its status inside the envelope.
-    payload3 = {"Data": {"req": {"Url": "http://localhost:7071/v1/completions", "Method": "POST", "Headers": {}, "Params": {}, "Body": "{\"prompt\": 5}"}}, "Metadata": {}}
+    payload3 = {"Data": {"req": {"Url": "http://localhost:7071/v1/completions", "Method": "POST", "Headers": {"Content-Type": ["application/json"]}, "Params": {}, "Body": "{\"prompt\": 5}"}}, "Metadata": {}}
     res = requests.post(handler.url + "/api", json=payload3).json()["Outputs"]["res"]
     assert res["statusCode"] == 400 and json.loads(res["body"])["error"]["param"] == "prompt"
 
@@ -92,3 +92,15 @@ def test_app_folder_is_valid():
     trig = [b for b in fn["bindings"] if b["type"] == "httpTrigger"][0]
     assert trig["route"] == "{*path}" and trig["authLevel"] == "function" and "post" in trig["methods"]
     assert any(b["type"] == "http" and b["direction"] == "out" for b in fn["bindings"])
+
+
+def test_refuses_to_start_without_a_key_or_the_opt_in(tiny_model, workdir):
+    """The host exposes the handler although it listens on loopback: no key is no start."""
+    port = free_port()
+    p = Proc([binary("handler")], {"FUNCTIONS_CUSTOMHANDLER_PORT": str(port), "BITNET_MODEL": str(tiny_model)},
+             f"http://127.0.0.1:{port}", workdir / f"handler-nokey-{port}.log")
+    try:
+        assert p.p.wait(20) != 0
+        assert "without an API key" in p.log() and "BITNET_ALLOW_NO_AUTH" in p.log(), p.log()
+    finally:
+        p.stop()

@@ -163,7 +163,8 @@ def test_function_url_streams(lambda_stream):
 
 
 def test_function_url_errors(lambda_stream):
-    r = requests.post(lambda_stream.fn.url + "/v1/chat/completions", data="{nope", timeout=30)
+    r = requests.post(lambda_stream.fn.url + "/v1/chat/completions", data="{nope", timeout=30,
+                      headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     r = requests.get(lambda_stream.fn.url + "/nothing", timeout=30)
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
@@ -221,3 +222,18 @@ def test_function_url_caller_gone_keeps_the_instance(tiny_model, tmp_path):
         assert len(loads) == 1, env.fn.log()
     finally:
         env.stop()
+
+
+def test_refuses_to_start_without_a_key_or_the_opt_in(tiny_model, workdir):
+    """Behind API Gateway or a function URL the API would be open: no key is no start, before
+    the runtime loop (the Runtime API address here answers nothing)."""
+    port = free_port()
+    env = {"AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{port}", "AWS_LAMBDA_FUNCTION_NAME": "f",
+           "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "4096", "AWS_LAMBDA_FUNCTION_VERSION": "1",
+           "BITNET_MODEL": str(tiny_model)}
+    p = Proc([binary("bootstrap")], env, f"http://127.0.0.1:{port}", workdir / f"bootstrap-nokey-{port}.log")
+    try:
+        assert p.p.wait(20) != 0
+        assert "without an API key" in p.log() and "BITNET_ALLOW_NO_AUTH" in p.log(), p.log()
+    finally:
+        p.stop()

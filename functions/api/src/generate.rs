@@ -118,7 +118,7 @@ impl Drop for CancelOnDrop {
 
 /// How often a stream with nothing to send (a long prompt being read) sends an SSE comment:
 /// proxies keep the connection, and a client that left is noticed by the failed write.
-const SSE_KEEP_ALIVE: Duration = Duration::from_secs(2);
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// What the blocking generation task reports.
 enum Event {
@@ -265,10 +265,12 @@ fn run_blocking(
             match output.stop_reason {
                 StopReason::Cancelled => tracing::info!(
                     completion_tokens = output.completion_tokens,
+                    prompt_ms = output.prompt_ms,
                     "client gone; generation stopped"
                 ),
                 StopReason::Deadline => tracing::warn!(
                     completion_tokens = output.completion_tokens,
+                    prompt_ms = output.prompt_ms,
                     "generation deadline reached; response cut short"
                 ),
                 _ => {}
@@ -531,10 +533,15 @@ pub async fn complete(
                 )));
             }
             loop {
-                let ev = match tokio::time::timeout(SSE_KEEP_ALIVE, rx.recv()).await {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => return,
-                    Err(_) => {
+                let ev = tokio::select! {
+                    ev = rx.recv() => match ev {
+                        Some(ev) => ev,
+                        None => return,
+                    },
+                    // The server dropped the body (the client closed the connection): stop
+                    // now, a long prompt being read included.
+                    _ = btx.closed() => return,
+                    _ = tokio::time::sleep(SSE_KEEP_ALIVE) => {
                         emit!(Bytes::from_static(b": keep-alive\n\n"));
                         continue;
                     }

@@ -31,6 +31,10 @@ use tower::ServiceExt;
 
 use crate::config::HttpLimits;
 
+/// Send buffer of an accepted connection (the kernel doubles it for its bookkeeping): a
+/// response is JSON or a token stream, far below this per round trip.
+const SEND_BUFFER_BYTES: usize = 64 << 10;
+
 /// File descriptors kept free for everything but connections (the model file, logs, the
 /// model store's downloads, the runtime).
 const RESERVED_FDS: u64 = 64;
@@ -198,6 +202,12 @@ async fn serve_connection(
     // ACK (~40 ms per token on a kept-alive connection).
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY not set");
+    }
+    // Bounded kernel memory per client, and a client that stops reading is felt within a
+    // few hundred tokens (the stream's stall limit then frees its generation) instead of
+    // after the megabytes that send-buffer autotuning would queue.
+    if let Err(e) = rustix::net::sockopt::set_socket_send_buffer_size(&tcp, SEND_BUFFER_BYTES) {
+        tracing::debug!(error = %e, "SO_SNDBUF not set");
     }
     let (conn, table) = (h.conn.clone(), h.table.clone());
     let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {

@@ -45,13 +45,21 @@ fn with_invocation_context(mut req: Request) -> Request {
     req
 }
 
-/// An `Instant` for a wall-clock time in milliseconds since the Unix epoch (a time already
-/// past is now).
+/// An `Instant` for the invocation's deadline, given in milliseconds since the Unix epoch
+/// (a time just past is now). A value far in the past is no wall-clock time (cargo lambda's
+/// emulator sends the timeout itself, 600000): no deadline then.
 fn instant_of_epoch_ms(ms: u64) -> Option<std::time::Instant> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .ok()?
         .as_millis() as u64;
+    if ms < now_ms.saturating_sub(60_000) {
+        tracing::debug!(
+            deadline_ms = ms,
+            "ignoring an invocation deadline that is not a wall-clock time"
+        );
+        return None;
+    }
     std::time::Instant::now().checked_add(Duration::from_millis(ms.saturating_sub(now_ms)))
 }
 
@@ -121,6 +129,20 @@ async fn main() -> Result<(), lambda_http::Error> {
 mod tests {
     //! The sample events in `events/` must be ones `lambda_http` understands.
     use lambda_http::request::from_str;
+
+    #[test]
+    fn the_invocation_deadline_becomes_an_instant() {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let d = super::instant_of_epoch_ms(now_ms + 30_000).unwrap();
+        let left = d.saturating_duration_since(std::time::Instant::now());
+        assert!(left > super::Duration::from_secs(28) && left <= super::Duration::from_secs(30));
+        let past = super::instant_of_epoch_ms(now_ms - 5_000).unwrap();
+        assert!(past <= std::time::Instant::now());
+        assert!(super::instant_of_epoch_ms(600_000).is_none());
+    }
 
     #[test]
     fn sample_events_parse() {
