@@ -1,9 +1,6 @@
 //! `bitnet fetch URI`: download a model into the cache (verified, as the functions do) and
 //! print its local path as the last line of stdout. With `--bench`, also time a single-stream
 //! download of the same object into memory and print both rates.
-//!
-//! Needs in `functions/cli/Cargo.toml`: `model-store.workspace = true` and
-//! `tokio = { workspace = true, features = ["rt-multi-thread"] }`.
 
 use anyhow::{Context as _, bail};
 use clap::Args;
