@@ -220,8 +220,8 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
             state.config().default_max_tokens.min(n_ctx - prompt.len())
         }
     };
+    // Validated when the request was parsed (`openai::parse_request`), and again by the engine.
     let params = req.generate_params(max_tokens);
-    params.validate()?;
     Ok(Prepared {
         engine,
         prompt,
