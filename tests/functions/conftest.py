@@ -105,7 +105,8 @@ class Proc:
         raise TimeoutError(f"model not ready in {timeout}s: {requests.get(self.url + '/health').text}\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return Path(self.log_path).read_text(errors="replace")[-6000:]
 
     def log_lines(self):
