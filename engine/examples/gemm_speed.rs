@@ -16,10 +16,9 @@ fn main() {
         _ => GgmlType::I2S,
     };
     let n: usize = args.next().map_or(128, |s| s.parse().expect("TOKENS"));
-    let threads = std::env::var("BITNET_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let kernels = Kernels::new(Some(threads.unwrap_or(1)));
+    let kernels = Kernels::new(Some(
+        bitnet_engine::kernels::threads_from_env().unwrap_or(1),
+    ));
     // The 2B4T BitLinear shapes: q/o, k/v, gate/up, down.
     let shapes = match std::env::var("SHAPE") {
         Ok(s) => {

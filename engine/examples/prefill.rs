@@ -7,13 +7,8 @@ fn main() {
     let path = args.next().expect("MODEL");
     let n: usize = args.next().map_or(128, |s| s.parse().expect("N"));
     let reps: usize = args.next().map_or(3, |s| s.parse().expect("REPS"));
-    let threads = std::env::var("BITNET_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok());
-    let opts = bitnet_engine::LoadOptions {
-        threads,
-        ..Default::default()
-    };
+    // Threads: BITNET_THREADS, else every core.
+    let opts = bitnet_engine::LoadOptions::default();
     let model = bitnet_engine::Model::load(path.as_ref(), &opts).expect("load");
     let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 11) % 128_000).collect();
     for _ in 0..reps {

@@ -61,6 +61,15 @@ impl Isa {
     }
 }
 
+/// `BITNET_THREADS`, the one place it is read: kernel threads when the caller names none
+/// (`bitnet serve --threads`, `LoadOptions::threads`).
+pub fn threads_from_env() -> Option<usize> {
+    std::env::var("BITNET_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&t| t > 0)
+}
+
 /// AVX-512 VBMI (byte permutes), used by the TQ1_0 prefill kernel on top of
 /// [`Isa::Avx512Vnni`].
 pub fn has_vbmi() -> bool {
@@ -528,9 +537,12 @@ impl std::fmt::Debug for Kernels {
 }
 
 impl Kernels {
+    /// `threads` workers (the caller included); `None`: [`threads_from_env`], else every
+    /// available core.
     pub fn new(threads: Option<usize>) -> Self {
         let threads = threads
             .filter(|&t| t > 0)
+            .or_else(threads_from_env)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         Self {
             pool: pool::Pool::new(threads),

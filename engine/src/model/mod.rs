@@ -20,7 +20,7 @@ use crate::{EngineError, Tokenizer};
 /// Options for loading a model.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Worker threads for the kernels; `None` = `available_parallelism()`.
+    /// Worker threads for the kernels; `None`: `BITNET_THREADS`, else every available core.
     pub threads: Option<usize>,
     /// Precision of the output head.
     pub head: HeadPrecision,

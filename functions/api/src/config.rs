@@ -82,7 +82,8 @@ pub struct ApiConfig {
     /// Serve without a key although the front door would refuse to
     /// (`BITNET_ALLOW_NO_AUTH=1`; `bitnet serve --no-auth`).
     pub allow_no_auth: bool,
-    /// Kernel threads (`BITNET_THREADS`; default: all available).
+    /// Kernel threads (`bitnet serve --threads`); `None`: the engine's default,
+    /// `BITNET_THREADS` or every available core.
     pub threads: Option<usize>,
     /// Output head precision (`BITNET_HEAD`: `file`, the default, or `q8_0`: converted at
     /// load, faster decoding; a file from `bitnet prepare` has it without the conversion).
@@ -199,7 +200,7 @@ impl ApiConfig {
             max_queue: env.parse("BITNET_MAX_QUEUE").unwrap_or(d.max_queue),
             api_key: env.string("API_KEY").and_then(ApiKey::new),
             allow_no_auth: env.flag("BITNET_ALLOW_NO_AUTH").unwrap_or(d.allow_no_auth),
-            threads: env.parse::<usize>("BITNET_THREADS").filter(|&t| t > 0),
+            threads: None,
             head: env.parse("BITNET_HEAD").unwrap_or(d.head),
             default_max_tokens: env
                 .parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
@@ -333,7 +334,6 @@ mod tests {
                     "https://a.example, https://b.example",
                 ),
                 ("BITNET_MAX_CONNECTIONS", "not a number"),
-                ("BITNET_THREADS", "3"),
             ],
         );
         assert_eq!(tuned.generation_timeout, None);
@@ -343,7 +343,7 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert_eq!(tuned.http.max_connections, 256);
-        assert_eq!(tuned.load_options().threads, Some(3));
+        assert_eq!(tuned.load_options().max_context, Some(4096));
     }
 
     #[test]

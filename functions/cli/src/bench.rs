@@ -13,8 +13,8 @@ use bitnet_engine::{LoadOptions, Model};
 pub struct BenchArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Worker threads (default: all available cores).
-    #[arg(long, env = "BITNET_THREADS")]
+    /// Worker threads (default: $BITNET_THREADS, else all available cores).
+    #[arg(long)]
     threads: Option<usize>,
     /// Prompt length for the prefill measurement (0 skips it).
     #[arg(long, default_value_t = 128)]

@@ -121,8 +121,8 @@ struct TokenizeArgs {
 struct ModelArgs {
     #[arg(long)]
     model: PathBuf,
-    /// Worker threads (default: all available cores).
-    #[arg(long, env = "BITNET_THREADS")]
+    /// Worker threads (default: $BITNET_THREADS, else all available cores).
+    #[arg(long)]
     threads: Option<usize>,
 }
 

@@ -25,7 +25,7 @@ pub struct ServeArgs {
     /// Port to bind [env: PORT]
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
-    /// Kernel threads [env: BITNET_THREADS; default: all cores]
+    /// Kernel threads [default: $BITNET_THREADS, else all cores]
     #[arg(long)]
     pub threads: Option<usize>,
     /// File whose content (trimmed) is the bearer token required on every route but /,
