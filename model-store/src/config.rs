@@ -13,6 +13,10 @@ pub const DEFAULT_PART_SIZE: u64 = 16 * 1024 * 1024;
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Space kept free beyond the model's size, on disk or in memory.
 pub const DEFAULT_HEADROOM: u64 = 64 * 1024 * 1024;
+/// Longest a model's download may take (`BITNET_DOWNLOAD_TIMEOUT`): 30 minutes, i.e. a
+/// 1.2 GB model must average at least 0.7 MB/s. Also the longest wait for another process's
+/// download of the same cache entry.
+pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Where downloaded bytes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,7 +58,11 @@ impl std::fmt::Display for StorageMode {
 }
 
 /// Everything a [`crate::ModelStore`] needs to know.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows no secret: the URI is redacted (its query, where a SAS or a signed URL's
+/// signature lives, and user-info are dropped) and the connection string and token are shown
+/// as `<redacted>`.
+#[derive(Clone)]
 pub struct StoreConfig {
     /// `s3://bucket/key`, `az://account/container/blob`, `https://…`, `hf://org/repo/file`,
     /// `file:///path` or a plain path.
@@ -81,8 +89,15 @@ pub struct StoreConfig {
     pub part_attempts: u32,
     /// First back-off delay; doubled per retry, with jitter, capped at 5 s.
     pub retry_base_delay: Duration,
-    /// No byte for this long on a connection counts as a transient error.
+    /// No byte for this long on a connection counts as a transient error (the part is
+    /// retried); also the limit for a response's headers, after the connect timeout
+    /// (`BITNET_DOWNLOAD_IDLE_TIMEOUT`).
     pub read_timeout: Duration,
+    /// Longest the download of the model may take, from the HEAD to the last byte, retries
+    /// and the second attempt after a failed verification included; also the longest wait for
+    /// another process that holds the cache entry's lock (`BITNET_DOWNLOAD_TIMEOUT`). A slow
+    /// drip that never trips `read_timeout` ends here.
+    pub download_timeout: Duration,
     /// Connect timeout for HTTP clients.
     pub connect_timeout: Duration,
     /// HEAD the source on a warm start and re-download when its ETag or size changed
@@ -116,6 +131,7 @@ impl StoreConfig {
             part_attempts: 5,
             retry_base_delay: Duration::from_millis(200),
             read_timeout: Duration::from_secs(30),
+            download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
             revalidate: false,
             s3_endpoint: None,
@@ -126,9 +142,10 @@ impl StoreConfig {
 
     /// Reads `BITNET_MODEL` (default [`DEFAULT_MODEL_URI`]), `BITNET_MODEL_SHA256`,
     /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, `BITNET_DOWNLOAD_PART_SIZE`,
-    /// `BITNET_DOWNLOAD_CONCURRENCY`, `BITNET_CACHE_MAX_BYTES`, `BITNET_MODEL_MAX_MEMORY`
-    /// and `BITNET_MODEL_REVALIDATE`. Unparsable values fall back to the default with a
-    /// warning.
+    /// `BITNET_DOWNLOAD_CONCURRENCY`, `BITNET_CACHE_MAX_BYTES`, `BITNET_MODEL_MAX_MEMORY`,
+    /// `BITNET_MODEL_REVALIDATE`, `BITNET_DOWNLOAD_TIMEOUT` and
+    /// `BITNET_DOWNLOAD_IDLE_TIMEOUT` (durations: `90`, `90s`, `500ms`, `30m`, `1h`; zero is
+    /// refused). Unparsable values fall back to the default with a warning.
     pub fn from_env() -> Self {
         let mut cfg = StoreConfig::new(
             env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()),
@@ -155,7 +172,74 @@ impl StoreConfig {
             env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(),
             Some("1" | "true" | "yes")
         );
+        if let Some(d) = env_parse("BITNET_DOWNLOAD_TIMEOUT", parse_duration) {
+            cfg.download_timeout = d;
+        }
+        if let Some(d) = env_parse("BITNET_DOWNLOAD_IDLE_TIMEOUT", parse_duration) {
+            cfg.read_timeout = d;
+        }
         cfg
+    }
+}
+
+/// Shown instead of a secret.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Every field is listed (destructured) so that a new one cannot be forgotten here.
+        let StoreConfig {
+            uri,
+            sha256,
+            cache_dir,
+            storage,
+            part_size,
+            concurrency,
+            headroom,
+            max_disk_bytes,
+            max_memory_bytes,
+            part_attempts,
+            retry_base_delay,
+            read_timeout,
+            download_timeout,
+            connect_timeout,
+            revalidate,
+            s3_endpoint,
+            azure_connection_string,
+            hf_token,
+        } = self;
+        f.debug_struct("StoreConfig")
+            .field("uri", &crate::uri::redact(uri))
+            .field("sha256", sha256)
+            .field("cache_dir", cache_dir)
+            .field("storage", storage)
+            .field("part_size", part_size)
+            .field("concurrency", concurrency)
+            .field("headroom", headroom)
+            .field("max_disk_bytes", max_disk_bytes)
+            .field("max_memory_bytes", max_memory_bytes)
+            .field("part_attempts", part_attempts)
+            .field("retry_base_delay", retry_base_delay)
+            .field("read_timeout", read_timeout)
+            .field("download_timeout", download_timeout)
+            .field("connect_timeout", connect_timeout)
+            .field("revalidate", revalidate)
+            .field(
+                "s3_endpoint",
+                &s3_endpoint.as_deref().map(crate::uri::redact),
+            )
+            .field(
+                "azure_connection_string",
+                &azure_connection_string.as_ref().map(|_| Redacted),
+            )
+            .field("hf_token", &hf_token.as_ref().map(|_| Redacted))
+            .finish()
     }
 }
 
@@ -188,9 +272,69 @@ pub fn parse_bytes(s: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
+/// Parses a positive duration: `90` (seconds), `90s`, `500ms`, `30m`, `1h`.
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => Duration::from_millis(n),
+        "" | "s" | "sec" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0"), None, "zero would fail every download");
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let mut cfg = StoreConfig::new(
+            "https://acct.blob.core.windows.net/c/m.gguf?sv=2022&sig=SAS-SIGNATURE-SECRET",
+        );
+        cfg.azure_connection_string = Some(
+            "AccountName=acct;AccountKey=ACCOUNT-KEY-SECRET;SharedAccessSignature=sig=CONN-SAS-SECRET"
+                .into(),
+        );
+        cfg.hf_token = Some("hf_TOKEN-SECRET".into());
+        cfg.s3_endpoint = Some("http://user:ENDPOINT-PASSWORD-SECRET@127.0.0.1:9000".into());
+        for shown in [format!("{cfg:?}"), format!("{cfg:#?}")] {
+            assert!(!shown.contains("SECRET"), "a secret leaks: {shown}");
+            assert!(
+                shown.contains("https://acct.blob.core.windows.net/c/m.gguf"),
+                "{shown}"
+            );
+            assert_eq!(shown.matches("<redacted>").count(), 2, "{shown}");
+            assert!(shown.contains("http://127.0.0.1:9000"), "{shown}");
+            // Not secret, still useful.
+            assert!(shown.contains("download_timeout"), "{shown}");
+        }
+        let shown = format!("{cfg:?}");
+        assert!(shown.contains("hf_token: Some(<redacted>)"), "{shown}");
+        assert!(
+            shown.contains("azure_connection_string: Some(<redacted>)"),
+            "{shown}"
+        );
+        cfg.hf_token = None;
+        assert!(format!("{cfg:?}").contains("hf_token: None"));
+    }
 
     #[test]
     fn byte_counts() {

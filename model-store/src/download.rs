@@ -1,8 +1,14 @@
 //! Parallel ranged download into a [`Sink`], with per-part retries and a sha256 computed while
 //! the parts arrive (the hasher follows the completed prefix in a blocking thread).
+//!
+//! Time limits: every read waits at most `read_timeout` for a byte (a stalled connection is a
+//! transient error: the part is retried from its last byte), and the whole download ends at a
+//! deadline (`download_timeout`, fixed by the caller), which also stops a slow drip that keeps
+//! every read under `read_timeout`. On the deadline the workers and the hasher are stopped
+//! before this returns, so the caller's sink (and its temporary file) is dropped at once.
 
 use crate::sink::Sink;
-use crate::source::{Backend, ObjectInfo, SourceError};
+use crate::source::{Backend, ObjectInfo, Served, SourceError};
 use crate::status::StatusCell;
 use crate::{StoreConfig, StoreError};
 use bytes::Bytes;
@@ -62,7 +68,24 @@ struct Ctx {
     request_timeout: Duration,
 }
 
-/// Downloads the whole object into `sink` and returns its sha256 (hex).
+/// The error for a download that passed its deadline.
+pub(crate) fn deadline_error(cfg: &StoreConfig, uri: &str, done: Option<(u64, u64)>) -> StoreError {
+    let progress = match done {
+        Some((done, total)) => format!("; {done} of {total} bytes received"),
+        None => String::new(),
+    };
+    StoreError::Transfer {
+        uri: uri.into(),
+        message: format!(
+            "not finished within {:?} (BITNET_DOWNLOAD_TIMEOUT){progress}",
+            cfg.download_timeout
+        ),
+        attempts: 1,
+        retryable: true,
+    }
+}
+
+/// Downloads the whole object into `sink` by `deadline` and returns its sha256 (hex).
 pub(crate) async fn download(
     backend: Arc<Backend>,
     sink: Arc<Sink>,
@@ -70,6 +93,7 @@ pub(crate) async fn download(
     cfg: &StoreConfig,
     uri: &str,
     status: Arc<StatusCell>,
+    deadline: tokio::time::Instant,
 ) -> Result<String, StoreError> {
     let size = info.size;
     let part_size = if info.ranges {
@@ -135,7 +159,20 @@ pub(crate) async fn download(
     }
     let mut failure = None;
     let mut last_log = Instant::now();
-    while let Some(res) = set.join_next().await {
+    loop {
+        let res = match tokio::time::timeout_at(deadline, set.join_next()).await {
+            Ok(Some(res)) => res,
+            Ok(None) => break,
+            Err(_) => {
+                let done = status.bytes_done.load(Ordering::Relaxed);
+                failure.get_or_insert(deadline_error(cfg, uri, Some((done, size))));
+                tracker.abort();
+                set.abort_all();
+                // Wait for the aborted workers so that nothing holds the sink after return.
+                while set.join_next().await.is_some() {}
+                break;
+            }
+        };
         let err = match res {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e),
@@ -193,11 +230,29 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
         )
         .await
         {
-            Err(_) => {
-                SourceError::transient(format!("no response within {:?}", ctx.request_timeout))
-            }
+            Err(_) => SourceError::transient(format!(
+                "no response within {:?} (connect timeout + BITNET_DOWNLOAD_IDLE_TIMEOUT)",
+                ctx.request_timeout
+            )),
             Ok(Err(e)) => e,
-            Ok(Ok(mut body)) => {
+            Ok(Ok((_, Served::Whole))) if !(start == 0 && end == ctx.size) => {
+                // The whole object for one part of several: refuse rather than read (and
+                // throw away) everything before the part.
+                SourceError::fatal(format!(
+                    "the server ignored the Range header (HTTP 200 for bytes {pos}-{})",
+                    end - 1
+                ))
+            }
+            Ok(Ok((mut body, served))) => {
+                if served == Served::Whole && pos != start {
+                    // A resumed single stream answered with the whole object: start over
+                    // cleanly from byte 0 (the hasher has read nothing of this part yet).
+                    tracing::info!(source = %ctx.uri, resume_at = pos, "the server answered a resumed request with the whole object; starting the stream over");
+                    ctx.status
+                        .bytes_done
+                        .fetch_sub(pos - start, Ordering::Relaxed);
+                    pos = start;
+                }
                 let mut pending: Vec<Bytes> = Vec::new();
                 let mut pending_len = 0usize;
                 let mut pending_off = pos;
@@ -205,7 +260,7 @@ async fn fetch_part(ctx: &Ctx, i: usize) -> Result<(), StoreError> {
                     match tokio::time::timeout(ctx.read_timeout, body.next_chunk()).await {
                         Err(_) => {
                             break Err(SourceError::transient(format!(
-                                "no data for {:?}",
+                                "no data for {:?} (BITNET_DOWNLOAD_IDLE_TIMEOUT)",
                                 ctx.read_timeout
                             )));
                         }

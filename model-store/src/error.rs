@@ -65,6 +65,13 @@ pub enum StoreError {
         retryable: bool,
     },
 
+    /// The cache directory is not private to this user (owned by another user, or writable by
+    /// group or others), so nothing in it can be trusted. Never retried.
+    #[error(
+        "cache directory {path} is unsafe: {reason}; fix its ownership and mode or choose another BITNET_CACHE_DIR"
+    )]
+    UnsafeCache { path: String, reason: String },
+
     /// A local file-system operation failed.
     #[error("{op} {path}: {message}")]
     Io {
@@ -99,6 +106,7 @@ impl StoreError {
             | StoreError::SizeMismatch { .. }
             | StoreError::NotGguf { .. }
             | StoreError::NoSpace { .. }
+            | StoreError::UnsafeCache { .. }
             | StoreError::Setup { .. } => false,
         }
     }

@@ -10,7 +10,10 @@
 //! - Lazy and shared: nothing happens before the first [`ModelStore::get`]; concurrent callers
 //!   share one download; a verified file plus a sidecar JSON in the cache directory lets a warm
 //!   start (same process or a restarted one in the same sandbox) map the file with no request
-//!   and no re-hashing.
+//!   (and no re-hashing unless a sha256 is configured). Processes sharing a cache directory
+//!   take a per-entry `flock`, so one downloads and the others wait and then map its file.
+//! - Safe cache: the directory is private to the user (0700); entries owned by another user or
+//!   writable by group or others are never served.
 //! - Fast: HEAD, then parallel ranged GETs pinned to the ETag (`If-Match`), written at their
 //!   offsets into a pre-sized temporary file or an anonymous mapping, hashed while they arrive.
 //! - Verified: sha256 from configuration, object metadata or a `<object>.sha256` sidecar, a
@@ -40,7 +43,7 @@ pub use memmap2;
 pub use source::s3_client;
 pub use status::ModelStatus;
 
-use cache::Entry;
+use cache::{CacheAccess, Entry, EntryLock, LockError};
 use memmap2::Mmap;
 use sink::Sink;
 use source::{Backend, ObjectInfo};
@@ -237,11 +240,31 @@ impl Inner {
             return self.load_local(path, &shown, configured_sha).await;
         }
 
-        let entry = Entry::new(&cfg.cache_dir, &uri::file_name(&spec), &shown);
-        let cached = if cfg.storage == StorageMode::Memory {
+        let entry = Entry::new(
+            &cfg.cache_dir,
+            &uri::file_name(&spec),
+            &uri::cache_identity(&cfg.uri),
+        );
+        // From here to the return, this process holds the entry's lock (when the disk cache is
+        // usable): the look-up, the download and the publish are one step for every process
+        // sharing the directory.
+        let disk = if cfg.storage == StorageMode::Memory {
             None
         } else {
-            self.try_cached(&entry, &shown, configured_sha.as_deref())
+            Some(self.open_cache(&entry).await?)
+        };
+        if cfg.storage == StorageMode::Disk
+            && let Some(CacheAccess::Unusable(e)) = &disk
+        {
+            // Nowhere to put the model: say so before any request.
+            return Err(e.clone());
+        }
+        let cached = match &disk {
+            Some(CacheAccess::Locked(_) | CacheAccess::ReadOnly(_)) => {
+                self.try_cached(&entry, &shown, configured_sha.as_deref())
+                    .await
+            }
+            _ => None,
         };
         if let Some((file, _)) = &cached {
             if !cfg.revalidate {
@@ -252,8 +275,16 @@ impl Inner {
             let _ = file;
         }
 
-        let backend = Arc::new(Backend::new(&spec, cfg).await?);
-        let mut info = head(cfg, &backend, &shown).await?;
+        // The download's deadline covers everything from here: client set-up, HEAD, the
+        // `.sha256` look-up and both attempts.
+        let deadline = tokio::time::Instant::now() + cfg.download_timeout;
+        let within = Within {
+            deadline,
+            cfg,
+            uri: &shown,
+        };
+        let backend = Arc::new(within.run(Backend::new(&spec, cfg)).await?);
+        let mut info = within.run(head(cfg, &backend, &shown)).await?;
         tracing::info!(source = %shown, size = info.size, etag = ?info.etag, ranges = info.ranges, "source found");
 
         if let Some((file, sidecar)) = cached {
@@ -264,19 +295,35 @@ impl Inner {
             tracing::info!(cached_etag = ?sidecar.etag, etag = ?info.etag, "the source changed since it was cached; downloading again");
         }
 
+        if info.size < gguf::HEADER_LEN as u64 {
+            return Err(StoreError::NotGguf {
+                uri: shown.clone(),
+                reason: format!("only {} bytes", info.size),
+            });
+        }
+        let on_disk = self.choose_storage(disk.as_ref(), &entry, info.size, &shown)?;
+        // Memory: the lock is released now (dropped), other processes need not wait for a
+        // download that will not be cached.
+        let lock = match disk {
+            Some(CacheAccess::Locked(lock)) if on_disk => Some(lock),
+            _ => None,
+        };
+
         let mut last_err = None;
         for attempt in 1..=2u32 {
-            let (expected, origin) = self
-                .expected_sha(&backend, &info, configured_sha.as_deref(), &shown)
+            let (expected, origin) = within
+                .run(self.expected_sha(&backend, &info, configured_sha.as_deref(), &shown))
                 .await?;
             match self
                 .download_once(
                     &backend,
                     &entry,
+                    lock.as_ref(),
                     &info,
                     expected.as_deref(),
                     &origin,
                     &shown,
+                    deadline,
                 )
                 .await
             {
@@ -286,7 +333,7 @@ impl Inner {
                 ) if attempt == 1 => {
                     tracing::warn!(error = %e, "verification failed; discarding the download and trying once more");
                     if matches!(e, StoreError::ObjectChanged { .. }) {
-                        info = head(cfg, &backend, &shown).await?;
+                        info = within.run(head(cfg, &backend, &shown)).await?;
                     }
                     last_err = Some(e);
                 }
@@ -294,6 +341,48 @@ impl Inner {
             }
         }
         Err(last_err.expect("two attempts failed"))
+    }
+
+    /// Prepares the cache directory (private, this user's) and takes the entry's lock,
+    /// waiting up to `download_timeout` for another process that holds it. A directory that
+    /// cannot be used is not an error here (`auto` then holds the model in memory); a lock
+    /// that stays taken is.
+    async fn open_cache(&self, entry: &Entry) -> Result<CacheAccess, StoreError> {
+        let dir = &self.cfg.cache_dir;
+        if let Err(problem) = cache::prepare_dir(dir) {
+            let e = problem.into_error(dir);
+            tracing::warn!(error = %e, "the disk cache cannot be used");
+            return Ok(CacheAccess::Unusable(e));
+        }
+        let lock_path = entry.lock_path();
+        let waiting = || {
+            tracing::info!(lock = %lock_path.display(), "another process is loading this model into the cache; waiting for it");
+        };
+        match EntryLock::acquire(&lock_path, self.cfg.download_timeout, waiting).await {
+            Ok(lock) => {
+                entry.remove_stale_temps(&lock);
+                Ok(CacheAccess::Locked(lock))
+            }
+            Err(LockError::Io(e)) => {
+                let read_only = e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error());
+                let e = StoreError::io("lock", &lock_path, e);
+                if read_only {
+                    // Nobody writes there (a cache baked into an image): look, never write.
+                    tracing::info!(error = %e, "the cache directory is read-only; a cached file can be used, a download is not cached");
+                    Ok(CacheAccess::ReadOnly(e))
+                } else {
+                    tracing::warn!(error = %e, "the disk cache cannot be used");
+                    Ok(CacheAccess::Unusable(e))
+                }
+            }
+            Err(LockError::Timeout(waited)) => Err(StoreError::Io {
+                op: "wait for the lock",
+                path: lock_path.display().to_string(),
+                message: format!(
+                    "another process has been loading this model for {waited:?} (BITNET_DOWNLOAD_TIMEOUT)"
+                ),
+            }),
+        }
     }
 
     /// The expected sha256 and where it came from.
@@ -330,25 +419,26 @@ impl Inner {
         }
     }
 
+    /// One download into the cache entry (when `lock`, the entry's lock, is given) or into
+    /// memory, verified and published.
+    #[allow(clippy::too_many_arguments)]
     async fn download_once(
         &self,
         backend: &Arc<Backend>,
         entry: &Entry,
+        lock: Option<&EntryLock>,
         info: &ObjectInfo,
         expected: Option<&str>,
         origin: &str,
         shown: &str,
+        deadline: tokio::time::Instant,
     ) -> Result<ModelFile, StoreError> {
         let cfg = &self.cfg;
-        if info.size < gguf::HEADER_LEN as u64 {
-            return Err(StoreError::NotGguf {
-                uri: shown.into(),
-                reason: format!("only {} bytes", info.size),
-            });
-        }
-        let on_disk = self.choose_storage(entry, info.size, shown)?;
+        let on_disk = lock.is_some();
         let sink = Arc::new(if on_disk {
-            Sink::disk(entry.temp("part"), info.size)?
+            // Under the lock nothing else writes this name; a leftover is stale.
+            let _ = std::fs::remove_file(entry.part());
+            Sink::disk(entry.part(), info.size)?
         } else {
             Sink::memory(info.size)?
         });
@@ -359,6 +449,7 @@ impl Inner {
             cfg,
             shown,
             Arc::clone(&self.status),
+            deadline,
         )
         .await?;
         let sink = Arc::try_unwrap(sink)
@@ -415,25 +506,28 @@ impl Inner {
         })
     }
 
-    /// `true` for disk, `false` for memory; an error naming sizes when neither fits.
-    fn choose_storage(&self, entry: &Entry, size: u64, shown: &str) -> Result<bool, StoreError> {
+    /// `true` for disk, `false` for memory; an error naming sizes when neither fits. `disk` is
+    /// `None` in memory mode.
+    fn choose_storage(
+        &self,
+        disk: Option<&CacheAccess>,
+        entry: &Entry,
+        size: u64,
+        shown: &str,
+    ) -> Result<bool, StoreError> {
         let cfg = &self.cfg;
         let needed = size.saturating_add(cfg.headroom);
         let dir = &cfg.cache_dir;
-        let disk = if cfg.storage == StorageMode::Memory {
-            None
-        } else {
-            let avail = std::fs::create_dir_all(dir).and_then(|()| {
+        let disk = disk.map(|access| match access {
+            CacheAccess::Locked(_) => {
                 // A previous, now stale or unverified copy is removed before space is counted.
                 entry.remove();
-                entry.remove_orphans();
                 space::disk_available(dir)
-            });
-            match avail {
-                Ok(a) => Some(Ok(cfg.max_disk_bytes.map_or(a, |m| a.min(m)))),
-                Err(e) => Some(Err(e)),
+                    .map(|a| cfg.max_disk_bytes.map_or(a, |m| a.min(m)))
+                    .map_err(|e| StoreError::io("statvfs", dir, e))
             }
-        };
+            CacheAccess::ReadOnly(e) | CacheAccess::Unusable(e) => Err(e.clone()),
+        });
         let disk_text = match &disk {
             Some(Ok(a)) => format!("{} available for {}", space::human(*a), dir.display()),
             Some(Err(e)) => format!("cache directory {} unusable: {e}", dir.display()),
@@ -446,7 +540,7 @@ impl Inner {
         }
         if cfg.storage == StorageMode::Disk {
             if let Some(Err(e)) = disk {
-                return Err(StoreError::io("create cache directory", dir, e));
+                return Err(e);
             }
             return Err(StoreError::NoSpace {
                 uri: shown.into(),
@@ -482,17 +576,30 @@ impl Inner {
         })
     }
 
-    /// The cached file, when its sidecar is valid for this source: no request, no hashing.
-    fn try_cached(
+    /// The cached file, when its entry is private to this user and its sidecar is valid for
+    /// this source. No request. No hashing unless a sha256 is configured: then the file is
+    /// hashed, because the configured value must hold for the bytes served, whatever a sidecar
+    /// says. An entry that fails a check is removed (never served, never left looking valid).
+    async fn try_cached(
         &self,
         entry: &Entry,
         shown: &str,
         configured_sha: Option<&str>,
     ) -> Option<(ModelFile, Sidecar)> {
-        let sc = entry.read_sidecar()?;
-        let stale = |why: &str| {
-            tracing::info!(path = %entry.file().display(), "cached copy not used: {why}");
+        let path = entry.file();
+        let refuse = |why: &str| {
+            tracing::warn!(path = %path.display(), "cached copy refused and removed: {why}");
+            entry.remove();
             None
+        };
+        let stale = |why: &str| {
+            tracing::info!(path = %path.display(), "cached copy not used: {why}");
+            None
+        };
+        let sc = match entry.read_sidecar() {
+            Ok(Some(sc)) => sc,
+            Ok(None) => return None,
+            Err(why) => return refuse(&why),
         };
         if sc.source != shown {
             return stale("sidecar names another source");
@@ -500,7 +607,10 @@ impl Inner {
         if configured_sha.is_some_and(|s| s != sc.sha256) {
             return stale("configured sha256 differs from the cached one");
         }
-        let file = std::fs::File::open(entry.file()).ok()?;
+        let file = match entry.open_file() {
+            Ok(f) => f,
+            Err(why) => return refuse(&why),
+        };
         let len = file.metadata().ok()?.len();
         if len != sc.size {
             return stale(&format!(
@@ -509,13 +619,29 @@ impl Inner {
             ));
         }
         // SAFETY: published cache files are replaced only by rename, never written in place.
-        let map = unsafe { Mmap::map(&file) }.ok()?;
+        let map = Arc::new(unsafe { Mmap::map(&file) }.ok()?);
         if gguf::check_header(&map[..map.len().min(gguf::HEADER_LEN)], len).is_err() {
-            return stale("GGUF header check failed");
+            return refuse("GGUF header check failed");
+        }
+        if let Some(expected) = configured_sha {
+            self.status.set(ModelStatus::Verifying);
+            let m = Arc::clone(&map);
+            let actual = tokio::task::spawn_blocking(move || {
+                use sha2::Digest as _;
+                hex(&sha2::Sha256::digest(&m[..]))
+            })
+            .await
+            .ok()?;
+            if actual != expected {
+                return refuse(&format!(
+                    "its bytes hash to {actual}, not to the configured sha256 {expected}"
+                ));
+            }
+            tracing::info!(path = %path.display(), "cached file hashed: matches the configured sha256");
         }
         let file = ModelFile {
-            map: Arc::new(map),
-            path: Some(entry.file()),
+            map,
+            path: Some(path.clone()),
             size: len,
             sha256: Some(sc.sha256.clone()),
             source: shown.into(),
@@ -588,6 +714,24 @@ impl Inner {
             sha256,
             source: shown.into(),
         })
+    }
+}
+
+/// Runs steps of a download under its deadline.
+struct Within<'a> {
+    deadline: tokio::time::Instant,
+    cfg: &'a StoreConfig,
+    uri: &'a str,
+}
+
+impl Within<'_> {
+    async fn run<T>(
+        &self,
+        step: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout_at(self.deadline, step)
+            .await
+            .map_err(|_| download::deadline_error(self.cfg, self.uri, None))?
     }
 }
 

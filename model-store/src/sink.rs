@@ -6,7 +6,7 @@ use crate::StoreError;
 use bytes::Bytes;
 use memmap2::{Mmap, MmapMut, MmapOptions, MmapRaw};
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt as _;
+use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,10 +41,13 @@ unsafe impl Sync for Sink {}
 impl Sink {
     /// A pre-sized temporary file next to where the model will be published.
     pub fn disk(tmp: PathBuf, size: u64) -> Result<Self, StoreError> {
+        // Private to this user whatever the umask: the cache accepts only files that are not
+        // writable by group or others.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(|e| StoreError::io("create", &tmp, e))?;
         let cleanup = |e: std::io::Error, op: &'static str| {

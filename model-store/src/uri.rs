@@ -3,8 +3,9 @@
 use crate::StoreError;
 use std::path::PathBuf;
 
-/// Where a model comes from, after parsing its URI.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a model comes from, after parsing its URI. `Debug` redacts the URLs (a SAS or a
+/// signed URL may be in them).
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum SourceSpec {
     /// A local file (a mounted volume): used in place.
     Local(PathBuf),
@@ -20,6 +21,36 @@ pub(crate) enum SourceSpec {
         blob: String,
         url: Option<String>,
     },
+}
+
+impl std::fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceSpec::Local(p) => f.debug_tuple("Local").field(p).finish(),
+            SourceSpec::Http { url, hf } => f
+                .debug_struct("Http")
+                .field("url", &redact(url))
+                .field("hf", hf)
+                .finish(),
+            SourceSpec::S3 { bucket, key } => f
+                .debug_struct("S3")
+                .field("bucket", bucket)
+                .field("key", key)
+                .finish(),
+            SourceSpec::Azure {
+                account,
+                container,
+                blob,
+                url,
+            } => f
+                .debug_struct("Azure")
+                .field("account", account)
+                .field("container", container)
+                .field("blob", blob)
+                .field("url", &url.as_deref().map(redact))
+                .finish(),
+        }
+    }
 }
 
 /// Suffixes of Azure Blob endpoints in the public and sovereign clouds.
@@ -189,6 +220,76 @@ fn redact_word(word: &str) -> String {
     format!("{head}{authority}{path}")
 }
 
+/// What identifies the object for the cache key: the redacted URI (no user-info, query or
+/// fragment) plus the query parameters that are not credentials, sorted. So
+/// `hf://o/r/f?revision=A` and `?revision=B`, or two Azure `snapshot=`/`versionid=` values,
+/// are different entries, while a rotated SAS or a re-signed URL (`sig`, `se`, `X-Amz-*`, …)
+/// keeps its entry. A URI without such parameters keeps the identity (and cache file name) it
+/// had before queries counted.
+pub(crate) fn cache_identity(uri: &str) -> String {
+    let uri = uri.trim();
+    let base = redact(uri);
+    let Some((_, query)) = uri.split_once('?') else {
+        return base;
+    };
+    let query = query.split('#').next().unwrap_or("");
+    let mut kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| !k.is_empty() && !is_credential_param(k))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        return base;
+    }
+    kept.sort();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(kept)
+        .finish();
+    format!("{base}?{query}")
+}
+
+/// Query parameters that authorise a request rather than select content: Azure SAS fields,
+/// AWS SigV2/SigV4 presigned-URL fields, CloudFront and Google signed-URL fields, bare tokens.
+fn is_credential_param(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        // Azure SAS (service, account and user-delegation)
+        "sv",
+        "ss",
+        "srt",
+        "sp",
+        "se",
+        "st",
+        "sip",
+        "spr",
+        "sig",
+        "sr",
+        "si",
+        "sdd",
+        "ses",
+        "skoid",
+        "sktid",
+        "skt",
+        "ske",
+        "sks",
+        "skv",
+        "saoid",
+        "suoid",
+        "scid",
+        // AWS SigV2, CloudFront, Google
+        "awsaccesskeyid",
+        "signature",
+        "expires",
+        "policy",
+        "key-pair-id",
+        "googleaccessid",
+        // bare tokens
+        "token",
+        "access_token",
+        "code",
+    ];
+    let name = name.to_ascii_lowercase();
+    EXACT.contains(&name.as_str()) || name.starts_with("x-amz-") || name.starts_with("x-goog-")
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
@@ -311,6 +412,49 @@ mod tests {
             "error for url (http://h/x): boom"
         );
         assert_eq!(redact("s3://b/k"), "s3://b/k");
+    }
+
+    #[test]
+    fn cache_identity_keeps_content_selectors_and_drops_credentials() {
+        let a = cache_identity("hf://o/r/m.gguf?revision=A");
+        let b = cache_identity("hf://o/r/m.gguf?revision=B");
+        assert_ne!(a, b);
+        assert_eq!(a, "hf://o/r/m.gguf?revision=A");
+        // No query, or only credentials: the redacted URI, as before queries counted.
+        assert_eq!(cache_identity("s3://b/k.gguf"), "s3://b/k.gguf");
+        let sas1 = "https://a.blob.core.windows.net/c/m.gguf?sv=2022&se=2030&sp=r&sig=ONE";
+        let sas2 = "https://a.blob.core.windows.net/c/m.gguf?sig=TWO&sv=2023&se=2031&sp=r";
+        assert_eq!(
+            cache_identity(sas1),
+            "https://a.blob.core.windows.net/c/m.gguf"
+        );
+        assert_eq!(cache_identity(sas1), cache_identity(sas2));
+        // A snapshot selects content; order does not matter; credentials never appear.
+        let s1 = cache_identity("https://h/m.gguf?snapshot=2024&sig=X&X-Amz-Signature=Y");
+        let s2 = cache_identity("https://h/m.gguf?X-Amz-Credential=Z&snapshot=2024");
+        assert_eq!(s1, s2);
+        assert_eq!(s1, "https://h/m.gguf?snapshot=2024");
+        assert_ne!(s1, cache_identity("https://h/m.gguf?snapshot=2025"));
+        assert_eq!(
+            cache_identity("https://h/m.gguf?b=2&a=1#frag"),
+            cache_identity("https://h/m.gguf?a=1&b=2")
+        );
+    }
+
+    #[test]
+    fn spec_debug_is_redacted() {
+        let spec = parse("https://acct.blob.core.windows.net/c/b.gguf?sv=1&sig=SECRET").unwrap();
+        let shown = format!("{spec:?}");
+        assert!(
+            !shown.contains("SECRET") && shown.contains("b.gguf"),
+            "{shown}"
+        );
+        let spec = parse("https://u:PASSWORD@h/m.gguf?token=SECRET").unwrap();
+        let shown = format!("{spec:?}");
+        assert!(
+            !shown.contains("SECRET") && !shown.contains("PASSWORD"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -613,3 +613,178 @@ async fn progress_is_visible_while_downloading() {
     h.await.unwrap().unwrap();
     assert!(saw_downloading);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_drip_hits_the_download_deadline_and_leaves_nothing() {
+    let data = gguf_payload(SIZE, 22);
+    let srv = server_with("/drip.gguf", &data, true).await;
+    // 64 bytes every 20 ms: never idle for the 5 s read timeout, hours to finish.
+    srv.rule(
+        "GET",
+        "/drip.gguf",
+        1000,
+        Fault::Drip(Duration::from_millis(20)),
+    );
+    let dir = temp_dir("drip");
+    let mut cfg = config(&srv.url("/drip.gguf"), &dir);
+    cfg.download_timeout = Duration::from_secs(1);
+    let store = ModelStore::new(cfg);
+    let t0 = Instant::now();
+    // Before the deadline existed this never returned; fail instead of hanging.
+    let err = tokio::time::timeout(Duration::from_secs(30), store.get())
+        .await
+        .expect("the download deadline must end a slow drip")
+        .unwrap_err();
+    let took = t0.elapsed();
+    let msg = err.to_string();
+    assert!(matches!(err, StoreError::Transfer { .. }), "{err:?}");
+    assert!(
+        msg.contains("BITNET_DOWNLOAD_TIMEOUT") && msg.contains("/drip.gguf"),
+        "{msg}"
+    );
+    assert!(msg.contains("bytes received"), "{msg}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(matches!(store.status(), ModelStatus::Failed { .. }));
+    assert_nothing_cached(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_connection_hits_the_idle_timeout_and_leaves_nothing() {
+    let data = gguf_payload(SIZE, 23);
+    let srv = server_with("/stall.gguf", &data, true).await;
+    srv.rule("GET", "/stall.gguf", 1000, Fault::Stall(1000));
+    let dir = temp_dir("stall");
+    let mut cfg = config(&srv.url("/stall.gguf"), &dir);
+    cfg.read_timeout = Duration::from_millis(300);
+    cfg.part_attempts = 2;
+    let t0 = Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(30), ModelStore::new(cfg).get())
+        .await
+        .expect("the idle timeout must end a stalled connection")
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            StoreError::Transfer {
+                retryable: true,
+                attempts: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        msg.contains("no data for 300ms (BITNET_DOWNLOAD_IDLE_TIMEOUT)"),
+        "{msg}"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_nothing_cached(&dir);
+}
+
+/// The requested start of each GET's Range header (`None`: no Range).
+fn range_starts(srv: &FaultServer, path: &str) -> Vec<(Option<u64>, u16)> {
+    srv.log()
+        .into_iter()
+        .filter(|l| l.method == "GET" && l.path == path)
+        .map(|l| {
+            let start = l.range.map(|r| {
+                r.trim_start_matches("bytes=")
+                    .split('-')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            });
+            (start, l.status)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_stream_is_resumed_with_a_range_request() {
+    // The server honours Range but does not say so: one stream, and when it is cut, a ranged
+    // request for the rest (206), not a new download.
+    let data = gguf_payload(SIZE, 24);
+    let srv = server_with("/resume.gguf", &data, false).await;
+    srv.set_advertise_ranges(false);
+    srv.rule("GET", "/resume.gguf", 1, Fault::CutShort(100_000));
+    let dir = temp_dir("resume");
+    let mut cfg = config(&srv.url("/resume.gguf"), &dir);
+    cfg.sha256 = Some(sha256_hex(&data));
+    let f = ModelStore::new(cfg).get().await.unwrap();
+    assert_bytes(f.bytes(), &data, "model bytes");
+    assert_bytes(
+        &std::fs::read(f.path.as_ref().unwrap()).unwrap(),
+        &data,
+        "model bytes",
+    );
+    assert_eq!(
+        range_starts(&srv, "/resume.gguf"),
+        vec![(None, 200), (Some(100_000), 206)],
+        "{:?}",
+        srv.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_ranges_starts_the_stream_over_cleanly() {
+    // No Range support at all: the resumed request is answered 200 with the whole object,
+    // which is then read from byte 0 (not appended after the bytes already received).
+    let data = gguf_payload(SIZE, 25);
+    let srv = server_with("/norange-cut.gguf", &data, false).await;
+    srv.set_accept_ranges(false);
+    srv.rule("GET", "/norange-cut.gguf", 1, Fault::CutShort(100_000));
+    let dir = temp_dir("norange-cut");
+    let mut cfg = config(&srv.url("/norange-cut.gguf"), &dir);
+    cfg.sha256 = Some(sha256_hex(&data));
+    let store = ModelStore::new(cfg);
+    let f = store.get().await.unwrap();
+    assert_bytes(f.bytes(), &data, "model bytes");
+    assert_eq!(
+        range_starts(&srv, "/norange-cut.gguf"),
+        vec![(None, 200), (Some(100_000), 200)],
+        "{:?}",
+        srv.log()
+    );
+    assert!(matches!(store.status(), ModelStatus::Ready { size, .. } if size == SIZE as u64));
+    assert_eq!(listing(&dir).len(), 2, "{:?}", listing(&dir));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_is_part_of_the_cache_key() {
+    // As `hf://org/repo/file?revision=A` and `?revision=B` are: one path, two objects.
+    let a = gguf_payload(SIZE, 26);
+    let b = gguf_payload(SIZE, 27);
+    let srv = server_with("/rev.gguf", &a, false).await;
+    let dir = temp_dir("query-key");
+    let url = srv.url("/rev.gguf");
+    let fa = ModelStore::new(config(&format!("{url}?revision=A"), &dir))
+        .get()
+        .await
+        .unwrap();
+    assert_bytes(fa.bytes(), &a, "revision A");
+
+    srv.put("/rev.gguf", b.clone(), None);
+    let fb = ModelStore::new(config(&format!("{url}?revision=B"), &dir))
+        .get()
+        .await
+        .unwrap();
+    assert_bytes(
+        fb.bytes(),
+        &b,
+        "revision B must not be served revision A's file",
+    );
+    assert_ne!(fa.path, fb.path);
+
+    // Revision A is still cached; a credential parameter (a re-signed URL) keeps its entry.
+    srv.clear_log();
+    let fa2 = ModelStore::new(config(&format!("{url}?sig=ROTATED&revision=A"), &dir))
+        .get()
+        .await
+        .unwrap();
+    assert_bytes(fa2.bytes(), &a, "revision A");
+    assert_eq!(fa2.path, fa.path);
+    assert_eq!(srv.requests(), 0, "{:?}", srv.log());
+    assert_eq!(listing(&dir).len(), 4, "{:?}", listing(&dir));
+}

@@ -4,8 +4,15 @@
 //! Face puts the LFS sha256 in `X-Linked-Etag` on its 302) and so that the token is sent only
 //! to the host it belongs to. The parts are then fetched from the final URL (a signed CDN URL
 //! on Hugging Face), saving a redirect per part.
+//!
+//! Every hop is checked by [`redirect_allowed`]: a redirect from https to anything but https
+//! (a downgrade to plain http, or another scheme) is refused. The client itself follows no
+//! redirect (`Policy::none`), so a part GET that is redirected fails instead of being followed.
+//!
+//! The client has no read timeout of its own: the download loop times every read
+//! (`read_timeout`) and the whole download (`download_timeout`), with errors that name them.
 
-use super::{ObjectInfo, SourceError};
+use super::{ObjectInfo, Served, SourceError};
 use crate::StoreConfig;
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap};
@@ -52,7 +59,6 @@ impl HttpSource {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(cfg.connect_timeout)
-            .read_timeout(cfg.read_timeout)
             .pool_max_idle_per_host(cfg.concurrency.max(1))
             .tcp_nodelay(true)
             .user_agent(concat!("bitnet-model-store/", env!("CARGO_PKG_VERSION")))
@@ -111,10 +117,7 @@ impl HttpSource {
             if (300..400).contains(&status) {
                 let loc = header_str(headers, header::LOCATION.as_str())
                     .ok_or_else(|| SourceError::fatal(format!("HTTP {status} without Location")))?;
-                url = url::Url::parse(&url)
-                    .and_then(|base| base.join(&loc))
-                    .map_err(|e| SourceError::fatal(format!("bad redirect: {e}")))?
-                    .to_string();
+                url = follow(&url, &loc)?;
                 continue;
             }
             if status == 405 || status == 501 {
@@ -193,13 +196,15 @@ impl HttpSource {
         Ok(info)
     }
 
+    /// Bytes `start..end`. A server that ignores the Range header and answers 200 gives the
+    /// whole object: [`Served::Whole`], and the caller decides whether it can start over.
     pub async fn get_range(
         &self,
         start: u64,
         end: u64,
         size: u64,
         etag: Option<&str>,
-    ) -> Result<HttpBody, SourceError> {
+    ) -> Result<(HttpBody, Served), SourceError> {
         let url = self.resolved();
         let whole = start == 0 && end == size;
         let mut req = self.request(reqwest::Method::GET, &url);
@@ -211,7 +216,7 @@ impl HttpSource {
         }
         let resp = req.send().await.map_err(net_err)?;
         let status = resp.status().as_u16();
-        match status {
+        let served = match status {
             206 => {
                 let cr =
                     header_str(resp.headers(), header::CONTENT_RANGE.as_str()).unwrap_or_default();
@@ -222,20 +227,17 @@ impl HttpSource {
                         end - 1
                     )));
                 }
+                Served::Range
             }
-            200 if whole => {}
-            200 => {
-                return Err(SourceError::fatal(
-                    "the server ignored the Range header (HTTP 200 for a part)",
-                ));
-            }
+            200 if whole => Served::Range,
+            200 => Served::Whole,
             s => {
                 return Err(SourceError::from_status(
                     s,
                     format!("GET bytes {start}-{} answered HTTP {s}", end - 1),
                 ));
             }
-        }
+        };
         if let (Some(want), Some(got)) = (etag, header_str(resp.headers(), header::ETAG.as_str()))
             && strip_weak(want) != strip_weak(&got)
         {
@@ -244,7 +246,7 @@ impl HttpSource {
                 message: "ETag differs".into(),
             });
         }
-        Ok(HttpBody(resp))
+        Ok((HttpBody(resp), served))
     }
 
     pub async fn sidecar_text(&self) -> Result<Option<String>, SourceError> {
@@ -264,10 +266,9 @@ impl HttpSource {
                 let Some(loc) = header_str(resp.headers(), header::LOCATION.as_str()) else {
                     return Ok(None);
                 };
-                url = match url::Url::parse(&url).and_then(|b| b.join(&loc)) {
-                    Ok(u) => u.to_string(),
-                    Err(_) => return Ok(None),
-                };
+                // A refused downgrade is an error, not "no checksum file": the expected sha256
+                // may be what an attacker on the plain-http path would want to replace.
+                url = follow(&url, &loc)?;
                 continue;
             }
             if !(200..300).contains(&status) {
@@ -276,14 +277,51 @@ impl HttpSource {
                     format!("GET <object>.sha256 answered HTTP {status}"),
                 ));
             }
-            // A checksum file is tiny; refuse to read something large by mistake.
+            // A checksum file is tiny; refuse to read something large by mistake (with or
+            // without a Content-Length).
             if resp.content_length().unwrap_or(0) > 4096 {
                 return Ok(None);
             }
-            let text = resp.text().await.map_err(net_err)?;
-            return Ok(Some(text));
+            let mut body = HttpBody(resp);
+            let mut text = Vec::new();
+            while let Some(chunk) = body.next_chunk().await? {
+                text.extend_from_slice(&chunk);
+                if text.len() > 4096 {
+                    return Ok(None);
+                }
+            }
+            return Ok(Some(String::from_utf8_lossy(&text).into_owned()));
         }
         Ok(None)
+    }
+}
+
+/// `location` resolved against `from`, if [`redirect_allowed`].
+fn follow(from: &str, location: &str) -> Result<String, SourceError> {
+    let from = url::Url::parse(from).map_err(|e| SourceError::fatal(format!("bad URL: {e}")))?;
+    let to = from
+        .join(location)
+        .map_err(|e| SourceError::fatal(format!("bad redirect: {e}")))?;
+    redirect_allowed(&from, &to).map_err(SourceError::fatal)?;
+    Ok(to.to_string())
+}
+
+/// The redirect policy: only to http or https, and never from https to anything but https
+/// (a downgrade would let anyone on the path replace the model, or read a token).
+pub(crate) fn redirect_allowed(from: &url::Url, to: &url::Url) -> Result<(), String> {
+    let shown = |u: &url::Url| crate::uri::redact(u.as_str());
+    match (from.scheme(), to.scheme()) {
+        (_, "https") | ("http", "http") => Ok(()),
+        ("https", "http") => Err(format!(
+            "refusing a redirect from https to plain http ({} -> {})",
+            shown(from),
+            shown(to)
+        )),
+        (_, other) => Err(format!(
+            "refusing a redirect to a {other}: URL ({} -> {})",
+            shown(from),
+            shown(to)
+        )),
     }
 }
 
@@ -310,4 +348,56 @@ fn meta_sha256(h: &HeaderMap) -> Option<String> {
 
 fn net_err(e: reqwest::Error) -> SourceError {
     SourceError::transient(describe(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redirect_allowed;
+
+    fn check(from: &str, to: &str) -> Result<(), String> {
+        redirect_allowed(
+            &url::Url::parse(from).unwrap(),
+            &url::Url::parse(to).unwrap(),
+        )
+    }
+
+    #[test]
+    fn redirects_never_downgrade() {
+        // Allowed: same scheme, or an upgrade; other hosts too (Hugging Face's CDN).
+        check(
+            "https://huggingface.co/o/r/resolve/main/m.gguf",
+            "https://cdn-lfs.hf.co/x?sig=1",
+        )
+        .unwrap();
+        check("http://127.0.0.1:1/m.gguf", "http://127.0.0.1:2/m.gguf").unwrap();
+        check("http://h/m.gguf", "https://h/m.gguf").unwrap();
+        // Refused: https to http (other host or same), and schemes that are not http(s).
+        let err = check(
+            "https://h/m.gguf?sig=SECRET",
+            "http://evil/m.gguf?sig=SECRET",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("https to plain http") && err.contains("http://evil/m.gguf"),
+            "{err}"
+        );
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(check("https://h/m.gguf", "http://h/m.gguf").is_err());
+        assert!(check("https://h/m.gguf", "file:///etc/passwd").is_err());
+        assert!(check("http://h/m.gguf", "ftp://h/m.gguf").is_err());
+    }
+
+    #[test]
+    fn relative_locations_keep_the_scheme() {
+        let to = super::follow("https://h/a/m.gguf", "/b/m.gguf").unwrap();
+        assert_eq!(to, "https://h/b/m.gguf");
+        let err = super::follow("https://h/a/m.gguf", "http://h/b/m.gguf").unwrap_err();
+        assert!(err.message.contains("plain http"), "{}", err.message);
+        let err = super::follow("https://h/a/m.gguf", "//other/m.gguf");
+        assert_eq!(
+            err.unwrap(),
+            "https://other/m.gguf",
+            "scheme-relative stays https"
+        );
+    }
 }

@@ -113,6 +113,15 @@ impl SourceError {
     }
 }
 
+/// Where a response body starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// At the requested offset (206, or 200 for a request of the whole object).
+    Range,
+    /// At byte 0 of the whole object: an HTTP server answered 200 to a ranged request.
+    Whole,
+}
+
 /// A response body being read.
 pub(crate) enum Body {
     Http(http::HttpBody),
@@ -172,18 +181,28 @@ impl Backend {
         }
     }
 
-    /// Bytes `start..end` of the version whose ETag is `etag`.
+    /// Bytes `start..end` of the version whose ETag is `etag`, or (plain HTTP only, see
+    /// [`Served::Whole`]) the whole object when the server ignores the Range header.
     pub async fn get_range(
         &self,
         start: u64,
         end: u64,
         size: u64,
         etag: Option<&str>,
-    ) -> Result<Body, SourceError> {
+    ) -> Result<(Body, Served), SourceError> {
         match self {
-            Backend::Http(s) => s.get_range(start, end, size, etag).await.map(Body::Http),
-            Backend::S3(s) => s.get_range(start, end, etag).await.map(Body::S3),
-            Backend::Azure(s) => s.get_range(start, end, etag).await.map(Body::Azure),
+            Backend::Http(s) => s
+                .get_range(start, end, size, etag)
+                .await
+                .map(|(b, served)| (Body::Http(b), served)),
+            Backend::S3(s) => s
+                .get_range(start, end, etag)
+                .await
+                .map(|b| (Body::S3(b), Served::Range)),
+            Backend::Azure(s) => s
+                .get_range(start, end, etag)
+                .await
+                .map(|b| (Body::Azure(b), Served::Range)),
         }
     }
 

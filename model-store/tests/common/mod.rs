@@ -1,6 +1,7 @@
 //! Shared test helpers: synthetic GGUF payloads, service endpoints from `.ci/services.sh`, and
 //! an in-process HTTP/1.1 server with Range, ETag/If-Match, request counting and injectable
-//! faults (status codes, bodies cut short, connections reset mid-part, objects replaced).
+//! faults (status codes, bodies cut short, connections reset mid-part, objects replaced, bodies
+//! that drip or stall).
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -36,6 +37,19 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Asserts equal bytes without printing megabytes when they differ.
+#[track_caller]
+pub fn assert_bytes(got: &[u8], want: &[u8], what: &str) {
+    assert!(
+        got == want,
+        "{what}: got {} bytes with sha256 {}, expected {} bytes with sha256 {}",
+        got.len(),
+        sha256_hex(got),
+        want.len(),
+        sha256_hex(want)
+    );
 }
 
 /// An endpoint exported by `.ci/services.sh`. Fails when it is missing and `CI` is set (CI
@@ -99,6 +113,11 @@ pub enum Fault {
     Reset(usize),
     /// Replace the object (new bytes, new ETag) before handling the request.
     Replace(Arc<Vec<u8>>),
+    /// Send the body 64 bytes at a time, one write per interval: never idle long enough for a
+    /// read timeout, far too slow to finish.
+    Drip(Duration),
+    /// Send this many body bytes, then nothing more (the connection stays open for a minute).
+    Stall(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -136,6 +155,8 @@ struct State {
     log: Vec<Logged>,
     version: u64,
     accept_ranges: bool,
+    /// Send `Accept-Ranges: bytes` (when ranges are accepted at all).
+    advertise_ranges: bool,
     /// Per-connection bandwidth cap in bytes/s (0 = none), like a cloud object store's
     /// per-stream limit.
     rate_limit: u64,
@@ -159,6 +180,7 @@ impl FaultServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             accept_ranges: true,
+            advertise_ranges: true,
             ..Default::default()
         }));
         let st = Arc::clone(&state);
@@ -198,8 +220,15 @@ impl FaultServer {
         self.state.lock().unwrap().rate_limit = bytes_per_sec_per_connection;
     }
 
+    /// Honour (and advertise) Range requests, or answer every GET with the whole object.
     pub fn set_accept_ranges(&self, on: bool) {
         self.state.lock().unwrap().accept_ranges = on;
+    }
+
+    /// Whether `Accept-Ranges: bytes` is sent; Range requests are still honoured without it,
+    /// as many servers do.
+    pub fn set_advertise_ranges(&self, on: bool) {
+        self.state.lock().unwrap().advertise_ranges = on;
     }
 
     pub fn rule(&self, method: &'static str, path_suffix: &str, times: usize, fault: Fault) {
@@ -266,7 +295,7 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         let if_match = headers.get("if-match").cloned();
 
         // Decide what to do under the lock, act outside it.
-        let (fault, obj, accept_ranges, rate_limit) = {
+        let (fault, obj, accept_ranges, advertise_ranges, rate_limit) = {
             let mut s = st.lock().unwrap();
             let mut fault = None;
             if let Some(r) = s.rules.iter_mut().find(|r| {
@@ -295,6 +324,7 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
                 fault,
                 s.objects.get(&path).cloned(),
                 s.accept_ranges,
+                s.advertise_ranges,
                 s.rate_limit,
             )
         };
@@ -333,7 +363,7 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
         }
         let total = obj.data.len() as u64;
         let mut hdrs = vec![("ETag", obj.etag.clone())];
-        if accept_ranges {
+        if accept_ranges && advertise_ranges {
             hdrs.push(("Accept-Ranges", "bytes".into()));
         }
         if let Some(s) = &obj.meta_sha256 {
@@ -392,6 +422,19 @@ async fn serve_conn(mut sock: TcpStream, st: Arc<Mutex<State>>) -> std::io::Resu
                 #[allow(deprecated)]
                 let _ = sock.set_linger(Some(Duration::ZERO));
                 drop(sock);
+                return Ok(());
+            }
+            Some(Fault::Drip(every)) => {
+                for chunk in body.chunks(64) {
+                    sock.write_all(chunk).await?;
+                    sock.flush().await?;
+                    tokio::time::sleep(every).await;
+                }
+            }
+            Some(Fault::Stall(n)) => {
+                sock.write_all(&body[..n.min(body.len())]).await?;
+                sock.flush().await?;
+                tokio::time::sleep(Duration::from_secs(60)).await;
                 return Ok(());
             }
             _ if rate_limit > 0 => {
