@@ -35,8 +35,8 @@ pub mod uri;
 
 pub use cache::Sidecar;
 pub use config::{
-    DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_HEADROOM, DEFAULT_MODEL_URI, DEFAULT_PART_SIZE,
-    StorageMode, StoreConfig, parse_bytes,
+    DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_HEADROOM,
+    DEFAULT_MODEL_URI, DEFAULT_PART_SIZE, StorageMode, StoreConfig, parse_bytes,
 };
 pub use error::StoreError;
 pub use memmap2;

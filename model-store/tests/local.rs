@@ -91,5 +91,12 @@ fn from_env_defaults_to_the_bitnet_model() {
         }
         assert_eq!(cfg.part_size, 16 << 20);
         assert_eq!(cfg.concurrency, 8);
+        if std::env::var("BITNET_DOWNLOAD_TIMEOUT").is_err() {
+            assert_eq!(cfg.download_timeout, model_store::DEFAULT_DOWNLOAD_TIMEOUT);
+            assert_eq!(cfg.download_timeout, std::time::Duration::from_secs(1800));
+        }
+        if std::env::var("BITNET_DOWNLOAD_IDLE_TIMEOUT").is_err() {
+            assert_eq!(cfg.read_timeout, std::time::Duration::from_secs(30));
+        }
     }
 }
