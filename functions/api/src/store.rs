@@ -40,6 +40,7 @@ fn is_permanent(e: &StoreError) -> bool {
             | StoreError::SizeMismatch { .. }
             | StoreError::NotGguf { .. }
             | StoreError::InvalidUri { .. }
+            | StoreError::UnsafeCache { .. }
     )
 }
 
