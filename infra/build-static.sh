@@ -18,6 +18,6 @@ if ! command -v musl-gcc >/dev/null; then
         || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq musl-tools >&2; }
 fi
 CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build --profile container --locked --target "$TARGET" -p bitnet-cli >&2
+    cargo build --profile container --locked --target "$TARGET" -p bitnet-cli --no-default-features >&2
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 echo "$TARGET_DIR/$TARGET/container/bitnet"

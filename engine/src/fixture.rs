@@ -83,11 +83,13 @@ pub enum FixtureError {
 }
 
 /// The Llama 3 tokenizer (Hugging Face `tokenizer.json`, gzip): shipped in the repository so
-/// that fixtures and the tokenizer tests need nothing beside a clone. Linked only into
-/// binaries that make fixtures.
+/// that fixtures and the tokenizer tests need nothing beside a clone. Only with the
+/// `bundled-tokenizer` feature (the container image goes without it).
+#[cfg(feature = "bundled-tokenizer")]
 const LLAMA3_TOKENIZER_JSON_GZ: &[u8] = include_bytes!("../data/llama3-tokenizer.json.gz");
 
 /// The Llama 3 tokenizer's GGUF arrays, from the copy shipped in the crate.
+#[cfg(feature = "bundled-tokenizer")]
 pub fn llama3_tokenizer_parts() -> Result<TokenizerParts, FixtureError> {
     use std::io::Read;
     let mut text = String::new();

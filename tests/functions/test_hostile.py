@@ -73,7 +73,9 @@ def test_the_queue_refuses_before_reading_the_body(start_server, tiny_model):
     srv.wait_ready()
     running = requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3000, "stream": True},
                             stream=True, timeout=30)
-    next(l for l in running.iter_lines() if l)
+    # Keep the line iterator: a dropped one makes urllib3 close the connection.
+    lines = running.iter_lines()
+    next(l for l in lines if l)
     # Headers announce a 900 KB body that never comes: the 429 cannot wait for it.
     s = socket.create_connection(("127.0.0.1", port_of(srv)))
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -541,7 +541,7 @@ fn role_title(role: &str) -> String {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "bundled-tokenizer"))]
 mod tests {
     use super::*;
     use crate::generate::sampler::Rng;

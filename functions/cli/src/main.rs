@@ -225,7 +225,10 @@ fn cmd_fixture(a: FixtureArgs) -> Result<()> {
     };
     let tok = match &a.tokenizer {
         Some(path) => fixture::tokenizer_parts_from_hf_json(path)?,
+        #[cfg(feature = "bundled-tokenizer")]
         None => fixture::llama3_tokenizer_parts()?,
+        #[cfg(not(feature = "bundled-tokenizer"))]
+        None => bail!("this build has no bundled tokenizer: pass --tokenizer tokenizer.json"),
     };
     let spec = FixtureSpec {
         preset,
