@@ -893,8 +893,9 @@ async fn the_generation_deadline_finishes_the_response_cut_short() {
     assert_eq!(s, StatusCode::OK, "{b}");
     let v = json_of(&b);
     assert_eq!(v["choices"][0]["finish_reason"], "length");
+    // Fewer than the 50 asked for (a loaded machine may leave time for none at all).
     let n = v["usage"]["completion_tokens"].as_u64().unwrap();
-    assert!(n > 0 && n < 20, "{n} tokens in 150 ms at 20 ms each");
+    assert!(n < 20, "{n} tokens in 150 ms at 20 ms each");
     let (s, _, b) = call(
         &h.state,
         "POST",
