@@ -22,14 +22,7 @@ const CHILD_URI: &str = "MODEL_STORE_TEST_CHILD_URI";
 const CHILD_DIR: &str = "MODEL_STORE_TEST_CHILD_DIR";
 
 fn config(url: &str, dir: &Path) -> StoreConfig {
-    let mut cfg = StoreConfig::new(url);
-    cfg.cache_dir = dir.to_path_buf();
-    cfg.part_size = PART;
-    cfg.concurrency = 4;
-    cfg.storage = StorageMode::Disk;
-    cfg.retry_base_delay = Duration::from_millis(5);
-    cfg.read_timeout = Duration::from_secs(5);
-    cfg
+    disk_config(url, dir, PART)
 }
 
 async fn server_with(path: &str, data: &[u8]) -> FaultServer {

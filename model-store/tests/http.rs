@@ -12,14 +12,7 @@ const PART: u64 = 256 * 1024;
 const PARTS: usize = SIZE.div_ceil(PART as usize);
 
 fn config(url: &str, dir: &std::path::Path) -> StoreConfig {
-    let mut cfg = StoreConfig::new(url);
-    cfg.cache_dir = dir.to_path_buf();
-    cfg.part_size = PART;
-    cfg.concurrency = 4;
-    cfg.storage = StorageMode::Disk;
-    cfg.retry_base_delay = Duration::from_millis(5);
-    cfg.read_timeout = Duration::from_secs(5);
-    cfg
+    disk_config(url, dir, PART)
 }
 
 async fn server_with(path: &str, data: &[u8], meta: bool) -> FaultServer {

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::openai::{CompletionRequest, Endpoint, PromptInput};
-use crate::state::{Admission, AppState, panic_message};
+use crate::state::{Admission, AppState, panic_message, payload_message};
 
 /// Streamed output passes through this buffer so that text which may be the start of a stop
 /// sequence is held back until it is known not to be one.
@@ -501,11 +501,7 @@ pub async fn complete(
             run_blocking(prepared, stops, Some(&sender), &gen_interrupt)
         }))
         .unwrap_or_else(|p| {
-            let msg = p
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| p.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
+            let msg = payload_message(p.as_ref());
             Event::Failed(ApiError::internal(format!("generation failed: {msg}")))
         });
         sender.send(event);

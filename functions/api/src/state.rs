@@ -416,13 +416,17 @@ pub fn retry_after_estimate(state: &ModelState) -> u64 {
 
 pub(crate) fn panic_message(join: tokio::task::JoinError) -> String {
     match join.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into()),
+        Ok(p) => payload_message(p.as_ref()),
         Err(e) => e.to_string(),
     }
+}
+
+/// The message of a panic payload (`&str` or `String`).
+pub(crate) fn payload_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[cfg(test)]

@@ -14,6 +14,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Random-looking bytes behind a valid GGUF v3 header (3 tensors, 2 keys).
+/// A disk-cached store over `url` in `dir`, `part`-byte parts, four in flight, quick retries.
+pub fn disk_config(url: &str, dir: &Path, part: u64) -> model_store::StoreConfig {
+    let mut cfg = model_store::StoreConfig::new(url);
+    cfg.cache_dir = dir.to_path_buf();
+    cfg.part_size = part;
+    cfg.concurrency = 4;
+    cfg.storage = model_store::StorageMode::Disk;
+    cfg.retry_base_delay = Duration::from_millis(5);
+    cfg.read_timeout = Duration::from_secs(5);
+    cfg
+}
+
 pub fn gguf_payload(len: usize, seed: u64) -> Vec<u8> {
     assert!(len >= 24);
     let mut v = Vec::with_capacity(len);
