@@ -34,6 +34,9 @@ pub enum EngineError {
     /// The forward pass stopped between layers: the [`crate::generate::Interrupt`] fired.
     #[error("interrupted ({0:?})")]
     Interrupted(crate::StopReason),
+    /// The scheduler's engine thread has stopped (the process is shutting down).
+    #[error("the engine has stopped")]
+    Stopped,
 }
 
 impl EngineError {

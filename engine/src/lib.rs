@@ -15,6 +15,9 @@ pub mod quant;
 pub mod tokenizer;
 
 pub use error::EngineError;
-pub use generate::{GenerateOutput, GenerateParams, Interrupt, Piece, SamplingParams, StopReason};
+pub use generate::{
+    Event, EventSink, GenerateOutput, GenerateParams, Interrupt, Piece, SamplingParams, Scheduler,
+    SchedulerConfig, SchedulerStats, SinkError, StopReason,
+};
 pub use model::{HeadPrecision, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Tokenizer};

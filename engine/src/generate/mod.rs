@@ -1,8 +1,11 @@
 //! Text generation: sampling, stop conditions and streaming of UTF-8-safe pieces.
 
+pub mod prefix;
 pub mod sampler;
+pub mod scheduler;
 
 pub use sampler::SamplingParams;
+pub use scheduler::{Event, EventSink, Scheduler, SchedulerConfig, SchedulerStats, SinkError};
 
 /// At most this many stop strings per request (OpenAI's limit).
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -132,6 +135,8 @@ pub struct GenerateOutput {
     pub prompt_ms: f64,
     /// Wall time of all decode steps, milliseconds.
     pub decode_ms: f64,
+    /// Prompt tokens whose keys and values came from the prefix cache.
+    pub cached_prompt_tokens: usize,
 }
 
 use std::ops::ControlFlow;
@@ -139,18 +144,27 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use crate::model::KvCache;
 use crate::tokenizer::StreamDecoder;
-use crate::{EngineError, Model};
+use crate::{EngineError, Model, Tokenizer};
 use sampler::Sampler;
 
-/// Holds back text that could still turn into a stop string, and cuts at the first match.
-struct StopMatcher<'a> {
-    stops: &'a [String],
+/// Holds back text that could still turn into a stop string, and cuts at the first match:
+/// the one place stop strings are matched.
+struct StopMatcher {
+    stops: Vec<String>,
     /// Text produced but not yet emitted.
     held: String,
 }
 
-impl StopMatcher<'_> {
+impl StopMatcher {
+    fn new(stops: Vec<String>) -> Self {
+        Self {
+            stops,
+            held: String::new(),
+        }
+    }
+
     /// Adds text; returns (text safe to emit, whether a stop string matched).
     fn push(&mut self, s: &str) -> (String, bool) {
         self.held.push_str(s);
@@ -167,7 +181,7 @@ impl StopMatcher<'_> {
         }
         // Keep the longest suffix that is a prefix of some stop string.
         let mut keep = 0;
-        for st in self.stops {
+        for st in &self.stops {
             for (i, _) in st.char_indices().skip(1) {
                 if self.held.ends_with(&st[..i]) {
                     keep = keep.max(i);
@@ -181,6 +195,202 @@ impl StopMatcher<'_> {
     }
 }
 
+/// Checks a request against a model: the parameters ([`GenerateParams::validate`]), then the
+/// prompt (non-empty, in the vocabulary, room for `max_tokens` in the context). The one
+/// place that decides whether the engine takes a request.
+pub fn check_request(
+    model: &Model,
+    prompt: &[u32],
+    params: &GenerateParams,
+) -> Result<(), EngineError> {
+    params.validate()?;
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let n_vocab = model.n_vocab();
+    if let Some(&id) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
+        return Err(EngineError::TokenOutOfRange { id, n_vocab });
+    }
+    let n_ctx = model.n_ctx();
+    if prompt.len().saturating_add(params.max_tokens) > n_ctx {
+        return Err(EngineError::ContextOverflow {
+            prompt: prompt.len(),
+            max_tokens: params.max_tokens,
+            n_ctx,
+        });
+    }
+    Ok(())
+}
+
+/// What one token did to a sequence.
+#[derive(Debug)]
+pub(crate) struct Emitted {
+    /// Text that became final with this token (possibly empty).
+    pub text: String,
+    pub token_id: u32,
+}
+
+/// One generation from its prompt to its end, fed by whoever runs the forward passes (one
+/// sequence alone in [`generate`], a batch in the scheduler): sampling, stop ids, stop
+/// strings, `max_tokens` and the interrupt are decided here and nowhere else.
+pub(crate) struct Sequence {
+    prompt: Vec<u32>,
+    params: GenerateParams,
+    stop_ids: Vec<u32>,
+    pub(crate) cache: KvCache,
+    sampler: Sampler,
+    /// Prompt and generated ids (the penalties' history, and what the cache holds).
+    history: Vec<u32>,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    text: String,
+    generated: usize,
+    pub(crate) interrupt: Interrupt,
+    started: Instant,
+    first_logits: Option<Instant>,
+    /// Prompt tokens found in the prefix cache.
+    pub(crate) reused: usize,
+    stop_reason: Option<StopReason>,
+}
+
+impl Sequence {
+    /// A sequence for a request that passed [`check_request`], with an empty cache of
+    /// `prompt + max_tokens` positions (or `cache`, already holding a prefix of the prompt).
+    pub(crate) fn new(
+        model: &Model,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        interrupt: Interrupt,
+        cache: Option<KvCache>,
+    ) -> Self {
+        let stop_ids = params
+            .stop_ids
+            .clone()
+            .unwrap_or_else(|| model.end_of_generation_ids());
+        let cache = cache.unwrap_or_else(|| model.new_cache(prompt.len() + params.max_tokens));
+        Self {
+            reused: cache.len(),
+            stop_ids,
+            cache,
+            sampler: Sampler::new(params.sampling.clone()),
+            history: prompt.clone(),
+            decoder: StreamDecoder::new(),
+            stops: StopMatcher::new(params.stop_strings.clone()),
+            text: String::new(),
+            generated: 0,
+            interrupt,
+            started: Instant::now(),
+            first_logits: None,
+            stop_reason: None,
+            prompt,
+            params,
+        }
+    }
+
+    /// Cache positions a sequence of this request needs.
+    pub(crate) fn capacity_for(prompt: usize, params: &GenerateParams) -> usize {
+        prompt + params.max_tokens
+    }
+
+    /// The ids whose keys and values the cache holds, in order.
+    pub(crate) fn cached_tokens(&self) -> &[u32] {
+        &self.history[..self.cache.len()]
+    }
+
+    /// Prompt tokens not yet in the cache.
+    pub(crate) fn prompt_left(&self) -> usize {
+        self.prompt.len().saturating_sub(self.cache.len())
+    }
+
+    /// The next tokens to feed: up to `budget` prompt tokens while the prompt is being read,
+    /// then the last sampled token.
+    pub(crate) fn next_input(&self, budget: usize) -> &[u32] {
+        let at = self.cache.len();
+        let end = at.saturating_add(budget.max(1)).min(self.history.len());
+        &self.history[at..end]
+    }
+
+    /// Whether feeding `fed` tokens from [`Sequence::next_input`] yields logits to sample.
+    pub(crate) fn wants_logits(&self, fed: usize) -> bool {
+        self.cache.len() + fed == self.history.len()
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.stop_reason.is_some()
+    }
+
+    /// Takes the logits of the last token fed: samples, applies the stop rules. Returns the
+    /// token's text; afterwards [`Sequence::is_finished`] tells whether it was the last.
+    pub(crate) fn on_logits(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Option<Emitted> {
+        debug_assert!(!self.is_finished() && self.cache.len() == self.history.len());
+        self.first_logits.get_or_insert_with(Instant::now);
+        let id = self.sampler.sample(logits, &self.history);
+        if self.stop_ids.contains(&id) {
+            self.stop_reason = Some(StopReason::Stop);
+            return None;
+        }
+        self.generated += 1;
+        self.history.push(id);
+        let (text, hit) = self.stops.push(&self.decoder.push(tok, id));
+        self.text.push_str(&text);
+        if hit {
+            self.stop_reason = Some(StopReason::Stop);
+        } else if self.generated == self.params.max_tokens {
+            self.stop_reason = Some(StopReason::Length);
+        }
+        Some(Emitted { text, token_id: id })
+    }
+
+    /// Ends the sequence now if its interrupt fired.
+    pub(crate) fn check_interrupt(&mut self) -> bool {
+        if self.stop_reason.is_none()
+            && let Some(reason) = self.interrupt.check()
+        {
+            self.stop_reason = Some(reason);
+        }
+        self.stop_reason.is_some()
+    }
+
+    /// Ends the sequence (a client gone, a failure elsewhere in the batch).
+    pub(crate) fn stop(&mut self, reason: StopReason) {
+        self.stop_reason.get_or_insert(reason);
+    }
+
+    /// Held-back text to release now that the sequence has ended without a stop string: a
+    /// partial stop string that never completed, a cut character.
+    pub(crate) fn flush(&mut self) -> Option<Emitted> {
+        if self.stop_reason == Some(StopReason::Stop) {
+            return None;
+        }
+        let tail = self.decoder.finish();
+        let (mut rest, _) = self.stops.push(&tail);
+        rest.push_str(&std::mem::take(&mut self.stops.held));
+        self.text.push_str(&rest);
+        let token_id = self.history.last().copied().unwrap_or(0);
+        (!rest.is_empty()).then_some(Emitted {
+            text: rest,
+            token_id,
+        })
+    }
+
+    /// The result, once finished. The cache stays with the caller (the prefix cache).
+    pub(crate) fn output(&mut self) -> GenerateOutput {
+        let now = Instant::now();
+        let first = self.first_logits.unwrap_or(now);
+        GenerateOutput {
+            text: std::mem::take(&mut self.text),
+            token_ids: self.history[self.prompt.len()..].to_vec(),
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.generated,
+            stop_reason: self.stop_reason.unwrap_or(StopReason::Cancelled),
+            prompt_ms: (first - self.started).as_secs_f64() * 1e3,
+            decode_ms: (now - first).as_secs_f64() * 1e3,
+            cached_prompt_tokens: self.reused,
+        }
+    }
+}
+
+/// One generation on this thread, alone: the prompt in one pass, then a token per pass.
 pub(crate) fn generate(
     model: &Model,
     prompt: &[u32],
@@ -188,107 +398,56 @@ pub(crate) fn generate(
     interrupt: &Interrupt,
     on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
 ) -> Result<GenerateOutput, EngineError> {
-    params.validate()?;
-    if prompt.is_empty() {
-        return Err(EngineError::EmptyPrompt);
+    check_request(model, prompt, params)?;
+    let mut seq = Sequence::new(
+        model,
+        prompt.to_vec(),
+        params.clone(),
+        interrupt.clone(),
+        None,
+    );
+    let mut buffers = crate::model::StepBuffers::default();
+    let mut logits = vec![0f32; model.n_vocab()];
+    let tok = model.tokenizer();
+    while !seq.check_interrupt() {
+        let input = seq.next_input(usize::MAX).to_vec();
+        match model.forward_batch(
+            &mut [crate::model::BatchEntry {
+                cache: &mut seq.cache,
+                tokens: &input,
+                logits: true,
+            }],
+            &mut buffers,
+            &mut logits,
+            interrupt,
+        ) {
+            Ok(()) => {}
+            Err(EngineError::Interrupted(reason)) => {
+                seq.stop(reason);
+                break;
+            }
+            Err(e) => return Err(e),
+        }
+        if let Some(e) = seq.on_logits(tok, &mut logits) {
+            let piece = Piece {
+                text: &e.text,
+                token_id: e.token_id,
+            };
+            if on_piece(piece).is_break() {
+                seq.stop(StopReason::Cancelled);
+            }
+        }
+        if seq.is_finished() {
+            break;
+        }
     }
-    let n_ctx = model.n_ctx();
-    if prompt.len() + params.max_tokens > n_ctx {
-        return Err(EngineError::ContextOverflow {
-            prompt: prompt.len(),
-            max_tokens: params.max_tokens,
-            n_ctx,
+    if let Some(e) = seq.flush() {
+        let _ = on_piece(Piece {
+            text: &e.text,
+            token_id: e.token_id,
         });
     }
-    let model_stops = model.end_of_generation_ids();
-    let stop_ids = params.stop_ids.as_deref().unwrap_or(&model_stops);
-    let mut session = model.new_session(prompt.len() + params.max_tokens);
-    let mut logits = vec![0f32; model.n_vocab()];
-    let t0 = Instant::now();
-    let mut output = GenerateOutput {
-        text: String::new(),
-        token_ids: Vec::new(),
-        prompt_tokens: prompt.len(),
-        completion_tokens: 0,
-        stop_reason: StopReason::Length,
-        prompt_ms: 0.0,
-        decode_ms: 0.0,
-    };
-    match model.forward_interruptible(&mut session, prompt, &mut logits, interrupt) {
-        Ok(()) => {}
-        Err(EngineError::Interrupted(reason)) => {
-            output.stop_reason = reason;
-            output.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-            return Ok(output);
-        }
-        Err(e) => return Err(e),
-    }
-    output.prompt_ms = t0.elapsed().as_secs_f64() * 1e3;
-
-    let tok = model.tokenizer();
-    let mut sampler = Sampler::new(params.sampling.clone());
-    let mut history = prompt.to_vec();
-    let mut decoder = StreamDecoder::new();
-    let mut stops = StopMatcher {
-        stops: &params.stop_strings,
-        held: String::new(),
-    };
-    let mut text = String::new();
-    let mut ids = Vec::new();
-    let mut stop_reason = StopReason::Length;
-    let t1 = Instant::now();
-    while ids.len() < params.max_tokens {
-        let id = sampler.sample(&mut logits, &history);
-        if stop_ids.contains(&id) {
-            stop_reason = StopReason::Stop;
-            break;
-        }
-        ids.push(id);
-        history.push(id);
-        let (piece, hit) = stops.push(&decoder.push(tok, id));
-        text.push_str(&piece);
-        if on_piece(Piece {
-            text: &piece,
-            token_id: id,
-        })
-        .is_break()
-        {
-            stop_reason = StopReason::Cancelled;
-            break;
-        }
-        if hit {
-            stop_reason = StopReason::Stop;
-            break;
-        }
-        if ids.len() == params.max_tokens {
-            break;
-        }
-        if let Some(reason) = interrupt.check() {
-            stop_reason = reason;
-            break;
-        }
-        model.forward_into(&mut session, &[id], &mut logits)?;
-    }
-    if stop_reason != StopReason::Stop {
-        // Flush held-back text (a partial stop string that never completed, a cut character).
-        let tail = decoder.finish();
-        let (mut rest, _) = stops.push(&tail);
-        rest.push_str(&stops.held);
-        if !rest.is_empty() {
-            text.push_str(&rest);
-            let last = ids.last().copied().unwrap_or(0);
-            let _ = on_piece(Piece {
-                text: &rest,
-                token_id: last,
-            });
-        }
-    }
-    output.text = text;
-    output.completion_tokens = ids.len();
-    output.token_ids = ids;
-    output.stop_reason = stop_reason;
-    output.decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-    Ok(output)
+    Ok(seq.output())
 }
 
 #[cfg(test)]
@@ -298,17 +457,11 @@ mod tests {
     #[test]
     fn holds_back_possible_prefixes_and_cuts_at_the_first_stop() {
         let stops = vec!["END".to_owned(), "xyz".to_owned()];
-        let mut m = StopMatcher {
-            stops: &stops,
-            held: String::new(),
-        };
+        let mut m = StopMatcher::new(stops.clone());
         assert_eq!(m.push("hello E"), ("hello ".to_owned(), false));
         assert_eq!(m.push("N"), (String::new(), false));
         assert_eq!(m.push("Dless"), (String::new(), true));
-        let mut m = StopMatcher {
-            stops: &stops,
-            held: String::new(),
-        };
+        let mut m = StopMatcher::new(stops.clone());
         assert_eq!(m.push("ab EN"), ("ab ".to_owned(), false));
         assert_eq!(m.push("x"), ("EN".to_owned(), false));
         assert_eq!(m.held, "x");

@@ -677,7 +677,45 @@ impl Kernels {
             dense_rows(self.isa, w, x, r0, unsafe { dst.run(r0, r1 - r0) });
         });
     }
+    /// `out[j * rows + r] = w_r · x_j` for every vector `x_j` of `xs` (`k` floats each): the
+    /// head for a batch of sequences. Each block of rows is read from memory once and dotted
+    /// with every vector while it is in cache; each output is computed exactly as
+    /// [`Kernels::matvec`] computes it, so a sequence's logits do not depend on the batch.
+    pub fn matmul_dense(&self, w: &DenseMatrix<'_>, xs: &[f32], out: &mut [f32]) {
+        let m = xs.len() / w.k;
+        assert_eq!(xs.len(), m * w.k);
+        assert_eq!(out.len(), m * w.rows);
+        if m == 1 {
+            return self.matvec(w, xs, out);
+        }
+        let chunks = pool::Guided::new(
+            w.rows,
+            self.threads(),
+            64,
+            w.rows.div_ceil(self.threads() * 16),
+        );
+        let dst = SharedOut(out.as_mut_ptr(), out.len());
+        self.pool.run(chunks.len(), &|c| {
+            let (r0, r1) = chunks.range(c);
+            let mut b0 = r0;
+            while b0 < r1 {
+                let b1 = (b0 + HEAD_BATCH_ROWS).min(r1);
+                for (j, x) in xs.chunks_exact(w.k).enumerate() {
+                    // SAFETY: chunks are disjoint row ranges, each run once; for vector j this
+                    // worker alone writes rows b0..b1 of output row j.
+                    dense_rows(self.isa, w, x, b0, unsafe {
+                        dst.run(j * w.rows + b0, b1 - b0)
+                    });
+                }
+                b0 = b1;
+            }
+        });
+    }
 }
+
+/// Rows of the head a batch shares while they are in cache (16 rows of 2,560 F16 values:
+/// 80 KiB, within L2 next to the vectors).
+const HEAD_BATCH_ROWS: usize = 16;
 
 /// `out[i] = dot(row(first + i))`: `S` rows at a time spread over the range
 /// ([`x86::spread`]), then the rows left over one by one.

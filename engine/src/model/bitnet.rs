@@ -360,20 +360,112 @@ impl BitNet {
     }
 }
 
-/// KV cache and scratch buffers of one sequence. Sized once; no allocation per token.
-#[derive(Debug)]
-pub struct Session {
-    /// Per layer: `capacity × kv_dim` keys and values.
-    k_cache: Vec<Vec<f32>>,
-    v_cache: Vec<Vec<f32>>,
+/// Keys and values of one sequence, per layer `capacity × kv_dim` f32 each. Sized once; a
+/// forward pass appends at `pos`.
+#[derive(Debug, Clone)]
+pub struct KvCache {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     capacity: usize,
     /// Tokens already in the cache.
-    pub pos: usize,
-    scratch: Scratch,
+    pos: usize,
+    /// Floats per position and layer (keys or values).
+    kv_dim: usize,
 }
 
+impl KvCache {
+    pub fn new(c: &Config, capacity: usize) -> Self {
+        let kv = c.kv_dim();
+        Self {
+            k: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
+            v: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
+            capacity,
+            pos: 0,
+            kv_dim: kv,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Tokens in the cache.
+    pub fn len(&self) -> usize {
+        self.pos
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    /// Bytes this cache holds (its whole capacity).
+    pub fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+    }
+
+    /// Forgets every position from `len` on (a cut after an interrupted pass, a prefix kept).
+    pub fn truncate(&mut self, len: usize) {
+        self.pos = self.pos.min(len);
+    }
+
+    /// Starts this cache with the first `n` positions of `other` (a shared prefix: the same
+    /// tokens at the same positions give the same keys and values).
+    pub fn copy_prefix(&mut self, other: &KvCache, n: usize) {
+        assert!(n <= other.pos && n <= self.capacity, "prefix out of range");
+        let len = n * self.kv_dim;
+        for (dst, src) in self.k.iter_mut().zip(&other.k) {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+        for (dst, src) in self.v.iter_mut().zip(&other.v) {
+            dst[..len].copy_from_slice(&src[..len]);
+        }
+        self.pos = n;
+    }
+}
+
+impl KvCache {
+    /// Gives back the memory past its length (an entry kept in the prefix cache).
+    pub(crate) fn shrink_to_len(&mut self) {
+        let len = self.pos * self.kv_dim;
+        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
+            l.truncate(len);
+            l.shrink_to_fit();
+        }
+        self.capacity = self.pos;
+    }
+
+    /// Test data: position p of every layer holds `tokens[p]` and the layer index.
+    #[cfg(test)]
+    pub(crate) fn fill_for_tests(&mut self, tokens: &[u32]) {
+        for (li, (k, v)) in self.k.iter_mut().zip(self.v.iter_mut()).enumerate() {
+            for (p, &t) in tokens.iter().enumerate() {
+                k[p * self.kv_dim..(p + 1) * self.kv_dim].fill(t as f32 + li as f32 * 0.5);
+                v[p * self.kv_dim..(p + 1) * self.kv_dim].fill(-(t as f32));
+            }
+        }
+        self.pos = tokens.len();
+    }
+
+    /// Whether the first `n` positions of every layer are equal in both.
+    #[cfg(test)]
+    pub(crate) fn same_positions(&self, other: &KvCache, n: usize) -> bool {
+        let len = n * self.kv_dim;
+        self.k.iter().zip(&other.k).all(|(a, b)| a[..len] == b[..len])
+            && self.v.iter().zip(&other.v).all(|(a, b)| a[..len] == b[..len])
+    }
+}
+
+/// A KV cache with the buffers of its forward passes: one sequence run on its own.
+#[derive(Debug)]
+pub struct Session {
+    pub cache: KvCache,
+    buffers: StepBuffers,
+}
+
+/// Activations of one forward step, reused from step to step (no allocation per token once
+/// they have grown to the largest step).
 #[derive(Debug, Default)]
-struct Scratch {
+pub struct StepBuffers {
     x: Vec<f32>,
     h: Vec<f32>,
     q: Vec<f32>,
@@ -386,27 +478,40 @@ struct Scratch {
     acts: QuantizedActs,
     rope: Vec<(f32, f32)>,
     last: Vec<f32>,
+    /// Per row: (sequence in the batch, position).
+    rows: Vec<(usize, usize)>,
 }
 
 impl Session {
     pub fn new(c: &Config, capacity: usize) -> Self {
-        let kv = c.kv_dim();
         Self {
-            k_cache: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
-            v_cache: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
-            capacity,
-            pos: 0,
-            scratch: Scratch::default(),
+            cache: KvCache::new(c, capacity),
+            buffers: StepBuffers::default(),
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.cache.capacity
+    }
+
+    /// Tokens already in the cache.
+    pub fn pos(&self) -> usize {
+        self.cache.pos
     }
 
     pub fn reset(&mut self) {
-        self.pos = 0;
+        self.cache.pos = 0;
     }
+}
+
+/// One sequence's part of a batched forward step: its cache and the tokens to append.
+#[derive(Debug)]
+pub struct BatchEntry<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+    /// Whether this sequence needs the logits of its last token (a prompt's last chunk, a
+    /// decode step), written in order of the entries that want them.
+    pub logits: bool,
 }
 
 /// ggml's RMSNorm: f32 squares summed in f64, the mean rounded to f32, then
@@ -450,7 +555,7 @@ fn rope_head(x: &mut [f32], cs: &[(f32, f32)]) {
 }
 
 impl BitNet {
-    /// Runs `tokens` (at positions `session.pos..`) through the model and returns the
+    /// Runs `tokens` (at positions `session.pos()..`) through the model and returns the
     /// logits of the last one. `tokens` must be non-empty, in vocabulary, and fit.
     /// `interrupt` is checked before each layer: when it fires the session is left unusable
     /// (reset it) and `EngineError::Interrupted` returned.
@@ -463,14 +568,50 @@ impl BitNet {
         logits: &mut [f32],
         interrupt: &Interrupt,
     ) -> Result<(), EngineError> {
+        let mut batch = [BatchEntry {
+            cache: &mut s.cache,
+            tokens,
+            logits: true,
+        }];
+        self.forward_batch(file, kern, &mut batch, &mut s.buffers, logits, interrupt)
+    }
+
+    /// One forward step for several sequences at once: every entry's tokens go through each
+    /// BitLinear together (one read of the weights for the whole batch), attention runs per
+    /// sequence against its own cache. `logits` receives `n_vocab` values per entry that
+    /// asks for them, in entry order. A row's result does not depend on the other rows: the
+    /// integer dots are exact and every float step is per row, so a sequence gives the same
+    /// logits alone, in any batch and in any chunking of its prompt.
+    ///
+    /// Every entry needs at least one token and room for them in its cache. When
+    /// `interrupt` fires (checked before each layer) the caches hold partial positions past
+    /// their length, which the next pass overwrites, and `EngineError::Interrupted` is
+    /// returned.
+    pub fn forward_batch(
+        &self,
+        file: &[u8],
+        kern: &Kernels,
+        batch: &mut [BatchEntry<'_>],
+        sc: &mut StepBuffers,
+        logits: &mut [f32],
+        interrupt: &Interrupt,
+    ) -> Result<(), EngineError> {
         let c = &self.config;
-        let n = tokens.len();
         let (d, kv, hd, f) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
         assert!(
-            n > 0 && s.pos + n <= s.capacity,
-            "tokens must fit the session"
+            batch
+                .iter()
+                .all(|e| !e.tokens.is_empty() && e.cache.pos + e.tokens.len() <= e.cache.capacity),
+            "tokens must fit their caches"
         );
-        let sc = &mut s.scratch;
+        let wanted = batch.iter().filter(|e| e.logits).count();
+        assert_eq!(logits.len(), wanted * c.n_vocab, "one logits row per entry that wants one");
+        sc.rows.clear();
+        for (i, e) in batch.iter().enumerate() {
+            sc.rows
+                .extend((0..e.tokens.len()).map(|t| (i, e.cache.pos + t)));
+        }
+        let n = sc.rows.len();
         sc.x.resize(n * d, 0.0);
         sc.h.resize(n * d, 0.0);
         sc.q.resize(n * d, 0.0);
@@ -483,17 +624,17 @@ impl BitNet {
 
         let half = c.n_rot / 2;
         sc.rope.resize(n * half, (0.0, 0.0));
-        for t in 0..n {
+        for (r, &(_, pos)) in sc.rows.iter().enumerate() {
             rope_table(
-                s.pos + t,
+                pos,
                 c.n_rot,
                 c.rope_base,
-                &mut sc.rope[t * half..(t + 1) * half],
+                &mut sc.rope[r * half..(r + 1) * half],
             );
         }
         let embd = self.tok_embd.matrix(file);
-        for (t, &tok) in tokens.iter().enumerate() {
-            embd.row_f32(tok as usize, &mut sc.x[t * d..(t + 1) * d]);
+        for (r, &tok) in batch.iter().flat_map(|e| e.tokens).enumerate() {
+            embd.row_f32(tok as usize, &mut sc.x[r * d..(r + 1) * d]);
         }
         for (li, l) in self.layers.iter().enumerate() {
             if let Some(reason) = interrupt.check() {
@@ -506,20 +647,27 @@ impl BitNet {
             kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
             kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
             kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
-            for t in 0..n {
-                let cs = &sc.rope[t * (c.n_rot / 2)..(t + 1) * (c.n_rot / 2)];
+            for r in 0..n {
+                let cs = &sc.rope[r * half..(r + 1) * half];
                 for h in 0..c.n_head {
-                    rope_head(&mut sc.q[t * d + h * hd..t * d + (h + 1) * hd], cs);
+                    rope_head(&mut sc.q[r * d + h * hd..r * d + (h + 1) * hd], cs);
                 }
                 for h in 0..c.n_head_kv {
-                    rope_head(&mut sc.k[t * kv + h * hd..t * kv + (h + 1) * hd], cs);
+                    rope_head(&mut sc.k[r * kv + h * hd..r * kv + (h + 1) * hd], cs);
                 }
             }
-            let kc = &mut s.k_cache[li];
-            let vc = &mut s.v_cache[li];
-            kc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.k);
-            vc[s.pos * kv..(s.pos + n) * kv].copy_from_slice(&sc.v);
-            attention(kern, c, &sc.q, kc, vc, s.pos, n, &mut sc.att);
+            let mut r0 = 0;
+            for e in batch.iter_mut() {
+                let (p, m) = (e.cache.pos, e.tokens.len());
+                e.cache.k[li][p * kv..(p + m) * kv].copy_from_slice(&sc.k[r0 * kv..(r0 + m) * kv]);
+                e.cache.v[li][p * kv..(p + m) * kv].copy_from_slice(&sc.v[r0 * kv..(r0 + m) * kv]);
+                r0 += m;
+            }
+            let caches: Vec<(&[f32], &[f32])> = batch
+                .iter()
+                .map(|e| (&e.cache.k[li][..], &e.cache.v[li][..]))
+                .collect();
+            attention(kern, c, &sc.q, &caches, &sc.rows, &mut sc.att);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
             sc.acts.quantize_for(&sc.h, d, orders(kern, n, &[&l.wo]));
             kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
@@ -547,37 +695,49 @@ impl BitNet {
             kern.bitlinear(&l.w_down.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }
-        s.pos += n;
 
-        // Only the last position's logits are needed.
-        sc.last.resize(d, 0.0);
-        rmsnorm(&sc.x[(n - 1) * d..], &self.output_norm, c.eps, &mut sc.last);
-        kern.matvec(&self.output.matrix(file), &sc.last, logits);
+        // Only the last position of each entry that wants logits: one pass over the head
+        // for all of them.
+        sc.last.resize(wanted * d, 0.0);
+        let mut r_end = 0;
+        let mut j = 0;
+        for e in batch.iter_mut() {
+            r_end += e.tokens.len();
+            e.cache.pos += e.tokens.len();
+            if e.logits {
+                let last = &sc.x[(r_end - 1) * d..r_end * d];
+                rmsnorm(last, &self.output_norm, c.eps, &mut sc.last[j * d..(j + 1) * d]);
+                j += 1;
+            }
+        }
+        if wanted > 0 {
+            kern.matmul_dense(&self.output.matrix(file), &sc.last, logits);
+        }
         Ok(())
     }
 }
 
-/// Causal multi-head attention with grouped KV heads for `n` queries at positions
-/// `pos0..pos0+n`, computed in f64 from the f32 cache and rounded once to f32 (close to exact,
-/// so that activation rounding downstream rarely depends on summation order).
-#[allow(clippy::too_many_arguments)]
+/// Causal multi-head attention with grouped KV heads, per row of the batch: row r is
+/// sequence `rows[r].0`'s query at position `rows[r].1`, attending to that sequence's keys
+/// `0..=pos` in `caches`. Computed in f64 from the f32 cache and rounded once to f32 (close
+/// to exact, so that activation rounding downstream rarely depends on summation order).
 fn attention(
     kern: &Kernels,
     c: &Config,
     q: &[f32],
-    kc: &[f32],
-    vc: &[f32],
-    pos0: usize,
-    n: usize,
+    caches: &[(&[f32], &[f32])],
+    rows: &[(usize, usize)],
     att: &mut [f32],
 ) {
     let (d, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
     let group = c.n_head / c.n_head_kv;
     let inv_sqrt = 1.0 / (hd as f64).sqrt();
-    let work = |(t, h): (usize, usize), out: &mut [f32]| {
-        let len = pos0 + t + 1; // causal: keys 0..=pos
+    let work = |(r, h): (usize, usize), out: &mut [f32]| {
+        let (seq, pos) = rows[r];
+        let (kc, vc) = caches[seq];
+        let len = pos + 1; // causal: keys 0..=pos
         let kvh = h / group;
-        let qh = &q[t * d + h * hd..t * d + (h + 1) * hd];
+        let qh = &q[r * d + h * hd..r * d + (h + 1) * hd];
         let mut scores = vec![0f64; len];
         crate::kernels::dot_rows_f32_f64(qh, kc, kv, kvh * hd, &mut scores);
         let mut max = f64::NEG_INFINITY;
@@ -596,7 +756,8 @@ fn attention(
             *o = (a / sum) as f32;
         }
     };
-    // Each (token, head) writes its own head_dim slice of `att`.
+    // Each (row, head) writes its own head_dim slice of `att`.
+    let n = rows.len();
     kern.install(|| {
         crate::kernels::pool::for_each_chunk_mut(&mut att[..n * d], hd, &|i, out| {
             work((i / c.n_head, i % c.n_head), out)

@@ -33,6 +33,26 @@ pub struct Config {
 pub const TENSORS_PER_LAYER: usize = 11;
 
 impl Config {
+    /// A small made-up shape for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self {
+            arch: "bitnet-b1.58".into(),
+            n_layer: 1,
+            dim: 64,
+            ffn_dim: 128,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 16,
+            n_rot: 16,
+            rope_base: 10000.0,
+            eps: 1e-5,
+            n_ctx: 256,
+            n_vocab: 1000,
+            activation: Activation::Relu2,
+        }
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
     }

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use bitnet::{BitNet, Session};
+pub use bitnet::{BatchEntry, BitNet, KvCache, Session, StepBuffers};
 pub use config::{Activation, Config};
 
 use crate::generate::{GenerateOutput, GenerateParams, Interrupt, Piece};
@@ -181,6 +181,51 @@ impl Model {
         Session::new(&self.net.config, capacity.min(self.n_ctx()))
     }
 
+    /// An empty KV cache for up to `capacity` tokens (at most the context length).
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(&self.net.config, capacity.min(self.n_ctx()))
+    }
+
+    /// One forward step for several sequences ([`BitNet::forward_batch`]): each entry's
+    /// tokens must be non-empty, in the vocabulary and fit its cache; `logits` holds
+    /// `n_vocab` values for each entry that asks for them.
+    pub fn forward_batch(
+        &self,
+        batch: &mut [BatchEntry<'_>],
+        buffers: &mut StepBuffers,
+        logits: &mut [f32],
+        interrupt: &Interrupt,
+    ) -> Result<(), EngineError> {
+        let n_vocab = self.n_vocab();
+        for e in batch.iter() {
+            if e.tokens.is_empty() {
+                return Err(EngineError::EmptyPrompt);
+            }
+            if let Some(&id) = e.tokens.iter().find(|&&t| t as usize >= n_vocab) {
+                return Err(EngineError::TokenOutOfRange { id, n_vocab });
+            }
+            if e.cache.len() + e.tokens.len() > e.cache.capacity() {
+                return Err(EngineError::ContextOverflow {
+                    prompt: e.cache.len() + e.tokens.len(),
+                    max_tokens: 0,
+                    n_ctx: e.cache.capacity(),
+                });
+            }
+        }
+        let wanted = batch.iter().filter(|e| e.logits).count();
+        if logits.len() != wanted * n_vocab {
+            return Err(EngineError::invalid_param(
+                "logits",
+                format!("{} values for {wanted} rows of {n_vocab}", logits.len()),
+            ));
+        }
+        let file = self.gguf.bytes();
+        self.kernels.install(|| {
+            self.net
+                .forward_batch(file, &self.kernels, batch, buffers, logits, interrupt)
+        })
+    }
+
     /// Checks that `tokens` are non-empty, in the vocabulary, and fit the session.
     pub fn check_tokens(&self, session: &Session, tokens: &[u32]) -> Result<(), EngineError> {
         if tokens.is_empty() {
@@ -190,9 +235,9 @@ impl Model {
         if let Some(&id) = tokens.iter().find(|&&t| t as usize >= n_vocab) {
             return Err(EngineError::TokenOutOfRange { id, n_vocab });
         }
-        if session.pos + tokens.len() > session.capacity() {
+        if session.pos() + tokens.len() > session.capacity() {
             return Err(EngineError::ContextOverflow {
-                prompt: session.pos + tokens.len(),
+                prompt: session.pos() + tokens.len(),
                 max_tokens: 0,
                 n_ctx: session.capacity(),
             });
