@@ -475,3 +475,34 @@ fn attention_helpers_match_their_specification() {
         );
     }
 }
+
+/// The head for a batch of vectors (the AVX-512 rows × vectors kernel, or per vector) gives
+/// each vector exactly what one matvec gives it: a sequence's logits do not depend on its
+/// batch. Odd row counts and a k with a scalar tail reach every kernel shape.
+#[test]
+fn batched_head_is_bit_identical_to_one_vector_at_a_time() {
+    let mut r = Rng(91);
+    let (rows, k) = (203, 2560 + 24);
+    let (data, _) = random_f16_rows(&mut r, rows, k);
+    let w = DenseMatrix {
+        ty: GgmlType::F16,
+        rows,
+        k,
+        data: &data,
+    };
+    let kern = bitnet_engine::kernels::Kernels::new(Some(2));
+    for m in 1..=9 {
+        let xs: Vec<f32> = (0..m * k).map(|_| r.f()).collect();
+        let mut got = vec![0f32; m * rows];
+        kern.install(|| kern.matmul_dense(&w, &xs, &mut got));
+        for (j, x) in xs.chunks_exact(k).enumerate() {
+            let mut want = vec![0f32; rows];
+            kern.install(|| kern.matvec(&w, x, &mut want));
+            let row = &got[j * rows..(j + 1) * rows];
+            assert!(
+                row.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{m} vectors: vector {j} differs"
+            );
+        }
+    }
+}
