@@ -28,6 +28,9 @@ fn main() {
             kern.install(|| kern.matmul_dense(&w, &xs, &mut out));
             best = best.min(t.elapsed().as_secs_f64() * 1e3);
         }
-        println!("head, {m} vectors: {best:.1} ms ({:.1} ms per vector)", best / m as f64);
+        println!(
+            "head, {m} vectors: {best:.1} ms ({:.1} ms per vector)",
+            best / m as f64
+        );
     }
 }

@@ -126,7 +126,9 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
         for (i, want) in solo.iter().enumerate() {
             let got = &logits[i * n_vocab..(i + 1) * n_vocab];
             assert!(
-                got.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                got.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty:?}: prompt {i} differs inside a batch"
             );
         }
@@ -161,7 +163,10 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
         }
         for (i, want) in solo.iter().enumerate() {
             assert!(
-                last[i].iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                last[i]
+                    .iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{ty:?}: prompt {i} differs when read in chunks"
             );
         }
@@ -249,7 +254,10 @@ fn a_shared_prefix_is_reused_and_gives_the_same_output() {
     assert_eq!(got_a.cached_prompt_tokens, 0);
     let (_, got_b) = together(&s, std::slice::from_ref(&b), &params).remove(0);
     assert_eq!(got_a.token_ids, want_a.token_ids);
-    assert_eq!(got_b.token_ids, want_b.token_ids, "output from the cached prefix");
+    assert_eq!(
+        got_b.token_ids, want_b.token_ids,
+        "output from the cached prefix"
+    );
     let shared = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
     assert!(shared > 40, "prompts share {shared} tokens");
     assert_eq!(got_b.cached_prompt_tokens, shared);
@@ -294,12 +302,22 @@ fn a_client_that_leaves_or_stalls_loses_its_slot_without_slowing_the_others() {
     let long = greedy(3000);
     // Never read: room for two events.
     let (stalled_tx, stalled_rx) = mpsc::sync_channel(2);
-    s.submit(ps[1].clone(), long.clone(), Interrupt::new(), Box::new(stalled_tx))
-        .unwrap();
+    s.submit(
+        ps[1].clone(),
+        long.clone(),
+        Interrupt::new(),
+        Box::new(stalled_tx),
+    )
+    .unwrap();
     // Leaves at once.
     let (gone_tx, gone_rx) = mpsc::sync_channel(2);
-    s.submit(ps[2].clone(), long.clone(), Interrupt::new(), Box::new(gone_tx))
-        .unwrap();
+    s.submit(
+        ps[2].clone(),
+        long.clone(),
+        Interrupt::new(),
+        Box::new(gone_tx),
+    )
+    .unwrap();
     drop(gone_rx);
     // Reads everything.
     let t0 = Instant::now();
@@ -373,7 +391,12 @@ fn bad_requests_are_refused_at_submission() {
     // Nothing was queued: the engine is idle and serves the next request.
     assert_eq!(s.stats().waiting, 0);
     let out = s
-        .generate_blocking(vec![128000, 791], greedy(3), Interrupt::new(), &mut |_, _| {})
+        .generate_blocking(
+            vec![128000, 791],
+            greedy(3),
+            Interrupt::new(),
+            &mut |_, _| {},
+        )
         .unwrap();
     assert_eq!(out.completion_tokens, 3);
 }

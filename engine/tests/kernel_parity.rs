@@ -500,7 +500,9 @@ fn batched_head_is_bit_identical_to_one_vector_at_a_time() {
             kern.install(|| kern.matvec(&w, x, &mut want));
             let row = &got[j * rows..(j + 1) * rows];
             assert!(
-                row.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                row.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{m} vectors: vector {j} differs"
             );
         }

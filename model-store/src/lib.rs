@@ -41,6 +41,7 @@ pub use config::{
 pub use error::StoreError;
 pub use memmap2;
 pub use source::s3_client;
+pub use space::memory_available;
 pub use status::ModelStatus;
 
 use cache::{CacheAccess, Entry, EntryLock, LockError};

@@ -10,7 +10,7 @@ pub(crate) fn disk_available(dir: &Path) -> std::io::Result<u64> {
 
 /// Memory this process may still use: the smallest of MemAvailable and the cgroup (v2 or v1)
 /// limit minus current usage. `None` when nothing can be read.
-pub(crate) fn memory_available() -> Option<u64> {
+pub fn memory_available() -> Option<u64> {
     let mut best: Option<u64> = None;
     let mut take = |v: u64| best = Some(best.map_or(v, |b| b.min(v)));
     if let Some(v) = meminfo_available() {

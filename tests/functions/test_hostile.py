@@ -69,7 +69,7 @@ def test_a_megabyte_piece_is_tokenized_in_bounded_time(start_server, tiny_model)
 
 
 def test_the_queue_refuses_before_reading_the_body(start_server, tiny_model):
-    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_MAX_QUEUE": "0"})
+    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_PARALLEL": "1", "BITNET_MAX_QUEUE": "0"})
     srv.wait_ready()
     running = requests.post(srv.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3000, "stream": True},
                             stream=True, timeout=30)
@@ -110,7 +110,9 @@ def test_a_client_that_stops_reading_loses_its_slot(start_server, tiny_model):
 
 
 def test_a_client_that_leaves_during_the_prompt_stops_the_prefill(start_server, small_model):
-    srv = start_server(env={"BITNET_MODEL": str(small_model), "BITNET_MAX_QUEUE": "1"})
+    # The same prompt twice: without the prefix cache the second is read in full again.
+    srv = start_server(env={"BITNET_MODEL": str(small_model), "BITNET_MAX_QUEUE": "1",
+                            "BITNET_PREFIX_CACHE_MB": "0"})
     srv.wait_ready()
     # Time of the full prompt pass, for comparison.
     r, full = timed_post(srv, "/v1/completions", {"prompt": long_prompt(), "max_tokens": 1})

@@ -255,14 +255,14 @@ def test_non_loopback_needs_a_key(tiny_model, workdir):
 
 
 def test_disconnect_stops_generation_and_queue(start_server, tiny_model):
-    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_MAX_QUEUE": "0"})
+    srv = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_PARALLEL": "1", "BITNET_MAX_QUEUE": "0"})
     srv.wait_ready()
     long_req = {"prompt": "Tell me a long story", "max_tokens": 3000, "temperature": 0.8, "stream": True, "stop": []}
     r = post(srv, "/v1/completions", long_req, stream=True)
     it = r.iter_lines()
     first = next(l for l in it if l)
     assert first.startswith(b"data: ")
-    # While it runs, the queue (0 waiting) is full.
+    # While it runs, the one slot is taken and the queue (0 waiting) is full.
     busy = post(srv, "/v1/completions", {"prompt": "x", "max_tokens": 1})
     assert_error(busy, 429, None, "rate_limit_exceeded")
     assert "retry-after" in busy.headers

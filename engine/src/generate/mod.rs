@@ -198,20 +198,20 @@ impl StopMatcher {
 /// Checks a request against a model: the parameters ([`GenerateParams::validate`]), then the
 /// prompt (non-empty, in the vocabulary, room for `max_tokens` in the context). The one
 /// place that decides whether the engine takes a request.
+/// `n_vocab` and `n_ctx` are the model's ([`Model::check_request`]).
 pub fn check_request(
-    model: &Model,
     prompt: &[u32],
     params: &GenerateParams,
+    n_vocab: usize,
+    n_ctx: usize,
 ) -> Result<(), EngineError> {
     params.validate()?;
     if prompt.is_empty() {
         return Err(EngineError::EmptyPrompt);
     }
-    let n_vocab = model.n_vocab();
     if let Some(&id) = prompt.iter().find(|&&t| t as usize >= n_vocab) {
         return Err(EngineError::TokenOutOfRange { id, n_vocab });
     }
-    let n_ctx = model.n_ctx();
     if prompt.len().saturating_add(params.max_tokens) > n_ctx {
         return Err(EngineError::ContextOverflow {
             prompt: prompt.len(),
@@ -398,7 +398,7 @@ pub(crate) fn generate(
     interrupt: &Interrupt,
     on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
 ) -> Result<GenerateOutput, EngineError> {
-    check_request(model, prompt, params)?;
+    model.check_request(prompt, params)?;
     let mut seq = Sequence::new(
         model,
         prompt.to_vec(),

@@ -85,7 +85,11 @@ impl PrefixCache {
             !covered
         });
         // Nothing to add when a kept entry already holds all of these tokens.
-        if let Some(e) = self.entries.iter_mut().find(|e| e.tokens.starts_with(tokens)) {
+        if let Some(e) = self
+            .entries
+            .iter_mut()
+            .find(|e| e.tokens.starts_with(tokens))
+        {
             self.clock += 1;
             e.last_used = self.clock;
             return;

@@ -134,6 +134,8 @@ struct Job {
     params: GenerateParams,
     interrupt: Interrupt,
     sink: Box<dyn EventSink>,
+    /// The submitter's span (the HTTP request's), for the engine's logs about it.
+    span: tracing::Span,
 }
 
 /// The engine thread's handle. Dropping it cancels what runs and ends the thread.
@@ -192,7 +194,7 @@ impl Scheduler {
         &self.config
     }
 
-    /// Checks the request ([`super::check_request`]) and queues it; its events go to `sink`.
+    /// Checks the request ([`Model::check_request`]) and queues it; its events go to `sink`.
     /// An error here means nothing was queued and `sink` sees nothing.
     pub fn submit(
         &self,
@@ -201,7 +203,7 @@ impl Scheduler {
         interrupt: Interrupt,
         sink: Box<dyn EventSink>,
     ) -> Result<(), EngineError> {
-        super::check_request(&self.model, &prompt, &params)?;
+        self.model.check_request(&prompt, &params)?;
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let tx = jobs.as_ref().ok_or(EngineError::Stopped)?;
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
@@ -210,6 +212,7 @@ impl Scheduler {
             params,
             interrupt,
             sink,
+            span: tracing::Span::current(),
         })
         .map_err(|_| {
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -261,10 +264,7 @@ impl Scheduler {
 impl Drop for Scheduler {
     fn drop(&mut self) {
         // Closing the channel ends the thread once it has cancelled what runs.
-        self.jobs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -275,6 +275,7 @@ impl Drop for Scheduler {
 struct Running {
     seq: Sequence,
     sink: Box<dyn EventSink>,
+    span: tracing::Span,
     /// Events the sink had no room for, in order.
     pending: VecDeque<Event>,
     /// Since when the sink has been full.
@@ -417,6 +418,7 @@ impl Worker {
             self.running.push(Running {
                 seq,
                 sink: job.sink,
+                span: job.span,
                 pending: VecDeque::new(),
                 stalled_since: None,
             });
@@ -434,10 +436,12 @@ impl Worker {
             if !r.flush() {
                 r.seq.stop(StopReason::Cancelled);
             } else if r.stalled_since.is_some_and(|t| t.elapsed() >= stall) {
-                tracing::warn!(
-                    stall_s = stall.as_secs_f64(),
-                    "client stopped reading the stream; cancelling its generation"
-                );
+                r.span.in_scope(|| {
+                    tracing::warn!(
+                        stall_s = stall.as_secs_f64(),
+                        "client stopped reading the stream; cancelling its generation"
+                    )
+                });
                 r.seq.stop(StopReason::Cancelled);
                 r.pending.clear();
             }
@@ -454,6 +458,19 @@ impl Worker {
                 r.emit(e);
             }
             let output = r.seq.output();
+            r.span.in_scope(|| match output.stop_reason {
+                StopReason::Cancelled => tracing::info!(
+                    completion_tokens = output.completion_tokens,
+                    prompt_ms = output.prompt_ms,
+                    "client gone; generation stopped"
+                ),
+                StopReason::Deadline => tracing::warn!(
+                    completion_tokens = output.completion_tokens,
+                    prompt_ms = output.prompt_ms,
+                    "generation deadline reached; response cut short"
+                ),
+                _ => {}
+            });
             r.pending.push_back(Event::Done(Ok(output)));
             let tokens = r.seq.cached_tokens().to_vec();
             let cache = std::mem::replace(&mut r.seq.cache, self.model.new_cache(0));
@@ -464,7 +481,9 @@ impl Worker {
         self.publish();
         // Finished sequences whose last events wait for room: no slot, no cache.
         self.draining.retain_mut(|r| {
-            r.flush() && !r.pending.is_empty() && r.stalled_since.is_none_or(|t| t.elapsed() < stall)
+            r.flush()
+                && !r.pending.is_empty()
+                && r.stalled_since.is_none_or(|t| t.elapsed() < stall)
         });
     }
 
@@ -530,7 +549,9 @@ impl Worker {
                     .map(|s| s.to_string())
                     .or_else(|| p.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "unknown panic".into());
-                Err(EngineError::InvalidModel(format!("forward pass panicked: {msg}")))
+                Err(EngineError::InvalidModel(format!(
+                    "forward pass panicked: {msg}"
+                )))
             })
         };
         let c = &self.counters;

@@ -450,8 +450,15 @@ impl KvCache {
     #[cfg(test)]
     pub(crate) fn same_positions(&self, other: &KvCache, n: usize) -> bool {
         let len = n * self.kv_dim;
-        self.k.iter().zip(&other.k).all(|(a, b)| a[..len] == b[..len])
-            && self.v.iter().zip(&other.v).all(|(a, b)| a[..len] == b[..len])
+        self.k
+            .iter()
+            .zip(&other.k)
+            .all(|(a, b)| a[..len] == b[..len])
+            && self
+                .v
+                .iter()
+                .zip(&other.v)
+                .all(|(a, b)| a[..len] == b[..len])
     }
 }
 
@@ -605,7 +612,11 @@ impl BitNet {
             "tokens must fit their caches"
         );
         let wanted = batch.iter().filter(|e| e.logits).count();
-        assert_eq!(logits.len(), wanted * c.n_vocab, "one logits row per entry that wants one");
+        assert_eq!(
+            logits.len(),
+            wanted * c.n_vocab,
+            "one logits row per entry that wants one"
+        );
         sc.rows.clear();
         for (i, e) in batch.iter().enumerate() {
             sc.rows
@@ -706,7 +717,12 @@ impl BitNet {
             e.cache.pos += e.tokens.len();
             if e.logits {
                 let last = &sc.x[(r_end - 1) * d..r_end * d];
-                rmsnorm(last, &self.output_norm, c.eps, &mut sc.last[j * d..(j + 1) * d]);
+                rmsnorm(
+                    last,
+                    &self.output_norm,
+                    c.eps,
+                    &mut sc.last[j * d..(j + 1) * d],
+                );
                 j += 1;
             }
         }

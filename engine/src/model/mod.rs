@@ -181,6 +181,16 @@ impl Model {
         Session::new(&self.net.config, capacity.min(self.n_ctx()))
     }
 
+    /// Whether the engine takes this request: [`crate::generate::check_request`] with this
+    /// model's vocabulary and context.
+    pub fn check_request(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+    ) -> Result<(), EngineError> {
+        crate::generate::check_request(prompt, params, self.n_vocab(), self.n_ctx())
+    }
+
     /// An empty KV cache for up to `capacity` tokens (at most the context length).
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         KvCache::new(&self.net.config, capacity.min(self.n_ctx()))

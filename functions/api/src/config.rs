@@ -112,6 +112,20 @@ pub struct ApiConfig {
     /// up to this (`BITNET_LOAD_RETRY_MAX_SECS`, 600). A file that failed verification waits
     /// the whole cap at once.
     pub load_retry_max: Duration,
+    /// Sequences generating at once, batched into one forward pass per token
+    /// (`BITNET_PARALLEL`; default 4, Lambda 1: one request per sandbox). More requests wait
+    /// (up to `max_queue`).
+    pub parallel: usize,
+    /// Prompt tokens read per step while other sequences generate: the most a long prompt
+    /// adds to their time between tokens (`BITNET_PREFILL_CHUNK`, default 32).
+    pub prefill_chunk: usize,
+    /// KV cache of the running sequences together, in MiB (`BITNET_KV_BUDGET_MB`); a
+    /// request that does not fit waits. Default: three quarters of the memory left once the
+    /// model is loaded (cgroup-aware), less the prefix cache.
+    pub kv_budget_mb: Option<usize>,
+    /// Finished sequences' KV kept for requests that start the same way, in MiB
+    /// (`BITNET_PREFIX_CACHE_MB`; 0 turns it off). Default: a quarter of the KV budget.
+    pub prefix_cache_mb: Option<usize>,
     pub http: HttpLimits,
 }
 
@@ -133,6 +147,10 @@ impl Default for ApiConfig {
             generation_timeout: Some(Duration::from_secs(600)),
             cors_origins: Vec::new(),
             load_retry_max: Duration::from_secs(600),
+            parallel: 4,
+            prefill_chunk: 32,
+            kv_budget_mb: None,
+            prefix_cache_mb: None,
             http: HttpLimits::default(),
         }
     }
@@ -153,6 +171,8 @@ impl ApiConfig {
                 max_queue: 1,
                 // Each invocation carries its own deadline (see `RequestDeadline`).
                 generation_timeout: None,
+                // One request per sandbox: nothing to batch with.
+                parallel: 1,
                 ..d
             },
             FrontDoor::Azure => Self {
@@ -227,6 +247,19 @@ impl ApiConfig {
                 })
                 .unwrap_or(d.cors_origins),
             load_retry_max: positive_secs("BITNET_LOAD_RETRY_MAX_SECS", d.load_retry_max),
+            parallel: env
+                .parse::<usize>("BITNET_PARALLEL")
+                .filter(|&n| (1..=MAX_PARALLEL).contains(&n))
+                .unwrap_or(d.parallel),
+            prefill_chunk: env
+                .parse::<usize>("BITNET_PREFILL_CHUNK")
+                .filter(|&n| n > 0)
+                .unwrap_or(d.prefill_chunk),
+            kv_budget_mb: env
+                .parse::<usize>("BITNET_KV_BUDGET_MB")
+                .filter(|&n| n > 0)
+                .or(d.kv_budget_mb),
+            prefix_cache_mb: env.parse("BITNET_PREFIX_CACHE_MB").or(d.prefix_cache_mb),
             http: HttpLimits {
                 header_timeout: positive_secs("BITNET_HEADER_TIMEOUT_SECS", d.http.header_timeout),
                 body_timeout: positive_secs("BITNET_BODY_TIMEOUT_SECS", d.http.body_timeout),
@@ -259,6 +292,40 @@ impl ApiConfig {
                 ""
             }
         ))
+    }
+}
+
+/// Most sequences one process batches (`BITNET_PARALLEL` above this is ignored).
+pub const MAX_PARALLEL: usize = 64;
+
+impl ApiConfig {
+    /// The scheduler's settings once the model is loaded: budgets from the configuration, or
+    /// from `memory_available` (bytes this process may still use, cgroup-aware; `None` when
+    /// unknown) less what the model itself keeps resident (`model_bytes`).
+    pub fn scheduler_config(
+        &self,
+        memory_available: Option<u64>,
+        model_bytes: u64,
+    ) -> bitnet_engine::SchedulerConfig {
+        const MIB: usize = 1 << 20;
+        let derived = memory_available
+            .map(|m| (m.saturating_sub(model_bytes) / 4 * 3) as usize)
+            .unwrap_or(4096 * MIB);
+        let prefix = self
+            .prefix_cache_mb
+            .map(|mb| mb.saturating_mul(MIB))
+            .unwrap_or(derived / 4);
+        let kv = self
+            .kv_budget_mb
+            .map(|mb| mb.saturating_mul(MIB))
+            .unwrap_or(derived.saturating_sub(prefix));
+        bitnet_engine::SchedulerConfig {
+            parallel: self.parallel,
+            prefill_chunk: self.prefill_chunk,
+            kv_budget_bytes: kv,
+            prefix_cache_bytes: prefix,
+            stall: self.stream_stall,
+        }
     }
 }
 
@@ -344,6 +411,42 @@ mod tests {
         );
         assert_eq!(tuned.http.max_connections, 256);
         assert_eq!(tuned.load_options().max_context, Some(4096));
+    }
+
+    #[test]
+    fn batching_settings_and_memory_budgets() {
+        assert_eq!(from(FrontDoor::Lambda, &[]).parallel, 1);
+        assert_eq!(from(FrontDoor::Serve, &[]).parallel, 4);
+        let c = from(
+            FrontDoor::Azure,
+            &[("BITNET_PARALLEL", "8"), ("BITNET_PREFILL_CHUNK", "16")],
+        );
+        assert_eq!((c.parallel, c.prefill_chunk), (8, 16));
+        // Out of range: the default.
+        assert_eq!(
+            from(FrontDoor::Serve, &[("BITNET_PARALLEL", "0")]).parallel,
+            4
+        );
+        assert_eq!(
+            from(FrontDoor::Serve, &[("BITNET_PARALLEL", "100000")]).parallel,
+            4
+        );
+        // From memory: 4 GiB available, a 1 GiB model: 2.25 GiB, a quarter for prefixes.
+        let gib = 1u64 << 30;
+        let s = from(FrontDoor::Azure, &[]).scheduler_config(Some(4 * gib), gib);
+        assert_eq!(s.prefix_cache_bytes as u64, 9 * gib / 16);
+        assert_eq!(s.kv_budget_bytes as u64, 27 * gib / 16);
+        assert_eq!(s.stall, Duration::from_secs(5));
+        // Explicit budgets win; 0 turns the prefix cache off.
+        let s = from(
+            FrontDoor::Serve,
+            &[
+                ("BITNET_KV_BUDGET_MB", "512"),
+                ("BITNET_PREFIX_CACHE_MB", "0"),
+            ],
+        )
+        .scheduler_config(Some(4 * gib), gib);
+        assert_eq!((s.kv_budget_bytes, s.prefix_cache_bytes), (512 << 20, 0));
     }
 
     #[test]

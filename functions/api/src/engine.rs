@@ -3,16 +3,18 @@
 //! the router's tests use fakes.
 
 use std::future::Future;
-use std::ops::ControlFlow;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bitnet_engine::{
-    ChatMessage, EngineError, GenerateOutput, GenerateParams, Interrupt, LoadOptions, Model, Piece,
+    ChatMessage, EngineError, EventSink, GenerateParams, Interrupt, Model, Scheduler,
+    SchedulerStats,
 };
 use model_store::ModelStatus;
 
-/// A loaded model the API can generate with. `generate` blocks: call it off the async runtime.
+use crate::config::ApiConfig;
+
+/// A loaded model the API can generate with: the engine's scheduler in production.
 pub trait Engine: Send + Sync + 'static {
     fn n_ctx(&self) -> usize;
     fn n_vocab(&self) -> usize;
@@ -20,39 +22,46 @@ pub trait Engine: Send + Sync + 'static {
     fn kv_bytes_per_token(&self) -> usize;
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32>;
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32>;
-    fn generate(
+    /// Checks the request and queues it; its events go to `sink`. Never blocks. An error
+    /// means the request was refused and `sink` sees nothing.
+    fn submit(
         &self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        interrupt: &Interrupt,
-        on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
-    ) -> Result<GenerateOutput, EngineError>;
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        interrupt: Interrupt,
+        sink: Box<dyn EventSink>,
+    ) -> Result<(), EngineError>;
+    /// The scheduler's counters (`/metrics`).
+    fn stats(&self) -> SchedulerStats;
 }
 
-impl Engine for Model {
+impl Engine for Scheduler {
     fn n_ctx(&self) -> usize {
-        Model::n_ctx(self)
+        self.model().n_ctx()
     }
     fn n_vocab(&self) -> usize {
-        Model::n_vocab(self)
+        self.model().n_vocab()
     }
     fn kv_bytes_per_token(&self) -> usize {
-        Model::kv_bytes_per_token(self)
+        self.model().kv_bytes_per_token()
     }
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
-        self.tokenizer().encode(text, add_bos)
+        self.model().tokenizer().encode(text, add_bos)
     }
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
-        self.tokenizer().encode_chat(messages)
+        self.model().tokenizer().encode_chat(messages)
     }
-    fn generate(
+    fn submit(
         &self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        interrupt: &Interrupt,
-        on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
-    ) -> Result<GenerateOutput, EngineError> {
-        Model::generate(self, prompt, params, interrupt, on_piece)
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        interrupt: Interrupt,
+        sink: Box<dyn EventSink>,
+    ) -> Result<(), EngineError> {
+        Scheduler::submit(self, prompt, params, interrupt, sink)
+    }
+    fn stats(&self) -> SchedulerStats {
+        Scheduler::stats(self)
     }
 }
 
@@ -80,11 +89,21 @@ pub trait ModelSource: Send + Sync + 'static {
 /// Builds an engine from a mapped model file. Blocking: called on a blocking thread.
 pub type Loader = Arc<dyn Fn(Arc<memmap2::Mmap>) -> Result<Arc<dyn Engine>, String> + Send + Sync>;
 
-/// The real loader: `bitnet_engine::Model::from_mmap`.
-pub fn engine_loader(opts: LoadOptions) -> Loader {
+/// The real loader: `bitnet_engine::Model::from_mmap`, then the scheduler sized from the
+/// configuration and the memory left once the model is in.
+pub fn engine_loader(config: &ApiConfig) -> Loader {
+    let config = config.clone();
     Arc::new(move |map| {
-        Model::from_mmap(map, &opts)
-            .map(|m| Arc::new(m) as Arc<dyn Engine>)
-            .map_err(|e| e.to_string())
+        let model_bytes = map.len() as u64;
+        let model = Model::from_mmap(map, &config.load_options()).map_err(|e| e.to_string())?;
+        let sched = config.scheduler_config(model_store::memory_available(), model_bytes);
+        tracing::info!(
+            parallel = sched.parallel,
+            prefill_chunk = sched.prefill_chunk,
+            kv_budget_mb = sched.kv_budget_bytes >> 20,
+            prefix_cache_mb = sched.prefix_cache_bytes >> 20,
+            "scheduler ready"
+        );
+        Ok(Arc::new(Scheduler::new(Arc::new(model), sched)) as Arc<dyn Engine>)
     })
 }

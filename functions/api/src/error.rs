@@ -136,16 +136,27 @@ impl ApiError {
         .with_code("unsupported_media_type")
     }
 
-    pub fn queue_full(waiting: usize) -> Self {
+    pub fn queue_full(running: usize, waiting: usize) -> Self {
         let mut e = Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limit_error",
             format!(
-                "The server is busy: one generation is running and {waiting} are waiting. Retry shortly."
+                "The server is busy: {running} generations are running and {waiting} are waiting. Retry shortly."
             ),
         )
         .with_code("rate_limit_exceeded");
         e.retry_after = Some(1);
+        e
+    }
+
+    /// 503 with `Retry-After`.
+    pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            message,
+        );
+        e.retry_after = Some(retry_after);
         e
     }
 

@@ -1,112 +1,32 @@
-//! One generation request from parsed request to response: tokenise, check the context, take
-//! the engine, run it on a blocking thread, and answer in one JSON body or as SSE chunks.
+//! One generation request from parsed request to response: tokenise, submit to the engine's
+//! scheduler (which validates it, runs it batched with the others, and owns its stops and
+//! limits), and answer in one JSON body or as SSE chunks from the one channel of its events.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::body::Body;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use bitnet_engine::{GenerateOutput, GenerateParams, Interrupt, StopReason};
-use bytes::Bytes;
+use bitnet_engine::{
+    EngineError, Event, EventSink, GenerateOutput, GenerateParams, Interrupt, SinkError, StopReason,
+};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::openai::{CompletionRequest, Endpoint, PromptInput};
-use crate::state::{Admission, AppState, panic_message, payload_message};
+use crate::state::{Admission, AppState, panic_message};
 
-/// Streamed output passes through this buffer so that text which may be the start of a stop
-/// sequence is held back until it is known not to be one.
-#[derive(Debug, Default)]
-pub struct StopBuffer {
-    stops: Vec<String>,
-    pending: String,
-    /// Everything released so far.
-    pub emitted: String,
-    pub hit: bool,
-}
-
-impl StopBuffer {
-    pub fn new(stops: Vec<String>) -> Self {
-        Self {
-            stops,
-            ..Self::default()
-        }
-    }
-
-    /// Adds text; returns what can be released now. After a stop sequence is found, `hit` is set
-    /// and the text before it is the last release.
-    pub fn push(&mut self, text: &str) -> String {
-        if self.hit {
-            return String::new();
-        }
-        self.pending.push_str(text);
-        if let Some(pos) = self
-            .stops
-            .iter()
-            .filter_map(|s| self.pending.find(s.as_str()))
-            .min()
-        {
-            self.hit = true;
-            let out = self.pending[..pos].to_string();
-            self.pending.clear();
-            self.emitted.push_str(&out);
-            return out;
-        }
-        // Hold back the longest suffix of `pending` that is a prefix of some stop sequence.
-        let mut keep = 0;
-        for s in &self.stops {
-            for (i, _) in self.pending.char_indices() {
-                let tail = &self.pending[i..];
-                if tail.len() <= keep {
-                    break;
-                }
-                if s.starts_with(tail) {
-                    keep = tail.len();
-                    break;
-                }
-            }
-        }
-        let cut = self.pending.len() - keep;
-        let out = self.pending[..cut].to_string();
-        self.pending.drain(..cut);
-        self.emitted.push_str(&out);
-        out
-    }
-
-    /// The full text once generation has ended, and the part of it not yet released.
-    /// `engine_text` is the engine's own final text (it may have cut a stop sequence itself).
-    pub fn finish(&mut self, engine_text: &str) -> (String, String) {
-        if self.hit {
-            return (self.emitted.clone(), String::new());
-        }
-        let full = if engine_text.starts_with(&self.emitted) {
-            engine_text.to_string()
-        } else {
-            format!("{}{}", self.emitted, self.pending)
-        };
-        let rest = full[self.emitted.len()..].to_string();
-        self.pending.clear();
-        self.emitted = full.clone();
-        (full, rest)
-    }
-}
-
-/// Cancels the generation when dropped before [`CancelOnDrop::disarm`]: the non-streaming
-/// handler's future is dropped when the client disconnects, the streaming forwarder's task
-/// ends when the response body is dropped; the engine sees the interrupt at the next layer
-/// or token.
+/// Cancels the generation when dropped: the non-streaming handler's future is dropped when
+/// the client disconnects, the streaming body when the connection closes; the engine sees
+/// the interrupt at its next step (and the closed channel too). Harmless once the
+/// generation has ended.
 struct CancelOnDrop(Option<Interrupt>);
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -116,61 +36,48 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// How often a stream with nothing to send (a long prompt being read) sends an SSE comment:
-/// proxies keep the connection, and a client that left is noticed by the failed write.
+/// How often a stream with nothing to send (a long prompt being read, a queue) sends an SSE
+/// comment: proxies keep the connection, and a client that left is noticed by the failed write.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
-/// What the blocking generation task reports.
-enum Event {
-    Delta(String),
-    /// `text` is the whole completion; `rest` its part not yet sent as a delta.
-    Done {
-        output: GenerateOutput,
-        text: String,
-        rest: String,
-        hit_stop: bool,
-    },
-    Failed(ApiError),
+/// Events a generation may have ready before its client takes them; when full the engine
+/// holds the sequence back, and cancels it after `BITNET_STREAM_STALL_SECS`.
+const EVENT_BUFFER: usize = 64;
+
+/// The engine's side of a request's one channel.
+struct ChannelSink {
+    tx: mpsc::Sender<Event>,
+    _place: SharedAdmission,
+}
+
+/// A request's place, given back as soon as either side lets go: the response (done, or the
+/// client left) or the engine (done, or it cancelled a client that stopped reading while the
+/// front door still holds the response, as a Lambda runtime whose caller left can).
+#[derive(Clone)]
+struct SharedAdmission(Arc<std::sync::Mutex<Option<Admission>>>);
+
+impl Drop for SharedAdmission {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+impl EventSink for ChannelSink {
+    fn try_send(&mut self, event: Event) -> Result<(), SinkError> {
+        self.tx.try_send(event).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(ev) => SinkError::Full(ev),
+            mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
+        })
+    }
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 pub struct Prepared {
     engine: Arc<dyn Engine>,
     prompt: Vec<u32>,
     params: GenerateParams,
-}
-
-/// Sends to the client's channel, waiting at most `stall` for room: a client that has read
-/// nothing for that long is treated as gone. Runs on the generation thread.
-struct TimedSender {
-    tx: mpsc::Sender<Event>,
-    stall: Duration,
-    runtime: tokio::runtime::Handle,
-}
-
-impl TimedSender {
-    /// False when the client is gone or stalled.
-    fn send(&self, ev: Event) -> bool {
-        match self.tx.try_send(ev) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-            Err(mpsc::error::TrySendError::Full(ev)) => {
-                let sent = self
-                    .runtime
-                    .block_on(tokio::time::timeout(self.stall, self.tx.send(ev)));
-                match sent {
-                    Ok(Ok(())) => true,
-                    Ok(Err(_)) => false,
-                    Err(_) => {
-                        tracing::warn!(
-                            stall_s = self.stall.as_secs_f64(),
-                            "client stopped reading the stream; cancelling its generation"
-                        );
-                        false
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// Tokenises and checks the request against the model; errors are the client's (400).
@@ -185,104 +92,31 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
     })
     .await
     .map_err(|e| ApiError::internal(format!("tokenizer failed: {}", panic_message(e))))?;
-    if prompt.is_empty() {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            "The prompt is empty: at least one token is needed.",
-        ));
-    }
-    let n_vocab = engine.n_vocab();
-    if let Some(&id) = prompt.iter().find(|&&id| id as usize >= n_vocab) {
-        return Err(ApiError::invalid_param(
-            "prompt",
-            format!("Token id {id} is outside the vocabulary of {n_vocab}."),
-        ));
-    }
-    let n_ctx = engine.n_ctx();
-    let overflow = |max_tokens: usize| {
-        let e = ApiError::context_length_exceeded(prompt.len(), max_tokens, n_ctx);
-        match req.input {
-            PromptInput::Chat(_) => e.with_param("messages"),
-            _ => e.with_param("prompt"),
-        }
-    };
-    let max_tokens = match req.max_tokens {
-        Some(m) => {
-            if prompt.len().saturating_add(m) > n_ctx {
-                return Err(overflow(m));
-            }
-            m
-        }
-        None => {
-            if prompt.len() >= n_ctx {
-                return Err(overflow(1));
-            }
-            state.config().default_max_tokens.min(n_ctx - prompt.len())
-        }
-    };
-    // Validated when the request was parsed (`openai::parse_request`), and again by the engine.
-    let params = req.generate_params(max_tokens);
+    // Without `max_tokens`: the default, as far as the context has room (the engine says
+    // when it has none).
+    let room = engine.n_ctx().saturating_sub(prompt.len()).max(1);
+    let max_tokens = req
+        .max_tokens
+        .unwrap_or_else(|| state.config().default_max_tokens.min(room));
     Ok(Prepared {
         engine,
         prompt,
-        params,
+        params: req.generate_params(max_tokens),
     })
 }
 
-/// Runs on a blocking thread: generation with streaming into `tx` (a failed or stalled send
-/// means the client is gone) and the interrupt checked between layers and at every token.
-fn run_blocking(
-    p: Prepared,
-    stops: Vec<String>,
-    tx: Option<&TimedSender>,
-    interrupt: &Interrupt,
-) -> Event {
-    let mut buf = StopBuffer::new(stops);
-    let mut client_gone = false;
-    let result = p
-        .engine
-        .generate(&p.prompt, &p.params, interrupt, &mut |piece| {
-            let out = buf.push(piece.text);
-            if let Some(tx) = tx
-                && !out.is_empty()
-                && !tx.send(Event::Delta(out))
-            {
-                client_gone = true;
-                return ControlFlow::Break(());
-            }
-            if buf.hit {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        });
-    match result {
-        Ok(mut output) => {
-            let (text, rest) = buf.finish(&output.text);
-            if client_gone {
-                output.stop_reason = StopReason::Cancelled;
-            }
-            match output.stop_reason {
-                StopReason::Cancelled => tracing::info!(
-                    completion_tokens = output.completion_tokens,
-                    prompt_ms = output.prompt_ms,
-                    "client gone; generation stopped"
-                ),
-                StopReason::Deadline => tracing::warn!(
-                    completion_tokens = output.completion_tokens,
-                    prompt_ms = output.prompt_ms,
-                    "generation deadline reached; response cut short"
-                ),
-                _ => {}
-            }
-            Event::Done {
-                output,
-                text,
-                rest,
-                hit_stop: buf.hit,
-            }
-        }
-        Err(e) => Event::Failed(e.into()),
+/// An engine's refusal as the client's error, naming the field that holds the prompt.
+fn refused(e: EngineError, input: &PromptInput) -> ApiError {
+    let prompt_field = match input {
+        PromptInput::Chat(_) => "messages",
+        _ => "prompt",
+    };
+    match e {
+        EngineError::ContextOverflow { .. }
+        | EngineError::EmptyPrompt
+        | EngineError::TokenOutOfRange { .. } => ApiError::from(e).with_param(prompt_field),
+        EngineError::Stopped => ApiError::unavailable("The server is shutting down.", 5),
+        e => e.into(),
     }
 }
 
@@ -293,10 +127,7 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-fn finish_reason(output: &GenerateOutput, hit_stop: bool) -> &'static str {
-    if hit_stop {
-        return "stop";
-    }
+fn finish_reason(output: &GenerateOutput) -> &'static str {
     match output.stop_reason {
         // Cut short by the deadline: like max_tokens, the text is incomplete.
         StopReason::Length | StopReason::Deadline => "length",
@@ -309,6 +140,7 @@ pub fn usage(o: &GenerateOutput) -> Value {
         "prompt_tokens": o.prompt_tokens,
         "completion_tokens": o.completion_tokens,
         "total_tokens": o.prompt_tokens + o.completion_tokens,
+        "prompt_tokens_details": { "cached_tokens": o.cached_prompt_tokens },
     })
 }
 
@@ -322,7 +154,8 @@ pub fn timings(o: &GenerateOutput) -> Value {
         }
     };
     json!({
-        "prompt_n": o.prompt_tokens,
+        "cache_n": o.cached_prompt_tokens,
+        "prompt_n": o.prompt_tokens - o.cached_prompt_tokens,
         "prompt_ms": o.prompt_ms,
         "prompt_per_token_ms": if o.prompt_tokens > 0 { o.prompt_ms / o.prompt_tokens as f64 } else { 0.0 },
         "prompt_per_second": per_s(o.prompt_tokens, o.prompt_ms),
@@ -355,8 +188,9 @@ impl Shape {
         }
     }
 
-    fn full(&self, text: &str, output: &GenerateOutput, hit_stop: bool) -> Value {
-        let reason = finish_reason(output, hit_stop);
+    fn full(&self, output: &GenerateOutput) -> Value {
+        let text = &output.text;
+        let reason = finish_reason(output);
         let choice = match self.endpoint {
             Endpoint::Chat => json!({
                 "index": 0,
@@ -415,12 +249,6 @@ impl Shape {
     }
 }
 
-fn sse(v: &Value) -> Bytes {
-    Bytes::from(format!("data: {v}\n\n"))
-}
-
-pub const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
-
 /// When a generation that starts now must end: the configured limit, or the front door's
 /// deadline for this request, whichever comes first.
 fn generation_deadline(state: &AppState, request: Option<Instant>) -> Option<Instant> {
@@ -435,7 +263,7 @@ fn generation_deadline(state: &AppState, request: Option<Instant>) -> Option<Ins
 }
 
 /// Serves one completion request (both endpoints, both modes). `admission` is the request's
-/// place in the queue, taken before its body was read.
+/// place, taken before its body was read and held while its response is being produced.
 pub async fn complete(
     state: AppState,
     endpoint: Endpoint,
@@ -444,6 +272,7 @@ pub async fn complete(
     admission: Admission,
     request_deadline: Option<Instant>,
 ) -> Result<Response, ApiError> {
+    let received = Instant::now();
     let deadline = generation_deadline(&state, request_deadline);
     if let Some(m) = &req.model
         && !m.is_empty()
@@ -452,152 +281,156 @@ pub async fn complete(
         return Err(ApiError::model_not_found(m));
     }
     let prepared = prepare(&state, &req).await?;
-    let permit = admission.until_engine_free().await?;
     let shape = Shape::new(endpoint, state.config().model_id.clone(), &request_id);
-    let stops = req.stop.clone();
     let interrupt = Interrupt::new().with_deadline(deadline);
-
-    if !req.stream {
-        let guard = CancelOnDrop(Some(interrupt.clone()));
-        let span = tracing::Span::current();
-        let task = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let _span = span.entered();
-            run_blocking(prepared, stops, None, &interrupt)
-        });
-        let event = task
-            .await
-            .map_err(|e| ApiError::internal(format!("generation failed: {}", panic_message(e))))?;
-        guard.disarm();
-        return match event {
-            Event::Done {
-                output,
-                text,
-                hit_stop,
-                ..
-            } => {
-                log_done(&output);
-                Ok(axum::Json(shape.full(&text, &output, hit_stop)).into_response())
-            }
-            Event::Failed(e) => Err(e),
-            Event::Delta(_) => Err(ApiError::internal("unexpected generation event")),
-        };
-    }
-
-    // Streaming: a small bounded channel between the generation thread and the response body.
-    let (tx, mut rx) = mpsc::channel::<Event>(8);
-    let sender = TimedSender {
+    let (tx, rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let place = SharedAdmission(Arc::new(std::sync::Mutex::new(Some(admission))));
+    let sink = ChannelSink {
         tx,
-        stall: state.config().stream_stall,
-        runtime: tokio::runtime::Handle::current(),
+        _place: place.clone(),
     };
-    let span = tracing::Span::current();
-    let gen_span = span.clone();
-    let gen_interrupt = interrupt.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let _span = gen_span.entered();
-        let event = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_blocking(prepared, stops, Some(&sender), &gen_interrupt)
-        }))
-        .unwrap_or_else(|p| {
-            let msg = payload_message(p.as_ref());
-            Event::Failed(ApiError::internal(format!("generation failed: {msg}")))
-        });
-        sender.send(event);
-    });
+    prepared
+        .engine
+        .submit(
+            prepared.prompt,
+            prepared.params,
+            interrupt.clone(),
+            Box::new(sink),
+        )
+        .map_err(|e| refused(e, &req.input))?;
+    let events = EventStream {
+        rx,
+        metrics: state.metrics().clone(),
+        received,
+        last_token: None,
+        _cancel: CancelOnDrop(Some(interrupt)),
+        _place: place,
+    };
+    if req.stream {
+        Ok(stream_response(events, shape, req.include_usage))
+    } else {
+        full_response(events, shape).await
+    }
+}
 
-    let include_usage = req.include_usage;
-    let (btx, brx) = mpsc::channel::<Bytes>(4);
-    tokio::spawn(tracing::Instrument::instrument(
-        async move {
-            // Each send fails once the response body is dropped (the client left): stop then,
-            // which cancels the generation (between layers of a long prompt too) and drops
-            // `rx`, so the generation thread's next send fails as well.
-            let _cancel = CancelOnDrop(Some(interrupt));
-            macro_rules! emit {
-                ($b:expr) => {
-                    if btx.send($b).await.is_err() {
-                        return;
-                    }
-                };
+/// A request's events as they arrive, timed for the metrics. Dropping it (the response is
+/// done, or the client left) gives the request's place back at once, closes the channel and
+/// cancels the generation; the engine lets go of it at its next step.
+struct EventStream {
+    rx: mpsc::Receiver<Event>,
+    metrics: Arc<Metrics>,
+    received: Instant,
+    last_token: Option<Instant>,
+    _cancel: CancelOnDrop,
+    _place: SharedAdmission,
+}
+
+/// What a request's generation produced, as the response needs it.
+enum Outcome {
+    Text(String),
+    Done(GenerateOutput),
+    Failed(ApiError),
+}
+
+impl EventStream {
+    async fn next(&mut self) -> Outcome {
+        match self.rx.recv().await {
+            Some(Event::Token { text, .. }) => {
+                let now = Instant::now();
+                match self.last_token.replace(now) {
+                    None => self.metrics.time_to_first_token(now - self.received),
+                    Some(prev) => self.metrics.inter_token(now - prev),
+                }
+                Outcome::Text(text)
             }
-            if shape.endpoint == Endpoint::Chat {
-                emit!(sse(&shape.chunk(
-                    Some(shape.delta_choice(Some(""), true, None)),
-                    include_usage
-                )));
+            Some(Event::Done(Ok(output))) => {
+                log_done(&output);
+                self.metrics.finished(&output);
+                Outcome::Done(output)
             }
+            Some(Event::Done(Err(e))) => {
+                tracing::error!(error = %e, "generation failed");
+                Outcome::Failed(ApiError::internal(format!("generation failed: {e}")))
+            }
+            // The engine let go without a result: it cancelled a client that took nothing for
+            // too long, or it stopped.
+            None => Outcome::Failed(ApiError::internal("generation ended without a result")),
+        }
+    }
+}
+
+async fn full_response(mut events: EventStream, shape: Shape) -> Result<Response, ApiError> {
+    loop {
+        match events.next().await {
+            Outcome::Text(_) => {}
+            Outcome::Done(output) => {
+                return Ok(axum::Json(shape.full(&output)).into_response());
+            }
+            Outcome::Failed(e) => return Err(e),
+        }
+    }
+}
+
+/// SSE from the one channel: a role chunk (chat), a chunk per piece of text, the finish
+/// chunk with `timings`, the usage chunk when asked for, `[DONE]`; a failure mid-stream is an
+/// error object then `[DONE]`. Keep-alive comments while nothing comes (a prompt being read).
+fn stream_response(events: EventStream, shape: Shape, include_usage: bool) -> Response {
+    let mut first = VecDeque::new();
+    if shape.endpoint == Endpoint::Chat {
+        first.push_back(data(&shape.chunk(
+            Some(shape.delta_choice(Some(""), true, None)),
+            include_usage,
+        )));
+    }
+    let state = (events, shape, first, false);
+    let stream = futures_util::stream::unfold(
+        state,
+        move |(mut events, shape, mut queue, mut ended)| async move {
             loop {
-                let ev = tokio::select! {
-                    ev = rx.recv() => match ev {
-                        Some(ev) => ev,
-                        None => return,
-                    },
-                    // The server dropped the body (the client closed the connection): stop
-                    // now, a long prompt being read included.
-                    _ = btx.closed() => return,
-                    _ = tokio::time::sleep(SSE_KEEP_ALIVE) => {
-                        emit!(Bytes::from_static(b": keep-alive\n\n"));
-                        continue;
-                    }
-                };
-                match ev {
-                    Event::Delta(text) => {
-                        emit!(sse(&shape.chunk(
-                            Some(shape.delta_choice(Some(&text), false, None)),
-                            include_usage
-                        )));
-                    }
-                    Event::Done {
-                        output,
-                        rest,
-                        hit_stop,
-                        ..
-                    } => {
-                        log_done(&output);
-                        if !rest.is_empty() {
-                            emit!(sse(&shape.chunk(
-                                Some(shape.delta_choice(Some(&rest), false, None)),
-                                include_usage
-                            )));
-                        }
-                        let reason = finish_reason(&output, hit_stop);
+                if let Some(ev) = queue.pop_front() {
+                    return Some((Ok::<_, Infallible>(ev), (events, shape, queue, ended)));
+                }
+                if ended {
+                    return None;
+                }
+                match events.next().await {
+                    Outcome::Text(text) if text.is_empty() => {}
+                    Outcome::Text(text) => queue.push_back(data(&shape.chunk(
+                        Some(shape.delta_choice(Some(&text), false, None)),
+                        include_usage,
+                    ))),
+                    Outcome::Done(output) => {
                         let text = match shape.endpoint {
                             Endpoint::Chat => None,
                             Endpoint::Completions => Some(""),
                         };
                         let mut last = shape.chunk(
-                            Some(shape.delta_choice(text, false, Some(reason))),
+                            Some(shape.delta_choice(text, false, Some(finish_reason(&output)))),
                             include_usage,
                         );
                         last["timings"] = timings(&output);
-                        emit!(sse(&last));
+                        queue.push_back(data(&last));
                         if include_usage {
                             let mut u = shape.chunk(None, false);
                             u["usage"] = usage(&output);
                             u["timings"] = timings(&output);
-                            emit!(sse(&u));
+                            queue.push_back(data(&u));
                         }
-                        emit!(Bytes::from_static(SSE_DONE));
-                        return;
+                        queue.push_back(SseEvent::default().data("[DONE]"));
+                        ended = true;
                     }
-                    Event::Failed(e) => {
-                        tracing::error!(error = %e, "generation failed mid-stream");
-                        emit!(sse(&e.body()));
-                        emit!(Bytes::from_static(SSE_DONE));
-                        return;
+                    Outcome::Failed(e) => {
+                        queue.push_back(data(&e.body()));
+                        queue.push_back(SseEvent::default().data("[DONE]"));
+                        ended = true;
                     }
                 }
             }
         },
-        span,
-    ));
-    let stream = futures_util::stream::unfold(brx, |mut brx| async move {
-        brx.recv().await.map(|b| (Ok::<_, Infallible>(b), brx))
-    });
-    let mut resp = Response::new(Body::from_stream(stream));
-    *resp.status_mut() = StatusCode::OK;
+    );
+    let sse =
+        Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE).text("keep-alive"));
+    let mut resp = sse.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -605,12 +438,17 @@ pub async fn complete(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    resp
+}
+
+fn data(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
 }
 
 fn log_done(o: &GenerateOutput) {
     tracing::info!(
         prompt_tokens = o.prompt_tokens,
+        cached_prompt_tokens = o.cached_prompt_tokens,
         completion_tokens = o.completion_tokens,
         prompt_ms = o.prompt_ms,
         decode_ms = o.decode_ms,

@@ -41,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(root))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
         .nest("/v1", api.clone())
         // Clients configured with a base URL that lacks `/v1` still work.
         .merge(api)
@@ -48,7 +49,10 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(tower::util::option_layer(cors))
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
         .with_state(state)
 }
 
@@ -123,7 +127,7 @@ fn request_id_from(headers: &HeaderMap) -> String {
 }
 
 /// Request id, a span carrying it, one log line per request, `x-request-id` on the answer.
-async fn request_context(mut req: Request, next: Next) -> Response {
+async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let id = request_id_from(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
@@ -132,6 +136,7 @@ async fn request_context(mut req: Request, next: Next) -> Response {
     let t0 = Instant::now();
     let mut resp = next.run(req).instrument(span.clone()).await;
     let status = resp.status().as_u16();
+    state.metrics().request(&path, status);
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     span.in_scope(|| {
         if status >= 500 {
@@ -198,7 +203,7 @@ async fn root(State(state): State<AppState>) -> Response {
         "service": "bitnet",
         "version": env!("CARGO_PKG_VERSION"),
         "model": state.config().model_id,
-        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready"],
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"],
     }))
     .into_response()
 }
@@ -232,6 +237,17 @@ async fn ready(State(state): State<AppState>) -> Response {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry));
     resp
+}
+
+/// Prometheus text: requests, the scheduler's queue and slots, tokens, cache hits, latency
+/// histograms. Behind the API key like the API (scrapers send it as a bearer token).
+async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = state.engine_now().map(|e| e.stats());
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        state.metrics().render(stats),
+    )
+        .into_response()
 }
 
 fn model_object(id: &str) -> serde_json::Value {

@@ -1,5 +1,5 @@
 //! The HTTP API every front door serves: OpenAI-compatible `/v1/chat/completions`,
-//! `/v1/completions` and `/v1/models`, plus `/health` and `/ready`.
+//! `/v1/completions` and `/v1/models`, plus `/health`, `/ready` and `/metrics`.
 //!
 //! Build an [`AppState`] once per process (model source + lazily loaded engine), then serve
 //! [`router`] from whatever front door the process has: a TCP listener ([`serve`]), AWS Lambda
@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod openai;
 pub mod server;
 pub mod state;
@@ -43,7 +44,7 @@ pub fn start(
         tracing::warn!(?front_door, "serving without authentication");
     }
     let source = store::StoreSource::from_env(model_uri);
-    let loader = engine_loader(config.load_options());
+    let loader = engine_loader(&config);
     Ok(AppState::new(config, Arc::new(source), loader))
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use crate::config::ApiConfig;
 use crate::engine::{Engine, FetchError, Loader, ModelSource};
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 
 /// Where the engine is in its life (the one state machine; the model store's file status
 /// fills in the detail while the file is on its way).
@@ -101,41 +102,19 @@ struct Inner {
     source: Arc<dyn ModelSource>,
     loader: Loader,
     phase: watch::Sender<Phase>,
-    /// One permit per request allowed in (running + waiting).
+    /// One permit per request allowed in (generating + waiting): `parallel + max_queue`.
     admission: Arc<Semaphore>,
-    /// One permit: the engine runs one generation at a time.
-    exec: Arc<Semaphore>,
     /// Failed attempts in a row (the back-off's exponent).
     failures: AtomicU32,
+    metrics: Arc<Metrics>,
     started: Instant,
 }
 
-/// A place in the queue, taken before a request's body is read: the work a request may cause
-/// (reading, parsing, tokenizing) is only done for requests that will be served.
+/// A place among the requests let in (generating or waiting), taken before a request's body
+/// is read: the work a request may cause (reading, parsing, tokenizing) is only done for
+/// requests that will be served. Held until the engine is done with the request.
 pub struct Admission {
-    permit: OwnedSemaphorePermit,
-    exec: Arc<Semaphore>,
-}
-
-impl Admission {
-    /// Waits for the engine to be free. Cancel-safe: a client that leaves gives its place back.
-    pub async fn until_engine_free(self) -> Result<GenerationPermit, ApiError> {
-        let exec = self
-            .exec
-            .acquire_owned()
-            .await
-            .map_err(|_| ApiError::internal("generation semaphore closed"))?;
-        Ok(GenerationPermit {
-            _admission: self.permit,
-            _exec: exec,
-        })
-    }
-}
-
-/// Permits a generation holds until it ends (moved into the blocking task).
-pub struct GenerationPermit {
-    _admission: OwnedSemaphorePermit,
-    _exec: OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl AppState {
@@ -145,13 +124,13 @@ impl AppState {
         let preload = config.preload;
         let state = Self {
             inner: Arc::new(Inner {
-                admission: Arc::new(Semaphore::new(config.max_queue + 1)),
-                exec: Arc::new(Semaphore::new(1)),
+                admission: Arc::new(Semaphore::new(config.parallel + config.max_queue)),
                 config,
                 source,
                 loader,
                 phase: watch::channel(Phase::Idle).0,
                 failures: AtomicU32::new(0),
+                metrics: Arc::new(Metrics::new()),
                 started: Instant::now(),
             }),
         };
@@ -163,6 +142,10 @@ impl AppState {
 
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     /// Starts fetching and loading the model in the background unless it is under way, ready,
@@ -256,19 +239,17 @@ impl AppState {
         })
     }
 
-    /// Takes a place in the queue, or 429 when it is full. Call before doing any work for a
-    /// request; then [`Admission::until_engine_free`].
+    /// Takes a place among the requests let in, or 429 when every slot and queue place is
+    /// taken. Call before doing any work for a request.
     pub fn admit(&self) -> Result<Admission, ApiError> {
+        let c = &self.inner.config;
         let permit = self
             .inner
             .admission
             .clone()
             .try_acquire_owned()
-            .map_err(|_| ApiError::queue_full(self.inner.config.max_queue))?;
-        Ok(Admission {
-            permit,
-            exec: self.inner.exec.clone(),
-        })
+            .map_err(|_| ApiError::queue_full(c.parallel, c.max_queue))?;
+        Ok(Admission { _permit: permit })
     }
 
     /// Where the model is: the engine's phase, with the file's status while it is on its way.
@@ -339,9 +320,10 @@ impl AppState {
         self.inner.started.elapsed()
     }
 
-    /// Requests running or waiting.
+    /// Requests generating or waiting.
     pub fn in_flight(&self) -> usize {
-        self.inner.config.max_queue + 1 - self.inner.admission.available_permits()
+        let c = &self.inner.config;
+        c.parallel + c.max_queue - self.inner.admission.available_permits()
     }
 }
 

@@ -1,15 +1,15 @@
 //! Router tests with a fake engine and a fake model source: routing, errors, auth, SSE framing,
 //! queueing, cancellation and health before the model is ready.
 
-use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bitnet_engine::{
-    ChatMessage, EngineError, GenerateOutput, GenerateParams, Interrupt, Piece, StopReason,
+    ChatMessage, EngineError, Event, EventSink, GenerateOutput, GenerateParams, Interrupt,
+    SchedulerStats, SinkError, StopReason,
 };
 use http_body_util::BodyExt;
 use model_store::ModelStatus;
@@ -19,11 +19,13 @@ use tower::ServiceExt;
 use crate::engine::{BoxFuture, Engine, FetchError, Loader, ModelSource};
 use crate::{ApiConfig, AppState, router};
 
-/// Emits `tok0 tok1 ...` (each piece `"tokN "`), one per `delay`.
+/// Emits `tok0 tok1 ...` (each piece `"tokN "`), one per `delay`, on a thread of its own per
+/// request, as the engine's scheduler would; checks requests with the engine's own rules.
 struct FakeEngine {
     delay: Duration,
     cancelled: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
+    last_params: Arc<Mutex<Option<GenerateParams>>>,
 }
 
 impl Engine for FakeEngine {
@@ -49,49 +51,74 @@ impl Engine for FakeEngine {
         }
         v
     }
-    fn generate(
+    fn submit(
         &self,
-        prompt: &[u32],
-        params: &GenerateParams,
-        interrupt: &Interrupt,
-        on_piece: &mut dyn FnMut(Piece<'_>) -> ControlFlow<()>,
-    ) -> Result<GenerateOutput, EngineError> {
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        interrupt: Interrupt,
+        mut sink: Box<dyn EventSink>,
+    ) -> Result<(), EngineError> {
+        bitnet_engine::generate::check_request(&prompt, &params, self.n_vocab(), self.n_ctx())?;
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let mut text = String::new();
-        let mut ids = Vec::new();
-        let mut reason = StopReason::Length;
-        for i in 0..params.max_tokens {
-            std::thread::sleep(self.delay);
-            if let Some(r) = interrupt.check() {
-                reason = r;
-                if r == StopReason::Cancelled {
-                    self.cancelled.store(true, Ordering::SeqCst);
+        *self.last_params.lock().unwrap() = Some(params.clone());
+        let (delay, cancelled) = (self.delay, self.cancelled.clone());
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let mut ids = Vec::new();
+            let mut reason = StopReason::Length;
+            'tokens: for i in 0..params.max_tokens {
+                std::thread::sleep(delay);
+                if let Some(r) = interrupt
+                    .check()
+                    .or(sink.is_closed().then_some(StopReason::Cancelled))
+                {
+                    reason = r;
+                    if r == StopReason::Cancelled {
+                        cancelled.store(true, Ordering::SeqCst);
+                    }
+                    break;
                 }
-                break;
+                let piece = format!("tok{i} ");
+                text.push_str(&piece);
+                ids.push(i as u32);
+                let mut ev = Event::Token {
+                    text: piece,
+                    token_id: i as u32,
+                };
+                loop {
+                    match sink.try_send(ev) {
+                        Ok(()) => break,
+                        Err(SinkError::Full(back)) => {
+                            ev = back;
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(SinkError::Closed) => {
+                            reason = StopReason::Cancelled;
+                            cancelled.store(true, Ordering::SeqCst);
+                            break 'tokens;
+                        }
+                    }
+                }
             }
-            let piece = format!("tok{i} ");
-            text.push_str(&piece);
-            ids.push(i as u32);
-            if on_piece(Piece {
-                text: &piece,
-                token_id: i as u32,
-            })
-            .is_break()
-            {
-                reason = StopReason::Cancelled;
-                self.cancelled.store(true, Ordering::SeqCst);
-                break;
-            }
+            let _ = sink.try_send(Event::Done(Ok(GenerateOutput {
+                text,
+                completion_tokens: ids.len(),
+                token_ids: ids,
+                prompt_tokens: prompt.len(),
+                stop_reason: reason,
+                prompt_ms: 2.0,
+                decode_ms: 10.0,
+                cached_prompt_tokens: 0,
+            })));
+        });
+        Ok(())
+    }
+    fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            slots: 4,
+            generated_tokens: 7,
+            ..Default::default()
         }
-        Ok(GenerateOutput {
-            text,
-            completion_tokens: ids.len(),
-            token_ids: ids,
-            prompt_tokens: prompt.len(),
-            stop_reason: reason,
-            prompt_ms: 2.0,
-            decode_ms: 10.0,
-        })
     }
 }
 
@@ -154,18 +181,21 @@ struct Harness {
     state: AppState,
     cancelled: Arc<AtomicBool>,
     calls: Arc<AtomicUsize>,
+    last_params: Arc<Mutex<Option<GenerateParams>>>,
     fetches: Arc<AtomicUsize>,
 }
 
 fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness {
     let cancelled = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicUsize::new(0));
-    let (c2, k2) = (cancelled.clone(), calls.clone());
+    let last_params = Arc::new(Mutex::new(None));
+    let (c2, k2, p2) = (cancelled.clone(), calls.clone(), last_params.clone());
     let loader: Loader = Arc::new(move |_map| {
         Ok(Arc::new(FakeEngine {
             delay,
             cancelled: c2.clone(),
             calls: k2.clone(),
+            last_params: p2.clone(),
         }) as Arc<dyn Engine>)
     });
     let fetches = Arc::new(AtomicUsize::new(0));
@@ -174,6 +204,7 @@ fn harness_with(mode: SourceMode, delay: Duration, config: ApiConfig) -> Harness
         state,
         cancelled,
         calls,
+        last_params,
         fetches,
     }
 }
@@ -352,7 +383,8 @@ async fn chat_completion_shape() {
 }
 
 #[tokio::test]
-async fn completion_with_stop_string() {
+async fn stop_strings_go_to_the_engine() {
+    // The engine matches stops (tested there); the API passes them on and maps its reason.
     let h = ready_harness(ApiConfig::default()).await;
     let (s, _, body) = call(
         &h.state,
@@ -365,8 +397,13 @@ async fn completion_with_stop_string() {
     assert_eq!(s, StatusCode::OK, "{body}");
     let v = json_of(&body);
     assert_eq!(v["object"], "text_completion");
-    assert_eq!(v["choices"][0]["text"], "tok0 tok1 to");
-    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    let params = h.last_params.lock().unwrap().clone().unwrap();
+    assert_eq!(params.stop_strings, ["k2"]);
+    assert_eq!(params.max_tokens, 10);
+    assert_eq!(
+        params.stop_ids, None,
+        "the model's own end-of-generation ids"
+    );
 }
 
 fn sse_events(body: &str) -> Vec<String> {
@@ -419,9 +456,9 @@ async fn chat_stream_framing_with_usage() {
 }
 
 #[tokio::test]
-async fn completion_stream_without_usage_and_stop() {
+async fn completion_stream_without_usage() {
     let h = ready_harness(ApiConfig::default()).await;
-    let req = r#"{"prompt":"x","max_tokens":10,"stream":true,"stop":"tok3"}"#;
+    let req = r#"{"prompt":"x","max_tokens":3,"stream":true}"#;
     let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let events = sse_events(&body);
@@ -441,7 +478,7 @@ async fn completion_stream_without_usage_and_stop() {
     );
     assert_eq!(
         chunks.last().unwrap()["choices"][0]["finish_reason"],
-        "stop"
+        "length"
     );
 }
 
@@ -569,6 +606,7 @@ async fn bearer_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_full_is_429() {
     let config = ApiConfig {
+        parallel: 1,
         max_queue: 1,
         ..ApiConfig::default()
     };
@@ -653,42 +691,6 @@ async fn dropped_request_stops_generation() {
         h.cancelled.load(Ordering::SeqCst),
         "generation did not stop after the request was dropped"
     );
-}
-
-#[test]
-fn stop_buffer_holds_back_prefixes() {
-    use crate::generate::StopBuffer;
-    let mut b = StopBuffer::new(vec!["END".into()]);
-    assert_eq!(b.push("abc E"), "abc ");
-    assert_eq!(b.push("N"), "");
-    assert_eq!(b.push("x"), "ENx");
-    assert_eq!(b.push("yEND tail"), "y");
-    assert!(b.hit);
-    assert_eq!(
-        b.finish("whatever"),
-        ("abc ENxy".to_string(), String::new())
-    );
-    let mut b = StopBuffer::new(vec!["\n\n".into()]);
-    assert_eq!(b.push("a\n"), "a");
-    assert_eq!(b.finish("a\n"), ("a\n".to_string(), "\n".to_string()));
-    // The engine may cut a stop sequence itself: its text wins when consistent.
-    let mut b = StopBuffer::new(vec!["ab".into()]);
-    assert_eq!(b.push("xa"), "x");
-    assert_eq!(b.finish("x"), ("x".to_string(), String::new()));
-    let mut b = StopBuffer::new(vec!["é!".into()]);
-    assert_eq!(b.push("né"), "n");
-    assert_eq!(b.push("?"), "é?");
-}
-
-/// Waits up to 2 s for `flag`.
-async fn eventually(flag: &AtomicBool) -> bool {
-    for _ in 0..400 {
-        if flag.load(Ordering::SeqCst) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    false
 }
 
 #[tokio::test]
@@ -818,6 +820,7 @@ async fn parameters_that_cannot_be_computed_are_400s_naming_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_refuses_before_reading_the_body() {
     let config = ApiConfig {
+        parallel: 1,
         max_queue: 0,
         ..ApiConfig::default()
     };
@@ -910,40 +913,51 @@ async fn the_generation_deadline_finishes_the_response_cut_short() {
     assert_eq!(last["choices"][0]["finish_reason"], "length");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_nobody_reads_is_cancelled_after_the_stall_limit() {
-    // 60 tokens at 5 ms: the channels are full after about a dozen, the stall limit fires
-    // 30 ms later, long before the last token.
-    let config = ApiConfig {
-        stream_stall: Duration::from_millis(30),
-        ..ApiConfig::default()
-    };
-    let h = harness_with(SourceMode::Ready, Duration::from_millis(5), config);
-    wait_ready(&h.state).await;
-    let req = Request::post("/v1/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(
-            r#"{"prompt":"x","max_tokens":60,"stream":true}"#,
-        ))
-        .unwrap();
-    // The response is held but its body never read: the channels fill, then the stall
-    // limit frees the engine.
-    let resp = router(h.state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+#[tokio::test]
+async fn metrics_report_requests_the_scheduler_and_latencies() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let (s, _, _) = call(&h.state, "POST", "/v1/chat/completions", Some(CHAT), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let _ = call(&h.state, "GET", "/nowhere/a", None, &[]).await;
+    let _ = call(&h.state, "GET", "/nowhere/b", None, &[]).await;
+    let (s, headers, body) = call(&h.state, "GET", "/metrics", None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
     assert!(
-        eventually(&h.cancelled).await,
-        "a stalled stream kept the engine"
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
     );
+    for line in [
+        "bitnet_http_requests_total{route=\"chat_completions\",code=\"200\"} 1",
+        // Unknown paths share one label.
+        "bitnet_http_requests_total{route=\"other\",code=\"404\"} 2",
+        "bitnet_generations_total{reason=\"length\"} 1",
+        "bitnet_time_to_first_token_seconds_count 1",
+        // Three tokens: two gaps.
+        "bitnet_inter_token_seconds_count 2",
+        "bitnet_slots 4",
+        "bitnet_generated_tokens_total 7",
+    ] {
+        assert!(body.lines().any(|l| l == line), "no {line:?} in\n{body}");
+    }
+    // Behind the key like the API.
+    let keyed = ready_harness(ApiConfig {
+        api_key: crate::config::ApiKey::new("k"),
+        ..ApiConfig::default()
+    })
+    .await;
+    let (s, _, _) = call(&keyed.state, "GET", "/metrics", None, &[]).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _, _) = call(
-        &h.state,
-        "POST",
-        "/v1/completions",
-        Some(r#"{"prompt":"x","max_tokens":2}"#),
-        &[],
+        &keyed.state,
+        "GET",
+        "/metrics",
+        None,
+        &[("authorization", "Bearer k")],
     )
     .await;
     assert_eq!(s, StatusCode::OK);
-    drop(resp);
 }
 
 #[tokio::test]

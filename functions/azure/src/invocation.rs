@@ -254,7 +254,7 @@ mod tests {
         AppState::new(
             ApiConfig::default(),
             Arc::new(source),
-            bitnet_api::engine_loader(Default::default()),
+            bitnet_api::engine_loader(&ApiConfig::default()),
         )
     }
 

@@ -31,6 +31,11 @@ pub struct BenchArgs {
     /// Check every weight at load, as the servers do (otherwise at first use).
     #[arg(long)]
     validate_weights: bool,
+    /// Also decode this many sequences together (comma-separated batch sizes): aggregate
+    /// generated tokens/s of one batched forward step per token, as the server's scheduler
+    /// runs them.
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
     #[arg(long)]
     json: bool,
     /// Internal: load the model, print "ready", exit (used to time process start to ready).
@@ -148,6 +153,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
             tg.push(a.tg as f64 / t.elapsed().as_secs_f64());
         }
     }
+    let mut batched = Vec::new();
+    for &b in a.batch.iter().filter(|&&b| b > 0) {
+        let tg_b = a.tg.max(1);
+        let mut samples = Vec::new();
+        for _ in 0..reps {
+            samples.push(b as f64 * tg_b as f64 / decode_batch(&model, &prompt, b, tg_b)?);
+        }
+        batched.push((b, median(&mut samples)));
+    }
     let (pp_med, tg_med, load_med) = (median(&mut pp), median(&mut tg), median(&mut load_ms));
     let rss = peak_rss_mb();
     let file_mb = std::fs::metadata(&a.model)?.len() as f64 / (1024.0 * 1024.0);
@@ -157,6 +171,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "pp": a.pp, "tg": a.tg, "reps": reps,
             "pp_tok_s": pp_med, "tg_tok_s": tg_med, "load_ms": load_med, "peak_rss_mb": rss, "file_mb": file_mb,
             "pp_samples": pp, "tg_samples": tg, "load_samples_ms": load_ms,
+            "batch_tg_tok_s": batched.iter().map(|&(b, t)| serde_json::json!({"batch": b, "tok_s": t})).collect::<Vec<_>>(),
         });
         println!("{v}");
     } else {
@@ -169,8 +184,48 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
         println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
         println!("tg{:<5} {:>9.2} tok/s", a.tg, tg_med);
+        for (b, t) in &batched {
+            println!(
+                "tg{:<5} {:>9.2} tok/s   ({b} sequences decoding together)",
+                a.tg, t
+            );
+        }
         println!("load     {:>9.1} ms (process start to ready)", load_med);
         println!("peak RSS {:>9.1} MB", rss);
     }
     Ok(())
+}
+
+/// Seconds for `b` sequences (each started from one distinct prompt token) to decode `tg`
+/// tokens each, one batched step per token.
+fn decode_batch(model: &Model, prompt: &[u32], b: usize, tg: usize) -> Result<f64> {
+    use bitnet_engine::model::{BatchEntry, StepBuffers};
+    let n_vocab = model.n_vocab();
+    let mut caches: Vec<_> = (0..b).map(|_| model.new_cache(tg + 1)).collect();
+    let mut buffers = StepBuffers::default();
+    let mut logits = vec![0f32; b * n_vocab];
+    let mut next: Vec<u32> = (0..b).map(|i| prompt[i % prompt.len()]).collect();
+    let interrupt = bitnet_engine::Interrupt::new();
+    let mut step = |caches: &mut Vec<bitnet_engine::model::KvCache>, next: &mut Vec<u32>| {
+        let mut batch: Vec<BatchEntry<'_>> = caches
+            .iter_mut()
+            .zip(next.iter())
+            .map(|(cache, t)| BatchEntry {
+                cache,
+                tokens: std::slice::from_ref(t),
+                logits: true,
+            })
+            .collect();
+        model.forward_batch(&mut batch, &mut buffers, &mut logits, &interrupt)?;
+        for (i, t) in next.iter_mut().enumerate() {
+            *t = bitnet_engine::generate::sampler::argmax(&logits[i * n_vocab..(i + 1) * n_vocab]);
+        }
+        anyhow::Ok(())
+    };
+    step(&mut caches, &mut next)?;
+    let t = Instant::now();
+    for _ in 1..tg {
+        step(&mut caches, &mut next)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * tg as f64 / (tg - 1).max(1) as f64)
 }
