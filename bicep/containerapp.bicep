@@ -35,9 +35,14 @@ param cpu string = '2.0'
 @description('Memory per replica; Container Apps requires 2 GiB per vCPU.')
 param memory string = '4Gi'
 
-@description('Concurrent HTTP requests per replica before another replica is started.')
+@description('Sequences one replica generates at once (BITNET_PARALLEL), batched into one forward pass; requests beyond them wait in a short queue, then get 429.')
 @minValue(1)
-param httpConcurrency int = 1
+@maxValue(64)
+param parallel int = 4
+
+@description('Concurrent HTTP requests per replica before the HTTP scale rule starts another replica (concurrentRequests). Defaults to parallel: every request gets a generation slot at once, and more load scales out instead of queueing in one replica.')
+@minValue(1)
+param httpConcurrency int = parallel
 
 @description('Name of the model blob inside the models container.')
 param modelBlobName string = 'ggml-model-i2_s.gguf'
@@ -212,6 +217,10 @@ var baseEnv = [
   {
     name: 'BITNET_CACHE_DIR'
     value: '/tmp/bitnet-models'
+  }
+  {
+    name: 'BITNET_PARALLEL'
+    value: string(parallel)
   }
   {
     name: 'AZURE_CLIENT_ID'

@@ -21,10 +21,15 @@ param location string = resourceGroup().location
 @maxValue(1000)
 param maximumInstanceCount int = 10
 
-@description('Concurrent HTTP requests per instance. Generation is CPU bound (2 cores per 4096 MB instance): keep it low.')
+@description('Sequences one instance generates at once (BITNET_PARALLEL), batched into one forward pass; requests beyond them wait in a short queue, then get 429. The 4096 MB instance holds the 1.2 GB model in memory; the KV cache budget is derived from what is left (a request whose KV does not fit waits). About 2 per 2048 MB of instance memory.')
+@minValue(1)
+@maxValue(64)
+param parallel int = 4
+
+@description('HTTP requests the Flex host sends to one instance at once before it scales out (perInstanceConcurrency). Defaults to parallel: every request gets a generation slot at once, and more load starts another instance instead of queueing (or 429) in this one.')
 @minValue(1)
 @maxValue(1000)
-param httpPerInstanceConcurrency int = 1
+param httpPerInstanceConcurrency int = parallel
 
 @description('Name of the model blob inside the models container.')
 param modelBlobName string = 'ggml-model-i2_s.gguf'
@@ -266,6 +271,10 @@ var baseAppSettings = [
   {
     name: 'BITNET_MODEL_STORAGE'
     value: 'memory'
+  }
+  {
+    name: 'BITNET_PARALLEL'
+    value: string(parallel)
   }
 ]
 

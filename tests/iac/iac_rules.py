@@ -147,6 +147,7 @@ def check_lambda_module(tf: dict) -> list[str]:
         if res.get(bad):
             v.append(f"{bad} must not exist (costs or warms while idle)")
     v += check_concurrency_cap(tf)
+    v += check_lambda_parallel(tf)
     v += check_lambda_auth(tf)
 
     # Function URL.
@@ -262,6 +263,20 @@ def check_concurrency_cap(tf: dict) -> list[str]:
     if ">= 1" not in str(var.get("validation", "")):
         v.append("reserved_concurrency must be validated >= 1 (0 disables the function)")
     return v
+
+
+def check_lambda_parallel(tf: dict) -> list[str]:
+    """Lambda hands a sandbox one invocation at a time: BITNET_PARALLEL is "1", set after
+    var.extra_environment in the merge so that it cannot be raised there."""
+    env = str(tf["locals"].get("environment", ""))
+    sets = [m.start() for m in re.finditer(r"\bBITNET_PARALLEL\s*=", env)]
+    if len(sets) != 1 or not re.search(r'\bBITNET_PARALLEL\s*=\s*"1"', env):
+        return ['environment must set BITNET_PARALLEL = "1" (one request per sandbox), once']
+    extra = env.rfind("var.extra_environment")
+    if extra < 0 or extra > sets[0] or "? {BITNET_PARALLEL" in env or ": {BITNET_PARALLEL" in env:
+        return ["BITNET_PARALLEL must be set unconditionally after var.extra_environment in the merge "
+                "(extra_environment must not raise it)"]
+    return []
 
 
 def _validations(var: dict) -> list[dict]:
@@ -513,6 +528,77 @@ def _param_decorators(doc: dict, name: str) -> dict[str, Any]:
     return {d.get("type"): d.get("argument", True) for d in doc["parameters"].get(name, {}).get("decorators", [])}
 
 
+# The server's MAX_PARALLEL (functions/api/src/config.rs): more is ignored.
+MAX_PARALLEL = 64
+DEFAULT_PARALLEL = 4
+
+
+def _string_of(value: Any) -> Any:
+    """`string(x)` -> 'x'; anything else -> None."""
+    if isinstance(value, dict) and value.get("function", {}).get("type") == "string":
+        return value["function"].get("parameters", {}).get("value_to_convert")
+    return None
+
+
+def _follows_parallel(doc: dict, expr: Any) -> bool:
+    """`expr` is the parallel parameter, or a parameter whose default is it."""
+    if expr == "parallel":
+        return True
+    return expr in doc["parameters"] and doc["parameters"][expr].get("default") == "parallel"
+
+
+def check_parallel(doc: dict, settings: Any, concurrency: Any, knob: str) -> list[str]:
+    """`param parallel int = 4` (1..64), passed unconditionally as BITNET_PARALLEL =
+    string(parallel); the front door's per-instance HTTP concurrency (`concurrency`, the
+    expression of `knob`) follows it by default: each request gets a slot at once, more load
+    scales out instead of queueing in one instance."""
+    v: list[str] = []
+    par = doc["parameters"].get("parallel")
+    if par is None:
+        return ["parameter parallel (BITNET_PARALLEL) is missing"]
+    if par.get("type") != "int" or par.get("default") != DEFAULT_PARALLEL:
+        v.append(f"parallel must be an int parameter defaulting to {DEFAULT_PARALLEL}, is "
+                 f"{par.get('type')!r} = {par.get('default')!r}")
+    dec = _param_decorators(doc, "parallel")
+    if dec.get("min_value") != 1 or dec.get("max_value") != MAX_PARALLEL:
+        v.append(f"parallel must be @minValue(1) @maxValue({MAX_PARALLEL}) (the server's limit), is "
+                 f"{dec.get('min_value')!r}..{dec.get('max_value')!r}")
+    if not dec.get("description"):
+        v.append("parallel needs a @description")
+    entries = [e for e in _setting_entries(doc, settings) if e.get("name") == "BITNET_PARALLEL"]
+    if len(entries) != 1 or entries[0]["_cond"] is not None or _string_of(entries[0].get("value")) != "parallel":
+        v.append(f"BITNET_PARALLEL must always be set to string(parallel), is {entries!r}")
+    if not _follows_parallel(doc, concurrency):
+        default = doc["parameters"].get(concurrency, {}).get("default") if isinstance(concurrency, str) else None
+        v.append(f"{knob} must be the parallel parameter or a parameter defaulting to it, is {concurrency!r}"
+                 + (f" (default {default!r})" if default is not None else ""))
+    return v
+
+
+def check_flex_parallel(doc: dict) -> list[str]:
+    sites = _resources(doc, "Microsoft.Web/sites")
+    if len(sites) != 1:
+        return ["expected one Microsoft.Web/sites"]
+    props = next(iter(sites.values()))["config"]["properties"]
+    http = props.get("functionAppConfig", {}).get("scaleAndConcurrency", {}).get("triggers", {}).get("http", {})
+    return check_parallel(doc, props.get("siteConfig", {}).get("appSettings"),
+                          http.get("perInstanceConcurrency"), "triggers.http.perInstanceConcurrency")
+
+
+def check_containerapp_parallel(doc: dict) -> list[str]:
+    apps = _resources(doc, "Microsoft.App/containerApps")
+    if len(apps) != 1:
+        return ["expected one Microsoft.App/containerApps"]
+    template = next(iter(apps.values()))["config"]["properties"]["template"]
+    containers = template.get("containers", [])
+    rules = [rule["http"] for rule in template.get("scale", {}).get("rules", []) if "http" in rule]
+    if len(rules) != 1:
+        return [f"expected one HTTP scale rule, found {len(rules)}"]
+    concurrent = rules[0].get("metadata", {}).get("concurrentRequests")
+    return check_parallel(doc, containers[0].get("env") if containers else None,
+                          _string_of(concurrent) or concurrent, "HTTP scale rule concurrentRequests")
+
+
 def check_flex_auth(doc: dict) -> list[str]:
     """API_KEY from a required secure parameter, or BITNET_ALLOW_NO_AUTH=1 only on the explicit
     allowNoAuth opt-in and only without a key: never neither by default, never no-auth by default."""
@@ -703,6 +789,7 @@ def check_flex(doc: dict) -> list[str]:
     v += check_role_assignments(doc, writable={"app-package", "azure-webjobs-hosts", "azure-webjobs-secrets"})
     v += check_flex_identities(doc)
     v += check_flex_auth(doc)
+    v += check_flex_parallel(doc)
     return v
 
 
@@ -789,6 +876,7 @@ def check_containerapp(doc: dict) -> list[str]:
     v += _check_storage(doc)
     v += check_role_assignments(doc, writable=set())
     v += check_containerapp_auth(doc)
+    v += check_containerapp_parallel(doc)
     return v
 
 

@@ -35,6 +35,31 @@ def test_flex_scale_to_zero_and_memory(flex):
     assert "maximumInstanceCount" in flex["parameters"]
 
 
+def test_flex_parallel_and_per_instance_concurrency(flex):
+    """BITNET_PARALLEL comes from `parallel` (default 4); the host's perInstanceConcurrency
+    defaults to the same, so each request gets a slot at once and more load scales out."""
+    assert flex["parameters"]["parallel"]["default"] == 4
+    assert flex["parameters"]["httpPerInstanceConcurrency"]["default"] == "parallel"
+    assert r._resolve(flex, "httpPerInstanceConcurrency") == 4
+    props = flex["resources"]["functionApp"]["config"]["properties"]
+    http = props["functionAppConfig"]["scaleAndConcurrency"]["triggers"]["http"]
+    assert http["perInstanceConcurrency"] == "httpPerInstanceConcurrency"
+    settings = r._settings(flex, props["siteConfig"]["appSettings"])
+    assert r._string_of(settings["BITNET_PARALLEL"]) == "parallel"
+    assert r.check_flex_parallel(flex) == []
+
+
+def test_containerapp_parallel_and_concurrent_requests(aca):
+    assert aca["parameters"]["parallel"]["default"] == 4
+    assert aca["parameters"]["httpConcurrency"]["default"] == "parallel"
+    template = aca["resources"]["containerApp"]["config"]["properties"]["template"]
+    [rule] = template["scale"]["rules"]
+    assert r._string_of(rule["http"]["metadata"]["concurrentRequests"]) == "httpConcurrency"
+    env = r._settings(aca, template["containers"][0]["env"])
+    assert r._string_of(env["BITNET_PARALLEL"]) == "parallel"
+    assert r.check_containerapp_parallel(aca) == []
+
+
 def test_models_reader_role(flex, aca):
     for doc in (flex, aca):
         body = doc["resources"]["modelsReader"]["config"]
@@ -104,6 +129,8 @@ OWNER_ON_ACCOUNT = """resource runtimeOwner 'Microsoft.Authorization/roleAssignm
 
 """
 
+PARALLEL_SETTING = "  {\n    name: 'BITNET_PARALLEL'\n    value: string(parallel)\n  }\n"
+
 FLEX_MUTATIONS = {
     "always ready": ("alwaysReady: []", "alwaysReady: [\n          {\n            name: 'http'\n            instanceCount: 1\n          }\n        ]", "alwaysReady"),
     "small instance": ("var instanceMemoryMB = 4096", "var instanceMemoryMB = 2048", "instanceMemoryMB"),
@@ -128,6 +155,17 @@ FLEX_MUTATIONS = {
     "key not secure": ("@secure()\nparam apiKey string\n", "param apiKey string\n", "@secure"),
     "no-auth always": ("(empty(apiKey) && allowNoAuth) ? [", "true ? [", "BITNET_ALLOW_NO_AUTH may only"),
     "no-auth dropped": ("apiKeySetting, noAuthSetting)", "apiKeySetting)", "must set BITNET_ALLOW_NO_AUTH"),
+    "one request per instance": ("param httpPerInstanceConcurrency int = parallel", "param httpPerInstanceConcurrency int = 1",
+                                 "perInstanceConcurrency"),
+    "fixed per-instance concurrency": ("perInstanceConcurrency: httpPerInstanceConcurrency", "perInstanceConcurrency: 16",
+                                       "perInstanceConcurrency"),
+    "parallel not passed": (PARALLEL_SETTING, "", "BITNET_PARALLEL"),
+    "parallel hard-coded": ("value: string(parallel)", "value: '8'", "BITNET_PARALLEL"),
+    "parallel conditional": ([(PARALLEL_SETTING + "]\n", "]\n\nvar parallelSetting = parallel == 4 ? [] : [\n" + PARALLEL_SETTING + "]\n"),
+                              ("noAuthSetting)", "noAuthSetting, parallelSetting)")], None, "always be set"),
+    "parallel above the server's limit": ("@maxValue(64)\nparam parallel", "@maxValue(256)\nparam parallel", "maxValue(64)"),
+    "parallel default": ("param parallel int = 4", "param parallel int = 1", "defaulting to 4"),
+    "no parallel": ("param parallel int = 4", "param parallelism int = 4", "parallel"),
 }
 
 ACA_MUTATIONS = {
@@ -143,14 +181,23 @@ ACA_MUTATIONS = {
     "conditional key": ("var apiKeyEnv = [", "var apiKeyEnv = empty(apiKey) ? [] : [", "API_KEY must always"),
     "no-auth": ("var baseEnv = [\n", "var baseEnv = [\n  {\n    name: 'BITNET_ALLOW_NO_AUTH'\n    value: '1'\n  }\n",
                 "BITNET_ALLOW_NO_AUTH"),
+    "one request per replica": ("param httpConcurrency int = parallel", "param httpConcurrency int = 1", "concurrentRequests"),
+    "fixed concurrent requests": ("concurrentRequests: string(httpConcurrency)", "concurrentRequests: '10'",
+                                  "concurrentRequests"),
+    "parallel not passed": (PARALLEL_SETTING, "", "BITNET_PARALLEL"),
+    "parallel hard-coded": ("value: string(parallel)", "value: '8'", "BITNET_PARALLEL"),
+    "parallel unbounded": ("@maxValue(64)\nparam parallel", "param parallel", "maxValue(64)"),
 }
 
 
-def _mutate(tmp_path: Path, src: Path, old: str, new: str) -> dict:
+def _mutate(tmp_path: Path, src: Path, old: str | list[tuple[str, str]], new: str | None) -> dict:
+    """Replace `old` by `new` once in a copy of `src`, or each (old, new) pair of a list."""
     text = src.read_text()
-    assert old in text, f"mutation anchor not found: {old!r}"
+    for o, n in (old if isinstance(old, list) else [(old, new)]):
+        assert o in text, f"mutation anchor not found: {o!r}"
+        text = text.replace(o, n, 1)
     dst = tmp_path / src.name
-    dst.write_text(text.replace(old, new, 1))
+    dst.write_text(text)
     return r.load_bicep(dst)
 
 

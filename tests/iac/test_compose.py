@@ -110,6 +110,21 @@ def test_published_on_loopback_only(name):
         assert interpolate(p, {}).startswith("127.0.0.1:"), p
 
 
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("caller,parallel,prefix", [
+    ({}, "4", ""),                                       # the server's default slots; prefix cache derived
+    ({"BITNET_PARALLEL": ""}, "4", ""),
+    ({"BITNET_PARALLEL": "8", "BITNET_PREFIX_CACHE_MB": "0"}, "8", "0"),
+    ({"BITNET_PREFIX_CACHE_MB": "256"}, "4", "256"),
+])
+def test_concurrency_settings_come_from_the_caller(name, caller, parallel, prefix):
+    """BITNET_PARALLEL defaults to 4; BITNET_PREFIX_CACHE_MB is passed through and blank when
+    unset (the server ignores blank variables: the derived default)."""
+    env = server_env(services()[name], caller)
+    assert env["BITNET_PARALLEL"] == parallel
+    assert env["BITNET_PREFIX_CACHE_MB"] == prefix
+
+
 def test_checker_catches_the_old_default(tmp_path, monkeypatch):
     """The compose file as it was (BITNET_ALLOW_NO_AUTH defaulting to 1) must fail the checks."""
     old = COMPOSE.read_text().replace("${BITNET_ALLOW_NO_AUTH:-}", "${BITNET_ALLOW_NO_AUTH:-1}")

@@ -42,6 +42,15 @@ def test_concurrency_is_capped_by_default(module_tf):
     assert r.check_concurrency_cap(module_tf) == []
 
 
+def test_one_generation_slot_per_sandbox(module_tf):
+    """Lambda hands a sandbox one invocation at a time: BITNET_PARALLEL=1, after
+    extra_environment in the merge (later maps win), so that it cannot be raised there."""
+    env = module_tf["locals"]["environment"]
+    assert 'BITNET_PARALLEL = "1"' in env
+    assert env.rindex("var.extra_environment") < env.index("BITNET_PARALLEL")
+    assert r.check_lambda_parallel(module_tf) == []
+
+
 def test_arm64_needs_acknowledgement(module_tf):
     assert module_tf["variable"]["allow_scalar_arm64"]["default"] is False
     assert module_tf["variable"]["architecture"]["default"] == "x86_64"
@@ -132,6 +141,11 @@ MUTATIONS = {
     "key not sensitive": ("sensitive   = true", "sensitive   = false", "sensitive"),
     "public url without key": ('condition     = var.function_url_auth_type != "NONE" || var.api_key != null',
                                "condition     = true", "NONE"),
+    "parallel dropped": ('      BITNET_PARALLEL = "1"\n', "", "BITNET_PARALLEL"),
+    "parallel raised": ('BITNET_PARALLEL = "1"', 'BITNET_PARALLEL = "4"', "BITNET_PARALLEL"),
+    "parallel overridable": ("    var.api_key == null ? {} : { API_KEY = var.api_key },\n",
+                             "    var.extra_environment,\n    var.api_key == null ? {} : { API_KEY = var.api_key },\n",
+                             "after var.extra_environment"),
     "provisioned": (None, 'resource "aws_lambda_provisioned_concurrency_config" "warm" {\n'
                           '  function_name                     = aws_lambda_function.this.function_name\n'
                           '  provisioned_concurrent_executions = 1\n'

@@ -24,6 +24,10 @@ locals {
       BITNET_MODEL         = local.model_uri
       BITNET_CACHE_DIR     = local.cache_directory
       BITNET_MODEL_STORAGE = var.model_storage
+      # Lambda hands a sandbox one invocation at a time: one generation slot, nothing to
+      # batch with; concurrency scales by sandboxes (capped by var.reserved_concurrency).
+      # After extra_environment, so it cannot be raised there.
+      BITNET_PARALLEL = "1"
     },
     var.model_sha256 == "" ? {} : { BITNET_MODEL_SHA256 = var.model_sha256 },
     var.threads == null ? {} : { BITNET_THREADS = tostring(var.threads) },

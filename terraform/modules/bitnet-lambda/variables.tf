@@ -227,7 +227,7 @@ variable "reserved_concurrency" {
 }
 
 variable "extra_environment" {
-  description = "Additional environment variables (for example RUST_LOG). Must not contain secrets, nor API_KEY / BITNET_ALLOW_NO_AUTH (use api_key / allow_no_auth)."
+  description = "Additional environment variables (for example RUST_LOG). Must not contain secrets, nor API_KEY / BITNET_ALLOW_NO_AUTH (use api_key / allow_no_auth). BITNET_PARALLEL is fixed at 1 (one request per sandbox) and not taken from here."
   type        = map(string)
   default     = {}
 
