@@ -13,8 +13,6 @@ REPS=${REPS:-5}
 PP=${PP:-128}
 TG=${TG:-128}
 THREADS=${THREADS:-"1 2"}
-LCP_VERSION=${LCP_VERSION:-0.3.36}
-LCP_SHA256=${LCP_SHA256:-832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e}
 CACHE=${BITNET_BENCH_CACHE:-$HOME/.cache/bitnet-bench}
 mkdir -p "$CACHE"
 
@@ -25,38 +23,11 @@ log "building bitnet (release)"
 cargo build --release -q -p bitnet-cli
 BITNET=$PWD/target/release/bitnet
 
-# 2. The reference llama.cpp build (cached).
-LLAMA_BENCH=$CACHE/llama.cpp-$LCP_VERSION/build/bin/llama-bench
-if [[ ! -x $LLAMA_BENCH ]]; then
-    command -v cmake >/dev/null || python3 -m pip install -q cmake
-    SDIST=$CACHE/llama_cpp_python-$LCP_VERSION.tar.gz
-    if [[ ! -f $SDIST ]]; then
-        log "downloading llama-cpp-python $LCP_VERSION sdist from PyPI"
-        python3 - "$LCP_VERSION" "$SDIST" <<'PY'
-import json, sys, urllib.request
-ver, out = sys.argv[1], sys.argv[2]
-req = urllib.request.Request("https://pypi.org/simple/llama-cpp-python/",
-                             headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-files = json.load(urllib.request.urlopen(req, timeout=60))["files"]
-url = next(f["url"] for f in files if f["filename"] == f"llama_cpp_python-{ver}.tar.gz")
-urllib.request.urlretrieve(url, out + ".part")
-import os; os.replace(out + ".part", out)
-PY
-    fi
-    echo "$LCP_SHA256  $SDIST" | sha256sum -c - >&2
-    SRC=$CACHE/llama.cpp-$LCP_VERSION
-    rm -rf "$SRC" "$CACHE/src-tmp"
-    mkdir -p "$CACHE/src-tmp"
-    tar -xzf "$SDIST" -C "$CACHE/src-tmp"
-    mv "$CACHE/src-tmp/llama_cpp_python-$LCP_VERSION/vendor/llama.cpp" "$SRC"
-    rm -rf "$CACHE/src-tmp"
-    # The sdist keeps a submodule's .git pointer that leads nowhere outside its repository.
-    rm -f "$SRC/.git"
-    log "building llama-bench (a few minutes on 2 cores)"
-    cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=OFF >/dev/null
-    cmake --build "$SRC/build" --target llama-bench -j "$(nproc)" >/dev/null
-fi
+# 2. The reference llama.cpp build (cached; bench/llama_build.sh pins the sources).
+# shellcheck source=bench/llama_build.sh
+source bench/llama_build.sh
+llama_build llama-bench
+LLAMA_BENCH=$LLAMA_BIN/llama-bench
 
 # 3. Models: same seed and shapes; llama.cpp needs the upstream architecture name.
 MODELS=$CACHE/models
