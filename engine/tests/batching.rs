@@ -424,3 +424,37 @@ fn waiting_requests_are_served_in_order_within_the_kv_budget() {
     }
     assert_eq!(s.stats().kv_bytes, 0, "caches released");
 }
+
+#[test]
+fn several_choices_share_one_prompt_pass_and_sample_on_their_own() {
+    let m = model(GgmlType::I2S);
+    let prompt = prompts(&m)[2].clone();
+    let mut params = greedy(10);
+    params.sampling = SamplingParams {
+        temperature: 0.9,
+        seed: Some(42),
+        ..SamplingParams::default()
+    };
+    let s = scheduler(&m, 4, 16, 0);
+    let (sinks, rxs): (Vec<_>, Vec<_>) = (0..3)
+        .map(|_| {
+            let (tx, rx) = mpsc::sync_channel(1024);
+            (Box::new(tx) as Box<dyn bitnet_engine::EventSink>, rx)
+        })
+        .unzip();
+    s.submit_choices(prompt.clone(), params.clone(), Interrupt::new(), sinks)
+        .unwrap();
+    let got: Vec<_> = rxs.into_iter().map(collect).collect();
+    // Choice i is what the request alone gives with seed 42 + i.
+    for (i, (text, out)) in got.iter().enumerate() {
+        let mut p = params.clone();
+        p.sampling.seed = Some(42 + i as u64);
+        let want = alone(&m, &prompt, &p);
+        assert_eq!(out.token_ids, want.token_ids, "choice {i}");
+        assert_eq!(text, &want.text);
+    }
+    assert_ne!(got[0].1.token_ids, got[1].1.token_ids, "choices differ");
+    // The prompt was read once for the three.
+    assert_eq!(s.stats().prompt_tokens_computed, prompt.len() as u64);
+    assert_eq!(s.stats().generated_tokens, 30);
+}

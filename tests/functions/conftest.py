@@ -144,6 +144,16 @@ def tiny_model(workdir) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def small_model(workdir) -> Path:
+    """The `small` synthetic model (4 layers of 512): a 3,000-token prompt takes over a
+    second to read here."""
+    out = workdir / "small.gguf"
+    subprocess.run([binary("bitnet"), "fixture", "--preset", "small", "--seed", "1", "-o", out],
+                   check=True, capture_output=True)
+    return out
+
+
 @pytest.fixture
 def start_server(workdir, request):
     """start_server(env={...}, args=[...], wrapper=[...]) -> Proc: `bitnet serve` on a free

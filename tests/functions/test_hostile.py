@@ -37,14 +37,6 @@ def timed_post(srv, path, body, timeout=30, **kw):
     return r, time.time() - t0
 
 
-@pytest.fixture(scope="module")
-def small_model(workdir):
-    """The `small` synthetic model: a 3,000-token prompt takes over a second to read here."""
-    out = workdir / "small.gguf"
-    import subprocess
-    subprocess.run([binary("bitnet"), "fixture", "--preset", "small", "--seed", "1", "-o", out],
-                   check=True, capture_output=True)
-    return out
 
 
 def long_prompt(n_words=3000):

@@ -287,6 +287,32 @@ impl Sequence {
         }
     }
 
+    /// Choice `index` (> 0) of a request for several: a copy of this sequence, its prompt
+    /// already read, that samples on its own. A request's seed gives choice i the seed
+    /// `seed + i`, so that choices differ and each is reproducible.
+    pub(crate) fn fork(&self, index: usize) -> Self {
+        debug_assert!(self.generated == 0 && self.cache.len() == self.history.len());
+        let mut sampling = self.params.sampling.clone();
+        sampling.seed = sampling.seed.map(|s| s.wrapping_add(index as u64));
+        Self {
+            prompt: self.prompt.clone(),
+            params: self.params.clone(),
+            stop_ids: self.stop_ids.clone(),
+            cache: self.cache.clone(),
+            sampler: Sampler::new(sampling),
+            history: self.history.clone(),
+            decoder: StreamDecoder::new(),
+            stops: StopMatcher::new(self.params.stop_strings.clone()),
+            text: String::new(),
+            generated: 0,
+            interrupt: self.interrupt.clone(),
+            started: self.started,
+            first_logits: self.first_logits,
+            reused: self.reused,
+            stop_reason: None,
+        }
+    }
+
     /// Cache positions a sequence of this request needs.
     pub(crate) fn capacity_for(prompt: usize, params: &GenerateParams) -> usize {
         prompt + params.max_tokens

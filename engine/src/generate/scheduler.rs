@@ -134,6 +134,8 @@ struct Job {
     params: GenerateParams,
     interrupt: Interrupt,
     sink: Box<dyn EventSink>,
+    /// Where the request's other choices go (`n` > 1): they share its prompt pass.
+    choices: Vec<Box<dyn EventSink>>,
     /// The submitter's span (the HTTP request's), for the engine's logs about it.
     span: tracing::Span,
 }
@@ -203,7 +205,24 @@ impl Scheduler {
         interrupt: Interrupt,
         sink: Box<dyn EventSink>,
     ) -> Result<(), EngineError> {
+        self.submit_choices(prompt, params, interrupt, vec![sink])
+    }
+
+    /// [`Scheduler::submit`] for several choices of one request (OpenAI's `n`): the prompt is
+    /// read once, then each choice samples on its own (choice i of a seeded request with seed
+    /// `seed + i`) into `sinks[i]`. The choices take a slot each.
+    pub fn submit_choices(
+        &self,
+        prompt: Vec<u32>,
+        params: GenerateParams,
+        interrupt: Interrupt,
+        mut sinks: Vec<Box<dyn EventSink>>,
+    ) -> Result<(), EngineError> {
         self.model.check_request(&prompt, &params)?;
+        if sinks.is_empty() {
+            return Err(EngineError::invalid_param("n", "must be at least 1"));
+        }
+        let sink = sinks.remove(0);
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
         let tx = jobs.as_ref().ok_or(EngineError::Stopped)?;
         self.counters.waiting.fetch_add(1, Ordering::Relaxed);
@@ -212,6 +231,7 @@ impl Scheduler {
             params,
             interrupt,
             sink,
+            choices: sinks,
             span: tracing::Span::current(),
         })
         .map_err(|_| {
@@ -275,6 +295,8 @@ impl Drop for Scheduler {
 struct Running {
     seq: Sequence,
     sink: Box<dyn EventSink>,
+    /// The request's other choices, forked from this sequence once its prompt is read.
+    choices: Vec<Box<dyn EventSink>>,
     span: tracing::Span,
     /// Events the sink had no room for, in order.
     pending: VecDeque<Event>,
@@ -320,6 +342,10 @@ struct Worker {
     buffers: StepBuffers,
     logits: Vec<f32>,
 }
+
+/// Prompt tokens per step when no sequence is decoding (nobody's time between tokens to
+/// protect): large passes, and a lone sequence is still interrupted between layers.
+const LONE_PREFILL_TOKENS: usize = 512;
 
 /// How long the thread naps when every running sequence waits for its client.
 const STALLED_NAP: Duration = Duration::from_millis(2);
@@ -376,7 +402,7 @@ impl Worker {
                 let mut job = self.waiting.pop_front().expect("front exists");
                 self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
                 let reason = job.interrupt.check().unwrap_or(StopReason::Cancelled);
-                let _ = job.sink.try_send(Event::Done(Ok(GenerateOutput {
+                let output = GenerateOutput {
                     text: String::new(),
                     token_ids: Vec::new(),
                     prompt_tokens: job.prompt.len(),
@@ -385,12 +411,19 @@ impl Worker {
                     prompt_ms: 0.0,
                     decode_ms: 0.0,
                     cached_prompt_tokens: 0,
-                })));
+                };
+                for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
+                    let _ = sink.try_send(Event::Done(Ok(output.clone())));
+                }
                 continue;
             }
             let capacity = Sequence::capacity_for(job.prompt.len(), &job.params);
-            let need = capacity * self.model.kv_bytes_per_token();
-            if !self.running.is_empty() && in_use + need > self.config.kv_budget_bytes {
+            let n = 1 + job.choices.len();
+            let need = n * capacity * self.model.kv_bytes_per_token();
+            let slots_left = self.config.parallel - self.running.len();
+            if !self.running.is_empty()
+                && (n > slots_left || in_use + need > self.config.kv_budget_bytes)
+            {
                 break;
             }
             let job = self.waiting.pop_front().expect("front exists");
@@ -407,7 +440,7 @@ impl Worker {
                 .fetch_add(reused as u64, Ordering::Relaxed);
             c.prompt_tokens_computed
                 .fetch_add((job.prompt.len() - reused) as u64, Ordering::Relaxed);
-            in_use += cache.bytes();
+            in_use += n * cache.bytes();
             let seq = Sequence::new(
                 &self.model,
                 job.prompt,
@@ -418,6 +451,7 @@ impl Worker {
             self.running.push(Running {
                 seq,
                 sink: job.sink,
+                choices: job.choices,
                 span: job.span,
                 pending: VecDeque::new(),
                 stalled_since: None,
@@ -471,6 +505,10 @@ impl Worker {
                 ),
                 _ => {}
             });
+            // Choices never forked (the prompt pass was cut short) end the same way.
+            for mut sink in std::mem::take(&mut r.choices) {
+                let _ = sink.try_send(Event::Done(Ok(output.clone())));
+            }
             r.pending.push_back(Event::Done(Ok(output)));
             let tokens = r.seq.cached_tokens().to_vec();
             let cache = std::mem::replace(&mut r.seq.cache, self.model.new_cache(0));
@@ -489,7 +527,17 @@ impl Worker {
 
     /// One forward step over every sequence that can move; false when none can.
     fn step(&mut self) -> bool {
-        let mut budget = self.config.prefill_chunk;
+        // The chunk limit protects running streams; with none decoding, prompts are read in
+        // large passes (the prefill GEMM is most efficient there).
+        let decoding = self
+            .running
+            .iter()
+            .any(|r| r.pending.is_empty() && r.seq.prompt_left() == 0);
+        let mut budget = if decoding {
+            self.config.prefill_chunk
+        } else {
+            self.config.prefill_chunk.max(LONE_PREFILL_TOKENS)
+        };
         // Which sequences take part and how many tokens each feeds.
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
         for (i, r) in self.running.iter().enumerate() {
@@ -522,6 +570,13 @@ impl Worker {
         let rows: usize = inputs.iter().map(Vec::len).sum();
         self.logits
             .resize(wants.iter().filter(|&&w| w).count() * n_vocab, 0.0);
+        // A sequence alone in its step is interrupted between layers (a long prompt's pass is
+        // then cut at once, as without batching); in a shared step each is checked between
+        // steps.
+        let interrupt = match plan.as_slice() {
+            [(i, _)] => self.running[*i].seq.interrupt.clone(),
+            _ => Interrupt::new(),
+        };
         let result = {
             let mut caches: Vec<Option<&mut crate::model::KvCache>> = self
                 .running
@@ -541,7 +596,7 @@ impl Worker {
             let buffers = &mut self.buffers;
             let logits = &mut self.logits;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                model.forward_batch(&mut batch, buffers, logits, &Interrupt::new())
+                model.forward_batch(&mut batch, buffers, logits, &interrupt)
             }))
             .unwrap_or_else(|p| {
                 let msg = p
@@ -557,6 +612,11 @@ impl Worker {
         let c = &self.counters;
         c.steps.fetch_add(1, Ordering::Relaxed);
         c.step_rows.fetch_add(rows as u64, Ordering::Relaxed);
+        if let Err(EngineError::Interrupted(reason)) = result {
+            // Only a lone sequence's own interrupt reaches the forward pass.
+            self.running[plan[0].0].seq.stop(reason);
+            return true;
+        }
         if let Err(e) = result {
             // The whole step failed: every sequence in it ends with the error.
             tracing::error!(error = %e, "forward pass failed");
@@ -565,6 +625,10 @@ impl Worker {
             failed.sort_unstable_by(|a, b| b.cmp(a));
             for i in failed {
                 let mut r = self.running.remove(i);
+                for mut sink in std::mem::take(&mut r.choices) {
+                    let _ =
+                        sink.try_send(Event::Done(Err(EngineError::InvalidModel(message.clone()))));
+                }
                 r.pending
                     .push_back(Event::Done(Err(EngineError::InvalidModel(message.clone()))));
                 self.draining.push(r);
@@ -573,19 +637,41 @@ impl Worker {
             return true;
         }
         let tok = model.tokenizer();
+        let mut forks = Vec::new();
         let mut j = 0;
         for (&(i, _), &wanted) in plan.iter().zip(&wants) {
             if !wanted {
                 continue;
             }
-            let r = &mut self.running[i];
             let logits = &mut self.logits[j * n_vocab..(j + 1) * n_vocab];
             j += 1;
+            // The prompt is read: the request's other choices start from here, each with the
+            // same logits to sample from.
+            let choices = std::mem::take(&mut self.running[i].choices);
+            for (k, sink) in choices.into_iter().enumerate() {
+                let parent = &self.running[i];
+                let mut fork = Running {
+                    seq: parent.seq.fork(k + 1),
+                    sink,
+                    choices: Vec::new(),
+                    span: parent.span.clone(),
+                    pending: VecDeque::new(),
+                    stalled_since: None,
+                };
+                let mut own = logits.to_vec();
+                if let Some(e) = fork.seq.on_logits(tok, &mut own) {
+                    c.generated_tokens.fetch_add(1, Ordering::Relaxed);
+                    fork.emit(e);
+                }
+                forks.push(fork);
+            }
+            let r = &mut self.running[i];
             if let Some(e) = r.seq.on_logits(tok, logits) {
                 c.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 r.emit(e);
             }
         }
+        self.running.append(&mut forks);
         true
     }
 
@@ -604,7 +690,9 @@ impl Worker {
         }
         self.retire_finished();
         for mut job in self.waiting.drain(..) {
-            let _ = job.sink.try_send(Event::Done(Err(EngineError::Stopped)));
+            for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
+                let _ = sink.try_send(Event::Done(Err(EngineError::Stopped)));
+            }
         }
         self.counters.waiting.store(0, Ordering::Relaxed);
     }

@@ -22,14 +22,15 @@ pub trait Engine: Send + Sync + 'static {
     fn kv_bytes_per_token(&self) -> usize;
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32>;
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32>;
-    /// Checks the request and queues it; its events go to `sink`. Never blocks. An error
-    /// means the request was refused and `sink` sees nothing.
+    /// Checks the request and queues it; choice i's events go to `sinks[i]` (one sink per
+    /// choice, OpenAI's `n`; the prompt is read once). Never blocks. An error means the
+    /// request was refused and the sinks see nothing.
     fn submit(
         &self,
         prompt: Vec<u32>,
         params: GenerateParams,
         interrupt: Interrupt,
-        sink: Box<dyn EventSink>,
+        sinks: Vec<Box<dyn EventSink>>,
     ) -> Result<(), EngineError>;
     /// The scheduler's counters (`/metrics`).
     fn stats(&self) -> SchedulerStats;
@@ -56,9 +57,9 @@ impl Engine for Scheduler {
         prompt: Vec<u32>,
         params: GenerateParams,
         interrupt: Interrupt,
-        sink: Box<dyn EventSink>,
+        sinks: Vec<Box<dyn EventSink>>,
     ) -> Result<(), EngineError> {
-        Scheduler::submit(self, prompt, params, interrupt, sink)
+        Scheduler::submit_choices(self, prompt, params, interrupt, sinks)
     }
     fn stats(&self) -> SchedulerStats {
         Scheduler::stats(self)

@@ -44,9 +44,10 @@ const SSE_KEEP_ALIVE: Duration = Duration::from_secs(1);
 /// holds the sequence back, and cancels it after `BITNET_STREAM_STALL_SECS`.
 const EVENT_BUFFER: usize = 64;
 
-/// The engine's side of a request's one channel.
+/// The engine's side of a request's one channel; each choice's events carry its index.
 struct ChannelSink {
-    tx: mpsc::Sender<Event>,
+    tx: mpsc::Sender<(usize, Event)>,
+    index: usize,
     _place: SharedAdmission,
 }
 
@@ -64,8 +65,8 @@ impl Drop for SharedAdmission {
 
 impl EventSink for ChannelSink {
     fn try_send(&mut self, event: Event) -> Result<(), SinkError> {
-        self.tx.try_send(event).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(ev) => SinkError::Full(ev),
+        self.tx.try_send((self.index, event)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full((_, ev)) => SinkError::Full(ev),
             mpsc::error::TrySendError::Closed(_) => SinkError::Closed,
         })
     }
@@ -135,12 +136,15 @@ fn finish_reason(output: &GenerateOutput) -> &'static str {
     }
 }
 
-pub fn usage(o: &GenerateOutput) -> Value {
+/// Usage of a request's choices together: the prompt counted once.
+pub fn usage(outputs: &[GenerateOutput]) -> Value {
+    let first = &outputs[0];
+    let completion: usize = outputs.iter().map(|o| o.completion_tokens).sum();
     json!({
-        "prompt_tokens": o.prompt_tokens,
-        "completion_tokens": o.completion_tokens,
-        "total_tokens": o.prompt_tokens + o.completion_tokens,
-        "prompt_tokens_details": { "cached_tokens": o.cached_prompt_tokens },
+        "prompt_tokens": first.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": first.prompt_tokens + completion,
+        "prompt_tokens_details": { "cached_tokens": first.cached_prompt_tokens },
     })
 }
 
@@ -188,29 +192,34 @@ impl Shape {
         }
     }
 
-    fn full(&self, output: &GenerateOutput) -> Value {
-        let text = &output.text;
-        let reason = finish_reason(output);
-        let choice = match self.endpoint {
-            Endpoint::Chat => json!({
-                "index": 0,
-                "message": { "role": "assistant", "content": text, "refusal": null },
-                "logprobs": null,
-                "finish_reason": reason,
-            }),
-            Endpoint::Completions => json!({
-                "index": 0, "text": text, "logprobs": null, "finish_reason": reason,
-            }),
-        };
+    fn full(&self, outputs: &[GenerateOutput]) -> Value {
+        let choices: Vec<Value> = outputs
+            .iter()
+            .enumerate()
+            .map(|(index, output)| {
+                let (text, reason) = (&output.text, finish_reason(output));
+                match self.endpoint {
+                    Endpoint::Chat => json!({
+                        "index": index,
+                        "message": { "role": "assistant", "content": text, "refusal": null },
+                        "logprobs": null,
+                        "finish_reason": reason,
+                    }),
+                    Endpoint::Completions => json!({
+                        "index": index, "text": text, "logprobs": null, "finish_reason": reason,
+                    }),
+                }
+            })
+            .collect();
         json!({
             "id": self.id,
             "object": match self.endpoint { Endpoint::Chat => "chat.completion", Endpoint::Completions => "text_completion" },
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
-            "choices": [choice],
-            "usage": usage(output),
-            "timings": timings(output),
+            "choices": choices,
+            "usage": usage(outputs),
+            "timings": timings(&outputs[0]),
         })
     }
 
@@ -230,7 +239,13 @@ impl Shape {
         v
     }
 
-    fn delta_choice(&self, text: Option<&str>, role: bool, reason: Option<&str>) -> Value {
+    fn delta_choice(
+        &self,
+        index: usize,
+        text: Option<&str>,
+        role: bool,
+        reason: Option<&str>,
+    ) -> Value {
         match self.endpoint {
             Endpoint::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -240,10 +255,10 @@ impl Shape {
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
                 }
-                json!({ "index": 0, "delta": delta, "logprobs": null, "finish_reason": reason })
+                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
             }
             Endpoint::Completions => json!({
-                "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason,
+                "index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason,
             }),
         }
     }
@@ -283,26 +298,28 @@ pub async fn complete(
     let prepared = prepare(&state, &req).await?;
     let shape = Shape::new(endpoint, state.config().model_id.clone(), &request_id);
     let interrupt = Interrupt::new().with_deadline(deadline);
-    let (tx, rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let n = req.n;
+    let (tx, rx) = mpsc::channel::<(usize, Event)>(EVENT_BUFFER * n);
     let place = SharedAdmission(Arc::new(std::sync::Mutex::new(Some(admission))));
-    let sink = ChannelSink {
-        tx,
-        _place: place.clone(),
-    };
+    let sinks = (0..n)
+        .map(|index| {
+            Box::new(ChannelSink {
+                tx: tx.clone(),
+                index,
+                _place: place.clone(),
+            }) as Box<dyn EventSink>
+        })
+        .collect();
+    drop(tx);
     prepared
         .engine
-        .submit(
-            prepared.prompt,
-            prepared.params,
-            interrupt.clone(),
-            Box::new(sink),
-        )
+        .submit(prepared.prompt, prepared.params, interrupt.clone(), sinks)
         .map_err(|e| refused(e, &req.input))?;
     let events = EventStream {
         rx,
         metrics: state.metrics().clone(),
         received,
-        last_token: None,
+        last_token: vec![None; n],
         _cancel: CancelOnDrop(Some(interrupt)),
         _place: place,
     };
@@ -317,10 +334,11 @@ pub async fn complete(
 /// done, or the client left) gives the request's place back at once, closes the channel and
 /// cancels the generation; the engine lets go of it at its next step.
 struct EventStream {
-    rx: mpsc::Receiver<Event>,
+    rx: mpsc::Receiver<(usize, Event)>,
     metrics: Arc<Metrics>,
     received: Instant,
-    last_token: Option<Instant>,
+    /// Per choice.
+    last_token: Vec<Option<Instant>>,
     _cancel: CancelOnDrop,
     _place: SharedAdmission,
 }
@@ -333,93 +351,113 @@ enum Outcome {
 }
 
 impl EventStream {
-    async fn next(&mut self) -> Outcome {
+    /// The next event of any choice, with the choice's index.
+    async fn next(&mut self) -> (usize, Outcome) {
         match self.rx.recv().await {
-            Some(Event::Token { text, .. }) => {
+            Some((i, Event::Token { text, .. })) => {
                 let now = Instant::now();
-                match self.last_token.replace(now) {
+                match self.last_token.get_mut(i).and_then(|t| t.replace(now)) {
                     None => self.metrics.time_to_first_token(now - self.received),
                     Some(prev) => self.metrics.inter_token(now - prev),
                 }
-                Outcome::Text(text)
+                (i, Outcome::Text(text))
             }
-            Some(Event::Done(Ok(output))) => {
+            Some((i, Event::Done(Ok(output)))) => {
                 log_done(&output);
                 self.metrics.finished(&output);
-                Outcome::Done(output)
+                (i, Outcome::Done(output))
             }
-            Some(Event::Done(Err(e))) => {
+            Some((i, Event::Done(Err(e)))) => {
                 tracing::error!(error = %e, "generation failed");
-                Outcome::Failed(ApiError::internal(format!("generation failed: {e}")))
+                (
+                    i,
+                    Outcome::Failed(ApiError::internal(format!("generation failed: {e}"))),
+                )
             }
             // The engine let go without a result: it cancelled a client that took nothing for
             // too long, or it stopped.
-            None => Outcome::Failed(ApiError::internal("generation ended without a result")),
+            None => (
+                0,
+                Outcome::Failed(ApiError::internal("generation ended without a result")),
+            ),
         }
     }
 }
 
 async fn full_response(mut events: EventStream, shape: Shape) -> Result<Response, ApiError> {
-    loop {
+    let mut outputs: Vec<Option<GenerateOutput>> = vec![None; events.last_token.len()];
+    while outputs.iter().any(Option::is_none) {
         match events.next().await {
-            Outcome::Text(_) => {}
-            Outcome::Done(output) => {
-                return Ok(axum::Json(shape.full(&output)).into_response());
-            }
-            Outcome::Failed(e) => return Err(e),
+            (_, Outcome::Text(_)) => {}
+            (i, Outcome::Done(output)) => outputs[i] = Some(output),
+            (_, Outcome::Failed(e)) => return Err(e),
         }
     }
+    let outputs: Vec<GenerateOutput> = outputs.into_iter().flatten().collect();
+    Ok(axum::Json(shape.full(&outputs)).into_response())
 }
 
 /// SSE from the one channel: a role chunk (chat), a chunk per piece of text, the finish
 /// chunk with `timings`, the usage chunk when asked for, `[DONE]`; a failure mid-stream is an
 /// error object then `[DONE]`. Keep-alive comments while nothing comes (a prompt being read).
 fn stream_response(events: EventStream, shape: Shape, include_usage: bool) -> Response {
+    let n = events.last_token.len();
     let mut first = VecDeque::new();
     if shape.endpoint == Endpoint::Chat {
-        first.push_back(data(&shape.chunk(
-            Some(shape.delta_choice(Some(""), true, None)),
-            include_usage,
-        )));
+        for i in 0..n {
+            first.push_back(data(&shape.chunk(
+                Some(shape.delta_choice(i, Some(""), true, None)),
+                include_usage,
+            )));
+        }
     }
-    let state = (events, shape, first, false);
+    let outputs: Vec<Option<GenerateOutput>> = vec![None; n];
+    let state = (events, shape, first, outputs, false);
     let stream = futures_util::stream::unfold(
         state,
-        move |(mut events, shape, mut queue, mut ended)| async move {
+        move |(mut events, shape, mut queue, mut outputs, mut ended)| async move {
             loop {
                 if let Some(ev) = queue.pop_front() {
-                    return Some((Ok::<_, Infallible>(ev), (events, shape, queue, ended)));
+                    return Some((
+                        Ok::<_, Infallible>(ev),
+                        (events, shape, queue, outputs, ended),
+                    ));
                 }
                 if ended {
                     return None;
                 }
                 match events.next().await {
-                    Outcome::Text(text) if text.is_empty() => {}
-                    Outcome::Text(text) => queue.push_back(data(&shape.chunk(
-                        Some(shape.delta_choice(Some(&text), false, None)),
+                    (_, Outcome::Text(text)) if text.is_empty() => {}
+                    (i, Outcome::Text(text)) => queue.push_back(data(&shape.chunk(
+                        Some(shape.delta_choice(i, Some(&text), false, None)),
                         include_usage,
                     ))),
-                    Outcome::Done(output) => {
+                    (i, Outcome::Done(output)) => {
                         let text = match shape.endpoint {
                             Endpoint::Chat => None,
                             Endpoint::Completions => Some(""),
                         };
                         let mut last = shape.chunk(
-                            Some(shape.delta_choice(text, false, Some(finish_reason(&output)))),
+                            Some(shape.delta_choice(i, text, false, Some(finish_reason(&output)))),
                             include_usage,
                         );
                         last["timings"] = timings(&output);
                         queue.push_back(data(&last));
-                        if include_usage {
-                            let mut u = shape.chunk(None, false);
-                            u["usage"] = usage(&output);
-                            u["timings"] = timings(&output);
-                            queue.push_back(data(&u));
+                        outputs[i] = Some(output);
+                        if outputs.iter().all(Option::is_some) {
+                            let all: Vec<GenerateOutput> =
+                                outputs.iter().flatten().cloned().collect();
+                            if include_usage {
+                                let mut u = shape.chunk(None, false);
+                                u["usage"] = usage(&all);
+                                u["timings"] = timings(&all[0]);
+                                queue.push_back(data(&u));
+                            }
+                            queue.push_back(SseEvent::default().data("[DONE]"));
+                            ended = true;
                         }
-                        queue.push_back(SseEvent::default().data("[DONE]"));
-                        ended = true;
                     }
-                    Outcome::Failed(e) => {
+                    (_, Outcome::Failed(e)) => {
                         queue.push_back(data(&e.body()));
                         queue.push_back(SseEvent::default().data("[DONE]"));
                         ended = true;

@@ -34,7 +34,12 @@ pub struct CompletionRequest {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Choices to generate (`n`), sharing one prompt pass.
+    pub n: usize,
 }
+
+/// Most choices one request may ask for: each takes a slot.
+pub const MAX_CHOICES: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -111,6 +116,19 @@ fn parse_object(
         Some(Value::String(s)) => Some(s.clone()),
         Some(_) => return Err(type_error("model", "a string")),
     };
+    let n = match field(obj, "n") {
+        None => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_CHOICES as u64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ApiError::invalid_param(
+                    "n",
+                    format!("Invalid 'n': must be between 1 and {MAX_CHOICES}; got {n}."),
+                ));
+            }
+            None => return Err(type_error("n", "an integer")),
+        },
+    };
     let req = CompletionRequest {
         model,
         input,
@@ -126,6 +144,7 @@ fn parse_object(
         stop,
         stream,
         include_usage,
+        n,
     };
     // The engine decides what it can compute with; a request it would refuse is a 400 now,
     // before the request waits for the engine.
@@ -209,13 +228,6 @@ fn opt_f32(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError
 /// Parameters this server does not implement: a 400 naming the parameter, unless the value is
 /// the one that means "off".
 fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<(), ApiError> {
-    if let Some(v) = field(obj, "n") {
-        match v.as_u64() {
-            Some(1) => {}
-            Some(_) => return Err(ApiError::unsupported("n", "Only n=1 is supported.")),
-            None => return Err(type_error("n", "an integer")),
-        }
-    }
     if let Some(v) = field(obj, "best_of")
         && v.as_u64() != Some(1)
     {
@@ -600,7 +612,6 @@ mod tests {
     fn unsupported_parameters_are_named() {
         let m = r#""messages":[{"role":"user","content":"x"}]"#;
         for (extra, param) in [
-            (r#""n":2"#, "n"),
             (r#""logprobs":true"#, "logprobs"),
             (r#""top_logprobs":2"#, "top_logprobs"),
             (

@@ -56,61 +56,64 @@ impl Engine for FakeEngine {
         prompt: Vec<u32>,
         params: GenerateParams,
         interrupt: Interrupt,
-        mut sink: Box<dyn EventSink>,
+        sinks: Vec<Box<dyn EventSink>>,
     ) -> Result<(), EngineError> {
         bitnet_engine::generate::check_request(&prompt, &params, self.n_vocab(), self.n_ctx())?;
         self.calls.fetch_add(1, Ordering::SeqCst);
         *self.last_params.lock().unwrap() = Some(params.clone());
-        let (delay, cancelled) = (self.delay, self.cancelled.clone());
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let mut ids = Vec::new();
-            let mut reason = StopReason::Length;
-            'tokens: for i in 0..params.max_tokens {
-                std::thread::sleep(delay);
-                if let Some(r) = interrupt
-                    .check()
-                    .or(sink.is_closed().then_some(StopReason::Cancelled))
-                {
-                    reason = r;
-                    if r == StopReason::Cancelled {
-                        cancelled.store(true, Ordering::SeqCst);
-                    }
-                    break;
-                }
-                let piece = format!("tok{i} ");
-                text.push_str(&piece);
-                ids.push(i as u32);
-                let mut ev = Event::Token {
-                    text: piece,
-                    token_id: i as u32,
-                };
-                loop {
-                    match sink.try_send(ev) {
-                        Ok(()) => break,
-                        Err(SinkError::Full(back)) => {
-                            ev = back;
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(SinkError::Closed) => {
-                            reason = StopReason::Cancelled;
+        for mut sink in sinks {
+            let (delay, cancelled) = (self.delay, self.cancelled.clone());
+            let (prompt, params, interrupt) = (prompt.clone(), params.clone(), interrupt.clone());
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let mut ids = Vec::new();
+                let mut reason = StopReason::Length;
+                'tokens: for i in 0..params.max_tokens {
+                    std::thread::sleep(delay);
+                    if let Some(r) = interrupt
+                        .check()
+                        .or(sink.is_closed().then_some(StopReason::Cancelled))
+                    {
+                        reason = r;
+                        if r == StopReason::Cancelled {
                             cancelled.store(true, Ordering::SeqCst);
-                            break 'tokens;
+                        }
+                        break;
+                    }
+                    let piece = format!("tok{i} ");
+                    text.push_str(&piece);
+                    ids.push(i as u32);
+                    let mut ev = Event::Token {
+                        text: piece,
+                        token_id: i as u32,
+                    };
+                    loop {
+                        match sink.try_send(ev) {
+                            Ok(()) => break,
+                            Err(SinkError::Full(back)) => {
+                                ev = back;
+                                std::thread::sleep(Duration::from_millis(1));
+                            }
+                            Err(SinkError::Closed) => {
+                                reason = StopReason::Cancelled;
+                                cancelled.store(true, Ordering::SeqCst);
+                                break 'tokens;
+                            }
                         }
                     }
                 }
-            }
-            let _ = sink.try_send(Event::Done(Ok(GenerateOutput {
-                text,
-                completion_tokens: ids.len(),
-                token_ids: ids,
-                prompt_tokens: prompt.len(),
-                stop_reason: reason,
-                prompt_ms: 2.0,
-                decode_ms: 10.0,
-                cached_prompt_tokens: 0,
-            })));
-        });
+                let _ = sink.try_send(Event::Done(Ok(GenerateOutput {
+                    text,
+                    completion_tokens: ids.len(),
+                    token_ids: ids,
+                    prompt_tokens: prompt.len(),
+                    stop_reason: reason,
+                    prompt_ms: 2.0,
+                    decode_ms: 10.0,
+                    cached_prompt_tokens: 0,
+                })));
+            });
+        }
         Ok(())
     }
     fn stats(&self) -> SchedulerStats {
@@ -505,10 +508,10 @@ async fn client_errors() {
     assert_openai_error(s, &b, 400, Some("temperature"), None);
     let (s, _, b) = post(
         "/v1/chat/completions",
-        r#"{"messages":[{"role":"user","content":"x"}],"n":3}"#.into(),
+        r#"{"messages":[{"role":"user","content":"x"}],"n":9}"#.into(),
     )
     .await;
-    assert_openai_error(s, &b, 400, Some("n"), Some("unsupported_parameter"));
+    assert_openai_error(s, &b, 400, Some("n"), None);
     let (s, _, b) = post(
         "/v1/chat/completions",
         r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#.into(),
@@ -911,6 +914,51 @@ async fn the_generation_deadline_finishes_the_response_cut_short() {
     let events = sse_events(&b);
     let last: Value = json_of(&events[events.len() - 2]);
     assert_eq!(last["choices"][0]["finish_reason"], "length");
+}
+
+#[tokio::test]
+async fn several_choices_come_back_indexed_with_usage_summed() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let req = r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":2,"n":3}"#;
+    let (s, _, body) = call(&h.state, "POST", "/v1/chat/completions", Some(req), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v = json_of(&body);
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["message"]["content"], "tok0 tok1 ");
+    }
+    assert_eq!(v["usage"]["prompt_tokens"], 4);
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    // Streaming: every choice's chunks carry its index; one usage chunk, one [DONE].
+    let req = r#"{"prompt":"x","max_tokens":2,"n":2,"stream":true,"stream_options":{"include_usage":true}}"#;
+    let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let events = sse_events(&body);
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .collect();
+    for i in 0..2 {
+        let text: String = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["index"] == i)
+            .filter_map(|c| c["choices"][0]["text"].as_str())
+            .collect();
+        assert_eq!(text, "tok0 tok1 ", "choice {i}");
+        let finished = chunks
+            .iter()
+            .filter(|c| {
+                c["choices"][0]["index"] == i && c["choices"][0]["finish_reason"] == "length"
+            })
+            .count();
+        assert_eq!(finished, 1, "choice {i}");
+    }
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+    assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
 }
 
 #[tokio::test]

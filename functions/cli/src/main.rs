@@ -138,6 +138,10 @@ struct InputArgs {
     /// Comma-separated token ids, used as they are.
     #[arg(long, group = "input", value_delimiter = ',')]
     ids: Option<Vec<u32>>,
+    /// Several prompts of token ids (`1,2,3;4,5`), generated together by the server's
+    /// scheduler (one batched forward pass per step); one JSON line per prompt, in order.
+    #[arg(long, group = "input", value_name = "IDS;IDS...")]
+    batch_ids: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -177,6 +181,9 @@ struct GenerateArgs {
     /// Print one JSON object (text, ids, timings) instead of streaming text.
     #[arg(long)]
     json: bool,
+    /// With --batch-ids: prompt tokens read per step, across the prompts being read.
+    #[arg(long, default_value_t = 64)]
+    prefill_chunk: usize,
 }
 
 #[derive(clap::Args)]
@@ -408,6 +415,9 @@ fn read_chat(path: &PathBuf) -> Result<Vec<ChatMessage>> {
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    if let Some(batch) = &a.input.batch_ids {
+        return generate_batch(&a, batch);
+    }
     let model = load(&a.model)?;
     let tok = model.tokenizer();
     let prompt = if let Some(p) = &a.input.prompt {
@@ -417,7 +427,84 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     } else {
         a.input.ids.clone().unwrap_or_default()
     };
-    let params = GenerateParams {
+    let params = generate_params(&a);
+    let mut stdout = std::io::stdout().lock();
+    let json = a.json;
+    let out = model.generate(&prompt, &params, &Interrupt::new(), &mut |p| {
+        if !json {
+            // A closed stdout (e.g. `| head`) ends generation quietly.
+            if stdout
+                .write_all(p.text.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_err()
+            {
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    })?;
+    if json {
+        writeln!(stdout, "{}", output_json(&prompt, &out))?;
+    } else {
+        writeln!(stdout)?;
+    }
+    Ok(())
+}
+
+fn output_json(prompt: &[u32], out: &bitnet_engine::GenerateOutput) -> serde_json::Value {
+    serde_json::json!({
+        "text": out.text, "token_ids": out.token_ids, "prompt_ids": prompt,
+        "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
+        "stop_reason": out.stop_reason, "prompt_ms": out.prompt_ms, "decode_ms": out.decode_ms,
+        "prompt_tok_s": out.prompt_tokens as f64 / (out.prompt_ms / 1e3),
+        "decode_tok_s": if out.completion_tokens > 1 { (out.completion_tokens - 1) as f64 / (out.decode_ms / 1e3) } else { 0.0 },
+    })
+}
+
+/// `--batch-ids`: every prompt submitted at once to a scheduler with a slot each.
+fn generate_batch(a: &GenerateArgs, batch: &str) -> Result<()> {
+    let prompts: Vec<Vec<u32>> = batch
+        .split(';')
+        .map(|p| {
+            p.split(',')
+                .map(|t| t.trim().parse::<u32>())
+                .collect::<Result<Vec<u32>, _>>()
+                .with_context(|| format!("--batch-ids: {p:?} is not a list of token ids"))
+        })
+        .collect::<Result<_>>()?;
+    let model = std::sync::Arc::new(load(&a.model)?);
+    let scheduler = bitnet_engine::Scheduler::new(
+        model,
+        bitnet_engine::SchedulerConfig {
+            parallel: prompts.len(),
+            prefill_chunk: a.prefill_chunk,
+            ..Default::default()
+        },
+    );
+    let params = generate_params(a);
+    let receivers = prompts
+        .iter()
+        .map(|p| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(4096);
+            scheduler.submit(p.clone(), params.clone(), Interrupt::new(), Box::new(tx))?;
+            Ok(rx)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut stdout = std::io::stdout().lock();
+    for (prompt, rx) in prompts.iter().zip(receivers) {
+        let out = loop {
+            match rx.recv().context("the engine stopped")? {
+                bitnet_engine::Event::Token { .. } => {}
+                bitnet_engine::Event::Done(result) => break result?,
+            }
+        };
+        writeln!(stdout, "{}", output_json(prompt, &out))?;
+    }
+    Ok(())
+}
+
+fn generate_params(a: &GenerateArgs) -> GenerateParams {
+    GenerateParams {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
             temperature: a.temperature,
@@ -436,35 +523,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
             a.stop_ids.clone()
         },
         stop_strings: a.stop.clone(),
-    };
-    let mut stdout = std::io::stdout().lock();
-    let json = a.json;
-    let out = model.generate(&prompt, &params, &Interrupt::new(), &mut |p| {
-        if !json {
-            // A closed stdout (e.g. `| head`) ends generation quietly.
-            if stdout
-                .write_all(p.text.as_bytes())
-                .and_then(|_| stdout.flush())
-                .is_err()
-            {
-                return ControlFlow::Break(());
-            }
-        }
-        ControlFlow::Continue(())
-    })?;
-    if json {
-        let v = serde_json::json!({
-            "text": out.text, "token_ids": out.token_ids, "prompt_ids": prompt,
-            "prompt_tokens": out.prompt_tokens, "completion_tokens": out.completion_tokens,
-            "stop_reason": out.stop_reason, "prompt_ms": out.prompt_ms, "decode_ms": out.decode_ms,
-            "prompt_tok_s": out.prompt_tokens as f64 / (out.prompt_ms / 1e3),
-            "decode_tok_s": if out.completion_tokens > 1 { (out.completion_tokens - 1) as f64 / (out.decode_ms / 1e3) } else { 0.0 },
-        });
-        writeln!(stdout, "{v}")?;
-    } else {
-        writeln!(stdout)?;
     }
-    Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
