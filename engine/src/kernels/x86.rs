@@ -478,33 +478,52 @@ pub unsafe fn dot_f16_rows_avx512<const S: usize>(rows: [&[u8]; S], x: &[f32]) -
     out
 }
 
-/// `R` F16 rows against `V` vectors: `out[r][v] = rows[r] · xs[v]`, each row converted once
-/// per 32 values and used for every vector (the head of a batch of sequences). Every output is
-/// summed exactly as [`dot_f16_rows_avx512`] sums it (two 16-lane chains in order, one fixed
-/// reduction, the scalar tail in order): bit-identical to one vector at a time.
+/// Accumulators of [`f16_tile_avx512`]: per row (up to 2) and vector (up to 4), the two
+/// 16-lane chains of [`dot_f16_rows_avx512`].
+pub type F16TileAcc = [[[__m512; 2]; 4]; 2];
+
+/// Zeroed accumulators for [`f16_tile_avx512`].
 ///
 /// # Safety
-/// The CPU supports AVX-512 F, F16C and FMA; every row holds `k` f16 values and every vector
-/// `k` f32 values, `k` being the length of the first vector.
+/// The CPU supports AVX-512 F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f16_tile_acc_zero() -> F16TileAcc {
+    [[[_mm512_setzero_ps(); 2]; 4]; 2]
+}
+
+/// `R` F16 rows (≤ 2) against `V` vectors (≤ 4) over the values `k0..k1` (multiples of 32):
+/// each row's 32 values are converted once and used for every vector; the chains continue in
+/// `acc`, so a row is summed slice after slice exactly as [`dot_f16_rows_avx512`] sums it in
+/// one go (the head of a batch of sequences, with the vectors' slices kept in L1).
+///
+/// # Safety
+/// The CPU supports AVX-512 F, F16C and FMA; every row holds at least `k1` f16 values and
+/// every vector at least `k1` f32 values; `k0` and `k1` are multiples of 32.
 #[inline]
 #[target_feature(enable = "avx512f,f16c,fma")]
-pub unsafe fn dot_f16_rows_vectors_avx512<const R: usize, const V: usize>(
+pub unsafe fn f16_tile_avx512<const R: usize, const V: usize>(
     rows: [&[u8]; R],
     xs: [&[f32]; V],
-) -> [[f32; V]; R] {
-    let k = xs[0].len();
-    debug_assert!(rows.iter().all(|r| r.len() >= 2 * k));
-    debug_assert!(xs.iter().all(|x| x.len() == k));
-    let main = k / 32 * 32;
-    let mut acc = [[[_mm512_setzero_ps(); 2]; V]; R];
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 32 <= main <= k: within every vector and every row (2k bytes).
+    (k0, k1): (usize, usize),
+    acc: &mut F16TileAcc,
+) {
+    debug_assert!(R <= 2 && V <= 4 && k0 % 32 == 0 && k1 % 32 == 0);
+    debug_assert!(rows.iter().all(|r| r.len() >= 2 * k1));
+    debug_assert!(xs.iter().all(|x| x.len() >= k1));
+    let mut a = [[[_mm512_setzero_ps(); 2]; V]; R];
+    for r in 0..R {
+        for v in 0..V {
+            a[r][v] = acc[r][v];
+        }
+    }
+    let mut i = k0;
+    while i < k1 {
+        // SAFETY: i + 32 <= k1: within every vector and every row (2 * k1 bytes).
         unsafe {
             let mut w = [[_mm512_setzero_ps(); 2]; R];
             for r in 0..R {
                 let p = rows[r].as_ptr().add(2 * i);
-                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
                 w[r][0] = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
                 w[r][1] = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
             }
@@ -512,24 +531,34 @@ pub unsafe fn dot_f16_rows_vectors_avx512<const R: usize, const V: usize>(
                 let x0 = _mm512_loadu_ps(xs[v].as_ptr().add(i));
                 let x1 = _mm512_loadu_ps(xs[v].as_ptr().add(i + 16));
                 for r in 0..R {
-                    acc[r][v][0] = _mm512_fmadd_ps(w[r][0], x0, acc[r][v][0]);
-                    acc[r][v][1] = _mm512_fmadd_ps(w[r][1], x1, acc[r][v][1]);
+                    a[r][v][0] = _mm512_fmadd_ps(w[r][0], x0, a[r][v][0]);
+                    a[r][v][1] = _mm512_fmadd_ps(w[r][1], x1, a[r][v][1]);
                 }
             }
         }
         i += 32;
     }
-    let mut out = [[0f32; V]; R];
-    for ((o, a), row) in out.iter_mut().zip(&acc).zip(&rows) {
-        for ((ov, av), x) in o.iter_mut().zip(a).zip(&xs) {
-            let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(av[0], av[1]));
-            for j in main..k {
-                sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
-            }
-            *ov = sum;
+    for r in 0..R {
+        for v in 0..V {
+            acc[r][v] = a[r][v];
         }
     }
-    out
+}
+
+/// The end of [`dot_f16_rows_avx512`] for one row and vector: the chains reduced, then the
+/// values past the last multiple of 32 in order.
+///
+/// # Safety
+/// The CPU supports AVX-512 F; `row` holds `x.len()` f16 values.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub unsafe fn f16_tile_finish(chains: [__m512; 2], row: &[u8], x: &[f32]) -> f32 {
+    let main = x.len() / 32 * 32;
+    let mut sum = _mm512_reduce_add_ps(_mm512_add_ps(chains[0], chains[1]));
+    for j in main..x.len() {
+        sum += half::f16::from_le_bytes([row[2 * j], row[2 * j + 1]]).to_f32() * x[j];
+    }
+    sum
 }
 
 /// `sum a[i] * b[i]` with f32 inputs, products and sum in f64 (AVX2 + FMA).
