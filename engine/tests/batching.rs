@@ -458,3 +458,38 @@ fn several_choices_share_one_prompt_pass_and_sample_on_their_own() {
     assert_eq!(s.stats().prompt_tokens_computed, prompt.len() as u64);
     assert_eq!(s.stats().generated_tokens, 30);
 }
+
+#[test]
+fn requests_that_leave_while_queued_do_not_stay_in_the_queue() {
+    let m = model(GgmlType::I2S);
+    let ps = prompts(&m);
+    let s = scheduler(&m, 1, 16, 0);
+    // One long generation holds the only slot (its client reads nothing yet: it waits).
+    let (tx, rx) = mpsc::sync_channel(1);
+    let running = Interrupt::new();
+    s.submit(ps[1].clone(), greedy(3000), running.clone(), Box::new(tx))
+        .unwrap();
+    // Fifty requests whose clients leave while they wait (the API cancels a departed
+    // client's interrupt, and its channel closes).
+    for _ in 0..50 {
+        let (tx, rx) = mpsc::sync_channel(4);
+        let gone = Interrupt::new();
+        s.submit(ps[2].clone(), greedy(8), gone.clone(), Box::new(tx))
+            .unwrap();
+        gone.cancel();
+        drop(rx);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.stats().waiting > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} still queued",
+            s.stats().waiting
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(s.stats().active, 1, "the running one is untouched");
+    running.cancel();
+    let (_, out) = collect(rx);
+    assert_eq!(out.stop_reason, StopReason::Cancelled);
+}

@@ -439,32 +439,38 @@ impl Worker {
     }
 
     /// Starts waiting requests while there are free slots and KV budget, in arrival order.
-    /// Requests whose client left or whose interrupt fired while waiting end here.
+    /// Requests whose client left or whose interrupt fired while waiting end first, wherever
+    /// they are in the queue (the front door gives their place back at once, so the queue
+    /// must not keep them).
     fn admit(&mut self) {
+        let (before, counters) = (self.waiting.len(), &self.counters);
+        self.waiting.retain_mut(|job| {
+            if !job.sink.is_closed() && job.interrupt.check().is_none() {
+                return true;
+            }
+            let output = GenerateOutput {
+                text: String::new(),
+                token_ids: Vec::new(),
+                prompt_tokens: job.prompt.len(),
+                completion_tokens: 0,
+                stop_reason: job.interrupt.check().unwrap_or(StopReason::Cancelled),
+                prompt_ms: 0.0,
+                decode_ms: 0.0,
+                cached_prompt_tokens: 0,
+            };
+            for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
+                let _ = sink.try_send(Event::Done(Ok(output.clone())));
+            }
+            false
+        });
+        counters
+            .waiting
+            .fetch_sub(before - self.waiting.len(), Ordering::Relaxed);
         let mut in_use = self.kv_in_use();
         while self.running.len() < self.config.parallel {
             let Some(job) = self.waiting.front() else {
                 break;
             };
-            if job.sink.is_closed() || job.interrupt.check().is_some() {
-                let mut job = self.waiting.pop_front().expect("front exists");
-                self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
-                let reason = job.interrupt.check().unwrap_or(StopReason::Cancelled);
-                let output = GenerateOutput {
-                    text: String::new(),
-                    token_ids: Vec::new(),
-                    prompt_tokens: job.prompt.len(),
-                    completion_tokens: 0,
-                    stop_reason: reason,
-                    prompt_ms: 0.0,
-                    decode_ms: 0.0,
-                    cached_prompt_tokens: 0,
-                };
-                for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
-                    let _ = sink.try_send(Event::Done(Ok(output.clone())));
-                }
-                continue;
-            }
             let capacity = Sequence::capacity_for(job.prompt.len(), &job.params);
             let n = 1 + job.choices.len();
             let need = n * capacity * self.model.kv_bytes_per_token();

@@ -738,9 +738,7 @@ fn f16_rows_vectors_avx512(
     let row = |r: usize| &w.data[r * 2 * k..(r + 1) * 2 * k];
     let vectors: Vec<&[f32]> = xs.chunks_exact(k).collect();
     let groups = vectors.len().div_ceil(4);
-    // SAFETY (every unsafe call below): AVX-512 F, F16C and FMA were detected
-    // (Isa::Avx512Vnni); rows hold k f16 values, vectors k f32 values, slices are multiples
-    // of 32 within `main`.
+    // SAFETY: AVX-512 F was detected (Isa::Avx512Vnni).
     let zero = unsafe { x86::f16_tile_acc_zero() };
     let mut acc = vec![zero; HEAD_TILE_ROWS.div_ceil(2) * groups];
     let mut b0 = r0;
@@ -774,6 +772,9 @@ fn f16_rows_vectors_avx512(
                         ($R:literal, $V:literal) => {{
                             let rs: [&[u8]; $R] = std::array::from_fn(|i| row(r + i));
                             let vs: [&[f32]; $V] = std::array::from_fn(|i| vectors[v0 + i]);
+                            // SAFETY: AVX-512 F, F16C and FMA were detected (Isa::Avx512Vnni);
+                            // rows hold k f16 values, vectors k f32 values; k0 and k1 are
+                            // multiples of 32 within `main`.
                             unsafe { x86::f16_tile_avx512::<$R, $V>(rs, vs, (k0, k1), a) }
                         }};
                     }
@@ -795,9 +796,9 @@ fn f16_rows_vectors_avx512(
             for i in 0..(b1 - r).min(2) {
                 for (j, x) in vectors.iter().enumerate() {
                     let chains = acc[p * groups + j / 4][i][j % 4];
-                    put(j, r + i, unsafe {
-                        x86::f16_tile_finish(chains, row(r + i), x)
-                    });
+                    // SAFETY: AVX-512 F was detected; the row holds k = x.len() f16 values.
+                    let v = unsafe { x86::f16_tile_finish(chains, row(r + i), x) };
+                    put(j, r + i, v);
                 }
             }
         }
