@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -22,15 +24,6 @@ fn model(ty: GgmlType) -> Arc<Model> {
         ..Default::default()
     };
     Arc::new(Model::from_backing(common::fixture_bytes("tiny", ty, 11), &opts).expect("model"))
-}
-
-fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_ids: Some(vec![]),
-        stop_strings: vec![],
-    }
 }
 
 /// Prompts of different lengths (one a single token, one longer than a prefill chunk).

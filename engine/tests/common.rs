@@ -88,3 +88,13 @@ pub fn rewrite_metadata(
     }
     Arc::new(out)
 }
+
+/// Greedy sampling of exactly `max_tokens` tokens (no stop ids, no stop strings).
+pub fn greedy(max_tokens: usize) -> bitnet_engine::GenerateParams {
+    bitnet_engine::GenerateParams {
+        max_tokens,
+        sampling: bitnet_engine::SamplingParams::greedy(),
+        stop_ids: Some(vec![]),
+        stop_strings: vec![],
+    }
+}

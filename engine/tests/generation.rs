@@ -3,6 +3,8 @@
 
 mod common;
 
+use common::greedy;
+
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
@@ -18,15 +20,6 @@ fn model() -> &'static Model {
         )
         .expect("model")
     })
-}
-
-fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams {
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_ids: Some(vec![]),
-        stop_strings: vec![],
-    }
 }
 
 fn run(p: &[u32], params: &GenerateParams) -> bitnet_engine::GenerateOutput {

@@ -139,6 +139,22 @@ pub struct GenerateOutput {
     pub cached_prompt_tokens: usize,
 }
 
+impl GenerateOutput {
+    /// The result of a request that ended before its first step.
+    pub(crate) fn not_started(prompt_tokens: usize, stop_reason: StopReason) -> Self {
+        Self {
+            text: String::new(),
+            token_ids: Vec::new(),
+            prompt_tokens,
+            completion_tokens: 0,
+            stop_reason,
+            prompt_ms: 0.0,
+            decode_ms: 0.0,
+            cached_prompt_tokens: 0,
+        }
+    }
+}
+
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

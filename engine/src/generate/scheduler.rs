@@ -141,6 +141,19 @@ struct Job {
     span: tracing::Span,
 }
 
+impl Job {
+    /// Ends a request that never ran: every choice's sink gets `result`.
+    fn end(&mut self, result: &dyn Fn() -> Result<GenerateOutput, EngineError>) {
+        for sink in self
+            .choices
+            .iter_mut()
+            .chain(std::iter::once(&mut self.sink))
+        {
+            let _ = sink.try_send(Event::Done(result()));
+        }
+    }
+}
+
 /// The engine thread's handle. Dropping it cancels what runs and ends the thread.
 pub struct Scheduler {
     model: Arc<Model>,
@@ -448,19 +461,9 @@ impl Worker {
             if !job.sink.is_closed() && job.interrupt.check().is_none() {
                 return true;
             }
-            let output = GenerateOutput {
-                text: String::new(),
-                token_ids: Vec::new(),
-                prompt_tokens: job.prompt.len(),
-                completion_tokens: 0,
-                stop_reason: job.interrupt.check().unwrap_or(StopReason::Cancelled),
-                prompt_ms: 0.0,
-                decode_ms: 0.0,
-                cached_prompt_tokens: 0,
-            };
-            for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
-                let _ = sink.try_send(Event::Done(Ok(output.clone())));
-            }
+            let reason = job.interrupt.check().unwrap_or(StopReason::Cancelled);
+            let prompt_tokens = job.prompt.len();
+            job.end(&|| Ok(GenerateOutput::not_started(prompt_tokens, reason)));
             false
         });
         counters
@@ -760,9 +763,7 @@ impl Worker {
         }
         self.retire_finished();
         for mut job in self.waiting.drain(..) {
-            for sink in job.choices.iter_mut().chain(std::iter::once(&mut job.sink)) {
-                let _ = sink.try_send(Event::Done(Err(EngineError::Stopped)));
-            }
+            job.end(&|| Err(EngineError::Stopped));
         }
         self.counters.waiting.store(0, Ordering::Relaxed);
     }

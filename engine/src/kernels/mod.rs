@@ -661,15 +661,16 @@ impl Kernels {
         });
     }
 
+    /// Row ranges of a dense matrix (the output head) for the workers: many small ones, so
+    /// that the threads finish together.
+    fn head_chunks(&self, rows: usize) -> pool::Guided {
+        pool::Guided::new(rows, self.threads(), 64, rows.div_ceil(self.threads() * 16))
+    }
+
     /// `out[r] = w_r · x` for every row r of a dense matrix (the output head).
     pub fn matvec(&self, w: &DenseMatrix<'_>, x: &[f32], out: &mut [f32]) {
         assert_eq!(out.len(), w.rows);
-        let chunks = pool::Guided::new(
-            w.rows,
-            self.threads(),
-            64,
-            w.rows.div_ceil(self.threads() * 16),
-        );
+        let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
@@ -677,6 +678,7 @@ impl Kernels {
             dense_rows(self.isa, w, x, r0, unsafe { dst.run(r0, r1 - r0) });
         });
     }
+
     /// `out[j * rows + r] = w_r · x_j` for every vector `x_j` of `xs` (`k` floats each): the
     /// head for a batch of sequences. Each block of rows is read from memory once and dotted
     /// with every vector while it is in cache; each output is computed exactly as
@@ -688,12 +690,7 @@ impl Kernels {
         if m == 1 {
             return self.matvec(w, xs, out);
         }
-        let chunks = pool::Guided::new(
-            w.rows,
-            self.threads(),
-            64,
-            w.rows.div_ceil(self.threads() * 16),
-        );
+        let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);

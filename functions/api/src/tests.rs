@@ -421,6 +421,14 @@ fn sse_events(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON chunks of an SSE body's events (all but the final `[DONE]`).
+fn sse_chunks(events: &[String]) -> Vec<Value> {
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| json_of(e))
+        .collect()
+}
+
 #[tokio::test]
 async fn chat_stream_framing_with_usage() {
     let h = ready_harness(ApiConfig::default()).await;
@@ -430,10 +438,7 @@ async fn chat_stream_framing_with_usage() {
     assert_eq!(headers["content-type"], "text/event-stream; charset=utf-8");
     let events = sse_events(&body);
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| json_of(e))
-        .collect();
+    let chunks = sse_chunks(&events);
     assert_eq!(
         chunks[0]["choices"][0]["delta"],
         json!({"role": "assistant", "content": ""})
@@ -465,10 +470,7 @@ async fn completion_stream_without_usage() {
     let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let events = sse_events(&body);
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| json_of(e))
-        .collect();
+    let chunks = sse_chunks(&events);
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["text"].as_str())
@@ -936,10 +938,7 @@ async fn several_choices_come_back_indexed_with_usage_summed() {
     let (s, _, body) = call(&h.state, "POST", "/v1/completions", Some(req), &[]).await;
     assert_eq!(s, StatusCode::OK);
     let events = sse_events(&body);
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| json_of(e))
-        .collect();
+    let chunks = sse_chunks(&events);
     for i in 0..2 {
         let text: String = chunks
             .iter()
