@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use bitnet_engine::gguf::{GgmlType, GgufFile};
-use bitnet_engine::model::prepare::write_with_q8_0_head;
+use bitnet_engine::model::prepare::{PreparedModel, write_with_q8_0_head};
 use bitnet_engine::{HeadPrecision, LoadOptions, Model};
 
 #[test]
@@ -15,6 +15,9 @@ fn prepared_q8_0_head_matches_conversion_at_load() {
     let src = GgufFile::from_backing(original.clone()).expect("parse");
     let mut prepared = Vec::new();
     write_with_q8_0_head(&src, &mut prepared).expect("prepare");
+    // The size announced before writing (what `bitnet prepare`'s progress bar counts to).
+    let announced = PreparedModel::new(&src).expect("prepare").file_size();
+    assert_eq!(announced, prepared.len() as u64);
     let prepared = Arc::new(prepared);
     let g = GgufFile::from_backing(prepared.clone()).expect("parse prepared");
 

@@ -72,6 +72,27 @@ fn chat_format_is_role_colon_content_eot_then_assistant() {
 }
 
 #[test]
+fn a_conversation_continued_turn_by_turn_is_the_whole_chat_encoded_at_once() {
+    let tok = common::tokenizer();
+    let msg = |role: &str, content: &str| bitnet_engine::ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    };
+    let whole = [
+        msg("system", "Be brief."),
+        msg("user", "Hello there"),
+        msg("assistant", "Hi! How can I help?"),
+        msg("user", "Count to 3."),
+    ];
+    // What `bitnet chat` does: the first turn, then the answer's ids and eot, then the next.
+    let mut ids = tok.encode_chat(&whole[..2]);
+    ids.extend(tok.encode(&whole[2].content, false));
+    ids.push(tok.eot);
+    tok.append_chat(&mut ids, &whole[3..]);
+    assert_eq!(ids, tok.encode_chat(&whole));
+}
+
+#[test]
 fn streaming_decoder_never_splits_a_character() {
     let tok = common::tokenizer();
     let text = "naïve 日本語 🎉🎉 ok";

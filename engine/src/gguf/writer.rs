@@ -56,6 +56,13 @@ impl GgufWriter {
     }
 
     pub fn write_header(&mut self, w: &mut impl Write) -> io::Result<()> {
+        let buf = self.header_bytes();
+        self.header_written();
+        w.write_all(&buf)
+    }
+
+    /// The header [`write_header`](Self::write_header) writes, padded to the alignment.
+    pub fn header_bytes(&self) -> Vec<u8> {
         let mut buf = Vec::new();
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&3u32.to_le_bytes());
@@ -80,8 +87,30 @@ impl GgufWriter {
         }
         let padded = (buf.len() as u64).next_multiple_of(align) as usize;
         buf.resize(padded, 0);
+        buf
+    }
+
+    /// The header was written by the caller (from [`header_bytes`](Self::header_bytes)):
+    /// tensors follow, from the first.
+    pub fn header_written(&mut self) {
         self.next_tensor = 0;
-        w.write_all(&buf)
+    }
+
+    /// Bytes after the header: every declared tensor, padded to the alignment but the last.
+    pub fn data_bytes(&self) -> u64 {
+        let align = self.alignment();
+        let n = self.tensors.len();
+        self.tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                if i + 1 < n {
+                    t.size.next_multiple_of(align)
+                } else {
+                    t.size
+                }
+            })
+            .sum()
     }
 
     /// Writes the next declared tensor's bytes and the padding after it.

@@ -490,13 +490,21 @@ impl Tokenizer {
     /// separately), then `Assistant: `. Content is never parsed for special tokens.
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
         let mut ids = vec![self.bos];
+        self.append_chat(&mut ids, messages);
+        ids
+    }
+
+    /// Continues a conversation's ids with `messages`, then `Assistant: `, exactly as
+    /// [`encode_chat`](Self::encode_chat) lays them out. `ids` holds BOS and the earlier
+    /// turns, each closed by `eot`: after a generated answer, push its ids and `eot` first
+    /// (`bitnet chat` keeps the answer's own ids so that the next turn starts from its cache).
+    pub fn append_chat(&self, ids: &mut Vec<u32>, messages: &[ChatMessage]) {
         for m in messages {
-            self.encode_into(&format!("{}: ", role_title(&m.role)), &mut ids);
-            self.encode_into(&m.content, &mut ids);
+            self.encode_into(&format!("{}: ", role_title(&m.role)), ids);
+            self.encode_into(&m.content, ids);
             ids.push(self.eot);
         }
-        self.encode_into("Assistant: ", &mut ids);
-        ids
+        self.encode_into("Assistant: ", ids);
     }
 
     /// Raw bytes of one token; control tokens give nothing (they are not text).

@@ -20,6 +20,8 @@ pub trait Engine: Send + Sync + 'static {
     fn n_vocab(&self) -> usize;
     /// KV cache bytes per token of one sequence.
     fn kv_bytes_per_token(&self) -> usize;
+    /// Kernel threads of the forward pass.
+    fn threads(&self) -> usize;
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32>;
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32>;
     /// Checks the request and queues it; choice i's events go to `sinks[i]` (one sink per
@@ -45,6 +47,9 @@ impl Engine for Scheduler {
     }
     fn kv_bytes_per_token(&self) -> usize {
         self.model().kv_bytes_per_token()
+    }
+    fn threads(&self) -> usize {
+        self.model().threads()
     }
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         self.model().tokenizer().encode(text, add_bos)

@@ -25,7 +25,6 @@ pub use state::AppState;
 /// Re-exported so that front doors log through the same subscriber without their own dependency.
 pub use tracing;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// The one place a front door builds its state: checks that running without a key is an
@@ -48,9 +47,9 @@ pub fn start(
     Ok(AppState::new(config, Arc::new(source), loader))
 }
 
-/// Serves the router on `addr` until Ctrl-C or SIGTERM, with the configured HTTP limits.
-pub async fn serve(addr: SocketAddr, state: AppState) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves the router on a bound listener until Ctrl-C or SIGTERM, with the configured HTTP
+/// limits.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
     let limits = state.config().http.clone();
     server::serve_listener(listener, router(state), limits, shutdown_signal()).await
 }

@@ -207,6 +207,20 @@ impl AppState {
         }
     }
 
+    /// Resolves once the engine is loaded (at once if it is), however many attempts that
+    /// takes; never if the state is dropped first.
+    pub async fn ready(&self) -> Arc<dyn Engine> {
+        let mut phase = self.inner.phase.subscribe();
+        loop {
+            if let Phase::Ready { engine, .. } = &*phase.borrow_and_update() {
+                return engine.clone();
+            }
+            if phase.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// The engine, waiting up to `BITNET_WAIT_FOR_MODEL_SECS` for it; 503 with `Retry-After`
     /// otherwise.
     pub async fn engine(&self) -> Result<Arc<dyn Engine>, ApiError> {

@@ -38,6 +38,9 @@ impl Engine for FakeEngine {
     fn kv_bytes_per_token(&self) -> usize {
         16
     }
+    fn threads(&self) -> usize {
+        1
+    }
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
         let mut v: Vec<u32> = if add_bos { vec![999] } else { vec![] };
         v.extend(text.bytes().map(u32::from));

@@ -1,5 +1,5 @@
 //! `bitnet fetch URI`: download a model into the cache (verified, as the functions do) and
-//! print its local path as the last line of stdout. With `--bench`, also time a single-stream
+//! print its local path as the last line of stdout; a progress bar on a terminal. With `--bench`, also time a single-stream
 //! download of the same object into memory and print both rates.
 
 use anyhow::{Context as _, bail};
@@ -72,7 +72,9 @@ pub fn run(args: FetchArgs) -> anyhow::Result<()> {
         }
         let store = ModelStore::new(args.config());
         let t0 = Instant::now();
-        let file = store.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let file = crate::progress::fetch(&store)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let secs = t0.elapsed().as_secs_f64();
         eprintln!(
             "{} bytes in {secs:.3} s ({:.1} MB/s), sha256 {}",
@@ -119,4 +121,27 @@ async fn bench(args: &FetchArgs) -> anyhow::Result<()> {
     }
     println!("speed-up: {:.2}x", results[1] / results[0]);
     Ok(())
+}
+
+/// A model by URI through the model store (`BITNET_MODEL` and the other store variables when
+/// `uri` is `None`), its download on a progress bar, then loaded. Returns the model and its
+/// source (without secrets).
+pub fn load_model(
+    rt: &tokio::runtime::Runtime,
+    uri: Option<&str>,
+    opts: &bitnet_engine::LoadOptions,
+) -> anyhow::Result<(bitnet_engine::Model, String)> {
+    let mut cfg = StoreConfig::from_env();
+    if let Some(u) = uri {
+        cfg.uri = u.to_string();
+    }
+    let store = ModelStore::new(cfg);
+    let file = rt
+        .block_on(crate::progress::fetch(&store))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let spinner = crate::progress::spinner("loading the model");
+    let model = bitnet_engine::Model::from_mmap(file.map.clone(), opts)
+        .with_context(|| format!("loading {}", file.source))?;
+    spinner.finish_and_clear();
+    Ok((model, file.source.clone()))
 }

@@ -15,7 +15,9 @@ use bitnet_engine::{
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
+mod chat;
 mod fetch;
+mod progress;
 mod serve;
 
 #[derive(Parser)]
@@ -32,24 +34,67 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve the OpenAI-compatible HTTP API (model from a path or s3://, az://, https://, hf://).
+    #[command(after_help = "Examples:
+  bitnet serve                                    # the official 2B4T model from Hugging Face
+  bitnet serve --model ./ggml-model-i2_s.gguf --port 8080
+  API_KEY=secret bitnet serve --host 0.0.0.0 --model s3://bucket/model.gguf
+  curl -s localhost:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")]
     Serve(serve::ServeArgs),
-    /// Write a synthetic BitNet model (random ternary weights, real Llama 3 tokenizer).
-    Fixture(FixtureArgs),
-    /// Print a GGUF file's metadata and tensor table.
-    Inspect(InspectArgs),
+    /// Chat with a model in the terminal (streaming, multi-turn, line editing).
+    #[command(after_help = "Examples:
+  bitnet chat                                     # the official 2B4T model from Hugging Face
+  bitnet chat --model ./ggml-model-i2_s.gguf --system 'Answer in one sentence.'
+  printf 'Hi\\nAnd then?\\n' | bitnet chat --model m.gguf   # one turn per line, answers on stdout
+
+In the chat: /reset, /system TEXT, /exit (or Ctrl-D); Ctrl-C stops the answer being written.")]
+    Chat(chat::ChatArgs),
+    /// Generate text from a prompt, a chat or token ids.
+    #[command(after_help = "Examples:
+  bitnet generate --model m.gguf --prompt 'The capital of France is' --max-tokens 16
+  bitnet generate --model m.gguf --chat messages.json --temperature 0 --json
+  bitnet generate --model m.gguf --ids 128000,791,6864 --ignore-eos --max-tokens 64")]
+    Generate(GenerateArgs),
+    /// Download a model (s3://, az://, https://, hf://, path) into the cache; print its path.
+    #[command(after_help = "Examples:
+  bitnet fetch hf://microsoft/BitNet-b1.58-2B-4T-gguf/ggml-model-i2_s.gguf
+  bitnet fetch s3://bucket/models/model.gguf --sha256 <hex> --cache-dir /tmp/models
+  bitnet fetch https://example.com/model.gguf --bench   # parallel vs single-stream rate")]
+    Fetch(fetch::FetchArgs),
     /// Write a copy of a model with its output head stored as Q8_0 (faster decoding, no
     /// conversion at load).
+    #[command(after_help = "Example:
+  bitnet prepare ggml-model-i2_s.gguf -o model-q8head.gguf")]
     Prepare(PrepareArgs),
-    /// Print the token ids of TEXT as one JSON array.
-    Tokenize(TokenizeArgs),
-    /// Generate text from a prompt, a chat or token ids.
-    Generate(GenerateArgs),
-    /// Run token ids through the model and write the last position's logits (raw f32 LE).
-    Eval(EvalArgs),
     /// Measure prompt and generation tokens/s, start-up time and peak RSS.
+    #[command(after_help = "Examples:
+  bitnet bench --model m.gguf
+  bitnet bench --model m.gguf --batch 1,2,4,8     # tokens/s of concurrent streams")]
     Bench(bench::BenchArgs),
-    /// Download a model (s3://, az://, https://, hf://, path) into the cache; print its path.
-    Fetch(fetch::FetchArgs),
+    /// Write a synthetic BitNet model (random ternary weights, real Llama 3 tokenizer).
+    #[command(after_help = "Examples:
+  bitnet fixture --preset tiny -o tiny.gguf
+  bitnet fixture --preset 2b4t --type tq2_0 -o 2b4t-tq2_0.gguf")]
+    Fixture(FixtureArgs),
+    /// Print a GGUF file's metadata and tensor table.
+    #[command(after_help = "Examples:
+  bitnet inspect model.gguf
+  bitnet inspect model.gguf --json | jq .metadata")]
+    Inspect(InspectArgs),
+    /// Print the token ids of TEXT as one JSON array.
+    #[command(after_help = "Examples:
+  bitnet tokenize --model m.gguf 'Hello world'
+  echo 'Hello world' | bitnet tokenize --model m.gguf --no-bos -")]
+    Tokenize(TokenizeArgs),
+    /// Run token ids through the model and write the last position's logits (raw f32 LE).
+    #[command(after_help = "Example:
+  bitnet eval --model m.gguf --ids 128000,791,6864 --logits-out logits.f32")]
+    Eval(EvalArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Examples:
+  bitnet completions bash > ~/.local/share/bash-completion/completions/bitnet
+  bitnet completions zsh > \"${fpath[1]}/_bitnet\"
+  bitnet completions fish > ~/.config/fish/completions/bitnet.fish")]
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,14 +189,9 @@ struct InputArgs {
     batch_ids: Option<String>,
 }
 
-#[derive(clap::Args)]
-struct GenerateArgs {
-    #[command(flatten)]
-    model: ModelArgs,
-    #[command(flatten)]
-    input: InputArgs,
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
+/// Sampling flags shared by `generate` and `chat`.
+#[derive(clap::Args, Clone)]
+struct SamplingArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.8)]
     temperature: f32,
@@ -169,6 +209,34 @@ struct GenerateArgs {
     frequency_penalty: f32,
     #[arg(long)]
     seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            presence_penalty: self.presence_penalty,
+            frequency_penalty: self.frequency_penalty,
+            seed: self.seed,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    input: InputArgs,
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop when this text appears (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -213,6 +281,16 @@ fn main() {
         Cmd::Eval(a) => cmd_eval(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fetch(a) => fetch::run(a),
+        Cmd::Chat(a) => chat::run(a),
+        Cmd::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "bitnet",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -287,15 +365,25 @@ fn value_json(v: &Value) -> serde_json::Value {
 }
 
 fn cmd_prepare(a: PrepareArgs) -> Result<()> {
+    use bitnet_engine::model::prepare::PreparedModel;
     let g = GgufFile::open(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let t0 = std::time::Instant::now();
+    // Quantizes on every core.
+    let spinner = progress::spinner("quantizing the output head");
+    let prepared = bitnet_engine::kernels::Kernels::new(None)
+        .install(|| PreparedModel::new(&g))
+        .with_context(|| format!("preparing {}", a.file.display()))?;
+    spinner.finish_and_clear();
+    let size = prepared.file_size();
     // Written beside the destination, then renamed: never a half-written model at `output`.
     let tmp = a.output.with_extension("gguf.partial");
     let write = || -> Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        // Quantizes on every core.
-        bitnet_engine::kernels::Kernels::new(None)
-            .install(|| bitnet_engine::model::prepare::write_with_q8_0_head(&g, &mut out))?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        let file = std::fs::File::create(&tmp)?;
+        let bar = progress::bytes("writing", size);
+        let mut out = std::io::BufWriter::new(progress::Writer::new(file, bar));
+        prepared.write(&mut out)?;
+        let out = out.into_inner().map_err(|e| e.into_error())?;
+        out.into_inner().sync_all()?;
         Ok(())
     };
     if let Err(e) = write() {
@@ -303,7 +391,11 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
         return Err(e.context(format!("writing {}", a.output.display())));
     }
     std::fs::rename(&tmp, &a.output)?;
-    eprintln!("wrote {} (output.weight as Q8_0)", a.output.display());
+    eprintln!(
+        "wrote {} ({size} bytes, output.weight as Q8_0) in {:.2} s",
+        a.output.display(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -506,17 +598,7 @@ fn generate_batch(a: &GenerateArgs, batch: &str) -> Result<()> {
 fn generate_params(a: &GenerateArgs) -> GenerateParams {
     GenerateParams {
         max_tokens: a.max_tokens,
-        sampling: SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            repeat_penalty: a.repeat_penalty,
-            presence_penalty: a.presence_penalty,
-            frequency_penalty: a.frequency_penalty,
-            seed: a.seed,
-            ..SamplingParams::default()
-        },
+        sampling: a.sampling.params(),
         stop_ids: if a.ignore_eos {
             Some(vec![])
         } else {

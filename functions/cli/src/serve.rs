@@ -104,6 +104,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let model_id = config.model_id.clone();
+    let key_required = config.api_key.is_some();
     runtime.block_on(async move {
         let state = bitnet_api::start(
             FrontDoor::Serve,
@@ -112,8 +114,47 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             addr.ip().is_loopback(),
         )
         .map_err(|e| anyhow::anyhow!("{e} (bitnet serve on {addr})"))?;
-        bitnet_api::serve(addr, state)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("serving on {addr}"))
+            .with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        let waiting = state.clone();
+        tokio::spawn(async move {
+            let engine = waiting.ready().await;
+            println!(
+                "{}",
+                ready_line(bound, &model_id, engine.threads(), key_required)
+            );
+        });
+        bitnet_api::serve(listener, state)
+            .await
+            .with_context(|| format!("serving on {bound}"))
     })
+}
+
+/// The one line `bitnet serve` prints on stdout once the model is loaded (logs go to stderr).
+fn ready_line(addr: SocketAddr, model_id: &str, threads: usize, key_required: bool) -> String {
+    let auth = if key_required {
+        "API key required (Authorization: Bearer ...)"
+    } else {
+        "no API key"
+    };
+    format!("bitnet serve: ready at http://{addr}/v1 (model {model_id}, {threads} threads, {auth})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line_names_url_model_threads_and_auth() {
+        let addr: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(
+            ready_line(addr, "m", 2, false),
+            "bitnet serve: ready at http://127.0.0.1:8080/v1 (model m, 2 threads, no API key)"
+        );
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert!(ready_line(v6, "m", 1, true).contains("http://[::1]:9/v1"));
+        assert!(ready_line(v6, "m", 1, true).contains("API key required"));
+    }
 }
