@@ -234,8 +234,14 @@ impl Chat {
         let n_ctx = self.scheduler.model().n_ctx();
         let room = n_ctx.saturating_sub(prompt.len());
         if room == 0 {
+            let hint = if self.conversation.answers > 0 {
+                ": /reset to start a new conversation"
+            } else {
+                ""
+            };
             bail!(
-                "the conversation has reached the model's context of {n_ctx} tokens: /reset to start a new one"
+                "with this message the conversation is {} tokens, over the model's context of {n_ctx}{hint}",
+                prompt.len()
             );
         }
         let mut params = self.params.clone();
@@ -340,9 +346,16 @@ fn interactive_loop(
     use rustyline::error::ReadlineError;
     // Ctrl-C while an answer is written stops it. While a line is edited the terminal is in
     // raw mode and Ctrl-C reaches the editor as a key instead.
+    // The handler is registered here, before the first line is read, not when the task
+    // first runs.
+    let mut sigint = rt
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
+        .context("watching Ctrl-C")?;
     let current = chat.current.clone();
     rt.spawn(async move {
-        while tokio::signal::ctrl_c().await.is_ok() {
+        while sigint.recv().await.is_some() {
             if let Some(interrupt) = &*lock(&current) {
                 interrupt.cancel();
             }
