@@ -1,4 +1,5 @@
-//! Structured logs: JSON lines on stderr (`BITNET_LOG_FORMAT=text` for humans), filtered by
+//! Structured logs: JSON lines on stderr, or text lines when stderr is a terminal (a person
+//! running `bitnet serve`); `BITNET_LOG_FORMAT=json|text` decides instead. Filtered by
 //! `RUST_LOG` (default `info`). Each request's lines carry its `request_id` from the span.
 
 use tracing_subscriber::EnvFilter;
@@ -6,7 +7,11 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let text = std::env::var("BITNET_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("text"));
+    let text = match std::env::var("BITNET_LOG_FORMAT") {
+        Ok(v) if v.eq_ignore_ascii_case("text") => true,
+        Ok(v) if v.eq_ignore_ascii_case("json") => false,
+        _ => std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
