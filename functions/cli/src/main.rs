@@ -38,7 +38,8 @@ enum Cmd {
   bitnet serve                                    # the official 2B4T model from Hugging Face
   bitnet serve --model ./ggml-model-i2_s.gguf --port 8080
   API_KEY=secret bitnet serve --host 0.0.0.0 --model s3://bucket/model.gguf
-  curl -s localhost:8080/v1/chat/completions -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")]
+  curl -s localhost:8080/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{\"messages\":[{\"role\":\"user\",\"content\":\"Hi\"}]}'")]
     Serve(serve::ServeArgs),
     /// Chat with a model in the terminal (streaming, multi-turn, line editing).
     #[command(after_help = "Examples:
