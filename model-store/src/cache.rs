@@ -140,8 +140,9 @@ impl Entry {
         }
     }
 
-    /// Writes the sidecar atomically (private file, fsync, rename) and syncs the directory.
-    pub fn write_sidecar(&self, sc: &Sidecar) -> Result<(), StoreError> {
+    /// Writes the sidecar atomically (private file, rename); with `fsync`, syncs the file
+    /// before the rename and the directory after it.
+    pub fn write_sidecar(&self, sc: &Sidecar, fsync: bool) -> Result<(), StoreError> {
         let tmp = self.sidecar_part();
         let res = (|| {
             let _ = fs::remove_file(&tmp);
@@ -152,9 +153,11 @@ impl Entry {
                 .open(&tmp)?;
             f.write_all(&serde_json::to_vec_pretty(sc).map_err(std::io::Error::other)?)?;
             f.write_all(b"\n")?;
-            f.sync_all()?;
+            if fsync {
+                f.sync_all()?;
+            }
             fs::rename(&tmp, self.sidecar())?;
-            sync_dir(&self.dir)
+            if fsync { sync_dir(&self.dir) } else { Ok(()) }
         })();
         if let Err(e) = res {
             let _ = fs::remove_file(&tmp);

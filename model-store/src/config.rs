@@ -100,6 +100,11 @@ pub struct StoreConfig {
     pub download_timeout: Duration,
     /// Connect timeout for HTTP clients.
     pub connect_timeout: Duration,
+    /// fsync a downloaded file (and its directory) before publishing it
+    /// (`BITNET_CACHE_FSYNC=0|1`). Durability matters for a cache on a persistent volume; on
+    /// an ephemeral `/tmp` (a function's) it only delays the first request, by about a second
+    /// per gigabyte. Verification does not depend on it.
+    pub fsync: bool,
     /// HEAD the source on a warm start and re-download when its ETag or size changed
     /// (`BITNET_MODEL_REVALIDATE=1`). Off by default: a warm start makes no request.
     pub revalidate: bool,
@@ -133,6 +138,7 @@ impl StoreConfig {
             read_timeout: Duration::from_secs(30),
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
+            fsync: true,
             revalidate: false,
             s3_endpoint: None,
             azure_connection_string: env_nonempty("AZURE_STORAGE_CONNECTION_STRING"),
@@ -143,10 +149,16 @@ impl StoreConfig {
     /// Reads `BITNET_MODEL` (default [`DEFAULT_MODEL_URI`]), `BITNET_MODEL_SHA256`,
     /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, `BITNET_DOWNLOAD_PART_SIZE`,
     /// `BITNET_DOWNLOAD_CONCURRENCY`, `BITNET_CACHE_MAX_BYTES`, `BITNET_MODEL_MAX_MEMORY`,
-    /// `BITNET_MODEL_REVALIDATE`, `BITNET_DOWNLOAD_TIMEOUT` and
+    /// `BITNET_MODEL_REVALIDATE`, `BITNET_CACHE_FSYNC`, `BITNET_DOWNLOAD_TIMEOUT` and
     /// `BITNET_DOWNLOAD_IDLE_TIMEOUT` (durations: `90`, `90s`, `500ms`, `30m`, `1h`; zero is
     /// refused). Unparsable values fall back to the default with a warning.
     pub fn from_env() -> Self {
+        Self::from_env_with_fsync_default(true)
+    }
+
+    /// [`from_env`](Self::from_env) with the default of `BITNET_CACHE_FSYNC` given by the
+    /// caller (a front door whose disk is ephemeral passes `false`).
+    pub fn from_env_with_fsync_default(fsync: bool) -> Self {
         let mut cfg = StoreConfig::new(
             env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()),
         );
@@ -172,6 +184,15 @@ impl StoreConfig {
             env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(),
             Some("1" | "true" | "yes")
         );
+        cfg.fsync = match env_nonempty("BITNET_CACHE_FSYNC").as_deref() {
+            None => fsync,
+            Some("1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") => false,
+            Some(v) => {
+                tracing::warn!(value = %v, "BITNET_CACHE_FSYNC is not 0 or 1; using {fsync}");
+                fsync
+            }
+        };
         if let Some(d) = env_parse("BITNET_DOWNLOAD_TIMEOUT", parse_duration) {
             cfg.download_timeout = d;
         }
@@ -209,6 +230,7 @@ impl std::fmt::Debug for StoreConfig {
             read_timeout,
             download_timeout,
             connect_timeout,
+            fsync,
             revalidate,
             s3_endpoint,
             azure_connection_string,
@@ -229,6 +251,7 @@ impl std::fmt::Debug for StoreConfig {
             .field("read_timeout", read_timeout)
             .field("download_timeout", download_timeout)
             .field("connect_timeout", connect_timeout)
+            .field("fsync", fsync)
             .field("revalidate", revalidate)
             .field(
                 "s3_endpoint",

@@ -473,7 +473,7 @@ impl Inner {
             });
         }
         let path = on_disk.then(|| entry.file());
-        let map = sink.publish(path.as_deref())?;
+        let map = sink.publish(path.as_deref(), cfg.fsync)?;
         if map.len() as u64 != info.size {
             entry.remove();
             return Err(StoreError::SizeMismatch {
@@ -493,7 +493,7 @@ impl Inner {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            if let Err(e) = entry.write_sidecar(&sidecar) {
+            if let Err(e) = entry.write_sidecar(&sidecar, cfg.fsync) {
                 entry.remove();
                 return Err(e);
             }
@@ -639,6 +639,8 @@ impl Inner {
                 ));
             }
             tracing::info!(path = %path.display(), "cached file hashed: matches the configured sha256");
+        } else {
+            prefault(&map);
         }
         let file = ModelFile {
             map,
@@ -687,7 +689,10 @@ impl Inner {
             }
         })?;
         let sha256 = match expected {
-            None => None,
+            None => {
+                prefault(&map);
+                None
+            }
             Some(expected) => {
                 self.status.set(ModelStatus::Verifying);
                 let m = Arc::clone(&map);
@@ -749,6 +754,41 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         s.push(DIGITS[(b & 15) as usize] as char);
     }
     s
+}
+
+/// Fills the page tables of a mapping that nothing has read yet (a cached or local file, not
+/// hashed at this start) on a background thread, so that the first forward pass does not take
+/// a fault per 4 KiB page of a gigabyte while a client waits; it reads the file from disk
+/// too when the page cache does not hold it. A downloaded or hashed file needs none: the
+/// hasher's reads filled the same mapping's tables.
+fn prefault(map: &Arc<Mmap>) {
+    let map = Arc::clone(map);
+    let spawned = std::thread::Builder::new()
+        .name("bitnet-prefault".into())
+        .spawn(move || {
+            let t0 = Instant::now();
+            let how = match map.advise(memmap2::Advice::PopulateRead) {
+                Ok(()) => "madvise(MADV_POPULATE_READ)",
+                // Before Linux 5.14: touch a byte per page.
+                Err(_) => {
+                    let mut sum = 0u8;
+                    for i in (0..map.len()).step_by(4096) {
+                        sum = sum.wrapping_add(map[i]);
+                    }
+                    std::hint::black_box(sum);
+                    "a read per page"
+                }
+            };
+            tracing::info!(
+                bytes = map.len(),
+                ms = t0.elapsed().as_millis() as u64,
+                how,
+                "model pages prefaulted"
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the prefault thread; pages fault in on first use");
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! Where downloaded bytes land: a pre-sized temporary file in the cache directory (written with
 //! `pwrite`, read back through a read-only mapping for hashing) or an anonymous memory mapping
-//! (filled with `memcpy`, sealed read-only at the end).
+//! (filled with `memcpy`, sealed read-only at the end). Either way the mapping the bytes were
+//! hashed through is the one published: its page tables are already filled, so the first
+//! forward pass takes no page faults on a freshly downloaded model.
 
 use crate::StoreError;
 use bytes::Bytes;
-use memmap2::{Mmap, MmapMut, MmapOptions, MmapRaw};
+use memmap2::{Mmap, MmapMut, MmapOptions};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
@@ -21,8 +23,9 @@ enum Kind {
     Disk {
         file: Arc<File>,
         tmp: PathBuf,
-        /// Keeps `ptr` valid: the hasher reads the written bytes through it.
-        _map: MmapRaw,
+        /// Keeps `ptr` valid: the hasher reads the written bytes through it, and it is
+        /// what `publish` returns. Never written through.
+        map: Mmap,
         published: Mutex<bool>,
     },
     Memory {
@@ -67,16 +70,19 @@ impl Sink {
             }
             Err(_) => {}
         }
-        let map = MmapOptions::new()
-            .map_raw_read_only(&file)
-            .map_err(|e| cleanup(e, "map"))?;
+        // SAFETY: the file was created here (create_new, private to this user) and is written
+        // only by this sink's parts, each byte range once, before the hasher reads it (see
+        // `completed`); after publishing it is only ever replaced by rename, never written in
+        // place, so the mapping's contents do not change under the reader.
+        let map = unsafe { MmapOptions::new().map(&file) }.map_err(|e| cleanup(e, "map"))?;
         Ok(Sink {
-            ptr: map.as_mut_ptr(),
+            // Read through only (`completed`); the disk sink writes with pwrite.
+            ptr: map.as_ptr().cast_mut(),
             len: size as usize,
             kind: Kind::Disk {
                 file: Arc::new(file),
                 tmp,
-                _map: map,
+                map,
                 published: Mutex::new(false),
             },
         })
@@ -150,35 +156,33 @@ impl Sink {
         unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len) }
     }
 
-    /// Disk: fsync, rename to `dest`, sync the directory and map the published file.
-    /// Memory: seal the mapping read-only.
-    pub fn publish(self, dest: Option<&Path>) -> Result<Mmap, StoreError> {
-        match &self.kind {
-            Kind::Memory { .. } => {
-                let Kind::Memory { map } = self.into_kind() else {
-                    unreachable!()
-                };
-                map.make_read_only()
-                    .map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e))
-            }
-            Kind::Disk {
-                file,
-                tmp,
-                published,
-                ..
-            } => {
-                let dest = dest.expect("a disk sink is published to a path");
+    /// Disk: fsync (when `fsync`), rename to `dest`, sync the directory (when `fsync`); the
+    /// mapping the bytes were hashed through comes back. Memory: seal the mapping read-only.
+    pub fn publish(self, dest: Option<&Path>, fsync: bool) -> Result<Mmap, StoreError> {
+        if let Kind::Disk {
+            file,
+            tmp,
+            published,
+            ..
+        } = &self.kind
+        {
+            let dest = dest.expect("a disk sink is published to a path");
+            if fsync {
                 file.sync_all()
                     .map_err(|e| StoreError::io("fsync", tmp, e))?;
-                std::fs::rename(tmp, dest).map_err(|e| StoreError::io("rename", tmp, e))?;
-                *published.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                if let Some(dir) = dest.parent() {
-                    crate::cache::sync_dir(dir).map_err(|e| StoreError::io("fsync", dir, e))?;
-                }
-                // SAFETY: the published file is only ever replaced by rename, never written in
-                // place, so the mapping's contents do not change under the reader.
-                unsafe { Mmap::map(&**file) }.map_err(|e| StoreError::io("map", dest, e))
             }
+            std::fs::rename(tmp, dest).map_err(|e| StoreError::io("rename", tmp, e))?;
+            *published.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            if fsync && let Some(dir) = dest.parent() {
+                crate::cache::sync_dir(dir).map_err(|e| StoreError::io("fsync", dir, e))?;
+            }
+        }
+        match self.into_kind() {
+            Kind::Memory { map } => map
+                .make_read_only()
+                .map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e)),
+            // The rename kept the inode: this mapping is the published file's.
+            Kind::Disk { map, .. } => Ok(map),
         }
     }
 

@@ -409,3 +409,80 @@ async fn a_held_lock_is_waited_for_and_a_stale_part_is_removed() {
         listing(&dir)
     );
 }
+
+/// Bytes of the mapping that holds `p` that are in this process's page tables (`Rss` in
+/// /proc/self/smaps): what the first forward pass will read without a page fault.
+fn mapped_bytes(p: *const u8) -> u64 {
+    let addr = p as u64;
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16))
+        {
+            inside = (lo..hi).contains(&addr);
+        } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
+            return kb
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap()
+                * 1024;
+        }
+    }
+    panic!("no mapping holds {addr:#x}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fsync_a_download_is_still_verified_published_and_reused() {
+    let data = gguf_payload(SIZE, 11);
+    let srv = server_with("/nofsync.gguf", &data).await;
+    let dir = temp_dir("nofsync");
+    let url = srv.url("/nofsync.gguf");
+    let mut cfg = config(&url, &dir);
+    cfg.fsync = false;
+    let f = ModelStore::new(cfg.clone()).get().await.unwrap();
+    assert_bytes(f.bytes(), &data, "model bytes");
+    assert_eq!(f.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
+    let path = f.path.clone().expect("on disk");
+    let sidecar: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sidecar_of(&path)).unwrap()).unwrap();
+    assert_eq!(sidecar["sha256"], sha256_hex(&data));
+    // The next start finds it: no second download.
+    let again = ModelStore::new(cfg).get().await.unwrap();
+    assert_bytes(again.bytes(), &data, "cached bytes");
+    assert_eq!(gets(&srv, "/nofsync.gguf"), PARTS, "{:?}", srv.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_is_served_with_its_pages_already_mapped() {
+    let data = gguf_payload(SIZE, 12);
+    let srv = server_with("/mapped.gguf", &data).await;
+    let dir = temp_dir("mapped");
+    let cfg = config(&srv.url("/mapped.gguf"), &dir);
+
+    // Downloaded: the mapping handed out is the one the hasher read every page through.
+    let downloaded = ModelStore::new(cfg.clone()).get().await.unwrap();
+    let size = downloaded.size;
+    assert!(
+        mapped_bytes(downloaded.bytes().as_ptr()) >= size - 4096,
+        "{} of {size} bytes mapped after the download",
+        mapped_bytes(downloaded.bytes().as_ptr())
+    );
+
+    // From the cache, unhashed at this start: a background thread fills the tables.
+    let cached = ModelStore::new(cfg).get().await.unwrap();
+    let p = cached.bytes().as_ptr();
+    assert_ne!(p, downloaded.bytes().as_ptr(), "a separate mapping");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while mapped_bytes(p) < size - 4096 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        mapped_bytes(p) >= size - 4096,
+        "{} of {size} bytes mapped 10 s after a cache hit",
+        mapped_bytes(p)
+    );
+}

@@ -14,6 +14,17 @@ pub enum FrontDoor {
     Azure,
 }
 
+impl FrontDoor {
+    /// Whether a downloaded model is fsync'd before it is published, unless
+    /// `BITNET_CACHE_FSYNC` says otherwise: yes for `bitnet serve`, whose cache may be a
+    /// persistent volume; no for Lambda and Azure Functions, whose disk is gone with the
+    /// instance (there the fsync of a 1.2 GB file only delayed the first token by about a
+    /// second).
+    pub fn cache_fsync(self) -> bool {
+        matches!(self, FrontDoor::Serve)
+    }
+}
+
 /// An API key. Its `Debug` never shows the key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiKey(String);

@@ -42,7 +42,7 @@ pub fn start(
     if config.api_key.is_none() {
         tracing::warn!(?front_door, "serving without authentication");
     }
-    let source = store::StoreSource::from_env(model_uri);
+    let source = store::StoreSource::from_env(front_door, model_uri);
     let loader = engine_loader(&config);
     Ok(AppState::new(config, Arc::new(source), loader))
 }

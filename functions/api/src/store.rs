@@ -7,6 +7,7 @@ use std::sync::Arc;
 pub use model_store::StoreConfig;
 use model_store::{ModelStatus, ModelStore, StoreError};
 
+use crate::FrontDoor;
 use crate::engine::{BoxFuture, FetchError, ModelSource};
 
 pub struct StoreSource {
@@ -16,9 +17,10 @@ pub struct StoreSource {
 impl StoreSource {
     /// `model_store::StoreConfig::from_env()` (`BITNET_MODEL`, `BITNET_MODEL_SHA256`,
     /// `BITNET_CACHE_DIR`, `BITNET_MODEL_STORAGE`, ...), with the model URI replaced when `uri`
-    /// is given (`bitnet serve --model`).
-    pub fn from_env(uri: Option<&str>) -> Self {
-        let mut cfg = StoreConfig::from_env();
+    /// is given (`bitnet serve --model`) and the front door's default for
+    /// `BITNET_CACHE_FSYNC` ([`FrontDoor::cache_fsync`]).
+    pub fn from_env(front_door: FrontDoor, uri: Option<&str>) -> Self {
+        let mut cfg = StoreConfig::from_env_with_fsync_default(front_door.cache_fsync());
         if let Some(u) = uri {
             cfg.uri = u.to_string();
         }

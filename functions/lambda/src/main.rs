@@ -8,10 +8,14 @@
 //! - `buffered`: `run`, for API Gateway (REST or HTTP API), ALB, or a function URL in `BUFFERED`
 //!   mode; the whole response (an SSE body too) is returned at the end.
 //!
-//! The model store starts pulling the model during INIT in the background; INIT never waits
-//! for it. The first generation request waits for the model (`BITNET_WAIT_FOR_MODEL_SECS`,
-//! default 900 here: the Lambda timeout is the real bound), while `/health` and `/ready`
-//! answer at once. A generation ends 2 s before the invocation's deadline, with its response
+//! The model store starts pulling the model at once, and INIT waits for it up to
+//! `BITNET_INIT_WAIT_SECS` (default 8; Lambda cuts INIT at 10 s). INIT time is billed either
+//! way, and a sandbox is frozen between invocations: a download left running after INIT
+//! moves only while an invocation runs, so a cold start that ended INIT early and then
+//! answered a health check would sit frozen with half a model. What is not done by then
+//! continues in the first invocation: a generation request waits for the model
+//! (`BITNET_WAIT_FOR_MODEL_SECS`, default 900 here: the Lambda timeout is the real bound),
+//! while `/health` and `/ready` answer at once. A generation ends 2 s before the invocation's deadline, with its response
 //! finished. Without `API_KEY` the function refuses to start unless
 //! `BITNET_ALLOW_NO_AUTH=1` (API Gateway or IAM auth in front).
 
@@ -83,6 +87,23 @@ fn mode_from_env() -> Mode {
     }
 }
 
+/// How long INIT waits for the model (`BITNET_INIT_WAIT_SECS`, default 8, at most 9.5: Lambda
+/// cuts INIT at 10 s and would then restart it inside the first invocation).
+fn init_wait_from_env() -> Duration {
+    const MAX: f64 = 9.5;
+    let secs = match std::env::var("BITNET_INIT_WAIT_SECS") {
+        Ok(v) => match v.trim().parse::<f64>() {
+            Ok(s) if s.is_finite() && s >= 0.0 => s.min(MAX),
+            _ => {
+                tracing::warn!(value = %v, "BITNET_INIT_WAIT_SECS is not a number of seconds; using 8");
+                8.0
+            }
+        },
+        Err(_) => 8.0,
+    };
+    Duration::from_secs_f64(secs)
+}
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     logging::init();
@@ -92,7 +113,22 @@ async fn main() -> Result<(), lambda_http::Error> {
         tracing::error!(error = %e, "refusing to start");
     })?;
     let mode = mode_from_env();
-    tracing::info!(?mode, model = %model_id, "bitnet lambda adapter started; model fetch runs in the background");
+    let init_wait = init_wait_from_env();
+    tracing::info!(?mode, model = %model_id, init_wait_s = init_wait.as_secs_f64(), "bitnet lambda adapter started; fetching the model");
+    // With BITNET_PRELOAD=0 nothing loads before the first request: nothing to wait for.
+    if state.config().preload {
+        let t0 = std::time::Instant::now();
+        match tokio::time::timeout(init_wait, state.ready()).await {
+            Ok(_) => tracing::info!(
+                ms = t0.elapsed().as_millis() as u64,
+                "model ready within INIT"
+            ),
+            Err(_) => tracing::warn!(
+                waited_s = init_wait.as_secs_f64(),
+                "model not ready within INIT; the first invocation waits for the rest"
+            ),
+        }
+    }
     let app = ServiceBuilder::new()
         .map_request(with_invocation_context)
         .service(router(state));
