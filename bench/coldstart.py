@@ -59,7 +59,11 @@ class Nginx:
         self.dir = Path(tempfile.mkdtemp(prefix="coldstart-nginx-"))
         self.port = free_port()
         limit = f"limit_rate {rate};" if rate else ""
+        # Started as root, nginx's workers would drop to nobody and could not read a model
+        # under root's home.
+        user = "user root;" if os.geteuid() == 0 else ""
         (self.dir / "nginx.conf").write_text(f"""
+{user}
 daemon off;
 worker_processes 2;
 error_log {self.dir}/error.log;
@@ -226,10 +230,10 @@ def streamed_request(url, t0, timeout=600):
     return headers, first
 
 
-def one_run(kind, bins, uri, env, sha, work):
+def one_run(kind, bins, uri, env, sha, work, extra):
     cache = Path(tempfile.mkdtemp(prefix="coldstart-cache-", dir=work))
     door_env = {"BITNET_MODEL": uri, "BITNET_MODEL_SHA256": sha, "BITNET_CACHE_DIR": str(cache),
-                "BITNET_THREADS": "2", **env}
+                "BITNET_THREADS": "2", **env, **extra}
     door = Door(kind, bins, door_env, work)
     try:
         headers, first = streamed_request(door.url, door.t0)
@@ -268,6 +272,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", help="nginx limit_rate per connection (e.g. 100m)")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V",
+                    help="extra environment for the front door (repeatable), e.g. BITNET_CACHE_FSYNC=0")
     a = ap.parse_args()
     model = a.model.resolve()
     sha = sha256_of(model)
@@ -292,7 +298,8 @@ def main():
         print(f"{'door':8} {'source':7} " + " ".join(f"{c:>16}" for c in cols))
         for kind in a.doors.split(","):
             for s, (uri, env) in sources.items():
-                runs = [one_run(kind, a.bins, uri, env, sha, work) for _ in range(a.runs)]
+                extra = dict(kv.split("=", 1) for kv in a.env)
+                runs = [one_run(kind, a.bins, uri, env, sha, work, extra) for _ in range(a.runs)]
                 results.append({"door": kind, "source": s, "runs": runs})
                 cells = []
                 for c in cols:

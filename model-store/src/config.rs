@@ -57,6 +57,34 @@ impl std::fmt::Display for StorageMode {
     }
 }
 
+/// When a downloaded model is made durable on disk. A cached copy becomes a cache hit for
+/// later starts only through its sidecar, which is written after the fsync (where there is
+/// one): a crash before it leaves an entry that the next start downloads again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheFsync {
+    /// Never (`0`, `off`): the disk goes with the instance (Lambda's `/tmp`, a Functions
+    /// instance's temporary disk, a container's writable layer). Saves a second per GB of
+    /// writeback on the first token.
+    Off,
+    /// fsync, then serve (`1`, `on`): `bitnet fetch`, which exits once the model is cached.
+    BeforeServing,
+    /// Serve at once and fsync on a background thread, the sidecar last (`background`):
+    /// `bitnet serve`, whose cache may be a persistent volume.
+    InBackground,
+}
+
+impl std::str::FromStr for CacheFsync {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "off" | "false" | "no" => Ok(Self::Off),
+            "1" | "on" | "true" | "yes" => Ok(Self::BeforeServing),
+            "background" => Ok(Self::InBackground),
+            other => Err(format!("{other:?} is not 0, 1 or background")),
+        }
+    }
+}
+
 /// Everything a [`crate::ModelStore`] needs to know.
 ///
 /// `Debug` shows no secret: the URI is redacted (its query, where a SAS or a signed URL's
@@ -100,11 +128,8 @@ pub struct StoreConfig {
     pub download_timeout: Duration,
     /// Connect timeout for HTTP clients.
     pub connect_timeout: Duration,
-    /// fsync a downloaded file (and its directory) before publishing it
-    /// (`BITNET_CACHE_FSYNC=0|1`). Durability matters for a cache on a persistent volume; on
-    /// an ephemeral `/tmp` (a function's) it only delays the first request, by about a second
-    /// per gigabyte. Verification does not depend on it.
-    pub fsync: bool,
+    /// When a downloaded file is made durable (`BITNET_CACHE_FSYNC`); see [`CacheFsync`].
+    pub fsync: CacheFsync,
     /// HEAD the source on a warm start and re-download when its ETag or size changed
     /// (`BITNET_MODEL_REVALIDATE=1`). Off by default: a warm start makes no request.
     pub revalidate: bool,
@@ -138,7 +163,7 @@ impl StoreConfig {
             read_timeout: Duration::from_secs(30),
             download_timeout: DEFAULT_DOWNLOAD_TIMEOUT,
             connect_timeout: Duration::from_secs(10),
-            fsync: true,
+            fsync: CacheFsync::BeforeServing,
             revalidate: false,
             s3_endpoint: None,
             azure_connection_string: env_nonempty("AZURE_STORAGE_CONNECTION_STRING"),
@@ -153,12 +178,12 @@ impl StoreConfig {
     /// `BITNET_DOWNLOAD_IDLE_TIMEOUT` (durations: `90`, `90s`, `500ms`, `30m`, `1h`; zero is
     /// refused). Unparsable values fall back to the default with a warning.
     pub fn from_env() -> Self {
-        Self::from_env_with_fsync_default(true)
+        Self::from_env_with_fsync_default(CacheFsync::BeforeServing)
     }
 
     /// [`from_env`](Self::from_env) with the default of `BITNET_CACHE_FSYNC` given by the
-    /// caller (a front door whose disk is ephemeral passes `false`).
-    pub fn from_env_with_fsync_default(fsync: bool) -> Self {
+    /// caller (a front door chooses it for its platform's disk).
+    pub fn from_env_with_fsync_default(fsync: CacheFsync) -> Self {
         let mut cfg = StoreConfig::new(
             env_nonempty("BITNET_MODEL").unwrap_or_else(|| DEFAULT_MODEL_URI.into()),
         );
@@ -184,14 +209,12 @@ impl StoreConfig {
             env_nonempty("BITNET_MODEL_REVALIDATE").as_deref(),
             Some("1" | "true" | "yes")
         );
-        cfg.fsync = match env_nonempty("BITNET_CACHE_FSYNC").as_deref() {
+        cfg.fsync = match env_nonempty("BITNET_CACHE_FSYNC") {
             None => fsync,
-            Some("1" | "true" | "yes") => true,
-            Some("0" | "false" | "no") => false,
-            Some(v) => {
-                tracing::warn!(value = %v, "BITNET_CACHE_FSYNC is not 0 or 1; using {fsync}");
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                tracing::warn!(value = %v, "BITNET_CACHE_FSYNC: {e}; using {fsync:?}");
                 fsync
-            }
+            }),
         };
         if let Some(d) = env_parse("BITNET_DOWNLOAD_TIMEOUT", parse_duration) {
             cfg.download_timeout = d;
@@ -314,6 +337,25 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_fsync_values() {
+        for (v, want) in [
+            ("0", CacheFsync::Off),
+            ("off", CacheFsync::Off),
+            ("1", CacheFsync::BeforeServing),
+            ("ON", CacheFsync::BeforeServing),
+            (" background ", CacheFsync::InBackground),
+        ] {
+            assert_eq!(v.parse::<CacheFsync>(), Ok(want), "{v}");
+        }
+        assert!(
+            "sometimes"
+                .parse::<CacheFsync>()
+                .unwrap_err()
+                .contains("sometimes")
+        );
+    }
 
     #[test]
     fn durations() {

@@ -35,7 +35,7 @@ pub mod uri;
 
 pub use cache::Sidecar;
 pub use config::{
-    DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_HEADROOM,
+    CacheFsync, DEFAULT_CACHE_DIR, DEFAULT_CONCURRENCY, DEFAULT_DOWNLOAD_TIMEOUT, DEFAULT_HEADROOM,
     DEFAULT_MODEL_URI, DEFAULT_PART_SIZE, StorageMode, StoreConfig, parse_bytes,
 };
 pub use error::StoreError;
@@ -305,7 +305,7 @@ impl Inner {
         let on_disk = self.choose_storage(disk.as_ref(), &entry, info.size, &shown)?;
         // Memory: the lock is released now (dropped), other processes need not wait for a
         // download that will not be cached.
-        let lock = match disk {
+        let mut lock = match disk {
             Some(CacheAccess::Locked(lock)) if on_disk => Some(lock),
             _ => None,
         };
@@ -319,7 +319,7 @@ impl Inner {
                 .download_once(
                     &backend,
                     &entry,
-                    lock.as_ref(),
+                    &mut lock,
                     &info,
                     expected.as_deref(),
                     &origin,
@@ -427,7 +427,7 @@ impl Inner {
         &self,
         backend: &Arc<Backend>,
         entry: &Entry,
-        lock: Option<&EntryLock>,
+        lock: &mut Option<EntryLock>,
         info: &ObjectInfo,
         expected: Option<&str>,
         origin: &str,
@@ -473,7 +473,8 @@ impl Inner {
             });
         }
         let path = on_disk.then(|| entry.file());
-        let map = sink.publish(path.as_deref(), cfg.fsync)?;
+        let published = sink.publish(path.as_deref(), cfg.fsync == CacheFsync::BeforeServing)?;
+        let map = published.map;
         if map.len() as u64 != info.size {
             entry.remove();
             return Err(StoreError::SizeMismatch {
@@ -493,9 +494,40 @@ impl Inner {
                     .map(|d| d.as_secs())
                     .unwrap_or(0),
             };
-            if let Err(e) = entry.write_sidecar(&sidecar, cfg.fsync) {
-                entry.remove();
-                return Err(e);
+            match (cfg.fsync, published.file) {
+                (CacheFsync::InBackground, Some(file)) => {
+                    // Served now; the sidecar, which makes this copy a cache hit for later
+                    // starts, is written once the bytes are on disk. The entry's lock is held
+                    // until then, so another process waits for a complete entry.
+                    let (entry, lock) = (entry.clone(), lock.take());
+                    tokio::task::spawn_blocking(move || {
+                        let t0 = Instant::now();
+                        let durable = file
+                            .sync_all()
+                            .map_err(|e| StoreError::io("fsync", &entry.file(), e))
+                            .and_then(|()| entry.write_sidecar(&sidecar, true));
+                        match durable {
+                            Ok(()) => tracing::info!(
+                                ms = t0.elapsed().as_millis() as u64,
+                                "cached model written to disk (fsync) and recorded"
+                            ),
+                            // The mapped bytes stay valid; the next start downloads again.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cached model not recorded");
+                                entry.remove();
+                            }
+                        }
+                        drop(lock);
+                    });
+                }
+                (fsync, _) => {
+                    if let Err(e) =
+                        entry.write_sidecar(&sidecar, fsync == CacheFsync::BeforeServing)
+                    {
+                        entry.remove();
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(ModelFile {
@@ -756,12 +788,20 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Fills the page tables of a mapping that nothing has read yet (a cached or local file, not
-/// hashed at this start) on a background thread, so that the first forward pass does not take
-/// a fault per 4 KiB page of a gigabyte while a client waits; it reads the file from disk
-/// too when the page cache does not hold it. A downloaded or hashed file needs none: the
-/// hasher's reads filled the same mapping's tables.
+/// Reads ahead a mapped file that nothing has read yet at this start (a cached or local file,
+/// not hashed) when its pages are not in the page cache (a volume after a reboot, a freshly
+/// attached disk): a background thread fills the mapping's page tables
+/// (`madvise(MADV_POPULATE_READ)`), reading the file meanwhile, so that the first forward
+/// pass does not wait on a gigabyte of faults from disk. When the pages are cached (a restart
+/// of the process) faults are cheap and a prefault only competes with the first request for
+/// the CPU (measured on 2B4T here: first token 0.25 s without, 0.30 s with; from a cold page
+/// cache 1.07 s without, 0.98 s with), so nothing is done.
 fn prefault(map: &Arc<Mmap>) {
+    let resident = resident_fraction(map);
+    if resident >= 0.9 {
+        tracing::debug!(resident, "model pages in the page cache; no prefault");
+        return;
+    }
     let map = Arc::clone(map);
     let spawned = std::thread::Builder::new()
         .name("bitnet-prefault".into())
@@ -781,6 +821,7 @@ fn prefault(map: &Arc<Mmap>) {
             };
             tracing::info!(
                 bytes = map.len(),
+                resident,
                 ms = t0.elapsed().as_millis() as u64,
                 how,
                 "model pages prefaulted"
@@ -789,6 +830,37 @@ fn prefault(map: &Arc<Mmap>) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the prefault thread; pages fault in on first use");
     }
+}
+
+/// The fraction of 256 pages, spread over the mapping, that are in the page cache.
+fn resident_fraction(map: &Mmap) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let pages = map.len() / page;
+    if pages == 0 {
+        return 1.0;
+    }
+    let samples = pages.min(256);
+    let mut resident = 0usize;
+    for k in 0..samples {
+        let offset = k * pages / samples * page;
+        let mut status = 0u8;
+        // SAFETY: the mapping's base is page-aligned and `offset` is a multiple of the page
+        // size below `pages * page <= map.len()`, so the range is one whole page inside the
+        // mapping, which `map` keeps alive; `status` holds the one byte mincore writes for
+        // one page.
+        let rc = unsafe {
+            libc::mincore(
+                map.as_ptr().add(offset).cast_mut().cast(),
+                page,
+                &mut status,
+            )
+        };
+        if rc == 0 && status & 1 == 1 {
+            resident += 1;
+        }
+    }
+    resident as f64 / samples as f64
 }
 
 #[cfg(test)]

@@ -12,6 +12,12 @@ use std::os::unix::fs::{FileExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// A published model: its mapping, and for a disk copy the open file.
+pub(crate) struct Published {
+    pub map: Mmap,
+    pub file: Option<Arc<File>>,
+}
+
 pub(crate) struct Sink {
     /// Base of the mapping that holds (memory) or mirrors (disk) the object's bytes.
     ptr: *mut u8,
@@ -156,9 +162,10 @@ impl Sink {
         unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len) }
     }
 
-    /// Disk: fsync (when `fsync`), rename to `dest`, sync the directory (when `fsync`); the
-    /// mapping the bytes were hashed through comes back. Memory: seal the mapping read-only.
-    pub fn publish(self, dest: Option<&Path>, fsync: bool) -> Result<Mmap, StoreError> {
+    /// Disk: fsync first when `fsync` (file, then the directory after the rename), rename to
+    /// `dest`; the mapping the bytes were hashed through comes back with the file, for a later
+    /// fsync. Memory: seal the mapping read-only.
+    pub fn publish(self, dest: Option<&Path>, fsync: bool) -> Result<Published, StoreError> {
         if let Kind::Disk {
             file,
             tmp,
@@ -178,11 +185,17 @@ impl Sink {
             }
         }
         match self.into_kind() {
-            Kind::Memory { map } => map
-                .make_read_only()
-                .map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e)),
+            Kind::Memory { map } => Ok(Published {
+                map: map
+                    .make_read_only()
+                    .map_err(|e| StoreError::io("seal", Path::new("anonymous model mapping"), e))?,
+                file: None,
+            }),
             // The rename kept the inode: this mapping is the published file's.
-            Kind::Disk { map, .. } => Ok(map),
+            Kind::Disk { map, file, .. } => Ok(Published {
+                map,
+                file: Some(file),
+            }),
         }
     }
 
