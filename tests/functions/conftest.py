@@ -6,6 +6,7 @@ Binaries come from $BITNET_BIN_DIR, else $CARGO_TARGET_DIR/release, else target/
 Auth: the servers refuse to start without API_KEY unless BITNET_ALLOW_NO_AUTH=1, so every
 server started here without an API_KEY gets BITNET_ALLOW_NO_AUTH=1 (see `no_auth_unless_keyed`).
 """
+import http.server
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -201,3 +203,37 @@ def model_server(tiny_model, tmp_path_factory):
         yield p
     finally:
         p.stop()
+
+
+class _SlowFile(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory 1 MiB at a time with a pause after each; no Range, so a client reads
+    a file in one stream."""
+
+    pause = 0.025
+
+    def copyfile(self, source, outputfile):
+        while chunk := source.read(1 << 20):
+            outputfile.write(chunk)
+            time.sleep(self.pause)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def slow_model_url(tiny_model):
+    """slow_model_url(mb_per_s) -> the tiny model's URL on a local HTTP server that sends it at
+    about that rate (the tiny model is 74 MB)."""
+    servers = []
+
+    def start(mb_per_s):
+        handler_class = type("Slow", (_SlowFile,), {"pause": 1.048576 / mb_per_s})
+        handler = lambda *a, **k: handler_class(*a, directory=str(tiny_model.parent), **k)  # noqa: E731
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/{tiny_model.name}"
+
+    yield start
+    for server in servers:
+        server.shutdown()

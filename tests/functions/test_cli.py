@@ -1,12 +1,10 @@
 """The `bitnet` command as a person uses it: `bitnet chat` driven in a pseudo-terminal (pexpect),
 the same chat from a pipe, progress bars on a terminal and none in a pipe, shell completions,
 the examples in every subcommand's help, and `bitnet serve`'s ready line."""
-import http.server
 import json
 import os
 import re
 import subprocess
-import threading
 import time
 
 import pexpect
@@ -165,25 +163,10 @@ def test_chat_refuses_a_message_over_the_context_and_goes_on(tiny_model):
     assert r.returncode == 1 and "over the model's context of 4096" in r.stderr, r.stderr
 
 
-class SlowFile(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory at about 40 MB/s, so that a download lasts long enough to be seen."""
-
-    def copyfile(self, source, outputfile):
-        while chunk := source.read(1 << 20):
-            outputfile.write(chunk)
-            time.sleep(0.025)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
-def slow_http(tiny_model):
-    handler = lambda *a, **k: SlowFile(*a, directory=str(tiny_model.parent), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{tiny_model.name}"
-    server.shutdown()
+def slow_http(slow_model_url):
+    # About 40 MB/s: the tiny model takes two seconds, long enough for the bar to be drawn.
+    return slow_model_url(40)
 
 
 def test_fetch_shows_a_progress_bar_on_a_terminal_and_plain_lines_in_a_pipe(slow_http, tmp_path):

@@ -2,12 +2,10 @@
 --only-lambda-apis`): the prebuilt release binary connects to it as it would to Lambda's, so
 no second build is needed. Events from events/ go through `cargo lambda invoke --data-file`;
 streaming goes through the function-URL emulation (`/lambda-url/<name>/...`)."""
-import http.server
 import json
 import shutil
 import socket
 import subprocess
-import threading
 import time
 
 import pytest
@@ -251,35 +249,14 @@ def test_refuses_to_start_without_a_key_or_the_opt_in(tiny_model, workdir):
         p.stop()
 
 
-class _SlowModel(http.server.SimpleHTTPRequestHandler):
-    """Serves a directory at about 20 MB/s (the tiny model in about 3.5 s); no Range, so the
-    store reads it in one stream."""
-
-    def copyfile(self, source, outputfile):
-        while chunk := source.read(1 << 20):
-            outputfile.write(chunk)
-            time.sleep(0.05)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def slow_model_url(tiny_model):
-    handler = lambda *a, **k: _SlowModel(*a, directory=str(tiny_model.parent), **k)  # noqa: E731
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/{tiny_model.name}"
-    server.shutdown()
-
-
 @pytest.mark.parametrize("init_wait, ready_at_first_call", [("8", True), ("0.5", False)])
 def test_init_waits_for_the_model_up_to_its_budget(tiny_model, tmp_path, slow_model_url, init_wait, ready_at_first_call):
     """A sandbox is frozen between invocations: INIT finishes the download when it can (here
-    3.5 s < 8 s), so the first invocation, even a health check, finds the model ready; with a
-    budget shorter than the download, INIT ends on time and the first call sees it loading."""
+    about 3.5 s at 20 MB/s, < 8 s), so the first invocation, even a health check, finds the
+    model ready; with a budget shorter than the download, INIT ends on time and the first call
+    sees it loading."""
     env = LambdaEnv(tmp_path, tiny_model, "buffered",
-                    extra_env={"BITNET_MODEL": slow_model_url, "BITNET_INIT_WAIT_SECS": init_wait})
+                    extra_env={"BITNET_MODEL": slow_model_url(20), "BITNET_INIT_WAIT_SECS": init_wait})
     try:
         t0 = time.time()
         status, health = body_of(env.invoke("alb-health.json"))
