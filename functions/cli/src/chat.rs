@@ -45,6 +45,8 @@ struct Conversation {
     system: Option<String>,
     ids: Vec<u32>,
     answers: usize,
+    bos: u32,
+    eot: u32,
 }
 
 impl Conversation {
@@ -53,11 +55,13 @@ impl Conversation {
             system,
             ids: vec![tok.bos],
             answers: 0,
+            bos: tok.bos,
+            eot: tok.eot,
         }
     }
 
-    fn reset(&mut self, tok: &Tokenizer) {
-        self.ids = vec![tok.bos];
+    fn reset(&mut self) {
+        self.ids = vec![self.bos];
         self.answers = 0;
     }
 
@@ -83,10 +87,10 @@ impl Conversation {
     }
 
     /// The answer to `prompt` joins the conversation (a stopped answer too: it was shown).
-    fn answered(&mut self, tok: &Tokenizer, prompt: Vec<u32>, answer: &[u32]) {
+    fn answered(&mut self, prompt: Vec<u32>, answer: &[u32]) {
         self.ids = prompt;
         self.ids.extend_from_slice(answer);
-        self.ids.push(tok.eot);
+        self.ids.push(self.eot);
         self.answers += 1;
     }
 }
@@ -208,14 +212,12 @@ impl Chat {
         match input {
             Input::Say(text) => self.turn(text, out)?,
             Input::Reset => {
-                let tok = self.scheduler.model().tokenizer();
-                self.conversation.reset(tok);
+                self.conversation.reset();
                 eprintln!("[new conversation]");
             }
             Input::System(text) => {
                 self.conversation.system = text.map(str::to_string);
-                let tok = self.scheduler.model().tokenizer();
-                self.conversation.reset(tok);
+                self.conversation.reset();
                 match text {
                     Some(_) => eprintln!("[system prompt set; new conversation]"),
                     None => eprintln!("[no system prompt; new conversation]"),
@@ -272,8 +274,7 @@ impl Chat {
         out.flush()?;
         eprintln!("{}", turn_line(&output));
         self.totals.add(&output);
-        let tok = self.scheduler.model().tokenizer();
-        self.conversation.answered(tok, prompt, &output.token_ids);
+        self.conversation.answered(prompt, &output.token_ids);
         Ok(())
     }
 }
