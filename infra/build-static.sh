@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the container's `bitnet` binary without Docker: the same static musl build as
-# infra/Dockerfile (profile `container`, mimalloc), for testing the image's binary directly.
-#   bash infra/build-static.sh        # prints the binary's path on its last line
+# Builds the container images' binaries without Docker: the same static musl builds as
+# infra/Dockerfile (`bitnet`) and infra/Dockerfile.lambda (`bootstrap`), profile `container`,
+# mimalloc, for testing the images' binaries directly.
+#   bash infra/build-static.sh        # prints the `bitnet` path on its last line; `bootstrap`
+#                                     # is beside it
 # Needs the rustup target x86_64-unknown-linux-musl and a musl C compiler (musl-tools) for the
 # C code of aws-lc-sys and mimalloc; installs both when missing (rustup, apt-get).
 set -euo pipefail
@@ -18,6 +20,6 @@ if ! command -v musl-gcc >/dev/null; then
         || { $SUDO apt-get update -qq >&2 && $SUDO apt-get install -y -qq musl-tools >&2; }
 fi
 CC_x86_64_unknown_linux_musl=musl-gcc \
-    cargo build --profile container --locked --target "$TARGET" -p bitnet-cli --no-default-features >&2
+    cargo build --profile container --locked --target "$TARGET" -p bitnet-cli -p bitnet-lambda --no-default-features >&2
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 echo "$TARGET_DIR/$TARGET/container/bitnet"

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(not cargo_lambda_ok(), reason="cargo-lambda not 
 
 
 class LambdaEnv:
-    def __init__(self, workdir, tiny_model, mode, extra_env=None, start_function=True):
+    def __init__(self, workdir, tiny_model, mode, extra_env=None, start_function=True, bootstrap=None):
+        self.bootstrap = bootstrap or binary("bootstrap")
         self.port = free_port()
         self.workdir = workdir
         self.name = "_"  # cargo lambda's function name with --only-lambda-apis
@@ -63,7 +64,7 @@ class LambdaEnv:
             self.start_function()
 
     def start_function(self):
-        self.fn = Proc([binary("bootstrap")], self.fn_env, self.fn_url, self.workdir / f"bootstrap-{self.port}.log")
+        self.fn = Proc([self.bootstrap], self.fn_env, self.fn_url, self.workdir / f"bootstrap-{self.port}.log")
 
     def invoke(self, event_file, timeout=120):
         r = subprocess.run(["cargo", "lambda", "invoke", self.name, "--invoke-address", "127.0.0.1", "--invoke-port", str(self.port),
@@ -271,3 +272,49 @@ def test_init_waits_for_the_model_up_to_its_budget(tiny_model, tmp_path, slow_mo
             env.wait_ready()
     finally:
         env.stop()
+
+
+# The container image (infra/Dockerfile.lambda): its static `bootstrap`, built by
+# infra/build-static.sh beside the container's `bitnet`, run with the image's environment.
+
+def dockerfile_env(stage_of_model):
+    """ENV of infra/Dockerfile.lambda's final image, with the model stage it was built from."""
+    text = (ROOT / "infra" / "Dockerfile.lambda").read_text().replace("\\\n", " ")
+    env, stage = {}, None
+    for line in text.splitlines():
+        if line.startswith("FROM "):
+            words = line.split()
+            stage = words[3] if len(words) >= 4 and words[2].upper() == "AS" else "final"
+        elif line.startswith("ENV ") and stage in (stage_of_model, "final"):
+            for pair in line[4:].split():
+                k, v = pair.split("=", 1)
+                env[k] = v
+    return env
+
+
+def test_image_bootstrap_serves_the_model_baked_in_without_copying_it(tiny_model, tmp_path):
+    import os
+    from test_container import PT_INTERP, program_header_types
+
+    if not os.environ.get("BITNET_CONTAINER_BIN"):
+        pytest.skip("BITNET_CONTAINER_BIN not set (bash infra/build-static.sh builds it)")
+    bootstrap = ROOT / os.path.dirname(os.environ["BITNET_CONTAINER_BIN"]) / "bootstrap"
+    assert bootstrap.exists(), "infra/build-static.sh builds bootstrap beside bitnet"
+    assert PT_INTERP not in program_header_types(bootstrap), "the image's bootstrap must be static"
+    image_env = dockerfile_env("model-image")
+    # The image keeps the model at /opt/bitnet/model.gguf; here it is the tiny model's path.
+    assert image_env["BITNET_MODEL"] == "/opt/bitnet/model.gguf", image_env
+    cache = tmp_path / "tmp-cache"
+    env = dict(image_env, BITNET_MODEL=str(tiny_model), BITNET_CACHE_DIR=str(cache),
+               SSL_CERT_FILE=image_env["SSL_CERT_FILE"] if os.path.exists(image_env["SSL_CERT_FILE"]) else "")
+    assert dockerfile_env("model-s3").get("BITNET_MODEL") is None, "the S3 image must take BITNET_MODEL from the function"
+    lam = LambdaEnv(tmp_path, tiny_model, "stream", extra_env=env, bootstrap=bootstrap)
+    try:
+        status, chat = body_of(lam.invoke("function-url-chat.json"))
+        assert status == 200 and chat["object"] == "chat.completion", chat
+        status, health = body_of(lam.invoke("function-url-health.json"))
+        assert health["model"]["state"] == "ready" and health["model"]["source"] == str(tiny_model), health
+        # Mapped where the image holds it: nothing copied into /tmp.
+        assert not cache.exists() or not any(cache.iterdir()), list(cache.iterdir())
+    finally:
+        lam.stop()

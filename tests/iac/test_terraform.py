@@ -85,7 +85,7 @@ def test_s3_statement_is_get_object_on_model_only(module_tf):
     assert len(s3) == 1
     assert s3[0]["actions"] == ["s3:GetObject"]
     assert s3[0]["resources"] == ["${local.model_object}"]
-    assert module_tf["locals"]["model_object"] == "${local.bucket_arn}/${var.model_key}"
+    assert module_tf["locals"]["model_object"] == '${local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null}'
 
 
 def test_bucket_hardening(module_tf):
@@ -107,7 +107,11 @@ def test_skip_comments_have_reasons():
 MUTATIONS = {
     "buffered url": ('invoke_mode        = "RESPONSE_STREAM"', 'invoke_mode        = "BUFFERED"', "invoke_mode"),
     "public by default": ('default     = "AWS_IAM"', 'default     = "NONE"', "authorization_type"),
-    "old runtime": ('runtime          = "provided.al2023"', 'runtime          = "provided.al2"', "runtime"),
+    "old runtime": ('local.zip_package ? "provided.al2023" : null', 'local.zip_package ? "provided.al2" : null', "runtime"),
+    "image ignored": ("image_uri        = local.zip_package ? null : var.image_uri", "image_uri        = null", "image_uri"),
+    "zip only": ("package_type     = var.package_type", 'package_type     = "Zip"', "package_type"),
+    "model uri over the image's": ("local.model_from_s3 ? { BITNET_MODEL = local.model_uri } : {},", "{ BITNET_MODEL = local.model_uri },", "BITNET_MODEL must be set only"),
+    "s3 read with the model in the image": ("for_each = local.model_from_s3 ? [local.model_object] : []", "for_each = [local.model_object]", "S3 statement must exist only"),
     "short timeout": ("default     = 900", "default     = 30", "timeout"),
     "small memory": ("default     = 4096", "default     = 1024", "memory_size"),
     "small tmp": ("default     = 3072", "default     = 512", "ephemeral_storage"),
@@ -223,6 +227,9 @@ def variables_root(tmp_path_factory):
     return plan
 
 
+ECR_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bitnet-lambda@sha256:" + "a" * 64
+
+
 @pytest.mark.parametrize("args,ok,message", [
     ((), False, "Set api_key"),                                          # neither key nor opt-in
     (("allow_no_auth=true",), True, None),
@@ -236,6 +243,15 @@ def variables_root(tmp_path_factory):
     (("allow_no_auth=true", "reserved_concurrency=0"), False, "reserved_concurrency"),
     (("allow_no_auth=true", 'extra_environment={BITNET_ALLOW_NO_AUTH="1"}'), False, "extra_environment must not"),
     (("api_key=k", 'extra_environment={API_KEY="x"}'), False, "extra_environment must not"),
+    # The container image option.
+    (("allow_no_auth=true", "package_type=Image"), False, "Set image_uri exactly when"),
+    (("allow_no_auth=true", f"image_uri={ECR_IMAGE}"), False, "Set image_uri exactly when"),
+    (("allow_no_auth=true", "package_type=Image", f"image_uri={ECR_IMAGE}"), True, None),
+    (("allow_no_auth=true", "package_type=Image", "image_uri=docker.io/library/bitnet:latest"), False, "must be an ECR image"),
+    (("allow_no_auth=true", "model_in_image=true"), False, "model_in_image needs"),
+    (("allow_no_auth=true", "package_type=Image", f"image_uri={ECR_IMAGE}", "model_in_image=true", "ephemeral_storage_size=512"), True, None),
+    (("allow_no_auth=true", "ephemeral_storage_size=512"), False, "ephemeral_storage_size"),
+    (("allow_no_auth=true", "package_type=zip"), False, "package_type must be"),
 ])
 def test_validations_in_terraform_plan(variables_root, args, ok, message):
     rc, out = variables_root(*args)

@@ -104,6 +104,10 @@ fn init_wait_from_env() -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
     logging::init();

@@ -5,6 +5,10 @@
 #   # set api_key, or allow_no_auth = true (AWS_IAM auth alone), in terraform.tfvars
 #   terraform init && terraform apply
 #   aws s3 cp ggml-model-i2_s.gguf "$(terraform output -raw model_uri)" --metadata sha256=<hex>
+#
+# Or the container image (infra/Dockerfile.lambda pushed to ECR), with the model in it:
+#   terraform apply -var package_type=Image -var image_uri=ACCOUNT.dkr.ecr.REGION.amazonaws.com/bitnet-lambda@sha256:... \
+#     -var model_in_image=true
 
 terraform {
   required_version = ">= 1.9.0"
@@ -31,7 +35,10 @@ module "bitnet" {
   source = "../../modules/bitnet-lambda"
 
   name               = var.name
+  package_type       = var.package_type
   lambda_zip_path    = var.lambda_zip_path
+  image_uri          = var.image_uri
+  model_in_image     = var.model_in_image
   architecture       = var.architecture
   allow_scalar_arm64 = var.allow_scalar_arm64
   model_key          = var.model_key

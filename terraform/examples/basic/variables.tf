@@ -10,6 +10,24 @@ variable "name" {
   default     = "bitnet"
 }
 
+variable "package_type" {
+  description = "Zip (the cargo lambda zip) or Image (infra/Dockerfile.lambda in ECR, image_uri)."
+  type        = string
+  default     = "Zip"
+}
+
+variable "image_uri" {
+  description = "ECR image for package_type = Image (by digest: REPO@sha256:...)."
+  type        = string
+  default     = null
+}
+
+variable "model_in_image" {
+  description = "The image was built with MODEL_SOURCE=image and carries the model: no bucket, no download."
+  type        = bool
+  default     = false
+}
+
 variable "lambda_zip_path" {
   description = "Zip from `cargo lambda build --release --output-format zip -p bitnet-lambda`, relative to this directory."
   type        = string

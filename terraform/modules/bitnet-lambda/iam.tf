@@ -1,4 +1,4 @@
-# Least-privilege execution role: read the one model object, write to the
+# Least-privilege execution role: read the one model object (unless it is in the image), write to the
 # function's own log group, send X-Ray segments. Nothing else.
 
 data "aws_iam_policy_document" "assume" {
@@ -29,12 +29,16 @@ resource "aws_iam_role" "this" {
 
 data "aws_iam_policy_document" "this" {
   # GetObject covers GET, ranged GET and HEAD (HeadObject is authorised by
-  # s3:GetObject), which is all the model loader does. Exactly one object ARN.
-  statement {
-    sid       = "ReadModelObject"
-    effect    = "Allow"
-    actions   = ["s3:GetObject"]
-    resources = [local.model_object]
+  # s3:GetObject), which is all the model loader does. Exactly one object ARN,
+  # and none when the model is baked into the image.
+  dynamic "statement" {
+    for_each = local.model_from_s3 ? [local.model_object] : []
+    content {
+      sid       = "ReadModelObject"
+      effect    = "Allow"
+      actions   = ["s3:GetObject"]
+      resources = [local.model_object]
+    }
   }
 
   statement {
@@ -62,7 +66,7 @@ data "aws_iam_policy_document" "this" {
   }
 
   dynamic "statement" {
-    for_each = var.model_kms_key_arn == null ? [] : [var.model_kms_key_arn]
+    for_each = var.model_kms_key_arn == null || !local.model_from_s3 ? [] : [var.model_kms_key_arn]
     content {
       sid       = "DecryptModelThroughS3"
       effect    = "Allow"

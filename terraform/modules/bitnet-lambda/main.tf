@@ -11,17 +11,21 @@ data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
 locals {
-  bucket_name     = var.create_bucket ? aws_s3_bucket.models[0].id : var.bucket_name
-  bucket_arn      = "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}"
-  model_uri       = "s3://${local.bucket_name}/${var.model_key}"
-  model_object    = "${local.bucket_arn}/${var.model_key}"
+  zip_package = var.package_type == "Zip"
+  # The model comes from the image (built with MODEL_SOURCE=image, BITNET_MODEL set by its ENV)
+  # or from S3; only the latter needs a bucket, an S3 permission and BITNET_MODEL here.
+  model_from_s3   = !var.model_in_image
+  bucket_name     = !local.model_from_s3 ? null : var.create_bucket ? aws_s3_bucket.models[0].id : var.bucket_name
+  bucket_arn      = local.model_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}" : null
+  model_uri       = local.model_from_s3 ? "s3://${local.bucket_name}/${var.model_key}" : null
+  model_object    = local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null
   log_group_name  = "/aws/lambda/${var.name}"
   cache_directory = "/tmp/bitnet-models"
 
   environment = merge(
     var.extra_environment,
+    local.model_from_s3 ? { BITNET_MODEL = local.model_uri } : {},
     {
-      BITNET_MODEL         = local.model_uri
       BITNET_CACHE_DIR     = local.cache_directory
       BITNET_MODEL_STORAGE = var.model_storage
       # Lambda hands a sandbox one invocation at a time: one generation slot, nothing to
@@ -56,11 +60,14 @@ resource "aws_lambda_function" "this" {
   description   = "BitNet b1.58 ternary LLM inference (streaming via function URL)"
   role          = aws_iam_role.this.arn
 
-  filename         = var.lambda_zip_path
-  source_code_hash = filebase64sha256(var.lambda_zip_path)
-  package_type     = "Zip"
-  runtime          = "provided.al2023"
-  handler          = "bootstrap"
+  # Zip: the `cargo lambda build` zip on the provided.al2023 runtime. Image: the image built
+  # by infra/Dockerfile.lambda and pushed to ECR (its entrypoint is the bootstrap itself).
+  package_type     = var.package_type
+  filename         = local.zip_package ? var.lambda_zip_path : null
+  source_code_hash = local.zip_package ? filebase64sha256(var.lambda_zip_path) : null
+  runtime          = local.zip_package ? "provided.al2023" : null
+  handler          = local.zip_package ? "bootstrap" : null
+  image_uri        = local.zip_package ? null : var.image_uri
   architectures    = [var.architecture]
 
   memory_size = var.memory_size

@@ -14,12 +14,12 @@ output "function_arn" {
 }
 
 output "bucket" {
-  description = "Name of the model bucket."
+  description = "Name of the model bucket (null with model_in_image)."
   value       = local.bucket_name
 }
 
 output "model_uri" {
-  description = "BITNET_MODEL as set on the function; upload the model here."
+  description = "BITNET_MODEL as set on the function; upload the model here (null with model_in_image: the image holds it)."
   value       = local.model_uri
 }
 

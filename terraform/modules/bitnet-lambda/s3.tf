@@ -5,7 +5,7 @@ resource "aws_s3_bucket" "models" {
   #checkov:skip=CKV_AWS_18:Server access logs need a second bucket; the bucket is private and read only by the function role (CloudTrail data events can audit it).
   #checkov:skip=CKV_AWS_144:Cross-region replication doubles storage cost; the model is a reproducible, sha256-pinned artefact that can be uploaded again.
   #checkov:skip=CKV2_AWS_62:Nothing consumes object events; notifications would add moving parts for no reader.
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket = var.bucket_name
   # bucket_prefix allows 37 characters and no '_' or upper case.
@@ -15,7 +15,7 @@ resource "aws_s3_bucket" "models" {
 }
 
 resource "aws_s3_bucket_public_access_block" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket                  = aws_s3_bucket.models[0].id
   block_public_acls       = true
@@ -25,7 +25,7 @@ resource "aws_s3_bucket_public_access_block" "models" {
 }
 
 resource "aws_s3_bucket_ownership_controls" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket = aws_s3_bucket.models[0].id
   rule {
@@ -34,7 +34,7 @@ resource "aws_s3_bucket_ownership_controls" "models" {
 }
 
 resource "aws_s3_bucket_versioning" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket = aws_s3_bucket.models[0].id
   versioning_configuration {
@@ -47,7 +47,7 @@ resource "aws_s3_bucket_versioning" "models" {
 # cold start negligible. Principals of this account reading through S3 need no
 # extra KMS permission for the AWS managed key.
 resource "aws_s3_bucket_server_side_encryption_configuration" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket = aws_s3_bucket.models[0].id
   rule {
@@ -60,7 +60,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "models" {
 
 # Old model versions and abandoned multipart uploads would be paid for at rest.
 resource "aws_s3_bucket_lifecycle_configuration" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket = aws_s3_bucket.models[0].id
 
@@ -84,7 +84,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "models" {
 
 # Refuse plain-HTTP access to the bucket.
 data "aws_iam_policy_document" "bucket" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   statement {
     sid     = "DenyInsecureTransport"
@@ -109,7 +109,7 @@ data "aws_iam_policy_document" "bucket" {
 }
 
 resource "aws_s3_bucket_policy" "models" {
-  count = var.create_bucket ? 1 : 0
+  count = var.create_bucket && !var.model_in_image ? 1 : 0
 
   bucket     = aws_s3_bucket.models[0].id
   policy     = data.aws_iam_policy_document.bucket[0].json

@@ -9,10 +9,50 @@ variable "name" {
   }
 }
 
+variable "package_type" {
+  description = "Zip (default): the zip from `cargo lambda build` on the provided.al2023 runtime. Image: the container image built by infra/Dockerfile.lambda and pushed to ECR (image_uri); with model_in_image it carries the model, which Lambda reads lazily from the image instead of downloading it at cold start (docs/deploy.md, \"Zip or container image\")."
+  type        = string
+  default     = "Zip"
+  nullable    = false
+
+  validation {
+    condition     = contains(["Zip", "Image"], var.package_type)
+    error_message = "package_type must be \"Zip\" or \"Image\"."
+  }
+}
+
 variable "lambda_zip_path" {
-  description = "Path of the zip built by `cargo lambda build --release --output-format zip -p bitnet-lambda` (binary `bootstrap`). Relative paths are resolved from the directory terraform runs in."
+  description = "Path of the zip built by `cargo lambda build --release --output-format zip -p bitnet-lambda` (binary `bootstrap`). Relative paths are resolved from the directory terraform runs in. Only for package_type = \"Zip\"."
   type        = string
   default     = "target/lambda/bootstrap/bootstrap.zip"
+}
+
+variable "image_uri" {
+  description = "ECR image of infra/Dockerfile.lambda, for package_type = \"Image\", preferably by digest (ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPO@sha256:...). Lambda pulls only from ECR."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = (var.package_type == "Image") == (var.image_uri != null)
+    error_message = "Set image_uri exactly when package_type = \"Image\" (and leave it null for \"Zip\")."
+  }
+
+  validation {
+    condition     = var.image_uri == null || can(regex("^[0-9]{12}\\.dkr\\.ecr\\.[a-z0-9-]+\\.amazonaws\\.com(\\.cn)?/[a-z0-9._/-]+(:[A-Za-z0-9._-]+|@sha256:[0-9a-f]{64})$", var.image_uri))
+    error_message = "image_uri must be an ECR image: ACCOUNT.dkr.ecr.REGION.amazonaws.com/REPOSITORY:TAG or @sha256:DIGEST."
+  }
+}
+
+variable "model_in_image" {
+  description = "The image carries the model (docker build --build-arg MODEL_SOURCE=image): BITNET_MODEL is left to the image, and no model bucket or S3 permission is created. Only with package_type = \"Image\"."
+  type        = bool
+  default     = false
+  nullable    = false
+
+  validation {
+    condition     = !var.model_in_image || var.package_type == "Image"
+    error_message = "model_in_image needs package_type = \"Image\" (a zip cannot hold a 1.2 GB model: 250 MB unzipped at most)."
+  }
 }
 
 variable "architecture" {
@@ -55,8 +95,8 @@ variable "ephemeral_storage_size" {
   default     = 3072
 
   validation {
-    condition     = var.ephemeral_storage_size >= 2048 && var.ephemeral_storage_size <= 10240
-    error_message = "ephemeral_storage_size must be between 2048 and 10240 MB (the model alone is 1.19 GB)."
+    condition     = var.ephemeral_storage_size >= (var.model_in_image ? 512 : 2048) && var.ephemeral_storage_size <= 10240
+    error_message = "ephemeral_storage_size must be between 2048 and 10240 MB (the model alone is 1.19 GB), or from 512 MB with model_in_image (nothing is downloaded to /tmp)."
   }
 }
 
