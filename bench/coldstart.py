@@ -15,7 +15,11 @@ the process start:
 Front doors: `serve` (bitnet serve), `azure` (the Functions custom handler, called as the host
 forwards it), `lambda` (the bootstrap under `cargo lambda watch`, through the function-URL
 emulation). Sources: `http` (nginx from Debian's packages, Range support; optionally throttled
-per connection with --rate), `s3` (moto) and `azure` (Azurite) as started by .ci/services.sh.
+per connection with --rate), `s3` (moto) and `azure` (Azurite) as started by .ci/services.sh,
+and `file`: the model already on local disk, as in a container image that carries it
+(infra/Dockerfile.lambda with MODEL_SOURCE=image); no sha256 is configured there (the image
+digest pins it), and --evict drops the file from the page cache before each run (a first read
+from disk instead of memory).
 
     bash bench/coldstart.sh [--doors serve,azure,lambda] [--sources http,s3,azure] [--runs 3]
 """
@@ -230,10 +234,22 @@ def streamed_request(url, t0, timeout=600):
     return headers, first
 
 
-def one_run(kind, bins, uri, env, sha, work, extra):
+def evict(path):
+    """Drops a file's clean pages from the page cache (no root needed)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def one_run(kind, bins, uri, env, sha, work, extra, evict_path=None):
     cache = Path(tempfile.mkdtemp(prefix="coldstart-cache-", dir=work))
-    door_env = {"BITNET_MODEL": uri, "BITNET_MODEL_SHA256": sha, "BITNET_CACHE_DIR": str(cache),
-                "BITNET_THREADS": "2", **env, **extra}
+    door_env = {"BITNET_MODEL": uri, "BITNET_CACHE_DIR": str(cache), "BITNET_THREADS": "2", **env, **extra}
+    if sha:
+        door_env["BITNET_MODEL_SHA256"] = sha
+    if evict_path is not None:
+        evict(evict_path)
     door = Door(kind, bins, door_env, work)
     try:
         headers, first = streamed_request(door.url, door.t0)
@@ -272,6 +288,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--rate", help="nginx limit_rate per connection (e.g. 100m)")
     ap.add_argument("--json", type=Path, help="also write every run here")
+    ap.add_argument("--evict", action="store_true", help="source file: drop the model from the page cache before each run")
     ap.add_argument("--env", action="append", default=[], metavar="K=V",
                     help="extra environment for the front door (repeatable), e.g. BITNET_CACHE_FSYNC=0")
     a = ap.parse_args()
@@ -289,6 +306,8 @@ def main():
                 sources[s] = upload_s3(model, os.environ["BITNET_TEST_S3_ENDPOINT"])
             elif s == "azure":
                 sources[s] = upload_azure(model, os.environ["BITNET_TEST_AZURITE_ENDPOINT"])
+            elif s == "file":
+                sources[s] = (str(model), {})
             else:
                 raise SystemExit(f"unknown source {s}")
         results = []
@@ -299,7 +318,9 @@ def main():
         for kind in a.doors.split(","):
             for s, (uri, env) in sources.items():
                 extra = dict(kv.split("=", 1) for kv in a.env)
-                runs = [one_run(kind, a.bins, uri, env, sha, work, extra) for _ in range(a.runs)]
+                local = s == "file"
+                runs = [one_run(kind, a.bins, uri, env, None if local else sha, work, extra,
+                                evict_path=model if local and a.evict else None) for _ in range(a.runs)]
                 results.append({"door": kind, "source": s, "runs": runs})
                 cells = []
                 for c in cols:

@@ -7,6 +7,7 @@
 #   bash bench/coldstart.sh                                  # serve, nginx, 3 runs
 #   DOORS=serve,azure,lambda SOURCES=http,s3,azure bash bench/coldstart.sh
 #   RATE=200m bash bench/coldstart.sh                        # nginx limit_rate per connection
+#   DOORS=lambda SOURCES=file bash bench/coldstart.sh --evict  # the model baked into the image
 #
 # Nothing is built with cargo: binaries come from $BINS (default target/release; build them with
 # `cargo build --release -p bitnet-cli -p bitnet-lambda -p bitnet-azure`). The 2B4T-shaped

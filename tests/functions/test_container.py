@@ -80,3 +80,93 @@ def test_serves_chat_with_auth_like_the_image(image_server):
     assert streamed == whole and whole
     # JSON logs, as the image sets BITNET_LOG_FORMAT=json.
     assert any(l.get("message") == "request done" for l in image_server.log_lines())
+
+
+# kubernetes/overlays/init-download as the kubelet would run it: the rendered init container's
+# command, args and environment (ConfigMap included), then the server container's, with the
+# image's `/bitnet` replaced by the container binary, the pod's volumes by folders, and the
+# model URI by a local HTTP server. The server must find what `bitnet fetch` left in the cache
+# (no second download), read its key from the mounted Secret, and answer the probes.
+
+def _rendered_pod(overlay):
+    import shutil
+    import subprocess
+
+    import yaml
+
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl not installed (apt-get install kubectl; .ci/iac.sh installs it)")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["kubectl", "kustomize", str(root / "kubernetes" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    return dep["spec"]["template"]["spec"], maps
+
+
+def _container_env(c, maps):
+    env = {}
+    for src in c.get("envFrom", []):
+        env.update(maps[src["configMapRef"]["name"]])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    return env
+
+
+def _expand(words, env):
+    import re
+    return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
+
+
+def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_path):
+    spec, maps = _rendered_pod("init-download")
+    url = slow_model_url(2000)
+    # The pod's volumes as folders; every path the manifests name is mapped under tmp_path.
+    mounts = {}
+    for c in spec["initContainers"] + spec["containers"]:
+        for m in c.get("volumeMounts", []):
+            mounts[m["mountPath"]] = tmp_path / m["name"]
+            mounts[m["mountPath"]].mkdir(exist_ok=True)
+    key = "k8s-secret-key"
+    (mounts["/etc/bitnet/api-key"] / "API_KEY").write_text(key)
+
+    def local(value):
+        for path in sorted(mounts, key=len, reverse=True):
+            if value == path or value.startswith(path + "/"):
+                return str(mounts[path]) + value[len(path):]
+        return value
+
+    def run_env(c):
+        env = {k: local(v) for k, v in _container_env(c, maps).items()}
+        assert env["BITNET_MODEL"].startswith("hf://"), env
+        env["BITNET_MODEL"] = url
+        return dict(env, SSL_CERT_FILE=str(CA_BUNDLE), PATH=os.environ.get("PATH", ""))
+
+    init = spec["initContainers"][0]
+    assert init["command"][0] == "/bitnet"
+    env = run_env(init)
+    import subprocess
+    fetch = subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], env)], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert fetch.returncode == 0, fetch.stderr
+    cached = list(Path(env["BITNET_CACHE_DIR"]).iterdir())
+    assert any(p.suffix == ".gguf" for p in cached), cached
+
+    server = spec["containers"][0]
+    env = run_env(server)
+    port = free_port()
+    env["PORT"] = str(port)  # the pod's 8080, moved off a port the machine may use
+    env["BITNET_HOST"] = "127.0.0.1"  # 0.0.0.0 in the pod; loopback here
+    args = [local(a) for a in server["args"]]
+    p = Proc([CONTAINER_BIN, "serve", *args], env, f"http://127.0.0.1:{port}", tmp_path / "serve.log")
+    try:
+        p.wait_http(spec["containers"][0]["startupProbe"]["httpGet"]["path"])
+        p.wait_ready(headers={"authorization": f"Bearer {key}"})
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert requests.get(p.url + server[probe]["httpGet"]["path"], timeout=5).status_code == 200
+        assert requests.get(p.url + "/v1/models", timeout=5).status_code == 401
+        assert requests.get(p.url + "/v1/models", headers={"authorization": f"Bearer {key}"}, timeout=5).status_code == 200
+        # The model came from the cache the init container filled: no download by the server.
+        assert not any(l.get("message") == "download complete" for l in p.log_lines()), p.log()
+    finally:
+        p.stop()

@@ -68,6 +68,49 @@ def test_compose_has_the_two_profiles():
     assert {"bitnet-volume", "bitnet-download"} <= set(services())
 
 
+def services_of(profile: str) -> set[str]:
+    """What `docker compose --profile P up` starts: services with that profile, or none."""
+    return {n for n, s in services().items() if not s.get("profiles") or profile in s["profiles"]}
+
+
+@pytest.mark.parametrize("profile,expect", [
+    ("volume", {"bitnet-volume"}),
+    ("download", {"bitnet-download"}),
+    # The old image's profile names keep working.
+    ("volume-mount", {"bitnet-volume"}),
+    ("full-stack", {"bitnet-volume", "neo4j"}),
+])
+def test_profiles_old_and_new(profile, expect):
+    assert services_of(profile) == expect
+
+
+def test_every_setup_interpolates_without_neo4j_settings():
+    """compose interpolates the whole file whatever the profile: nothing may require a
+    variable that only the full-stack profile needs."""
+    for name, svc in services().items():
+        for v in (svc.get("environment") or {}).values():
+            interpolate(v, {})
+        for p in svc.get("ports") or []:
+            interpolate(p, {})
+
+
+def test_full_stack_neo4j_has_no_default_password_and_stays_on_loopback():
+    neo = services()["neo4j"]
+    auth = str(neo["environment"]["NEO4J_AUTH"])
+    assert interpolate(auth, {}) == "neo4j/", "no password unless the caller sets NEO4J_PASSWORD"
+    assert interpolate(auth, {"NEO4J_PASSWORD": "pw-from-caller"}) == "neo4j/pw-from-caller"
+    for p in neo["ports"]:
+        assert interpolate(p, {}).startswith("127.0.0.1:"), p
+    # The application finds the model server by the name the old file used for its host.
+    assert "bitnet" in services()["bitnet-volume"]["networks"]["default"]["aliases"]
+
+
+def test_old_port_can_be_kept():
+    """The old image listened on 8001; BITNET_PORT=8001 publishes the new one there."""
+    ports = load_compose()["x-bitnet"]["ports"]
+    assert [interpolate(p, {"BITNET_PORT": "8001"}) for p in ports] == ["127.0.0.1:8001:8080"]
+
+
 @pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
 @pytest.mark.parametrize("caller,expect", [
     ({}, "refuses"),                                     # nothing set: no silent no-auth
