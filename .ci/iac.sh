@@ -109,8 +109,9 @@ for fw in terraform bicep; do
 done
 
 log "kubectl kustomize kubernetes/overlays/*, then checkov --framework kubernetes on the output"
-RENDERED="$VENV/k8s-rendered"
-rm -rf "$RENDERED" && mkdir -p "$RENDERED"
+# Outside .venv-iac: checkov skips paths under a virtual environment and would scan nothing.
+RENDERED="$(mktemp -d "${TMPDIR:-/tmp}/bitnet-k8s-rendered.XXXXXX")"
+trap 'rm -rf "$RENDERED"' EXIT
 rendered_ok=1
 for overlay in kubernetes/overlays/*/; do
   name="$(basename "$overlay")"
