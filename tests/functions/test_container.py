@@ -118,8 +118,17 @@ def _expand(words, env):
     return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
 
 
-def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_path):
+@pytest.mark.parametrize("pinned", [False, True], ids=["unpinned", "sha256-pinned"])
+def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_path, pinned):
+    """pinned: BITNET_MODEL_SHA256 added to the ConfigMap (base/server.env), as the component
+    suggests; the init container must verify it (a wrong one fails there, with nothing cached)
+    and the server then trusts the cache instead of downloading again."""
+    import hashlib
+
     spec, maps = _rendered_pod("init-download")
+    if pinned:
+        maps = {name: dict(data, BITNET_MODEL_SHA256=hashlib.sha256(tiny_model.read_bytes()).hexdigest())
+                for name, data in maps.items()}
     url = slow_model_url(2000)
     # The pod's volumes as folders; every path the manifests name is mapped under tmp_path.
     mounts = {}
@@ -146,6 +155,12 @@ def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_pat
     assert init["command"][0] == "/bitnet"
     env = run_env(init)
     import subprocess
+    if pinned:
+        wrong = dict(env, BITNET_MODEL_SHA256="0" * 64)
+        bad = subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], wrong)], env=wrong,
+                             capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "sha256" in bad.stderr.lower(), bad.stderr
+        assert not any(p.suffix == ".gguf" for p in Path(env["BITNET_CACHE_DIR"]).iterdir())
     fetch = subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], env)], env=env,
                            capture_output=True, text=True, timeout=120)
     assert fetch.returncode == 0, fetch.stderr

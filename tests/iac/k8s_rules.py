@@ -123,6 +123,8 @@ def check_security(docs: list[dict]) -> list[str]:
                 v.append(f"{where}: privilege escalation allowed")
             if "ALL" not in sc.get("capabilities", {}).get("drop", []):
                 v.append(f"{where}: capabilities not dropped")
+            if sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+                v.append(f"{where}: no RuntimeDefault seccomp profile (the restricted standard needs it)")
             if c.get("image", "") in ("", "bitnet") or not re.match(r"[\w.-]+(:\d+)?/", c["image"]):
                 v.append(f"{where}: image {c.get('image')!r} not set by the overlay's images")
     return v
@@ -185,6 +187,19 @@ def check_no_plain_secrets(docs: list[dict]) -> list[str]:
             for e in c.get("env", []):
                 if "value" in e and (SECRET_NAME.search(e["name"]) or SECRET_VALUE.search(str(e["value"]))):
                     v.append(f"{w['kind']}/{c['name']}: env {e['name']} has a literal credential")
+    return v
+
+
+GENERATION_TIMEOUT_SECS = 600
+
+
+def check_grace(docs: list[dict]) -> list[str]:
+    """A pod told to stop lets its requests finish; the generation timeout bounds them."""
+    v = []
+    for w in of_kind(docs, "Deployment", "apps/"):
+        grace = pod_spec(w).get("terminationGracePeriodSeconds", 30)
+        if grace < GENERATION_TIMEOUT_SECS:
+            v.append(f"Deployment: terminationGracePeriodSeconds {grace} cuts generations short of {GENERATION_TIMEOUT_SECS} s")
     return v
 
 
@@ -298,6 +313,8 @@ def check_scale_to_zero(docs: list[dict], overlay: str) -> list[str]:
             v.append(f"{overlay}: containerConcurrency is not BITNET_PARALLEL ({slots})")
         if ann.get("autoscaling.knative.dev/target", str(slots)) != str(slots):
             v.append(f"{overlay}: the autoscaling target is not BITNET_PARALLEL ({slots})")
+        if ann.get("autoscaling.knative.dev/target-utilization-percentage") != "100":
+            v.append(f"{overlay}: target utilization is not 100 % (Knative's 70 % default scales before the slots are full)")
     return v
 
 
@@ -305,7 +322,7 @@ def check_overlay(docs: list[dict], overlay: str) -> list[str]:
     v = check_one_workload(docs)
     if v:
         return v
-    for check in (check_namespace, check_security, check_probes, check_auth, check_no_plain_secrets, check_resources):
+    for check in (check_namespace, check_grace, check_security, check_probes, check_auth, check_no_plain_secrets, check_resources):
         v += check(docs)
     return v + check_model_source(docs, overlay) + check_scale_to_zero(docs, overlay)
 

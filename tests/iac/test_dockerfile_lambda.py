@@ -57,11 +57,16 @@ def test_static_build_of_the_lambda_binary():
 def test_model_inside_the_image_is_mapped_from_where_it_lies():
     st = stages()
     img = st["model-image"]
-    assert any(re.fullmatch(r"COPY --from=model \$\{MODEL_FILE\} /opt/bitnet/model\.gguf", l) for l in img)
+    assert any(re.fullmatch(r"COPY --from=model --chmod=0444 \$\{MODEL_FILE\} /opt/bitnet/model\.gguf", l) for l in img)
     assert env_of(img) == {"BITNET_MODEL": "/opt/bitnet/model.gguf"}
     final = env_of(st["final"])
     assert "BITNET_MODEL" not in final, "the S3 variant takes BITNET_MODEL from the function's environment"
     assert final["BITNET_CACHE_DIR"].startswith("/tmp/"), "Lambda's only writable path is /tmp"
+
+
+def test_build_context_leaves_out_builds_models_and_git():
+    ignore = (r.REPO / "infra" / "Dockerfile.lambda.dockerignore").read_text().split()
+    assert {"target", ".git", "**/*.gguf", ".venv-iac"} <= set(ignore)
 
 
 def test_no_auth_or_secret_in_the_image():

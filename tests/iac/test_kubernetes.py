@@ -107,6 +107,9 @@ def _server(docs):
     ("azure-workload-identity", lambda d: k.workloads(d)[0]["spec"]["template"]["metadata"]["labels"].pop("azure.workload.identity/use"), "workload identity"),
     ("s3-irsa", lambda d: k.of_kind(d, "ServiceAccount")[0]["metadata"].pop("annotations"), "IAM role"),
     ("keda-http", lambda d: k.of_kind(d, "HTTPScaledObject")[0]["metadata"].pop("namespace"), "HTTPScaledObject bitnet is in namespace None"),
+    ("pvc", lambda d: _server(d)["securityContext"].pop("seccompProfile"), "seccomp"),
+    ("pvc", lambda d: k.workloads(d)[0]["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=60), "terminationGracePeriodSeconds"),
+    ("knative", lambda d: k.workloads(d)[0]["spec"]["template"]["metadata"]["annotations"].pop("autoscaling.knative.dev/target-utilization-percentage"), "utilization"),
     ("knative", lambda d: k.of_kind(d, "Namespace")[0]["metadata"]["labels"].pop("pod-security.kubernetes.io/enforce"), "restricted"),
 ])
 def test_rules_catch_broken_copies(rendered, overlay, mutate, expect):

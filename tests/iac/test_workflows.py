@@ -71,6 +71,14 @@ def test_release_on_tags_after_the_tests():
     assert files == {"infra/Dockerfile", "infra/Dockerfile.lambda"}
     assert all((r.REPO / f).exists() for f in files)
     assert "gh release create" in runs("publish")
+    # The release carries the two zips only: artefacts downloaded by name, no build records.
+    downloads = [s for s in jobs["publish"]["steps"] if s.get("uses", "").startswith("actions/download-artifact@")]
+    assert sorted(s["with"]["name"] for s in downloads) == ["azure-package", "lambda-zip"]
+    build = next(s for s in jobs["images"]["steps"] if s.get("uses", "").startswith("docker/build-push-action@"))
+    assert build["env"]["DOCKER_BUILD_RECORD_UPLOAD"] == "false"
+    # Lambda takes a single manifest: no attestation index for the Lambda image.
+    prov = {m["image"]: m["provenance"] for m in jobs["images"]["strategy"]["matrix"]["include"]}
+    assert prov["bitnet-lambda"] is False and build["with"]["provenance"] == "${{ matrix.provenance }}"
 
 
 def test_least_privilege():

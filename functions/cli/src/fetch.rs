@@ -13,8 +13,10 @@ pub struct FetchArgs {
     /// Model URI: s3://bucket/key, az://account/container/blob, https://…, hf://org/repo/file,
     /// file:///path or a path.
     pub uri: String,
-    /// Expected sha256 (hex); overrides object metadata and `.sha256` sidecars.
-    #[arg(long, value_name = "HEX")]
+    /// Expected sha256 (hex); overrides object metadata and `.sha256` sidecars. From the
+    /// environment as the servers take it, so that a fetch ahead of a server (a Kubernetes init
+    /// container) verifies what the server will.
+    #[arg(long, value_name = "HEX", env = "BITNET_MODEL_SHA256")]
     pub sha256: Option<String>,
     /// Cache directory.
     #[arg(long, value_name = "DIR", env = "BITNET_CACHE_DIR", default_value = model_store::DEFAULT_CACHE_DIR)]
