@@ -515,6 +515,12 @@ impl Tokenizer {
         }
     }
 
+    /// Raw bytes of one token, control tokens included (their text, e.g. `<|eot_id|>`);
+    /// `None` outside the vocabulary.
+    pub fn piece(&self, id: u32) -> Option<&[u8]> {
+        ((id as usize) < self.n_tokens()).then(|| self.vocab.bytes(id))
+    }
+
     /// The text of a token, control tokens included (for display).
     pub fn token_text(&self, id: u32) -> String {
         if (id as usize) < self.n_tokens() {

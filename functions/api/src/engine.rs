@@ -24,6 +24,8 @@ pub trait Engine: Send + Sync + 'static {
     fn threads(&self) -> usize;
     fn encode(&self, text: &str, add_bos: bool) -> Vec<u32>;
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32>;
+    /// Bytes of one token, control tokens' text included; `None` outside the vocabulary.
+    fn piece(&self, id: u32) -> Option<Vec<u8>>;
     /// Checks the request and queues it; choice i's events go to `sinks[i]` (one sink per
     /// choice, OpenAI's `n`; the prompt is read once). Never blocks. An error means the
     /// request was refused and the sinks see nothing.
@@ -56,6 +58,9 @@ impl Engine for Scheduler {
     }
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
         self.model().tokenizer().encode_chat(messages)
+    }
+    fn piece(&self, id: u32) -> Option<Vec<u8>> {
+        self.model().tokenizer().piece(id).map(<[u8]>::to_vec)
     }
     fn submit(
         &self,

@@ -289,12 +289,8 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let deadline = generation_deadline(&state, request_deadline);
-    if let Some(m) = &req.model
-        && !m.is_empty()
-        && !m.eq_ignore_ascii_case(&state.config().model_id)
-    {
-        return Err(ApiError::model_not_found(m));
-    }
+    // One model is loaded: any name is that model, as llama-server answers (SDK defaults and
+    // tools that hard-code a name work); the response carries the real id.
     let prepared = prepare(&state, &req).await?;
     let shape = Shape::new(endpoint, state.config().model_id.clone(), &request_id);
     let interrupt = Interrupt::new().with_deadline(deadline);

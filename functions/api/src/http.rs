@@ -42,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
         .nest("/v1", api.clone())
         // Clients configured with a base URL that lacks `/v1` still work.
         .merge(api)
@@ -203,7 +205,7 @@ async fn root(State(state): State<AppState>) -> Response {
         "service": "bitnet",
         "version": env!("CARGO_PKG_VERSION"),
         "model": state.config().model_id,
-        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"],
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health", "/ready", "/metrics"],
     }))
     .into_response()
 }
@@ -336,6 +338,66 @@ async fn completion(
     drop(bytes);
     tracing::debug!(stream = parsed.stream, max_tokens = ?parsed.max_tokens, "completion request");
     generate::complete(state, endpoint, parsed, id, admission, deadline).await
+}
+
+/// `POST /tokenize` (llama-server's shape): `{"tokens": [ids]}`, or with `with_pieces`
+/// `{"tokens": [{"id", "piece"}]}` where a piece that is not valid UTF-8 on its own is its
+/// byte values.
+async fn tokenize(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    require_json(&parts.headers)?;
+    let bytes = read_body(&state, &parts.headers, body).await?;
+    let req = openai::parse_tokenize(&bytes)?;
+    drop(bytes);
+    let engine = state.engine().await?;
+    let tokens = tokio::task::spawn_blocking(move || {
+        let ids = engine.encode(&req.content, req.add_special);
+        if !req.with_pieces {
+            return ids
+                .into_iter()
+                .map(serde_json::Value::from)
+                .collect::<Vec<_>>();
+        }
+        ids.into_iter()
+            .map(|id| {
+                let bytes = engine.piece(id).unwrap_or_default();
+                let piece = match String::from_utf8(bytes) {
+                    Ok(text) => serde_json::Value::from(text),
+                    Err(e) => serde_json::Value::from(e.into_bytes()),
+                };
+                json!({ "id": id, "piece": piece })
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("tokenizer failed: {e}")))?;
+    Ok(axum::Json(json!({ "tokens": tokens })).into_response())
+}
+
+/// `POST /detokenize` (llama-server's shape): `{"content": text}`, control tokens written as
+/// their text, bytes that are not UTF-8 replaced by U+FFFD.
+async fn detokenize(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    require_json(&parts.headers)?;
+    let bytes = read_body(&state, &parts.headers, body).await?;
+    let ids = openai::parse_detokenize(&bytes)?;
+    drop(bytes);
+    let engine = state.engine().await?;
+    let mut text = Vec::new();
+    for id in ids {
+        let piece = engine.piece(id).ok_or_else(|| {
+            ApiError::invalid_param(
+                "tokens",
+                format!(
+                    "Token id {id} is out of range: the vocabulary has {} tokens.",
+                    engine.n_vocab()
+                ),
+            )
+        })?;
+        text.extend_from_slice(&piece);
+    }
+    let content = String::from_utf8_lossy(&text).into_owned();
+    Ok(axum::Json(json!({ "content": content })).into_response())
 }
 
 async fn chat_completions(

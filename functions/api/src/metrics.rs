@@ -98,16 +98,20 @@ impl Metrics {
     /// One answered request. Unknown paths share one label so that a client cannot grow the
     /// metric without bound.
     pub fn request(&self, path: &str, code: u16) {
-        let route = match path.strip_prefix("/v1").unwrap_or(path) {
-            "/chat/completions" => "chat_completions",
-            "/completions" => "completions",
-            "/models" => "models",
-            p if p.starts_with("/models/") => "models",
-            "/health" => "health",
-            "/ready" => "ready",
-            "/metrics" => "metrics",
-            "/" | "" => "root",
-            _ => "other",
+        let route = match path {
+            "/tokenize" => "tokenize",
+            "/detokenize" => "detokenize",
+            _ => match path.strip_prefix("/v1").unwrap_or(path) {
+                "/chat/completions" => "chat_completions",
+                "/completions" => "completions",
+                "/models" => "models",
+                p if p.starts_with("/models/") => "models",
+                "/health" => "health",
+                "/ready" => "ready",
+                "/metrics" => "metrics",
+                "/" | "" => "root",
+                _ => "other",
+            },
         };
         self.requests
             .get_or_create(&RequestLabels { route, code })

@@ -49,11 +49,82 @@ pub enum Endpoint {
 
 /// Parses a request body. `body` is the raw bytes: malformed JSON is a 400 too.
 pub fn parse_request(endpoint: Endpoint, body: &[u8]) -> Result<CompletionRequest, ApiError> {
+    parse_object(endpoint, &json_object(body)?)
+}
+
+fn json_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(ApiError::malformed_json)?;
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid("The request body must be a JSON object."));
     };
-    parse_object(endpoint, &obj)
+    Ok(obj)
+}
+
+/// `POST /tokenize`, as llama-server shapes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenizeRequest {
+    pub content: String,
+    /// Starts with the model's BOS token (llama-server's `add_special`; default false).
+    pub add_special: bool,
+    /// Each token as `{"id", "piece"}` instead of a bare id.
+    pub with_pieces: bool,
+}
+
+pub fn parse_tokenize(body: &[u8]) -> Result<TokenizeRequest, ApiError> {
+    let obj = json_object(body)?;
+    let content = match field(&obj, "content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(type_error("content", "a string")),
+        None => {
+            return Err(ApiError::invalid_param(
+                "content",
+                "Missing required parameter: 'content'.",
+            ));
+        }
+    };
+    // Special-token text in the content is always plain text here (a client's text must not
+    // forge a turn boundary): say so rather than tokenize differently from what was asked.
+    if opt_bool(&obj, "parse_special")? == Some(true) {
+        return Err(ApiError::unsupported(
+            "parse_special",
+            "parse_special: true is not supported: special-token text in 'content' is \
+             tokenized as plain text (use add_special for the BOS token).",
+        ));
+    }
+    Ok(TokenizeRequest {
+        content,
+        add_special: opt_bool(&obj, "add_special")?.unwrap_or(false),
+        with_pieces: opt_bool(&obj, "with_pieces")?.unwrap_or(false),
+    })
+}
+
+/// `POST /detokenize`: the ids of `tokens` (their range is checked against the model).
+pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
+    let obj = json_object(body)?;
+    let items = match field(&obj, "tokens") {
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(type_error("tokens", "an array of token ids")),
+        None => {
+            return Err(ApiError::invalid_param(
+                "tokens",
+                "Missing required parameter: 'tokens'.",
+            ));
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        "tokens",
+                        format!("tokens[{i}] is not a token id (a non-negative integer)."),
+                    )
+                })
+        })
+        .collect()
 }
 
 fn parse_object(

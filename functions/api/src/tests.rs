@@ -46,6 +46,16 @@ impl Engine for FakeEngine {
         v.extend(text.bytes().map(u32::from));
         v
     }
+    fn piece(&self, id: u32) -> Option<Vec<u8>> {
+        // The inverse of `encode`: ids below 256 are bytes, 999 is BOS, 998 end of turn.
+        match id {
+            0..=255 => Some(vec![id as u8]),
+            998 => Some(b"<|eot_id|>".to_vec()),
+            999 => Some(b"<|begin_of_text|>".to_vec()),
+            _ if (id as usize) < self.n_vocab() => Some(Vec::new()),
+            _ => None,
+        }
+    }
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
         let mut v = vec![999];
         for m in messages {
@@ -491,6 +501,136 @@ async fn completion_stream_without_usage() {
 }
 
 #[tokio::test]
+async fn any_model_name_is_the_one_loaded() {
+    let h = ready_harness(ApiConfig::default()).await;
+    for (path, body) in [
+        (
+            "/v1/chat/completions",
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"x"}],"max_tokens":2}"#,
+        ),
+        (
+            "/v1/completions",
+            r#"{"model":"text-davinci-003","prompt":"x","max_tokens":2}"#,
+        ),
+    ] {
+        let (s, _, b) = call(&h.state, "POST", path, Some(body), &[]).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        let v: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(
+            v["model"],
+            ApiConfig::default().model_id,
+            "the real id, not the asked one"
+        );
+    }
+    // Retrieving a model by a name the server does not have is still a 404.
+    let (s, _, b) = call(&h.state, "GET", "/v1/models/gpt-4o-mini", None, &[]).await;
+    assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
+}
+
+#[tokio::test]
+async fn tokenize_and_detokenize_as_llama_server() {
+    let h = ready_harness(ApiConfig::default()).await;
+    let post = |path: &'static str, body: &'static str| {
+        let st = h.state.clone();
+        async move {
+            let (s, _, b) = call(&st, "POST", path, Some(body), &[]).await;
+            (s, b)
+        }
+    };
+    let (s, b) = post("/tokenize", r#"{"content":"Hi"}"#).await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"tokens":[72,105]}"#));
+    let (s, b) = post("/tokenize", r#"{"content":"Hi","add_special":true}"#).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (StatusCode::OK, r#"{"tokens":[999,72,105]}"#)
+    );
+    // Pieces: text when the token's bytes are UTF-8 on their own, else the byte values.
+    let (s, b) = post("/tokenize", r#"{"content":"é","with_pieces":true}"#).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["tokens"],
+        serde_json::json!([{"id": 195, "piece": [195]}, {"id": 169, "piece": [169]}])
+    );
+    let (_, b) = post(
+        "/tokenize",
+        r#"{"content":"a","with_pieces":true,"add_special":true}"#,
+    )
+    .await;
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(
+        v["tokens"],
+        serde_json::json!([{"id": 999, "piece": "<|begin_of_text|>"}, {"id": 97, "piece": "a"}])
+    );
+    let (s, b) = post("/detokenize", r#"{"tokens":[999,72,105,998]}"#).await;
+    assert_eq!(
+        (s, b.as_str()),
+        (
+            StatusCode::OK,
+            r#"{"content":"<|begin_of_text|>Hi<|eot_id|>"}"#
+        )
+    );
+    let (s, b) = post("/detokenize", r#"{"tokens":[]}"#).await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"content":""}"#));
+
+    // Bad input: 400 naming the parameter, before any tokenizing.
+    for (path, body, param) in [
+        ("/tokenize", r#"{}"#, "content"),
+        ("/tokenize", r#"{"content":5}"#, "content"),
+        (
+            "/tokenize",
+            r#"{"content":"x","add_special":"yes"}"#,
+            "add_special",
+        ),
+        (
+            "/tokenize",
+            r#"{"content":"x","parse_special":true}"#,
+            "parse_special",
+        ),
+        ("/detokenize", r#"{}"#, "tokens"),
+        ("/detokenize", r#"{"tokens":"1 2"}"#, "tokens"),
+        ("/detokenize", r#"{"tokens":[1,-2]}"#, "tokens"),
+        ("/detokenize", r#"{"tokens":[1.5]}"#, "tokens"),
+        ("/detokenize", r#"{"tokens":[4294967296]}"#, "tokens"),
+        ("/detokenize", r#"{"tokens":[1000]}"#, "tokens"),
+    ] {
+        let (s, b) = post(path, body).await;
+        assert_openai_error(s, &b, 400, Some(param), None);
+    }
+    let (s, b) = post("/detokenize", r#"{"tokens":[5, 1000]}"#).await;
+    assert!(b.contains("1000 is out of range"), "{s} {b}");
+    let (s, b) = post("/tokenize", "[1]").await;
+    assert_openai_error(s, &b, 400, None, None);
+}
+
+#[tokio::test]
+async fn token_endpoints_need_the_key() {
+    let h = ready_harness(ApiConfig {
+        api_key: crate::config::ApiKey::new("k"),
+        ..ApiConfig::default()
+    })
+    .await;
+    let (s, _, _) = call(
+        &h.state,
+        "POST",
+        "/tokenize",
+        Some(r#"{"content":"x"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, b) = call(
+        &h.state,
+        "POST",
+        "/detokenize",
+        Some(r#"{"tokens":[72]}"#),
+        &[("authorization", "Bearer k")],
+    )
+    .await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, r#"{"content":"H"}"#));
+}
+
+#[tokio::test]
 async fn client_errors() {
     let config = ApiConfig {
         max_body_bytes: 1000,
@@ -517,12 +657,6 @@ async fn client_errors() {
     )
     .await;
     assert_openai_error(s, &b, 400, Some("n"), None);
-    let (s, _, b) = post(
-        "/v1/chat/completions",
-        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#.into(),
-    )
-    .await;
-    assert_openai_error(s, &b, 404, Some("model"), Some("model_not_found"));
     let (s, _, b) = post(
         "/v1/chat/completions",
         r#"{"messages":[{"role":"user","content":"hello"}],"max_tokens":60}"#.into(),
