@@ -274,6 +274,24 @@ def test_init_waits_for_the_model_up_to_its_budget(tiny_model, tmp_path, slow_mo
         env.stop()
 
 
+def test_init_ends_when_the_model_fails(tiny_model, tmp_path, slow_model_url):
+    """A model that fails (here its sha256 does not match) ends INIT at once instead of the
+    whole 8 s budget: nothing retries before an invocation asks again."""
+    env = LambdaEnv(tmp_path, tiny_model, "buffered",
+                    extra_env={"BITNET_MODEL": slow_model_url(200), "BITNET_MODEL_SHA256": "0" * 64,
+                               "BITNET_INIT_WAIT_SECS": "8"})
+    try:
+        t0 = time.time()
+        status, health = body_of(env.invoke("alb-health.json"))
+        assert status == 200 and health["model"]["state"] == "failed", health
+        assert "sha256" in health["model"]["error"], health
+        assert time.time() - t0 < 5.0, "INIT waited out its budget after the failure"
+        lines = env.fn.log_lines()
+        assert any(l.get("message", "").startswith("model failed within INIT") for l in lines), env.fn.log()
+    finally:
+        env.stop()
+
+
 # The container image (infra/Dockerfile.lambda): its static `bootstrap`, built by
 # infra/build-static.sh beside the container's `bitnet`, run with the image's environment.
 

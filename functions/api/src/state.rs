@@ -221,6 +221,23 @@ impl AppState {
         }
     }
 
+    /// Resolves once this attempt has settled: the engine when it loaded, or the error when it
+    /// failed (the next attempt starts only when a request asks for the model, after its
+    /// back-off). Never if the state is dropped first.
+    pub async fn settled(&self) -> Result<Arc<dyn Engine>, String> {
+        let mut phase = self.inner.phase.subscribe();
+        loop {
+            match &*phase.borrow_and_update() {
+                Phase::Ready { engine, .. } => return Ok(engine.clone()),
+                Phase::Failed { error, .. } => return Err(error.clone()),
+                _ => {}
+            }
+            if phase.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// The engine, waiting up to `BITNET_WAIT_FOR_MODEL_SECS` for it; 503 with `Retry-After`
     /// otherwise.
     pub async fn engine(&self) -> Result<Arc<dyn Engine>, ApiError> {

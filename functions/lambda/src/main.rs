@@ -9,7 +9,7 @@
 //!   mode; the whole response (an SSE body too) is returned at the end.
 //!
 //! The model store starts pulling the model at once, and INIT waits for it up to
-//! `BITNET_INIT_WAIT_SECS` (default 8; Lambda cuts INIT at 10 s). INIT time is billed either
+//! `BITNET_INIT_WAIT_SECS` (default 8; Lambda cuts INIT at 10 s), or until it fails. INIT time is billed either
 //! way, and a sandbox is frozen between invocations: a download left running after INIT
 //! moves only while an invocation runs, so a cold start that ended INIT early and then
 //! answered a health check would sit frozen with half a model. What is not done by then
@@ -122,10 +122,17 @@ async fn main() -> Result<(), lambda_http::Error> {
     // With BITNET_PRELOAD=0 nothing loads before the first request: nothing to wait for.
     if state.config().preload {
         let t0 = std::time::Instant::now();
-        match tokio::time::timeout(init_wait, state.ready()).await {
-            Ok(_) => tracing::info!(
+        // Until the attempt settles: a failure ends INIT at once (nothing retries before a
+        // request asks again), instead of billing the rest of the budget for nothing.
+        match tokio::time::timeout(init_wait, state.settled()).await {
+            Ok(Ok(_)) => tracing::info!(
                 ms = t0.elapsed().as_millis() as u64,
                 "model ready within INIT"
+            ),
+            Ok(Err(error)) => tracing::error!(
+                ms = t0.elapsed().as_millis() as u64,
+                %error,
+                "model failed within INIT; invocations answer 503 and retry after the back-off"
             ),
             Err(_) => tracing::warn!(
                 waited_s = init_wait.as_secs_f64(),
