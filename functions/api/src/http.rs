@@ -340,15 +340,18 @@ async fn completion(
     generate::complete(state, endpoint, parsed, id, admission, deadline).await
 }
 
+/// The body of a request that must be JSON (415 otherwise), within the body limits.
+async fn json_body(state: &AppState, req: Request) -> Result<bytes::Bytes, ApiError> {
+    let (parts, body) = req.into_parts();
+    require_json(&parts.headers)?;
+    read_body(state, &parts.headers, body).await
+}
+
 /// `POST /tokenize` (llama-server's shape): `{"tokens": [ids]}`, or with `with_pieces`
 /// `{"tokens": [{"id", "piece"}]}` where a piece that is not valid UTF-8 on its own is its
 /// byte values.
 async fn tokenize(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    require_json(&parts.headers)?;
-    let bytes = read_body(&state, &parts.headers, body).await?;
-    let req = openai::parse_tokenize(&bytes)?;
-    drop(bytes);
+    let req = openai::parse_tokenize(&json_body(&state, req).await?)?;
     let engine = state.engine().await?;
     let tokens = tokio::task::spawn_blocking(move || {
         let ids = engine.encode(&req.content, req.add_special);
@@ -377,11 +380,7 @@ async fn tokenize(State(state): State<AppState>, req: Request) -> Result<Respons
 /// `POST /detokenize` (llama-server's shape): `{"content": text}`, control tokens written as
 /// their text, bytes that are not UTF-8 replaced by U+FFFD.
 async fn detokenize(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
-    require_json(&parts.headers)?;
-    let bytes = read_body(&state, &parts.headers, body).await?;
-    let ids = openai::parse_detokenize(&bytes)?;
-    drop(bytes);
+    let ids = openai::parse_detokenize(&json_body(&state, req).await?)?;
     let engine = state.engine().await?;
     let mut text = Vec::new();
     for id in ids {

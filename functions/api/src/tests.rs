@@ -601,6 +601,15 @@ async fn tokenize_and_detokenize_as_llama_server() {
     assert!(b.contains("1000 is out of range"), "{s} {b}");
     let (s, b) = post("/tokenize", "[1]").await;
     assert_openai_error(s, &b, 400, None, None);
+    let (s, _, _) = call(
+        &h.state,
+        "POST",
+        "/detokenize",
+        Some(r#"{"tokens":[72]}"#),
+        &[("content-type", "text/plain")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[tokio::test]
