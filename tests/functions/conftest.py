@@ -22,6 +22,9 @@ import pytest
 import requests
 
 ROOT = Path(__file__).resolve().parents[2]
+# tests/iac's readers of the deployment files (rendered Kubernetes manifests, Dockerfile
+# stages), so that the end-to-end tests run what those files say without reading them again.
+sys.path.insert(0, str(ROOT / "tests" / "iac"))
 MODEL_ID = "bitnet-b1.58-2b-4t"
 
 

@@ -2,15 +2,20 @@
 infra/build-static.sh, run as the image runs it (its environment, `bitnet serve` on 0.0.0.0
 with an API key). No Docker engine runs here, so the binary is tested directly.
 tests/run.sh builds it and sets BITNET_CONTAINER_BIN."""
+import hashlib
 import json
 import os
+import re
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import MODEL_ID, Proc, free_port
+import k8s_rules  # tests/iac (conftest puts it on the path)
 
 CONTAINER_BIN = os.environ.get("BITNET_CONTAINER_BIN")
 pytestmark = pytest.mark.skipif(not CONTAINER_BIN, reason="BITNET_CONTAINER_BIN not set (bash infra/build-static.sh builds it)")
@@ -88,33 +93,15 @@ def test_serves_chat_with_auth_like_the_image(image_server):
 # model URI by a local HTTP server. The server must find what `bitnet fetch` left in the cache
 # (no second download), read its key from the mounted Secret, and answer the probes.
 
-def _rendered_pod(overlay):
-    import shutil
-    import subprocess
-
-    import yaml
-
+def _rendered(overlay):
+    """The overlay as kubectl renders it, through tests/iac's reader (one place reads it)."""
     if not shutil.which("kubectl"):
         pytest.skip("kubectl not installed (apt-get install kubectl; .ci/iac.sh installs it)")
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run(["kubectl", "kustomize", str(root / "kubernetes" / "overlays" / overlay)],
-                         capture_output=True, text=True, check=True).stdout
-    docs = [d for d in yaml.safe_load_all(out) if d]
-    maps = {d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"}
-    dep = next(d for d in docs if d["kind"] == "Deployment")
-    return dep["spec"]["template"]["spec"], maps
-
-
-def _container_env(c, maps):
-    env = {}
-    for src in c.get("envFrom", []):
-        env.update(maps[src["configMapRef"]["name"]])
-    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
-    return env
+    return k8s_rules.render(k8s_rules.K8S / "overlays" / overlay)
 
 
 def _expand(words, env):
-    import re
+    """$(VAR) in a container's command or args, as the kubelet expands it."""
     return [re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), w) for w in words]
 
 
@@ -123,12 +110,11 @@ def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_pat
     """pinned: BITNET_MODEL_SHA256 added to the ConfigMap (base/server.env), as the component
     suggests; the init container must verify it (a wrong one fails there, with nothing cached)
     and the server then trusts the cache instead of downloading again."""
-    import hashlib
-
-    spec, maps = _rendered_pod("init-download")
+    docs = _rendered("init-download")
     if pinned:
-        maps = {name: dict(data, BITNET_MODEL_SHA256=hashlib.sha256(tiny_model.read_bytes()).hexdigest())
-                for name, data in maps.items()}
+        for cm in k8s_rules.of_kind(docs, "ConfigMap"):
+            cm["data"]["BITNET_MODEL_SHA256"] = hashlib.sha256(tiny_model.read_bytes()).hexdigest()
+    spec = k8s_rules.pod_spec(k8s_rules.of_kind(docs, "Deployment")[0])
     url = slow_model_url(2000)
     # The pod's volumes as folders; every path the manifests name is mapped under tmp_path.
     mounts = {}
@@ -146,7 +132,7 @@ def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_pat
         return value
 
     def run_env(c):
-        env = {k: local(v) for k, v in _container_env(c, maps).items()}
+        env = {k: local(v) for k, v in k8s_rules.config_env(docs, c).items()}
         assert env["BITNET_MODEL"].startswith("hf://"), env
         env["BITNET_MODEL"] = url
         return dict(env, SSL_CERT_FILE=str(CA_BUNDLE), PATH=os.environ.get("PATH", ""))
@@ -154,15 +140,16 @@ def test_kubernetes_init_download_then_serve(tiny_model, slow_model_url, tmp_pat
     init = spec["initContainers"][0]
     assert init["command"][0] == "/bitnet"
     env = run_env(init)
-    import subprocess
+
+    def run_init(env):
+        return subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], env)], env=env,
+                              capture_output=True, text=True, timeout=120)
+
     if pinned:
-        wrong = dict(env, BITNET_MODEL_SHA256="0" * 64)
-        bad = subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], wrong)], env=wrong,
-                             capture_output=True, text=True, timeout=120)
+        bad = run_init(dict(env, BITNET_MODEL_SHA256="0" * 64))
         assert bad.returncode != 0 and "sha256" in bad.stderr.lower(), bad.stderr
         assert not any(p.suffix == ".gguf" for p in Path(env["BITNET_CACHE_DIR"]).iterdir())
-    fetch = subprocess.run([CONTAINER_BIN, *init["command"][1:], *_expand(init["args"], env)], env=env,
-                           capture_output=True, text=True, timeout=120)
+    fetch = run_init(env)
     assert fetch.returncode == 0, fetch.stderr
     cached = list(Path(env["BITNET_CACHE_DIR"]).iterdir())
     assert any(p.suffix == ".gguf" for p in cached), cached

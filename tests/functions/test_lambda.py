@@ -3,15 +3,19 @@
 no second build is needed. Events from events/ go through `cargo lambda invoke --data-file`;
 streaming goes through the function-URL emulation (`/lambda-url/<name>/...`)."""
 import json
+import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
 from conftest import MODEL_ID, ROOT, Proc, binary, free_port, no_auth_unless_keyed
+from test_container import CONTAINER_BIN, PT_INTERP, program_header_types
+from test_dockerfile_lambda import env_of, stages  # tests/iac (conftest puts it on the path)
 
 EVENTS = ROOT / "events"
 
@@ -297,26 +301,14 @@ def test_init_ends_when_the_model_fails(tiny_model, tmp_path, slow_model_url):
 
 def dockerfile_env(stage_of_model):
     """ENV of infra/Dockerfile.lambda's final image, with the model stage it was built from."""
-    text = (ROOT / "infra" / "Dockerfile.lambda").read_text().replace("\\\n", " ")
-    env, stage = {}, None
-    for line in text.splitlines():
-        if line.startswith("FROM "):
-            words = line.split()
-            stage = words[3] if len(words) >= 4 and words[2].upper() == "AS" else "final"
-        elif line.startswith("ENV ") and stage in (stage_of_model, "final"):
-            for pair in line[4:].split():
-                k, v = pair.split("=", 1)
-                env[k] = v
-    return env
+    st = stages()
+    return {**env_of(st[stage_of_model]), **env_of(st["final"])}
 
 
 def test_image_bootstrap_serves_the_model_baked_in_without_copying_it(tiny_model, tmp_path):
-    import os
-    from test_container import PT_INTERP, program_header_types
-
-    if not os.environ.get("BITNET_CONTAINER_BIN"):
+    if not CONTAINER_BIN:
         pytest.skip("BITNET_CONTAINER_BIN not set (bash infra/build-static.sh builds it)")
-    bootstrap = ROOT / os.path.dirname(os.environ["BITNET_CONTAINER_BIN"]) / "bootstrap"
+    bootstrap = Path(CONTAINER_BIN).parent / "bootstrap"
     assert bootstrap.exists(), "infra/build-static.sh builds bootstrap beside bitnet"
     assert PT_INTERP not in program_header_types(bootstrap), "the image's bootstrap must be static"
     image_env = dockerfile_env("model-image")

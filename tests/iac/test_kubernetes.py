@@ -9,12 +9,18 @@ import copy
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 import k8s_rules as k
 
 KUBERNETES_VERSION = "1.32.0"
+
+
+def kubernetes_validate(path) -> subprocess.CompletedProcess:
+    exe = shutil.which("kubernetes-validate") or str(Path(sys.executable).parent / "kubernetes-validate")
+    return subprocess.run([exe, "--strict", "-k", KUBERNETES_VERSION, str(path)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +39,10 @@ def test_overlay_rules(rendered, overlay):
 
 @pytest.mark.parametrize("overlay", k.OVERLAYS)
 def test_overlay_passes_the_kubernetes_schemas(rendered, overlay, tmp_path):
-    exe = shutil.which("kubernetes-validate") or str(__import__("pathlib").Path(sys.executable).parent / "kubernetes-validate")
     f = tmp_path / f"{overlay}.yaml"
     objects = k.core_objects(rendered[overlay])
     f.write_text(k.dump(objects))
-    out = subprocess.run([exe, "--strict", "-k", KUBERNETES_VERSION, str(f)], capture_output=True, text=True)
+    out = kubernetes_validate(f)
     assert out.returncode == 0, out.stdout + out.stderr
     # One "passed" line per object: nothing was skipped as unknown.
     assert out.stdout.count("passed") == len(objects), out.stdout
@@ -49,8 +54,7 @@ def test_schema_validation_catches_a_typo(rendered, tmp_path):
     dep["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {"httpGet": {"path": "/ready"}}
     f = tmp_path / "bad.yaml"
     f.write_text(k.dump(k.core_objects(docs)))
-    exe = shutil.which("kubernetes-validate") or str(__import__("pathlib").Path(sys.executable).parent / "kubernetes-validate")
-    out = subprocess.run([exe, "--strict", "-k", KUBERNETES_VERSION, str(f)], capture_output=True, text=True)
+    out = kubernetes_validate(f)
     assert out.returncode != 0, out.stdout
 
 
