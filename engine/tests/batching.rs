@@ -12,7 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bitnet_engine::gguf::GgmlType;
-use bitnet_engine::model::{BatchEntry, StepBuffers};
+use bitnet_engine::model::{BatchEntry, LogitRows, StepBuffers};
 use bitnet_engine::{
     EngineError, Event, GenerateOutput, GenerateParams, Interrupt, LoadOptions, Model,
     SamplingParams, Scheduler, SchedulerConfig, StopReason,
@@ -111,7 +111,7 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
             .map(|(cache, p)| BatchEntry {
                 cache,
                 tokens: p,
-                logits: true,
+                logits: LogitRows::Last,
             })
             .collect();
         m.forward_batch(&mut batch, &mut buffers, &mut logits, &Interrupt::new())
@@ -138,7 +138,7 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
                     batch.push(BatchEntry {
                         cache: c,
                         tokens: &p[at..end],
-                        logits: end == p.len(),
+                        logits: LogitRows::last_if(end == p.len()),
                     });
                 }
             }

@@ -96,5 +96,6 @@ pub fn greedy(max_tokens: usize) -> bitnet_engine::GenerateParams {
         sampling: bitnet_engine::SamplingParams::greedy(),
         stop_ids: Some(vec![]),
         stop_strings: vec![],
+        ..Default::default()
     }
 }

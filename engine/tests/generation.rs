@@ -65,6 +65,7 @@ fn seeds_reproduce_sampling() {
         },
         stop_ids: Some(vec![]),
         stop_strings: vec![],
+        ..Default::default()
     };
     assert_eq!(run(&PROMPT, &p(5)).token_ids, run(&PROMPT, &p(5)).token_ids);
     assert_ne!(run(&PROMPT, &p(5)).token_ids, run(&PROMPT, &p(6)).token_ids);

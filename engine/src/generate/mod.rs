@@ -25,16 +25,41 @@ pub struct GenerateParams {
     pub stop_ids: Option<Vec<u32>>,
     /// Generation ends when the text contains one of these; the text is cut before it.
     pub stop_strings: Vec<String>,
+    /// Every generated token must keep the text inside this grammar; generation may end (on
+    /// a stop id) only where the grammar is complete, and ends when nothing can follow.
+    pub grammar: Option<Arc<Grammar>>,
+    /// Report each generated token's log-probability and this many most likely
+    /// alternatives (at most [`MAX_TOP_LOGPROBS`]); `None`: no log-probabilities.
+    pub logprobs: Option<usize>,
+    /// Also report the log-probability of every prompt token after the first (what
+    /// evaluation harnesses score), with `logprobs` alternatives each. `max_tokens` may then
+    /// be 0: the prompt is scored and nothing generated.
+    pub prompt_logprobs: bool,
 }
+
+/// Most alternatives per token [`GenerateParams::logprobs`] may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 impl GenerateParams {
     /// Every check of a request's parameters that does not depend on the prompt: the one place
     /// that decides what the engine accepts (the API maps the error to a 400 naming `param`).
     pub fn validate(&self) -> Result<(), EngineError> {
-        if self.max_tokens == 0 {
+        if self.max_tokens == 0 && !self.prompt_logprobs {
             return Err(EngineError::invalid_param(
                 "max_tokens",
                 "must be at least 1",
+            ));
+        }
+        if self.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
+            return Err(EngineError::invalid_param(
+                "top_logprobs",
+                format!("must be between 0 and {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        if self.prompt_logprobs && self.logprobs.is_none() {
+            return Err(EngineError::invalid_param(
+                "logprobs",
+                "prompt log-probabilities need logprobs",
             ));
         }
         if self.stop_strings.len() > MAX_STOP_STRINGS {
@@ -120,6 +145,44 @@ pub enum StopReason {
 pub struct Piece<'a> {
     pub text: &'a str,
     pub token_id: u32,
+    /// The token's log-probability, when asked for (absent on a flushing piece).
+    pub logprob: Option<&'a TokenLogprob>,
+}
+
+/// A token's log-probability under the model (the log-softmax of its raw logits, before
+/// penalties, temperature, filters or a grammar) and the most likely alternatives there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TokenLogprob {
+    pub token_id: u32,
+    pub logprob: f32,
+    /// The most likely tokens at this position, most likely first (ties: lower id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `token_id`'s log-probability in `logits` and the `top` most likely tokens.
+    pub fn from_logits(logits: &[f32], token_id: u32, top: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+        let lse = max as f64 + sum.ln();
+        let lp = |l: f32| (l as f64 - lse) as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if best.len() == top && l <= best[top - 1].1 {
+                    continue;
+                }
+                let at = best.partition_point(|&(_, b)| b >= l);
+                best.insert(at, (i as u32, l));
+                best.truncate(top);
+            }
+        }
+        Self {
+            token_id,
+            logprob: lp(logits[token_id as usize]),
+            top: best.into_iter().map(|(i, l)| (i, lp(l))).collect(),
+        }
+    }
 }
 
 /// The result of one generation.
@@ -137,6 +200,10 @@ pub struct GenerateOutput {
     pub decode_ms: f64,
     /// Prompt tokens whose keys and values came from the prefix cache.
     pub cached_prompt_tokens: usize,
+    /// Per generated token (stop id excluded), when `logprobs` was asked for.
+    pub logprobs: Vec<TokenLogprob>,
+    /// Per prompt token after the first, when `prompt_logprobs` was asked for.
+    pub prompt_logprobs: Vec<TokenLogprob>,
 }
 
 impl GenerateOutput {
@@ -151,6 +218,8 @@ impl GenerateOutput {
             prompt_ms: 0.0,
             decode_ms: 0.0,
             cached_prompt_tokens: 0,
+            logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
         }
     }
 }
@@ -160,7 +229,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use crate::model::KvCache;
+use crate::grammar::{Grammar, Matcher};
+use crate::model::{KvCache, LogitRows};
 use crate::tokenizer::StreamDecoder;
 use crate::{EngineError, Model, Tokenizer};
 use sampler::Sampler;
@@ -244,6 +314,20 @@ pub(crate) struct Emitted {
     /// Text that became final with this token (possibly empty).
     pub text: String,
     pub token_id: u32,
+    pub logprob: Option<TokenLogprob>,
+}
+
+/// Prompt tokens a sequence scoring its prompt feeds per step: each needs a row of logits
+/// (n_vocab floats), 8 MB for 16 rows of a 128k vocabulary.
+const SCORED_PROMPT_CHUNK: usize = 16;
+
+/// What a grammar needs while sampling: where the text is in it, and scratch.
+#[derive(Debug, Clone)]
+struct Constraint {
+    matcher: Matcher,
+    /// The logits before sampling, to sample again under the full mask.
+    raw: Vec<f32>,
+    allowed: Vec<bool>,
 }
 
 /// One generation from its prompt to its end, fed by whoever runs the forward passes (one
@@ -267,6 +351,9 @@ pub(crate) struct Sequence {
     /// Prompt tokens found in the prefix cache.
     pub(crate) reused: usize,
     stop_reason: Option<StopReason>,
+    constraint: Option<Constraint>,
+    logprobs: Vec<TokenLogprob>,
+    prompt_logprobs: Vec<TokenLogprob>,
 }
 
 impl Sequence {
@@ -298,6 +385,13 @@ impl Sequence {
             started: Instant::now(),
             first_logits: None,
             stop_reason: None,
+            constraint: params.grammar.as_ref().map(|g| Constraint {
+                matcher: Matcher::new(g.clone()),
+                raw: Vec::new(),
+                allowed: Vec::new(),
+            }),
+            logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
             prompt,
             params,
         }
@@ -326,6 +420,9 @@ impl Sequence {
             first_logits: self.first_logits,
             reused: self.reused,
             stop_reason: None,
+            constraint: self.constraint.clone(),
+            logprobs: Vec::new(),
+            prompt_logprobs: self.prompt_logprobs.clone(),
         }
     }
 
@@ -348,13 +445,65 @@ impl Sequence {
     /// then the last sampled token.
     pub(crate) fn next_input(&self, budget: usize) -> &[u32] {
         let at = self.cache.len();
+        let budget = if self.params.prompt_logprobs {
+            budget.min(SCORED_PROMPT_CHUNK)
+        } else {
+            budget
+        };
         let end = at.saturating_add(budget.max(1)).min(self.history.len());
         &self.history[at..end]
     }
 
-    /// Whether feeding `fed` tokens from [`Sequence::next_input`] yields logits to sample.
-    pub(crate) fn wants_logits(&self, fed: usize) -> bool {
-        self.cache.len() + fed == self.history.len()
+    /// Which logits feeding `fed` tokens from [`Sequence::next_input`] needs: the last
+    /// row's to sample from, and every row's while a scored prompt is read.
+    pub(crate) fn logit_rows(&self, fed: usize) -> LogitRows {
+        if self.params.prompt_logprobs && self.cache.len() < self.prompt.len() {
+            LogitRows::All
+        } else if self.cache.len() + fed == self.history.len() {
+            LogitRows::Last
+        } else {
+            LogitRows::None
+        }
+    }
+
+    /// Whether this sequence takes prompt keys and values from the prefix cache (a scored
+    /// prompt needs every position's logits, so it reads the whole prompt itself).
+    pub(crate) fn reuses_prefix(params: &GenerateParams) -> bool {
+        !params.prompt_logprobs
+    }
+
+    /// Takes the logits of a step that fed tokens at positions `start..`, as
+    /// [`Sequence::logit_rows`] asked for them: scores the prompt tokens they cover, and
+    /// returns the row to sample from ([`Sequence::on_logits`]) when the step reached the end
+    /// of the history.
+    pub(crate) fn take_rows<'l>(
+        &mut self,
+        start: usize,
+        rows: LogitRows,
+        logits: &'l mut [f32],
+        n_vocab: usize,
+    ) -> Option<&'l mut [f32]> {
+        if rows == LogitRows::All {
+            self.on_prompt_logits(start, logits, n_vocab);
+        }
+        if rows == LogitRows::None || self.cache.len() < self.history.len() {
+            return None;
+        }
+        let last = logits.len() - n_vocab;
+        Some(&mut logits[last..])
+    }
+
+    /// Takes the logits of a scored prompt's chunk: `rows` holds one row per token fed at
+    /// positions `start..`, each scoring the prompt token after it. The row after the
+    /// prompt's last token is not among them: it goes to [`Sequence::on_logits`].
+    fn on_prompt_logits(&mut self, start: usize, rows: &[f32], n_vocab: usize) {
+        let top = self.params.logprobs.unwrap_or(0);
+        for (k, row) in rows.chunks_exact(n_vocab).enumerate() {
+            if let Some(&next) = self.prompt.get(start + k + 1) {
+                self.prompt_logprobs
+                    .push(TokenLogprob::from_logits(row, next, top));
+            }
+        }
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -366,10 +515,53 @@ impl Sequence {
     pub(crate) fn on_logits(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Option<Emitted> {
         debug_assert!(!self.is_finished() && self.cache.len() == self.history.len());
         self.first_logits.get_or_insert_with(Instant::now);
-        let id = self.sampler.sample(logits, &self.history);
+        if self.params.max_tokens == 0 {
+            // A scored prompt and nothing to generate.
+            self.stop_reason = Some(StopReason::Length);
+            return None;
+        }
+        let raw = match (&mut self.constraint, self.params.logprobs) {
+            (Some(c), _) => {
+                c.raw.clear();
+                c.raw.extend_from_slice(logits);
+                None
+            }
+            (None, Some(_)) => Some(logits.to_vec()),
+            (None, None) => None,
+        };
+        let id = match &mut self.constraint {
+            None => self.sampler.sample(logits, &self.history),
+            Some(c) => {
+                match c.sample(
+                    tok,
+                    &mut self.sampler,
+                    logits,
+                    &self.history,
+                    &self.stop_ids,
+                ) {
+                    Some(id) => id,
+                    None => {
+                        // Nothing may follow and no stop id may end here: the grammar is
+                        // done (or, at its limits, stuck).
+                        self.stop_reason = Some(StopReason::Stop);
+                        return None;
+                    }
+                }
+            }
+        };
         if self.stop_ids.contains(&id) {
             self.stop_reason = Some(StopReason::Stop);
             return None;
+        }
+        let logprob = self.params.logprobs.map(|top| {
+            let raw = raw
+                .as_deref()
+                .or(self.constraint.as_ref().map(|c| &c.raw[..]))
+                .expect("raw logits kept when log-probabilities are asked for");
+            TokenLogprob::from_logits(raw, id, top)
+        });
+        if let Some(lp) = &logprob {
+            self.logprobs.push(lp.clone());
         }
         self.generated += 1;
         self.history.push(id);
@@ -380,7 +572,11 @@ impl Sequence {
         } else if self.generated == self.params.max_tokens {
             self.stop_reason = Some(StopReason::Length);
         }
-        Some(Emitted { text, token_id: id })
+        Some(Emitted {
+            text,
+            token_id: id,
+            logprob,
+        })
     }
 
     /// Ends the sequence now if its interrupt fired.
@@ -412,6 +608,7 @@ impl Sequence {
         (!rest.is_empty()).then_some(Emitted {
             text: rest,
             token_id,
+            logprob: None,
         })
     }
 
@@ -428,7 +625,68 @@ impl Sequence {
             prompt_ms: (first - self.started).as_secs_f64() * 1e3,
             decode_ms: (now - first).as_secs_f64() * 1e3,
             cached_prompt_tokens: self.reused,
+            logprobs: std::mem::take(&mut self.logprobs),
+            prompt_logprobs: std::mem::take(&mut self.prompt_logprobs),
         }
+    }
+}
+
+impl Constraint {
+    /// Samples a token the grammar allows: first from the logits as they are (most tokens
+    /// pass, and one token is cheap to check), and only when that one is refused from the
+    /// logits with every refused token masked (one walk of the vocabulary's trie). Sampling
+    /// with the mask is drawing from the same filtered distribution restricted to what the
+    /// grammar allows. A stop id is allowed only where the grammar is complete. `None`: no
+    /// token is allowed. The chosen token has been read into the grammar.
+    fn sample(
+        &mut self,
+        tok: &Tokenizer,
+        sampler: &mut Sampler,
+        logits: &mut [f32],
+        history: &[u32],
+        stop_ids: &[u32],
+    ) -> Option<u32> {
+        let id = sampler.sample(logits, history);
+        if self.take(tok, id, stop_ids) {
+            return Some(id);
+        }
+        self.allowed.clear();
+        self.allowed.resize(logits.len(), false);
+        self.matcher
+            .allowed_tokens(tok.token_trie(), &mut self.allowed);
+        if self.matcher.is_complete() {
+            for &s in stop_ids {
+                if let Some(a) = self.allowed.get_mut(s as usize) {
+                    *a = true;
+                }
+            }
+        }
+        if !self.allowed.contains(&true) {
+            return None;
+        }
+        logits.copy_from_slice(&self.raw);
+        for (l, &ok) in logits.iter_mut().zip(&self.allowed) {
+            if !ok {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        let mut id = sampler.sample(logits, history);
+        if !self.allowed[id as usize] {
+            // Rounding in the draw's running sum can step past the last allowed candidate.
+            id = sampler::argmax(logits);
+        }
+        let taken = self.take(tok, id, stop_ids);
+        debug_assert!(taken, "a token of the mask is allowed");
+        taken.then_some(id)
+    }
+
+    /// Reads `id` into the grammar if it allows it there.
+    fn take(&mut self, tok: &Tokenizer, id: u32, stop_ids: &[u32]) -> bool {
+        if stop_ids.contains(&id) {
+            return self.matcher.is_complete();
+        }
+        let bytes = tok.token_bytes(id);
+        !bytes.is_empty() && self.matcher.advance(bytes)
     }
 }
 
@@ -449,15 +707,18 @@ pub(crate) fn generate(
         None,
     );
     let mut buffers = crate::model::StepBuffers::default();
-    let mut logits = vec![0f32; model.n_vocab()];
+    let n_vocab = model.n_vocab();
+    let mut logits = Vec::new();
     let tok = model.tokenizer();
     while !seq.check_interrupt() {
         let input = seq.next_input(usize::MAX).to_vec();
+        let (start, rows) = (seq.cache.len(), seq.logit_rows(input.len()));
+        logits.resize(rows.count(input.len()) * n_vocab, 0.0);
         match model.forward_batch(
             &mut [crate::model::BatchEntry {
                 cache: &mut seq.cache,
                 tokens: &input,
-                logits: true,
+                logits: rows,
             }],
             &mut buffers,
             &mut logits,
@@ -470,10 +731,14 @@ pub(crate) fn generate(
             }
             Err(e) => return Err(e),
         }
-        if let Some(e) = seq.on_logits(tok, &mut logits) {
+        let emitted = seq
+            .take_rows(start, rows, &mut logits, n_vocab)
+            .and_then(|row| seq.on_logits(tok, row));
+        if let Some(e) = emitted {
             let piece = Piece {
                 text: &e.text,
                 token_id: e.token_id,
+                logprob: e.logprob.as_ref(),
             };
             if on_piece(piece).is_break() {
                 seq.stop(StopReason::Cancelled);
@@ -487,6 +752,7 @@ pub(crate) fn generate(
         let _ = on_piece(Piece {
             text: &e.text,
             token_id: e.token_id,
+            logprob: None,
         });
     }
     Ok(seq.output())

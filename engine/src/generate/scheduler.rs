@@ -15,8 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::prefix::PrefixCache;
-use super::{Emitted, GenerateOutput, GenerateParams, Interrupt, Sequence, StopReason};
-use crate::model::{BatchEntry, StepBuffers};
+use super::{
+    Emitted, GenerateOutput, GenerateParams, Interrupt, Sequence, StopReason, TokenLogprob,
+};
+use crate::model::{BatchEntry, LogitRows, StepBuffers};
 use crate::{EngineError, Model};
 
 /// How the scheduler shares the engine.
@@ -55,7 +57,12 @@ impl Default for SchedulerConfig {
 /// and repeats the last id), then exactly one `Done`.
 #[derive(Debug)]
 pub enum Event {
-    Token { text: String, token_id: u32 },
+    Token {
+        text: String,
+        token_id: u32,
+        /// When log-probabilities were asked for (absent on a flushing piece).
+        logprob: Option<TokenLogprob>,
+    },
     Done(Result<GenerateOutput, EngineError>),
 }
 
@@ -71,6 +78,9 @@ pub enum SinkError {
 /// Where a generation's events go (a bounded channel to an HTTP response, a collector).
 /// Never blocks: the engine thread serves everyone.
 pub trait EventSink: Send + 'static {
+    /// A full sink hands the event back to be offered again (moved, not boxed: this runs
+    /// once per token).
+    #[allow(clippy::result_large_err)]
     fn try_send(&mut self, event: Event) -> Result<(), SinkError>;
     /// The receiver is gone (checked every step, a prompt being read included).
     fn is_closed(&self) -> bool;
@@ -268,7 +278,7 @@ impl Scheduler {
         self.submit(prompt, params, interrupt, Box::new(tx))?;
         loop {
             match rx.recv() {
-                Ok(Event::Token { text, token_id }) => on_token(&text, token_id),
+                Ok(Event::Token { text, token_id, .. }) => on_token(&text, token_id),
                 Ok(Event::Done(result)) => return result,
                 Err(_) => return Err(EngineError::Stopped),
             }
@@ -341,6 +351,7 @@ impl Running {
         self.pending.push_back(Event::Token {
             text: e.text,
             token_id: e.token_id,
+            logprob: e.logprob,
         });
     }
 }
@@ -486,7 +497,11 @@ impl Worker {
             let job = self.waiting.pop_front().expect("front exists");
             self.counters.waiting.fetch_sub(1, Ordering::Relaxed);
             let mut cache = self.model.new_cache(capacity);
-            let reused = self.prefix.fill(&job.prompt, &mut cache);
+            let reused = if Sequence::reuses_prefix(&job.params) {
+                self.prefix.fill(&job.prompt, &mut cache)
+            } else {
+                0
+            };
             let c = &self.counters;
             if reused > 0 {
                 c.prefix_hits.fetch_add(1, Ordering::Relaxed);
@@ -627,14 +642,21 @@ impl Worker {
             .iter()
             .map(|&(i, n)| self.running[i].seq.next_input(n).to_vec())
             .collect();
-        let wants: Vec<bool> = plan
+        let wants: Vec<(usize, LogitRows)> = plan
             .iter()
             .zip(&inputs)
-            .map(|(&(i, _), input)| self.running[i].seq.wants_logits(input.len()))
+            .map(|(&(i, _), input)| {
+                let seq = &self.running[i].seq;
+                (seq.cache.len(), seq.logit_rows(input.len()))
+            })
             .collect();
         let rows: usize = inputs.iter().map(Vec::len).sum();
-        self.logits
-            .resize(wants.iter().filter(|&&w| w).count() * n_vocab, 0.0);
+        let logit_rows: usize = wants
+            .iter()
+            .zip(&inputs)
+            .map(|(&(_, w), input)| w.count(input.len()))
+            .sum();
+        self.logits.resize(logit_rows * n_vocab, 0.0);
         let prefill_rows: usize = plan
             .iter()
             .filter(|&&(i, _)| self.running[i].seq.prompt_left() > 0)
@@ -658,7 +680,7 @@ impl Worker {
                 .iter()
                 .zip(&inputs)
                 .zip(&wants)
-                .map(|((&(i, _), input), &logits)| BatchEntry {
+                .map(|((&(i, _), input), &(_, logits))| BatchEntry {
                     cache: caches[i].take().expect("each sequence once"),
                     tokens: input,
                     logits,
@@ -712,12 +734,16 @@ impl Worker {
         let tok = model.tokenizer();
         let mut forks = Vec::new();
         let mut j = 0;
-        for (&(i, _), &wanted) in plan.iter().zip(&wants) {
-            if !wanted {
+        for ((&(i, _), &(start, wanted)), input) in plan.iter().zip(&wants).zip(&inputs) {
+            let n_rows = wanted.count(input.len());
+            if n_rows == 0 {
                 continue;
             }
-            let logits = &mut self.logits[j * n_vocab..(j + 1) * n_vocab];
-            j += 1;
+            let rows = &mut self.logits[j * n_vocab..(j + n_rows) * n_vocab];
+            j += n_rows;
+            let Some(logits) = self.running[i].seq.take_rows(start, wanted, rows, n_vocab) else {
+                continue; // a scored prompt's chunk short of its end
+            };
             // The prompt is read: the request's other choices start from here, each with the
             // same logits to sample from.
             let choices = std::mem::take(&mut self.running[i].choices);

@@ -516,9 +516,33 @@ impl Session {
 pub struct BatchEntry<'a> {
     pub cache: &'a mut KvCache,
     pub tokens: &'a [u32],
-    /// Whether this sequence needs the logits of its last token (a prompt's last chunk, a
-    /// decode step), written in order of the entries that want them.
-    pub logits: bool,
+    /// Which of this sequence's positions need logits (a prompt's last chunk or a decode
+    /// step: the last; a prompt being scored: all), written in entry order.
+    pub logits: LogitRows,
+}
+
+/// Which positions of a batch entry get a row of logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitRows {
+    None,
+    Last,
+    All,
+}
+
+impl LogitRows {
+    /// `Last` when `wanted`, else `None`.
+    pub fn last_if(wanted: bool) -> Self {
+        if wanted { Self::Last } else { Self::None }
+    }
+
+    /// Rows of logits for an entry of `tokens` tokens.
+    pub fn count(self, tokens: usize) -> usize {
+        match self {
+            Self::None => 0,
+            Self::Last => 1,
+            Self::All => tokens,
+        }
+    }
 }
 
 /// ggml's RMSNorm: f32 squares summed in f64, the mean rounded to f32, then
@@ -578,7 +602,7 @@ impl BitNet {
         let mut batch = [BatchEntry {
             cache: &mut s.cache,
             tokens,
-            logits: true,
+            logits: LogitRows::Last,
         }];
         self.forward_batch(file, kern, &mut batch, &mut s.buffers, logits, interrupt)
     }
@@ -611,7 +635,7 @@ impl BitNet {
                 .all(|e| !e.tokens.is_empty() && e.cache.pos + e.tokens.len() <= e.cache.capacity),
             "tokens must fit their caches"
         );
-        let wanted = batch.iter().filter(|e| e.logits).count();
+        let wanted: usize = batch.iter().map(|e| e.logits.count(e.tokens.len())).sum();
         assert_eq!(
             logits.len(),
             wanted * c.n_vocab,
@@ -707,18 +731,18 @@ impl BitNet {
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }
 
-        // Only the last position of each entry that wants logits: one pass over the head
-        // for all of them.
+        // Only the positions that want logits (usually each entry's last): one pass over
+        // the head for all of them.
         sc.last.resize(wanted * d, 0.0);
         let mut r_end = 0;
         let mut j = 0;
         for e in batch.iter_mut() {
             r_end += e.tokens.len();
             e.cache.pos += e.tokens.len();
-            if e.logits {
-                let last = &sc.x[(r_end - 1) * d..r_end * d];
+            let rows = e.logits.count(e.tokens.len());
+            for r in r_end - rows..r_end {
                 rmsnorm(
-                    last,
+                    &sc.x[r * d..(r + 1) * d],
                     &self.output_norm,
                     c.eps,
                     &mut sc.last[j * d..(j + 1) * d],

@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use bitnet::{BatchEntry, BitNet, KvCache, Session, StepBuffers};
+pub use bitnet::{BatchEntry, BitNet, KvCache, LogitRows, Session, StepBuffers};
 pub use config::{Activation, Config};
 
 use crate::generate::{GenerateOutput, GenerateParams, Interrupt, Piece};
@@ -198,7 +198,7 @@ impl Model {
 
     /// One forward step for several sequences ([`BitNet::forward_batch`]): each entry's
     /// tokens must be non-empty, in the vocabulary and fit its cache; `logits` holds
-    /// `n_vocab` values for each entry that asks for them.
+    /// `n_vocab` values for each row the entries ask for ([`LogitRows`]).
     pub fn forward_batch(
         &self,
         batch: &mut [BatchEntry<'_>],
@@ -222,7 +222,7 @@ impl Model {
                 });
             }
         }
-        let wanted = batch.iter().filter(|e| e.logits).count();
+        let wanted: usize = batch.iter().map(|e| e.logits.count(e.tokens.len())).sum();
         if logits.len() != wanted * n_vocab {
             return Err(EngineError::invalid_param(
                 "logits",

@@ -26,6 +26,8 @@ pub trait Engine: Send + Sync + 'static {
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32>;
     /// Bytes of one token, control tokens' text included; `None` outside the vocabulary.
     fn piece(&self, id: u32) -> Option<Vec<u8>>;
+    /// A control token (BOS, end of turn): not text, whatever its piece spells.
+    fn is_control(&self, id: u32) -> bool;
     /// Checks the request and queues it; choice i's events go to `sinks[i]` (one sink per
     /// choice, OpenAI's `n`; the prompt is read once). Never blocks. An error means the
     /// request was refused and the sinks see nothing.
@@ -61,6 +63,9 @@ impl Engine for Scheduler {
     }
     fn piece(&self, id: u32) -> Option<Vec<u8>> {
         self.model().tokenizer().piece(id).map(<[u8]>::to_vec)
+    }
+    fn is_control(&self, id: u32) -> bool {
+        self.model().tokenizer().is_control(id)
     }
     fn submit(
         &self,

@@ -11,13 +11,15 @@ use axum::http::{HeaderValue, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bitnet_engine::{
-    EngineError, Event, EventSink, GenerateOutput, GenerateParams, Interrupt, SinkError, StopReason,
+    EngineError, Event, EventSink, GenerateOutput, GenerateParams, Interrupt, SinkError,
+    StopReason, TokenLogprob,
 };
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::engine::Engine;
 use crate::error::ApiError;
+use crate::logprobs::{Legacy, chat_content, text_chars};
 use crate::metrics::Metrics;
 use crate::openai::{CompletionRequest, Endpoint, PromptInput};
 use crate::state::{Admission, AppState, panic_message};
@@ -176,19 +178,84 @@ struct Shape {
     id: String,
     created: u64,
     model: String,
+    engine: Arc<dyn Engine>,
+    /// Log-probabilities were asked for.
+    logprobs: bool,
+    /// Completions with `echo`: the prompt, as text and as ids.
+    echo: Option<(String, Vec<u32>)>,
+    /// Characters of the prompt's text (where the completion's `text_offset` begins).
+    prompt_chars: usize,
 }
 
 impl Shape {
-    fn new(endpoint: Endpoint, model: String, request_id: &str) -> Self {
+    fn new(
+        endpoint: Endpoint,
+        model: String,
+        request_id: &str,
+        req: &CompletionRequest,
+        prepared: &Prepared,
+    ) -> Self {
         let prefix = match endpoint {
             Endpoint::Chat => "chatcmpl-",
             Endpoint::Completions => "cmpl-",
+        };
+        let engine = prepared.engine.clone();
+        let echo = req.echo.then(|| {
+            let text = match &req.input {
+                PromptInput::Text(t) => t.clone(),
+                _ => {
+                    let bytes: Vec<u8> = prepared
+                        .prompt
+                        .iter()
+                        .filter(|&&id| !engine.is_control(id))
+                        .flat_map(|&id| engine.piece(id).unwrap_or_default())
+                        .collect();
+                    String::from_utf8_lossy(&bytes).into_owned()
+                }
+            };
+            (text, prepared.prompt.clone())
+        });
+        let prompt_chars = if req.logprobs.is_some() && endpoint == Endpoint::Completions {
+            text_chars(engine.as_ref(), &prepared.prompt)
+        } else {
+            0
         };
         Self {
             endpoint,
             id: format!("{prefix}{request_id}"),
             created: unix_now(),
             model,
+            engine,
+            logprobs: req.logprobs.is_some(),
+            echo,
+            prompt_chars,
+        }
+    }
+
+    /// Where a choice's `text_offset` begins: 0 when the prompt is echoed, else after it.
+    fn legacy(&self) -> Legacy {
+        Legacy::starting_at(if self.echo.is_some() {
+            0
+        } else {
+            self.prompt_chars
+        })
+    }
+
+    /// A choice's `logprobs` for these generated tokens (`null` when not asked for).
+    fn choice_logprobs(&self, lps: &[TokenLogprob], legacy: &mut Legacy) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        match self.endpoint {
+            Endpoint::Chat => json!({
+                "content": chat_content(self.engine.as_ref(), lps),
+                "refusal": null,
+            }),
+            Endpoint::Completions => {
+                let tokens: Vec<(u32, Option<&TokenLogprob>)> =
+                    lps.iter().map(|lp| (lp.token_id, Some(lp))).collect();
+                legacy.shape(self.engine.as_ref(), &tokens)
+            }
         }
     }
 
@@ -197,17 +264,37 @@ impl Shape {
             .iter()
             .enumerate()
             .map(|(index, output)| {
-                let (text, reason) = (&output.text, finish_reason(output));
+                let reason = finish_reason(output);
                 match self.endpoint {
                     Endpoint::Chat => json!({
                         "index": index,
-                        "message": { "role": "assistant", "content": text, "refusal": null },
-                        "logprobs": null,
+                        "message": { "role": "assistant", "content": output.text, "refusal": null },
+                        "logprobs": self.choice_logprobs(&output.logprobs, &mut self.legacy()),
                         "finish_reason": reason,
                     }),
-                    Endpoint::Completions => json!({
-                        "index": index, "text": text, "logprobs": null, "finish_reason": reason,
-                    }),
+                    Endpoint::Completions => {
+                        let mut text = String::new();
+                        let mut tokens: Vec<(u32, Option<&TokenLogprob>)> = Vec::new();
+                        if let Some((prompt, ids)) = &self.echo {
+                            text.push_str(prompt);
+                            // The first prompt token has no log-probability: nothing
+                            // comes before it.
+                            tokens.extend(ids.iter().take(1).map(|&id| (id, None)));
+                            tokens.extend(
+                                output.prompt_logprobs.iter().map(|lp| (lp.token_id, Some(lp))),
+                            );
+                        }
+                        text.push_str(&output.text);
+                        tokens.extend(output.logprobs.iter().map(|lp| (lp.token_id, Some(lp))));
+                        let logprobs = if self.logprobs {
+                            self.legacy().shape(self.engine.as_ref(), &tokens)
+                        } else {
+                            Value::Null
+                        };
+                        json!({
+                            "index": index, "text": text, "logprobs": logprobs, "finish_reason": reason,
+                        })
+                    }
                 }
             })
             .collect();
@@ -239,12 +326,14 @@ impl Shape {
         v
     }
 
+    /// One streamed choice. `logprobs` is the value for the tokens this chunk carries.
     fn delta_choice(
         &self,
         index: usize,
         text: Option<&str>,
         role: bool,
         reason: Option<&str>,
+        logprobs: Value,
     ) -> Value {
         match self.endpoint {
             Endpoint::Chat => {
@@ -255,10 +344,10 @@ impl Shape {
                 if let Some(t) = text {
                     delta.insert("content".into(), json!(t));
                 }
-                json!({ "index": index, "delta": delta, "logprobs": null, "finish_reason": reason })
+                json!({ "index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason })
             }
             Endpoint::Completions => json!({
-                "index": index, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": reason,
+                "index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": reason,
             }),
         }
     }
@@ -292,7 +381,13 @@ pub async fn complete(
     // One model is loaded: any name is that model, as llama-server answers (SDK defaults and
     // tools that hard-code a name work); the response carries the real id.
     let prepared = prepare(&state, &req).await?;
-    let shape = Shape::new(endpoint, state.config().model_id.clone(), &request_id);
+    let shape = Shape::new(
+        endpoint,
+        state.config().model_id.clone(),
+        &request_id,
+        &req,
+        &prepared,
+    );
     let interrupt = Interrupt::new().with_deadline(deadline);
     let n = req.n;
     let (tx, rx) = mpsc::channel::<(usize, Event)>(EVENT_BUFFER * n);
@@ -341,7 +436,7 @@ struct EventStream {
 
 /// What a request's generation produced, as the response needs it.
 enum Outcome {
-    Text(String),
+    Text(String, Option<TokenLogprob>),
     Done(GenerateOutput),
     Failed(ApiError),
 }
@@ -350,13 +445,13 @@ impl EventStream {
     /// The next event of any choice, with the choice's index.
     async fn next(&mut self) -> (usize, Outcome) {
         match self.rx.recv().await {
-            Some((i, Event::Token { text, .. })) => {
+            Some((i, Event::Token { text, logprob, .. })) => {
                 let now = Instant::now();
                 match self.last_token.get_mut(i).and_then(|t| t.replace(now)) {
                     None => self.metrics.time_to_first_token(now - self.received),
                     Some(prev) => self.metrics.inter_token(now - prev),
                 }
-                (i, Outcome::Text(text))
+                (i, Outcome::Text(text, logprob))
             }
             Some((i, Event::Done(Ok(output)))) => {
                 log_done(&output);
@@ -384,7 +479,7 @@ async fn full_response(mut events: EventStream, shape: Shape) -> Result<Response
     let mut outputs: Vec<Option<GenerateOutput>> = vec![None; events.last_token.len()];
     while outputs.iter().any(Option::is_none) {
         match events.next().await {
-            (_, Outcome::Text(_)) => {}
+            (_, Outcome::Text(..)) => {}
             (i, Outcome::Done(output)) => outputs[i] = Some(output),
             (_, Outcome::Failed(e)) => return Err(e),
         }
@@ -393,56 +488,89 @@ async fn full_response(mut events: EventStream, shape: Shape) -> Result<Response
     Ok(axum::Json(shape.full(&outputs)).into_response())
 }
 
-/// SSE from the one channel: a role chunk (chat), a chunk per piece of text, the finish
-/// chunk with `timings`, the usage chunk when asked for, `[DONE]`; a failure mid-stream is an
-/// error object then `[DONE]`. Keep-alive comments while nothing comes (a prompt being read).
+/// SSE from the one channel: a role chunk (chat) or the echoed prompt (completions), a chunk
+/// per piece of text with the log-probabilities of the tokens it completes, the finish chunk
+/// with `timings`, the usage chunk when asked for, `[DONE]`; a failure mid-stream is an error
+/// object then `[DONE]`. Keep-alive comments while nothing comes (a prompt being read).
 fn stream_response(events: EventStream, shape: Shape, include_usage: bool) -> Response {
     let n = events.last_token.len();
     let mut first = VecDeque::new();
-    if shape.endpoint == Endpoint::Chat {
-        for i in 0..n {
-            first.push_back(data(&shape.chunk(
-                Some(shape.delta_choice(i, Some(""), true, None)),
-                include_usage,
-            )));
+    for i in 0..n {
+        let opening = match (&shape.endpoint, &shape.echo) {
+            (Endpoint::Chat, _) => Some(shape.delta_choice(i, Some(""), true, None, Value::Null)),
+            (Endpoint::Completions, Some((prompt, _))) => {
+                Some(shape.delta_choice(i, Some(prompt), false, None, Value::Null))
+            }
+            (Endpoint::Completions, None) => None,
+        };
+        if let Some(choice) = opening {
+            first.push_back(data(&shape.chunk(Some(choice), include_usage)));
         }
     }
-    let outputs: Vec<Option<GenerateOutput>> = vec![None; n];
-    let state = (events, shape, first, outputs, false);
+    let choices: Vec<StreamChoice> = (0..n)
+        .map(|_| StreamChoice {
+            output: None,
+            logprobs: Vec::new(),
+            legacy: shape.legacy(),
+        })
+        .collect();
+    let state = (events, shape, first, choices, false);
     let stream = futures_util::stream::unfold(
         state,
-        move |(mut events, shape, mut queue, mut outputs, mut ended)| async move {
+        move |(mut events, shape, mut queue, mut choices, mut ended)| async move {
             loop {
                 if let Some(ev) = queue.pop_front() {
                     return Some((
                         Ok::<_, Infallible>(ev),
-                        (events, shape, queue, outputs, ended),
+                        (events, shape, queue, choices, ended),
                     ));
                 }
                 if ended {
                     return None;
                 }
                 match events.next().await {
-                    (_, Outcome::Text(text)) if text.is_empty() => {}
-                    (i, Outcome::Text(text)) => queue.push_back(data(&shape.chunk(
-                        Some(shape.delta_choice(i, Some(&text), false, None)),
-                        include_usage,
-                    ))),
+                    (i, Outcome::Text(text, logprob)) => {
+                        let c = &mut choices[i];
+                        c.logprobs.extend(logprob);
+                        // Text held back (a partial character, a possible stop string) goes
+                        // out with the chunk that releases it, its tokens' logprobs too.
+                        if !text.is_empty() {
+                            let lps = std::mem::take(&mut c.logprobs);
+                            let logprobs = shape.choice_logprobs(&lps, &mut c.legacy);
+                            queue.push_back(data(&shape.chunk(
+                                Some(shape.delta_choice(i, Some(&text), false, None, logprobs)),
+                                include_usage,
+                            )));
+                        }
+                    }
                     (i, Outcome::Done(output)) => {
                         let text = match shape.endpoint {
                             Endpoint::Chat => None,
                             Endpoint::Completions => Some(""),
                         };
+                        let c = &mut choices[i];
+                        let lps = std::mem::take(&mut c.logprobs);
+                        let logprobs = if lps.is_empty() {
+                            Value::Null
+                        } else {
+                            shape.choice_logprobs(&lps, &mut c.legacy)
+                        };
                         let mut last = shape.chunk(
-                            Some(shape.delta_choice(i, text, false, Some(finish_reason(&output)))),
+                            Some(shape.delta_choice(
+                                i,
+                                text,
+                                false,
+                                Some(finish_reason(&output)),
+                                logprobs,
+                            )),
                             include_usage,
                         );
                         last["timings"] = timings(&output);
                         queue.push_back(data(&last));
-                        outputs[i] = Some(output);
-                        if outputs.iter().all(Option::is_some) {
+                        c.output = Some(output);
+                        if choices.iter().all(|c| c.output.is_some()) {
                             let all: Vec<GenerateOutput> =
-                                outputs.iter().flatten().cloned().collect();
+                                choices.iter().filter_map(|c| c.output.clone()).collect();
                             if include_usage {
                                 let mut u = shape.chunk(None, false);
                                 u["usage"] = usage(&all);
@@ -473,6 +601,14 @@ fn stream_response(events: EventStream, shape: Shape, include_usage: bool) -> Re
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// One choice of a stream: its result once done, the log-probabilities of tokens whose text
+/// is still held back, where its `text_offset` is.
+struct StreamChoice {
+    output: Option<GenerateOutput>,
+    logprobs: Vec<TokenLogprob>,
+    legacy: Legacy,
 }
 
 fn data(v: &Value) -> SseEvent {

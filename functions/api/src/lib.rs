@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod http;
 pub mod logging;
+pub mod logprobs;
 pub mod metrics;
 pub mod openai;
 pub mod server;

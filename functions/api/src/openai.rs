@@ -4,7 +4,10 @@
 //! `Deserialize`, so that every error names the parameter at fault (as OpenAI's do) and
 //! unknown fields are ignored.
 
-use bitnet_engine::{ChatMessage, GenerateParams, SamplingParams};
+use std::sync::Arc;
+
+use bitnet_engine::generate::MAX_TOP_LOGPROBS;
+use bitnet_engine::{ChatMessage, GenerateParams, Grammar, SamplingParams};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
@@ -36,6 +39,15 @@ pub struct CompletionRequest {
     pub include_usage: bool,
     /// Choices to generate (`n`), sharing one prompt pass.
     pub n: usize,
+    /// The grammar every choice's text must follow (`response_format`, `json_schema`,
+    /// `grammar`).
+    pub grammar: Option<Arc<Grammar>>,
+    /// Log-probabilities with this many alternatives per token (chat: `logprobs: true` and
+    /// `top_logprobs`; completions: `logprobs: N`).
+    pub logprobs: Option<usize>,
+    /// Completions: the prompt comes back before the completion (with its own
+    /// log-probabilities when `logprobs` is set).
+    pub echo: bool,
 }
 
 /// Most choices one request may ask for: each takes a slot.
@@ -131,7 +143,7 @@ fn parse_object(
     endpoint: Endpoint,
     obj: &Map<String, Value>,
 ) -> Result<CompletionRequest, ApiError> {
-    reject_unsupported(endpoint, obj)?;
+    reject_unsupported(obj)?;
     let input = match endpoint {
         Endpoint::Chat => PromptInput::Chat(parse_messages(field(obj, "messages").ok_or_else(
             || ApiError::invalid_param("messages", "Missing required parameter: 'messages'."),
@@ -145,7 +157,18 @@ fn parse_object(
         Some(v) => Some(v),
         None => opt_uint(obj, "max_tokens")?,
     };
-    if max_tokens == Some(0) {
+    let echo = match (endpoint, opt_bool(obj, "echo")?) {
+        (_, None | Some(false)) => false,
+        (Endpoint::Completions, Some(true)) => true,
+        (Endpoint::Chat, Some(true)) => {
+            return Err(ApiError::unsupported(
+                "echo",
+                "echo is a /v1/completions parameter.",
+            ));
+        }
+    };
+    // `max_tokens: 0` with `echo` scores the prompt and generates nothing.
+    if max_tokens == Some(0) && !echo {
         let name = if field(obj, "max_completion_tokens").is_some() {
             "max_completion_tokens"
         } else {
@@ -200,6 +223,14 @@ fn parse_object(
             None => return Err(type_error("n", "an integer")),
         },
     };
+    let logprobs = parse_logprobs(endpoint, obj)?;
+    if echo && logprobs.is_some() && stream {
+        return Err(ApiError::unsupported(
+            "echo",
+            "echo with logprobs is not supported when streaming; ask without stream.",
+        ));
+    }
+    let grammar = parse_constraint(obj)?;
     let req = CompletionRequest {
         model,
         input,
@@ -216,6 +247,9 @@ fn parse_object(
         stream,
         include_usage,
         n,
+        grammar,
+        logprobs,
+        echo,
     };
     // The engine decides what it can compute with; a request it would refuse is a 400 now,
     // before the request waits for the engine.
@@ -244,7 +278,139 @@ impl CompletionRequest {
             stop_strings: self.stop.clone(),
             // The model's own end-of-generation ids.
             stop_ids: None,
+            grammar: self.grammar.clone(),
+            // A prompt to echo with nothing generated is still read through the engine's
+            // scoring path (which is what allows `max_tokens: 0`).
+            logprobs: self
+                .logprobs
+                .or((self.echo && max_tokens == 0).then_some(0)),
+            prompt_logprobs: self.echo && (self.logprobs.is_some() || max_tokens == 0),
         }
+    }
+}
+
+/// `logprobs` / `top_logprobs` as each endpoint spells them: the number of alternatives per
+/// token, `None` when log-probabilities are off.
+fn parse_logprobs(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<Option<usize>, ApiError> {
+    let top = |name: &str, v: &Value| -> Result<usize, ApiError> {
+        match v.as_u64() {
+            Some(n) if n as usize <= MAX_TOP_LOGPROBS => Ok(n as usize),
+            _ => Err(ApiError::invalid_param(
+                name,
+                format!("'{name}' must be an integer between 0 and {MAX_TOP_LOGPROBS}."),
+            )),
+        }
+    };
+    match endpoint {
+        Endpoint::Chat => {
+            let on = opt_bool(obj, "logprobs")?.unwrap_or(false);
+            match field(obj, "top_logprobs") {
+                None => Ok(on.then_some(0)),
+                Some(v) => {
+                    let n = top("top_logprobs", v)?;
+                    if !on {
+                        return Err(ApiError::invalid_param(
+                            "top_logprobs",
+                            "'top_logprobs' needs 'logprobs': true.",
+                        ));
+                    }
+                    Ok(Some(n))
+                }
+            }
+        }
+        Endpoint::Completions => {
+            if field(obj, "top_logprobs").is_some() {
+                return Err(ApiError::unsupported(
+                    "top_logprobs",
+                    "On /v1/completions the number of alternatives is 'logprobs': N.",
+                ));
+            }
+            match field(obj, "logprobs") {
+                None | Some(Value::Bool(false)) => Ok(None),
+                Some(v) => top("logprobs", v).map(Some),
+            }
+        }
+    }
+}
+
+/// The output constraint: `response_format` (`json_object`, optionally with llama-server's
+/// `schema`; `json_schema`), or llama-server's `json_schema` / `grammar`; at most one.
+fn parse_constraint(obj: &Map<String, Value>) -> Result<Option<Arc<Grammar>>, ApiError> {
+    let schema_error = |param: &str, e: bitnet_engine::grammar::json_schema::SchemaError| {
+        let message = if e.keyword.is_empty() {
+            format!("Invalid '{param}': {}.", e.message)
+        } else {
+            format!(
+                "Invalid '{param}': {} (keyword '{}').",
+                e.message, e.keyword
+            )
+        };
+        ApiError::invalid_param(param, message).with_code("unsupported_schema")
+    };
+    let mut found: Vec<(&str, Grammar)> = Vec::new();
+    if let Some(rf) = field(obj, "response_format") {
+        let Value::Object(rf) = rf else {
+            return Err(type_error("response_format", "an object"));
+        };
+        match rf.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => match rf.get("schema").filter(|v| !v.is_null()) {
+                None => found.push(("response_format", Grammar::json_object())),
+                Some(schema) => found.push((
+                    "response_format",
+                    Grammar::from_json_schema(schema)
+                        .map_err(|e| schema_error("response_format.schema", e))?,
+                )),
+            },
+            Some("json_schema") => {
+                let Some(Value::Object(js)) = rf.get("json_schema") else {
+                    return Err(ApiError::invalid_param(
+                        "response_format.json_schema",
+                        "Missing required parameter: 'response_format.json_schema'.",
+                    ));
+                };
+                let schema = js.get("schema").cloned().unwrap_or(Value::Bool(true));
+                found.push((
+                    "response_format",
+                    Grammar::from_json_schema(&schema)
+                        .map_err(|e| schema_error("response_format.json_schema.schema", e))?,
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid_param(
+                    "response_format.type",
+                    "'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+                ));
+            }
+        }
+    }
+    if let Some(schema) = field(obj, "json_schema") {
+        found.push((
+            "json_schema",
+            Grammar::from_json_schema(schema).map_err(|e| schema_error("json_schema", e))?,
+        ));
+    }
+    match field(obj, "grammar") {
+        None => {}
+        Some(Value::String(g)) if g.trim().is_empty() => {}
+        Some(Value::String(g)) => found.push((
+            "grammar",
+            Grammar::parse(g).map_err(|e| {
+                ApiError::invalid_param("grammar", format!("Invalid 'grammar': {e}."))
+            })?,
+        )),
+        Some(_) => return Err(type_error("grammar", "a string (GBNF)")),
+    }
+    match found.len() {
+        0 => Ok(None),
+        1 => Ok(found.pop().map(|(_, g)| Arc::new(g))),
+        _ => Err(ApiError::invalid_param(
+            found[1].0,
+            format!(
+                "'{}' and '{}' both constrain the output; give one.",
+                found[0].0, found[1].0
+            ),
+        )),
     }
 }
 
@@ -298,29 +464,13 @@ fn opt_f32(obj: &Map<String, Value>, name: &str) -> Result<Option<f32>, ApiError
 
 /// Parameters this server does not implement: a 400 naming the parameter, unless the value is
 /// the one that means "off".
-fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<(), ApiError> {
+fn reject_unsupported(obj: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(v) = field(obj, "best_of")
         && v.as_u64() != Some(1)
     {
         return Err(ApiError::unsupported(
             "best_of",
             "Only best_of=1 is supported.",
-        ));
-    }
-    match (endpoint, field(obj, "logprobs")) {
-        (_, None) | (_, Some(Value::Bool(false))) => {}
-        (Endpoint::Completions, Some(v)) if v.as_u64() == Some(0) => {}
-        _ => {
-            return Err(ApiError::unsupported(
-                "logprobs",
-                "logprobs are not supported.",
-            ));
-        }
-    }
-    if field(obj, "top_logprobs").is_some_and(|v| v.as_u64() != Some(0)) {
-        return Err(ApiError::unsupported(
-            "top_logprobs",
-            "top_logprobs are not supported.",
         ));
     }
     for name in ["tools", "functions"] {
@@ -343,23 +493,11 @@ fn reject_unsupported(endpoint: Endpoint, obj: &Map<String, Value>) -> Result<()
             ));
         }
     }
-    if let Some(rf) = field(obj, "response_format") {
-        let ty = rf.get("type").and_then(Value::as_str);
-        if ty != Some("text") {
-            return Err(ApiError::unsupported(
-                "response_format",
-                "Only response_format {\"type\": \"text\"} is supported.",
-            ));
-        }
-    }
     if field(obj, "logit_bias").is_some_and(|v| !matches!(v, Value::Object(m) if m.is_empty())) {
         return Err(ApiError::unsupported(
             "logit_bias",
             "logit_bias is not supported.",
         ));
-    }
-    if field(obj, "echo").is_some_and(|v| v != &Value::Bool(false)) {
-        return Err(ApiError::unsupported("echo", "echo is not supported."));
     }
     if field(obj, "suffix").is_some_and(|v| v != "") {
         return Err(ApiError::unsupported(
@@ -680,21 +818,150 @@ mod tests {
     }
 
     #[test]
+    fn logprobs_and_echo_as_each_endpoint_spells_them() {
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        let r = chat(&format!(r#"{{{m},"logprobs":true,"top_logprobs":3}}"#)).unwrap();
+        assert_eq!(r.logprobs, Some(3));
+        assert_eq!(
+            chat(&format!(r#"{{{m},"logprobs":true}}"#))
+                .unwrap()
+                .logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            chat(&format!(r#"{{{m},"logprobs":false}}"#))
+                .unwrap()
+                .logprobs,
+            None
+        );
+        for (extra, param) in [
+            (r#""top_logprobs":2"#, "top_logprobs"),
+            (r#""logprobs":true,"top_logprobs":21"#, "top_logprobs"),
+            (r#""logprobs":true,"top_logprobs":-1"#, "top_logprobs"),
+            (r#""logprobs":3"#, "logprobs"),
+        ] {
+            assert_eq!(
+                param_of(chat(&format!("{{{m},{extra}}}"))).1.as_deref(),
+                Some(param),
+                "{extra}"
+            );
+        }
+        let r = comp(r#"{"prompt":"x","logprobs":5,"echo":true,"max_tokens":0}"#).unwrap();
+        assert_eq!((r.logprobs, r.echo, r.max_tokens), (Some(5), true, Some(0)));
+        let p = r.generate_params(0);
+        assert!(p.prompt_logprobs && p.logprobs == Some(5));
+        // Echo alone with nothing to generate: the prompt is still read (and scored).
+        let p = comp(r#"{"prompt":"x","echo":true,"max_tokens":0}"#)
+            .unwrap()
+            .generate_params(0);
+        assert!(p.prompt_logprobs);
+        assert!(
+            !comp(r#"{"prompt":"x","echo":true}"#)
+                .unwrap()
+                .generate_params(4)
+                .prompt_logprobs
+        );
+        for (body, param) in [
+            (r#"{"prompt":"x","logprobs":21}"#, "logprobs"),
+            (r#"{"prompt":"x","top_logprobs":2}"#, "top_logprobs"),
+            (r#"{"prompt":"x","max_tokens":0}"#, "max_tokens"),
+            (
+                r#"{"prompt":"x","echo":true,"logprobs":1,"stream":true}"#,
+                "echo",
+            ),
+        ] {
+            assert_eq!(param_of(comp(body)).1.as_deref(), Some(param), "{body}");
+        }
+    }
+
+    #[test]
+    fn output_constraints_compile_or_are_refused_by_name() {
+        let m = r#""messages":[{"role":"user","content":"x"}]"#;
+        for extra in [
+            r#""response_format":{"type":"json_object"}"#,
+            r#""response_format":{"type":"json_object","schema":{"type":"object"}}"#,
+            r#""response_format":{"type":"json_schema","json_schema":{"name":"x","strict":true,"schema":{"type":"object","properties":{"a":{"type":"string"}},"required":["a"],"additionalProperties":false}}}"#,
+            r#""json_schema":{"type":"array","items":{"type":"integer"}}"#,
+            r#""grammar":"root ::= \"yes\" | \"no\"""#,
+        ] {
+            let r = chat(&format!("{{{m},{extra}}}")).unwrap();
+            assert!(r.grammar.is_some(), "{extra}");
+            assert!(r.generate_params(4).grammar.is_some());
+        }
+        assert!(
+            chat(&format!(
+                r#"{{{m},"response_format":{{"type":"text"}},"grammar":""}}"#
+            ))
+            .unwrap()
+            .grammar
+            .is_none()
+        );
+        for (extra, param, says) in [
+            (
+                r#""response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"type":"string","pattern":"a+"}}}"#,
+                "response_format.json_schema.schema",
+                "'pattern'",
+            ),
+            (
+                r#""response_format":{"type":"json_schema"}"#,
+                "response_format.json_schema",
+                "Missing",
+            ),
+            (
+                r#""response_format":{"type":"yaml"}"#,
+                "response_format.type",
+                "json_schema",
+            ),
+            (
+                r#""json_schema":{"minimum":1,"type":"number"}"#,
+                "json_schema",
+                "'minimum'",
+            ),
+            (
+                r#""grammar":"root ::= undefined""#,
+                "grammar",
+                "undefined rule",
+            ),
+            (
+                r#""grammar":"root ::= root \"x\"""#,
+                "grammar",
+                "reach itself",
+            ),
+            (r#""grammar":7"#, "grammar", "GBNF"),
+            (
+                r#""json_schema":{},"grammar":"root ::= \"a\"""#,
+                "grammar",
+                "both constrain",
+            ),
+        ] {
+            let e = chat(&format!("{{{m},{extra}}}")).unwrap_err();
+            assert_eq!(
+                (e.status.as_u16(), e.param.as_deref()),
+                (400, Some(param)),
+                "{extra}"
+            );
+            assert!(e.message.contains(says), "{extra}: {}", e.message);
+        }
+        // The completions endpoint takes them too (llama-server does).
+        assert!(
+            comp(r#"{"prompt":"x","json_schema":{"type":"boolean"}}"#)
+                .unwrap()
+                .grammar
+                .is_some()
+        );
+    }
+
+    #[test]
     fn unsupported_parameters_are_named() {
         let m = r#""messages":[{"role":"user","content":"x"}]"#;
         for (extra, param) in [
-            (r#""logprobs":true"#, "logprobs"),
-            (r#""top_logprobs":2"#, "top_logprobs"),
             (
                 r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
                 "tools",
             ),
             (r#""tool_choice":"required""#, "tool_choice"),
             (r#""functions":[{"name":"f"}]"#, "functions"),
-            (
-                r#""response_format":{"type":"json_object"}"#,
-                "response_format",
-            ),
+            (r#""echo":true"#, "echo"),
             (r#""logit_bias":{"50256":-100}"#, "logit_bias"),
         ] {
             let (status, p, code) = param_of(chat(&format!("{{{m},{extra}}}")));
@@ -704,16 +971,6 @@ mod tests {
                 "{extra}"
             );
         }
-        assert_eq!(
-            param_of(comp(r#"{"prompt":"x","echo":true}"#)).1.as_deref(),
-            Some("echo")
-        );
-        assert_eq!(
-            param_of(comp(r#"{"prompt":"x","logprobs":3}"#))
-                .1
-                .as_deref(),
-            Some("logprobs")
-        );
         assert_eq!(
             param_of(comp(r#"{"prompt":"x","best_of":3}"#)).1.as_deref(),
             Some("best_of")

@@ -9,7 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use bitnet_engine::{
     ChatMessage, EngineError, Event, EventSink, GenerateOutput, GenerateParams, Interrupt,
-    SchedulerStats, SinkError, StopReason,
+    SchedulerStats, SinkError, StopReason, TokenLogprob,
 };
 use http_body_util::BodyExt;
 use model_store::ModelStatus;
@@ -56,6 +56,9 @@ impl Engine for FakeEngine {
             _ => None,
         }
     }
+    fn is_control(&self, id: u32) -> bool {
+        id == 998 || id == 999
+    }
     fn encode_chat(&self, messages: &[ChatMessage]) -> Vec<u32> {
         let mut v = vec![999];
         for m in messages {
@@ -80,6 +83,7 @@ impl Engine for FakeEngine {
             std::thread::spawn(move || {
                 let mut text = String::new();
                 let mut ids = Vec::new();
+                let mut lps = Vec::new();
                 let mut reason = StopReason::Length;
                 'tokens: for i in 0..params.max_tokens {
                     std::thread::sleep(delay);
@@ -96,9 +100,20 @@ impl Engine for FakeEngine {
                     let piece = format!("tok{i} ");
                     text.push_str(&piece);
                     ids.push(i as u32);
+                    // With logprobs asked for: a made-up value per token, the token itself
+                    // and the next id as the alternatives.
+                    let logprob = params.logprobs.map(|top| TokenLogprob {
+                        token_id: i as u32,
+                        logprob: -0.5 * (i + 1) as f32,
+                        top: [(i as u32, -0.5 * (i + 1) as f32), (i as u32 + 1, -9.0)]
+                            [..top.min(2)]
+                            .to_vec(),
+                    });
+                    lps.extend(logprob.clone());
                     let mut ev = Event::Token {
                         text: piece,
                         token_id: i as u32,
+                        logprob,
                     };
                     loop {
                         match sink.try_send(ev) {
@@ -124,6 +139,20 @@ impl Engine for FakeEngine {
                     prompt_ms: 2.0,
                     decode_ms: 10.0,
                     cached_prompt_tokens: 0,
+                    logprobs: lps,
+                    // Each prompt token after the first scored -1.
+                    prompt_logprobs: if params.prompt_logprobs {
+                        prompt[1..]
+                            .iter()
+                            .map(|&t| TokenLogprob {
+                                token_id: t,
+                                logprob: -1.0,
+                                top: Vec::new(),
+                            })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 })));
             });
         }
@@ -498,6 +527,68 @@ async fn completion_stream_without_usage() {
         chunks.last().unwrap()["choices"][0]["finish_reason"],
         "length"
     );
+}
+
+#[tokio::test]
+async fn logprobs_in_both_shapes_streamed_or_not() {
+    let h = ready_harness(ApiConfig::default()).await;
+    // Chat: content[] items with bytes and top_logprobs.
+    let body = r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"logprobs":true,"top_logprobs":2}"#;
+    let (s, _, b) = call(&h.state, "POST", "/v1/chat/completions", Some(body), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    assert_eq!(
+        content[1],
+        json!({"token": "\u{1}", "logprob": -1.0, "bytes": [1],
+               "top_logprobs": [{"token": "\u{1}", "logprob": -1.0, "bytes": [1]},
+                                {"token": "\u{2}", "logprob": -9.0, "bytes": [2]}]})
+    );
+    // Streamed: the same items, spread over the chunks.
+    let body = r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":3,"logprobs":true,"stream":true}"#;
+    let (_, _, b) = call(&h.state, "POST", "/v1/chat/completions", Some(body), &[]).await;
+    let streamed: Vec<Value> = sse_chunks(&sse_events(&b))
+        .iter()
+        .filter_map(|c| c["choices"][0]["logprobs"]["content"].as_array().cloned())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), 3, "{b}");
+    assert_eq!(streamed[2]["logprob"], -1.5);
+    assert_eq!(streamed[2]["top_logprobs"], json!([]));
+    // Without logprobs: null.
+    let body = r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":1}"#;
+    let (_, _, b) = call(&h.state, "POST", "/v1/chat/completions", Some(body), &[]).await;
+    assert_eq!(json_of(&b)["choices"][0]["logprobs"], Value::Null);
+
+    // Completions: the legacy object; text_offset starts after the prompt "ab" (BOS is no
+    // text).
+    let body = r#"{"prompt":"ab","max_tokens":2,"logprobs":1}"#;
+    let (_, _, b) = call(&h.state, "POST", "/v1/completions", Some(body), &[]).await;
+    let lp = &json_of(&b)["choices"][0]["logprobs"];
+    assert_eq!(
+        *lp,
+        json!({"tokens": ["\u{0}", "\u{1}"], "token_logprobs": [-0.5, -1.0],
+               "top_logprobs": [{"\u{0}": -0.5}, {"\u{1}": -1.0}], "text_offset": [2, 3]})
+    );
+    // Echo with nothing generated: the prompt's own log-probabilities, the first null.
+    let body = r#"{"prompt":"ab","max_tokens":0,"echo":true,"logprobs":0}"#;
+    let (s, _, b) = call(&h.state, "POST", "/v1/completions", Some(body), &[]).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v = json_of(&b);
+    assert_eq!(v["choices"][0]["text"], "ab");
+    assert_eq!(
+        v["choices"][0]["logprobs"],
+        json!({"tokens": ["<|begin_of_text|>", "a", "b"], "token_logprobs": [null, -1.0, -1.0],
+               "top_logprobs": [null, {}, {}], "text_offset": [0, 0, 1]})
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 0);
+    // Streamed completions with echo (no logprobs): the prompt comes first.
+    let body = r#"{"prompt":"ab","max_tokens":1,"echo":true,"stream":true}"#;
+    let (_, _, b) = call(&h.state, "POST", "/v1/completions", Some(body), &[]).await;
+    let chunks = sse_chunks(&sse_events(&b));
+    assert_eq!(chunks[0]["choices"][0]["text"], "ab", "{b}");
+    assert_eq!(chunks[1]["choices"][0]["text"], "tok0 ");
 }
 
 #[tokio::test]

@@ -199,7 +199,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
 /// Seconds for `b` sequences (each started from one distinct prompt token) to decode `tg`
 /// tokens each, one batched step per token.
 fn decode_batch(model: &Model, prompt: &[u32], b: usize, tg: usize) -> Result<f64> {
-    use bitnet_engine::model::{BatchEntry, StepBuffers};
+    use bitnet_engine::model::{BatchEntry, LogitRows, StepBuffers};
     let n_vocab = model.n_vocab();
     let mut caches: Vec<_> = (0..b).map(|_| model.new_cache(tg + 1)).collect();
     let mut buffers = StepBuffers::default();
@@ -213,7 +213,7 @@ fn decode_batch(model: &Model, prompt: &[u32], b: usize, tg: usize) -> Result<f6
             .map(|(cache, t)| BatchEntry {
                 cache,
                 tokens: std::slice::from_ref(t),
-                logits: true,
+                logits: LogitRows::Last,
             })
             .collect();
         model.forward_batch(&mut batch, &mut buffers, &mut logits, &interrupt)?;

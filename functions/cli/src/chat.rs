@@ -314,8 +314,7 @@ pub fn run(args: ChatArgs) -> Result<()> {
         params: GenerateParams {
             max_tokens: args.max_tokens,
             sampling: args.sampling.params(),
-            stop_ids: None,
-            stop_strings: Vec::new(),
+            ..Default::default()
         },
         totals: Totals::default(),
         current: Arc::new(Mutex::new(None)),
@@ -420,6 +419,8 @@ mod tests {
             prompt_ms: 100.0,
             decode_ms: 100.0,
             cached_prompt_tokens: 40,
+            logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
         };
         assert_eq!(
             turn_line(&out),

@@ -4,13 +4,14 @@
 use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use bitnet_engine::fixture::{self, FixtureSpec};
 use bitnet_engine::gguf::{GgmlType, GgufFile, Value};
 use bitnet_engine::tokenizer::PreTokenizer;
 use bitnet_engine::{
-    ChatMessage, GenerateParams, Interrupt, LoadOptions, Model, SamplingParams, Tokenizer,
+    ChatMessage, GenerateParams, Grammar, Interrupt, LoadOptions, Model, SamplingParams, Tokenizer,
 };
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -253,6 +254,15 @@ struct GenerateArgs {
     /// With --batch-ids: prompt tokens read per step, across the prompts being read.
     #[arg(long, default_value_t = 64)]
     prefill_chunk: usize,
+    /// The output follows this GBNF grammar (llama.cpp's format; start rule `root`).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json_schema", "json_object"])]
+    grammar: Option<PathBuf>,
+    /// The output is an instance of this JSON Schema.
+    #[arg(long, value_name = "FILE", conflicts_with = "json_object")]
+    json_schema: Option<PathBuf>,
+    /// The output is a JSON object.
+    #[arg(long)]
+    json_object: bool,
 }
 
 #[derive(clap::Args)]
@@ -520,7 +530,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     } else {
         a.input.ids.clone().unwrap_or_default()
     };
-    let params = generate_params(&a);
+    let params = generate_params(&a)?;
     let mut stdout = std::io::stdout().lock();
     let json = a.json;
     let out = model.generate(&prompt, &params, &Interrupt::new(), &mut |p| {
@@ -565,7 +575,7 @@ fn generate_batch(a: &GenerateArgs, batch: &str) -> Result<()> {
                 .with_context(|| format!("--batch-ids: {p:?} is not a list of token ids"))
         })
         .collect::<Result<_>>()?;
-    let model = std::sync::Arc::new(load(&a.model)?);
+    let model = Arc::new(load(&a.model)?);
     let scheduler = bitnet_engine::Scheduler::new(
         model,
         bitnet_engine::SchedulerConfig {
@@ -574,7 +584,7 @@ fn generate_batch(a: &GenerateArgs, batch: &str) -> Result<()> {
             ..Default::default()
         },
     );
-    let params = generate_params(a);
+    let params = generate_params(a)?;
     let receivers = prompts
         .iter()
         .map(|p| {
@@ -596,8 +606,23 @@ fn generate_batch(a: &GenerateArgs, batch: &str) -> Result<()> {
     Ok(())
 }
 
-fn generate_params(a: &GenerateArgs) -> GenerateParams {
-    GenerateParams {
+fn generate_params(a: &GenerateArgs) -> Result<GenerateParams> {
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let grammar = if let Some(p) = &a.grammar {
+        Some(Grammar::parse(&read(p)?).with_context(|| format!("grammar {}", p.display()))?)
+    } else if let Some(p) = &a.json_schema {
+        let schema: serde_json::Value =
+            serde_json::from_str(&read(p)?).with_context(|| format!("parsing {}", p.display()))?;
+        Some(
+            Grammar::from_json_schema(&schema)
+                .with_context(|| format!("JSON Schema {}", p.display()))?,
+        )
+    } else {
+        a.json_object.then(Grammar::json_object)
+    };
+    Ok(GenerateParams {
         max_tokens: a.max_tokens,
         sampling: a.sampling.params(),
         stop_ids: if a.ignore_eos {
@@ -606,7 +631,9 @@ fn generate_params(a: &GenerateArgs) -> GenerateParams {
             a.stop_ids.clone()
         },
         stop_strings: a.stop.clone(),
-    }
+        grammar: grammar.map(Arc::new),
+        ..Default::default()
+    })
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
