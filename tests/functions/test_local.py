@@ -166,7 +166,8 @@ def test_openai_client(model_server):
     ({"messages": [{"role": "user", "content": "x"}], "stop": 5}, 400, "stop", None),
     ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, 400, "messages", "context_length_exceeded"),
     ({"messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n", None),
-    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True}, 400, "logprobs", "unsupported_parameter"),
+    ({"messages": [{"role": "user", "content": "x"}], "echo": True}, 400, "echo", "unsupported_parameter"),
+    ({"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs", None),
     ({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}, 400, "tools", "unsupported_parameter"),
 ])
 def test_chat_client_errors(model_server, body, status, param, code):
@@ -177,7 +178,7 @@ def test_other_client_errors(model_server):
     assert_error(post(model_server, "/v1/completions", {"prompt": "word " * 4100}), 400, "prompt", "context_length_exceeded")
     assert_error(post(model_server, "/v1/completions", {"prompt": [999999]}), 400, "prompt")
     assert_error(post(model_server, "/v1/completions", {"prompt": ["a", "b"]}), 400, "prompt")
-    assert_error(post(model_server, "/v1/completions", {"prompt": "x", "echo": True}), 400, "echo")
+    assert_error(post(model_server, "/v1/completions", {"prompt": "x", "max_tokens": 0}), 400, "max_tokens")
     big = {"messages": [{"role": "user", "content": "x" * 70000}]}
     assert_error(post(model_server, "/v1/chat/completions", big), 413, None, "request_too_large")
     # Chunked upload without Content-Length is limited too.
