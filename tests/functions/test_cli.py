@@ -246,3 +246,25 @@ def test_serve_prints_one_ready_line(start_server, tiny_model, tmp_path):
     while time.time() < deadline and "ready at" not in keyed.log():
         time.sleep(0.05)
     assert f"ready at {keyed.url}/v1" in keyed.log() and "API key required" in keyed.log(), keyed.log()
+
+
+def test_generate_under_a_grammar_or_a_schema(tiny_model, tmp_path):
+    schema = tmp_path / "s.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"ok": {"type": "boolean"},
+                                                                    "id": {"type": "integer"}},
+                                  "required": ["ok", "id"]}))
+    out = subprocess.run([binary("bitnet"), "generate", "--model", tiny_model, "--prompt", "x", "--json-schema",
+                          schema, "--max-tokens", "60", "--seed", "2", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    v = json.loads(json.loads(out.stdout)["text"])
+    assert isinstance(v["ok"], bool) and isinstance(v["id"], int)
+    grammar = tmp_path / "g.gbnf"
+    grammar.write_text('root ::= "n=" [0-9]{2}\n')
+    out = subprocess.run([binary("bitnet"), "generate", "--model", tiny_model, "--prompt", "x", "--grammar", grammar,
+                          "--max-tokens", "10"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and re.fullmatch(r"n=[0-9]{2}\n", out.stdout), (out.stdout, out.stderr)
+    schema.write_text(json.dumps({"type": "string", "format": "email"}))
+    out = subprocess.run([binary("bitnet"), "generate", "--model", tiny_model, "--prompt", "x", "--json-schema",
+                          schema], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "'format'" in out.stderr, out.stderr
