@@ -235,3 +235,19 @@ def test_generated_logprobs_as_bitnet_eval_and_in_the_chat_shape(model_server, t
     streamed = [x for ch in c.chat.completions.create(stream=True, **body) if ch.choices and ch.choices[0].logprobs
                 for x in ch.choices[0].logprobs.content]
     assert [(x.token, x.logprob) for x in streamed] == [(x.token, x.logprob) for x in items]
+
+
+def test_a_grammar_too_ambiguous_to_follow_is_cut_short_not_followed_at_any_cost(model_server):
+    import time
+    t = time.monotonic()
+    r = post(model_server, "/v1/completions",
+             {"prompt": "x", "grammar": "root ::= ([^e]{0,60}){0,60} \"!\"", "max_tokens": 200, "seed": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+    assert time.monotonic() - t < 30
+    # Several choices under one schema: each follows it.
+    schema = {"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"]}
+    r = post(model_server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3,
+                                                    "json_schema": schema, "max_tokens": 40, "seed": 5})
+    for c in r.json()["choices"]:
+        jsonschema.validate(json.loads(c["message"]["content"]), schema)

@@ -135,6 +135,9 @@ pub enum StopReason {
     Cancelled,
     /// The [`Interrupt`]'s deadline passed (the output is cut short, like `Length`).
     Deadline,
+    /// The grammar could not be followed further within its work limits (a grammar too
+    /// ambiguous): the output is cut short, a prefix of a match.
+    GrammarLimit,
 }
 
 /// A piece of streamed output: the text that became complete with this token (possibly empty
@@ -541,9 +544,14 @@ impl Sequence {
                 ) {
                     Some(id) => id,
                     None => {
-                        // Nothing may follow and no stop id may end here: the grammar is
-                        // done (or, at its limits, stuck).
-                        self.stop_reason = Some(StopReason::Stop);
+                        // No token is allowed: the grammar is complete and nothing may
+                        // follow (without a stop id to end on), or its limits were reached.
+                        self.stop_reason =
+                            Some(if c.matcher.is_exhausted() || !c.matcher.is_complete() {
+                                StopReason::GrammarLimit
+                            } else {
+                                StopReason::Stop
+                            });
                         return None;
                     }
                 }

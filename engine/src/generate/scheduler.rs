@@ -575,6 +575,10 @@ impl Worker {
                     prompt_ms = output.prompt_ms,
                     "generation deadline reached; response cut short"
                 ),
+                StopReason::GrammarLimit => tracing::warn!(
+                    completion_tokens = output.completion_tokens,
+                    "grammar too ambiguous to follow within its limits; response cut short"
+                ),
                 _ => {}
             });
             // Choices never forked (the prompt pass was cut short) end the same way.

@@ -19,9 +19,16 @@ const ACCEPT: u32 = u32::MAX;
 /// Below the bottom of a stack.
 const BOTTOM: u32 = u32::MAX;
 /// Most stacks one state may hold: an ambiguous grammar could otherwise grow them with
-/// every character. Past it the extra stacks are dropped (the output still matches the
-/// grammar; some continuations are no longer offered).
-const MAX_STACKS: usize = 4096;
+/// every character (a JSON grammar holds one to three). Past it the extra stacks are dropped:
+/// the output still matches the grammar, some continuations are no longer offered.
+const MAX_STACKS: usize = 256;
+/// Most distinct stack nodes one generation may create (each ~40 bytes with its index
+/// entry and expansion); past it the matcher is exhausted.
+const MAX_NODES: usize = 1 << 20;
+/// Most units of work (stacks stepped, gathered or expanded) one vocabulary walk may take:
+/// a full walk of a 128k vocabulary inside a JSON string takes ~1.5M (9 ms); the limit is
+/// ~100 ms of work. Past it the matcher is exhausted.
+const MAX_WALK_STEPS: u64 = 16 << 20;
 
 /// The character being decoded when a token ends inside one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,6 +114,8 @@ struct Stacks {
     /// (position, node below) -> its expansion, a range of `lists`.
     memo: FxHashMap<(u32, u32), (u32, u32)>,
     lists: Vec<u32>,
+    /// Stack steps taken (the walk's budget counts these).
+    steps: u64,
 }
 
 impl Stacks {
@@ -144,6 +153,7 @@ impl Stacks {
                 }
             }
         }
+        self.steps += out.len() as u64 + 1;
         out.sort_unstable();
         out.dedup();
         let r = (self.lists.len() as u32, out.len() as u32);
@@ -162,6 +172,7 @@ impl Stacks {
 
     /// The stacks after reading character `c` from `from`.
     fn step(&mut self, from: &[u32], c: u32, to: &mut Vec<u32>) {
+        self.steps += from.len() as u64;
         to.clear();
         for &s in from {
             if s != ACCEPT && self.class_of(s).contains(c) {
@@ -170,6 +181,8 @@ impl Stacks {
                 to.extend_from_slice(&self.lists[st as usize..(st + n) as usize]);
             }
         }
+        // Work counts what was gathered, duplicates included (sorting them is the cost).
+        self.steps += to.len() as u64;
         if to.len() > 1 {
             to.sort_unstable();
             to.dedup();
@@ -222,6 +235,9 @@ pub struct Matcher {
     utf8: Utf8,
     /// Scratch per trie depth: the stacks and partial character after that many bytes.
     scratch: Vec<(Vec<u32>, Utf8)>,
+    /// A limit on the work of following the grammar was reached (a grammar ambiguous
+    /// enough to need more): nothing more is allowed.
+    exhausted: bool,
 }
 
 impl Matcher {
@@ -233,6 +249,7 @@ impl Matcher {
             index: FxHashMap::default(),
             memo: FxHashMap::default(),
             lists: Vec::new(),
+            steps: 0,
         };
         let mut state = Vec::new();
         let g = stacks.g.clone();
@@ -247,6 +264,19 @@ impl Matcher {
             state,
             utf8: Utf8::default(),
             scratch: Vec::new(),
+            exhausted: false,
+        }
+    }
+
+    /// Whether a limit on the work of following the grammar was reached; from then on no
+    /// token is allowed. A grammar this ambiguous is refused in effect at run time.
+    pub fn is_exhausted(&self) -> bool {
+        self.exhausted
+    }
+
+    fn check_limits(&mut self) {
+        if self.stacks.nodes.len() > MAX_NODES {
+            self.exhausted = true;
         }
     }
 
@@ -263,6 +293,9 @@ impl Matcher {
     /// Reads `bytes` if the grammar allows them here; returns whether it did (when not, the
     /// state is unchanged).
     pub fn advance(&mut self, bytes: &[u8]) -> bool {
+        if self.exhausted {
+            return false;
+        }
         let mut cur = self.state.clone();
         let mut utf8 = self.utf8;
         let mut next = Vec::new();
@@ -276,6 +309,7 @@ impl Matcher {
         }
         self.state = cur;
         self.utf8 = utf8;
+        self.check_limits();
         true
     }
 
@@ -292,28 +326,49 @@ impl Matcher {
     /// they are; end-of-generation is the caller's: see [`Matcher::is_complete`]). One walk
     /// of the vocabulary's trie: a subtree is skipped as soon as its prefix is rejected.
     pub fn allowed_tokens(&mut self, trie: &TokenTrie, allowed: &mut [bool]) {
-        debug_assert_eq!(allowed.len(), trie.n_vocab);
+        if self.exhausted {
+            return;
+        }
         if self.scratch.is_empty() {
             self.scratch.push((Vec::new(), Utf8::default()));
         }
         self.scratch[0].0.clone_from(&self.state);
         self.scratch[0].1 = self.utf8;
-        self.walk(trie, 0, trie.nodes.len(), 0, allowed);
+        let budget = self.stacks.steps + MAX_WALK_STEPS;
+        self.walk(trie, 0, trie.nodes.len(), 0, allowed, budget);
         for &(node, id) in &trie.duplicates {
-            if let Some(t) = trie.nodes[node as usize].token() {
-                allowed[id as usize] = allowed[t as usize];
+            if let (Some(t), true) = (
+                trie.nodes[node as usize].token(),
+                (id as usize) < allowed.len(),
+            ) {
+                allowed[id as usize] = allowed.get(t as usize).copied().unwrap_or(false);
             }
+        }
+        self.check_limits();
+        if self.stacks.steps > budget {
+            self.exhausted = true;
+        }
+        if self.exhausted {
+            allowed.fill(false);
         }
     }
 
-    fn walk(&mut self, trie: &TokenTrie, lo: usize, hi: usize, depth: usize, out: &mut [bool]) {
+    fn walk(
+        &mut self,
+        trie: &TokenTrie,
+        lo: usize,
+        hi: usize,
+        depth: usize,
+        out: &mut [bool],
+        budget: u64,
+    ) {
         if self.scratch.len() < depth + 2 {
             self.scratch
                 .resize(depth + 2, (Vec::new(), Utf8::default()));
         }
         let (from, utf8) = std::mem::take(&mut self.scratch[depth]);
         let mut i = lo;
-        while i < hi {
+        while i < hi && self.stacks.steps <= budget {
             let node = trie.nodes[i];
             let (mut to, mut to_utf8) = std::mem::take(&mut self.scratch[depth + 1]);
             let ok = self
@@ -321,11 +376,11 @@ impl Matcher {
                 .step_byte(&from, utf8, node.byte, &mut to, &mut to_utf8);
             self.scratch[depth + 1] = (to, to_utf8);
             if ok {
-                if let Some(t) = node.token() {
-                    out[t as usize] = true;
+                if let Some(a) = node.token().and_then(|t| out.get_mut(t as usize)) {
+                    *a = true;
                 }
                 if i + 1 < node.end as usize {
-                    self.walk(trie, i + 1, node.end as usize, depth + 1, out);
+                    self.walk(trie, i + 1, node.end as usize, depth + 1, out, budget);
                 }
             }
             i = node.end as usize;

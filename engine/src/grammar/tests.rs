@@ -296,3 +296,26 @@ fn unsupported_keywords_are_refused_by_name() {
         assert_eq!(e.keyword, kw, "{schema}: {e}");
     }
 }
+
+/// A grammar ambiguous enough to need unbounded work per token is cut off at the matcher's
+/// limits (bounded time and memory per request), never followed at any cost.
+#[test]
+fn an_ambiguous_grammar_exhausts_the_matcher_instead_of_the_server() {
+    let tok = tokenizer();
+    let g = Arc::new(Grammar::parse("root ::= (.{0,60}){0,60}").expect("no left recursion"));
+    let mut m = Matcher::new(g.clone());
+    assert!(m.advance("some text".as_bytes()));
+    let mut allowed = vec![false; tok.n_tokens()];
+    let started = std::time::Instant::now();
+    m.allowed_tokens(tok.token_trie(), &mut allowed);
+    assert!(m.is_exhausted());
+    assert!(!allowed.contains(&true));
+    assert!(!m.advance(b"x"), "nothing is allowed once exhausted");
+    // The walk stopped at its budget (a full walk at 256 stacks would take seconds).
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // A JSON grammar stays far inside the limits.
+    let mut j = Matcher::new(Arc::new(Grammar::json_object()));
+    assert!(j.advance(b"{\"a\": \"text "));
+    j.allowed_tokens(tok.token_trie(), &mut allowed);
+    assert!(!j.is_exhausted() && allowed.contains(&true));
+}

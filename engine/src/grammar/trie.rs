@@ -28,7 +28,6 @@ pub struct TokenTrie {
     pub(crate) nodes: Vec<TrieNode>,
     /// Tokens with the same bytes as the token at a node (rare): (node, id).
     pub(crate) duplicates: Vec<(u32, u32)>,
-    pub(crate) n_vocab: usize,
 }
 
 impl TokenTrie {
@@ -42,7 +41,6 @@ impl TokenTrie {
         let mut t = Self {
             nodes: Vec::with_capacity(keys.len() * 3),
             duplicates: Vec::new(),
-            n_vocab,
         };
         t.build(&keys, 0);
         t

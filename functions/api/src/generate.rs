@@ -133,7 +133,9 @@ fn unix_now() -> u64 {
 fn finish_reason(output: &GenerateOutput) -> &'static str {
     match output.stop_reason {
         // Cut short by the deadline: like max_tokens, the text is incomplete.
-        StopReason::Length | StopReason::Deadline => "length",
+        // Cut short by the deadline or the grammar's limits: like max_tokens, the text is
+        // incomplete.
+        StopReason::Length | StopReason::Deadline | StopReason::GrammarLimit => "length",
         StopReason::Stop | StopReason::Cancelled => "stop",
     }
 }

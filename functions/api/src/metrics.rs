@@ -132,6 +132,7 @@ impl Metrics {
             StopReason::Length => "length",
             StopReason::Deadline => "deadline",
             StopReason::Cancelled => "cancelled",
+            StopReason::GrammarLimit => "grammar_limit",
         };
         self.generations
             .get_or_create(&ReasonLabels { reason })

@@ -147,6 +147,7 @@ fn turn_line(out: &GenerateOutput) -> String {
         StopReason::Length => ", cut at the token limit",
         StopReason::Cancelled => ", stopped",
         StopReason::Deadline => ", out of time",
+        StopReason::GrammarLimit => ", at the grammar's limits",
     };
     format!(
         "[prompt {} tokens: {computed} computed at {:.1} tok/s, {} cached | answer {} tokens at {:.1} tok/s{ended}]",
