@@ -268,3 +268,70 @@ fn json_schema_output_parses_and_streams_the_same() {
         assert!(m.advance(out.text.as_bytes()), "{:?}", out.text);
     }
 }
+
+/// Speculative decoding by prompt lookup changes nothing in the output: greedy and seeded
+/// sampling, with a grammar, logprobs and stop strings, alone and through the scheduler.
+#[test]
+fn drafts_never_change_the_output() {
+    // A prompt that repeats itself, so that lookups find matches.
+    let prompt: Vec<u32> = [128000u32]
+        .into_iter()
+        .chain((0..6).flat_map(|_| [791u32, 6864, 315, 9822, 374, 12366, 13]))
+        .collect();
+    let cases = [
+        greedy(48),
+        GenerateParams {
+            sampling: SamplingParams {
+                seed: Some(9),
+                temperature: 0.7,
+                repeat_penalty: 1.1,
+                ..Default::default()
+            },
+            logprobs: Some(2),
+            stop_strings: vec!["zzz".into()],
+            ..greedy(40)
+        },
+        GenerateParams {
+            grammar: Some(Arc::new(
+                Grammar::parse(r#"root ::= ([a-z ]{1,40} "." " "?){1,8}"#).expect("grammar"),
+            )),
+            sampling: SamplingParams {
+                seed: Some(4),
+                ..Default::default()
+            },
+            ..greedy(40)
+        },
+    ];
+    let (mut drafted, mut accepted) = (0, 0);
+    for (k, params) in cases.into_iter().enumerate() {
+        let plain = run(&prompt, &params);
+        let spec_params = GenerateParams {
+            draft_max: 8,
+            ..params.clone()
+        };
+        let spec = run(&prompt, &spec_params);
+        assert_eq!(spec.token_ids, plain.token_ids, "case {k}");
+        assert_eq!(spec.text, plain.text, "case {k}");
+        assert_eq!(spec.logprobs, plain.logprobs, "case {k}");
+        assert_eq!(spec.stop_reason, plain.stop_reason, "case {k}");
+        assert!(spec.draft_accepted <= spec.draft_tokens);
+        assert_eq!(plain.draft_tokens, 0);
+        drafted += spec.draft_tokens;
+        accepted += spec.draft_accepted;
+        // Through the scheduler (alone: it drafts there too).
+        let sched = Scheduler::new(model().clone(), SchedulerConfig::default());
+        let mut streamed = String::new();
+        let s = sched
+            .generate_blocking(
+                prompt.clone(),
+                spec_params,
+                Interrupt::new(),
+                &mut |t, _| streamed.push_str(t),
+            )
+            .expect("scheduler");
+        assert_eq!(s.token_ids, plain.token_ids, "case {k}, scheduler");
+        assert_eq!(streamed, plain.text, "case {k}, scheduler");
+    }
+    assert!(drafted > 0, "the repeated prompt gave drafts");
+    assert!(accepted > 0, "and some were right");
+}

@@ -35,7 +35,17 @@ pub struct GenerateParams {
     /// evaluation harnesses score), with `logprobs` alternatives each. `max_tokens` may then
     /// be 0: the prompt is scored and nothing generated.
     pub prompt_logprobs: bool,
+    /// Speculative decoding by prompt lookup: up to this many draft tokens per step, taken
+    /// from where the last tokens appeared before in the prompt or the output, checked in the
+    /// same forward pass. Output is unchanged (each token is still sampled from its own
+    /// logits, in order; a draft only saves the passes of tokens it guessed). 0: off.
+    pub draft_max: usize,
 }
+
+/// Most draft tokens per step [`GenerateParams::draft_max`] may ask for.
+pub const MAX_DRAFT: usize = 16;
+/// The front doors' default [`GenerateParams::draft_max`].
+pub const DEFAULT_DRAFT_MAX: usize = 8;
 
 /// Most alternatives per token [`GenerateParams::logprobs`] may ask for (OpenAI's limit).
 pub const MAX_TOP_LOGPROBS: usize = 20;
@@ -54,6 +64,12 @@ impl GenerateParams {
             return Err(EngineError::invalid_param(
                 "top_logprobs",
                 format!("must be between 0 and {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        if self.draft_max > MAX_DRAFT {
+            return Err(EngineError::invalid_param(
+                "draft_max",
+                format!("must be at most {MAX_DRAFT}"),
             ));
         }
         if self.prompt_logprobs && self.logprobs.is_none() {
@@ -207,6 +223,9 @@ pub struct GenerateOutput {
     pub logprobs: Vec<TokenLogprob>,
     /// Per prompt token after the first, when `prompt_logprobs` was asked for.
     pub prompt_logprobs: Vec<TokenLogprob>,
+    /// Draft tokens fed by speculative decoding, and how many of them were accepted.
+    pub draft_tokens: usize,
+    pub draft_accepted: usize,
 }
 
 impl GenerateOutput {
@@ -223,6 +242,8 @@ impl GenerateOutput {
             cached_prompt_tokens: 0,
             logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
+            draft_tokens: 0,
+            draft_accepted: 0,
         }
     }
 }
@@ -324,6 +345,50 @@ pub(crate) struct Emitted {
 /// (n_vocab floats), 8 MB for 16 rows of a 128k vocabulary.
 const SCORED_PROMPT_CHUNK: usize = 16;
 
+/// Prompt lookup for speculative decoding: the longest of these suffix lengths of the
+/// history that occurred before gives the draft (what followed it). Two tokens at least: a
+/// single token recurs too often to predict much.
+const DRAFT_NGRAM: [usize; 3] = [4, 3, 2];
+/// After a draft of which nothing was accepted, drafting pauses for 1, 2, 4, ... up to this
+/// many steps (a rejected draft costs its rows' compute).
+const DRAFT_MAX_PAUSE: usize = 32;
+
+/// Speculative decoding's state in a sequence.
+#[derive(Debug, Clone, Default)]
+struct Drafting {
+    /// This step's input: the last sampled token, then the draft.
+    input: Vec<u32>,
+    /// Steps to skip before drafting again, and the next pause after a rejection.
+    pause: usize,
+    next_pause: usize,
+    drafted: usize,
+    accepted: usize,
+}
+
+/// Where the tokens after the last `n` of `history` appeared before (most recent match
+/// first), for `n` in [`DRAFT_NGRAM`]: up to `max` of the tokens that followed.
+fn lookup_draft(history: &[u32], max: usize, out: &mut Vec<u32>) {
+    out.clear();
+    if max == 0 {
+        return;
+    }
+    for n in DRAFT_NGRAM {
+        if history.len() <= n {
+            continue;
+        }
+        let suffix = &history[history.len() - n..];
+        // Candidates end before the suffix itself; the most recent one wins.
+        for start in (0..history.len() - n).rev() {
+            if &history[start..start + n] == suffix {
+                let from = start + n;
+                let to = (from + max).min(history.len());
+                out.extend_from_slice(&history[from..to]);
+                return;
+            }
+        }
+    }
+}
+
 /// What a grammar needs while sampling: where the text is in it, and scratch.
 #[derive(Debug, Clone)]
 struct Constraint {
@@ -357,6 +422,7 @@ pub(crate) struct Sequence {
     constraint: Option<Constraint>,
     logprobs: Vec<TokenLogprob>,
     prompt_logprobs: Vec<TokenLogprob>,
+    drafting: Drafting,
 }
 
 impl Sequence {
@@ -395,6 +461,7 @@ impl Sequence {
             }),
             logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
+            drafting: Drafting::default(),
             prompt,
             params,
         }
@@ -426,6 +493,7 @@ impl Sequence {
             constraint: self.constraint.clone(),
             logprobs: Vec::new(),
             prompt_logprobs: self.prompt_logprobs.clone(),
+            drafting: Drafting::default(),
         }
     }
 
@@ -445,9 +513,30 @@ impl Sequence {
     }
 
     /// The next tokens to feed: up to `budget` prompt tokens while the prompt is being read,
-    /// then the last sampled token.
-    pub(crate) fn next_input(&self, budget: usize) -> &[u32] {
+    /// then the last sampled token, followed by up to `budget - 1` draft tokens when
+    /// speculative decoding is on ([`GenerateParams::draft_max`]) and the history has a match.
+    pub(crate) fn next_input(&mut self, budget: usize) -> &[u32] {
         let at = self.cache.len();
+        if at + 1 == self.history.len() && self.params.draft_max > 0 && budget > 1 {
+            let d = &mut self.drafting;
+            d.input.clear();
+            d.input.push(self.history[at]);
+            if d.pause > 0 {
+                d.pause -= 1;
+            } else {
+                // Room: the cache, and max_tokens (the token after an accepted draft counts).
+                let room = (self.cache.capacity() - at - 1)
+                    .min(self.params.max_tokens.saturating_sub(self.generated + 1))
+                    .min(self.params.draft_max)
+                    .min(budget - 1);
+                let mut draft = std::mem::take(&mut d.input);
+                let mut found = Vec::new();
+                lookup_draft(&self.history, room, &mut found);
+                draft.extend_from_slice(&found);
+                d.input = draft;
+            }
+            return &self.drafting.input;
+        }
         let budget = if self.params.prompt_logprobs {
             budget.min(SCORED_PROMPT_CHUNK)
         } else {
@@ -460,7 +549,10 @@ impl Sequence {
     /// Which logits feeding `fed` tokens from [`Sequence::next_input`] needs: the last
     /// row's to sample from, and every row's while a scored prompt is read.
     pub(crate) fn logit_rows(&self, fed: usize) -> LogitRows {
-        if self.params.prompt_logprobs && self.cache.len() < self.prompt.len() {
+        if (self.params.prompt_logprobs && self.cache.len() < self.prompt.len())
+            || self.cache.len() + fed > self.history.len()
+        {
+            // A scored prompt, or a draft: every row.
             LogitRows::All
         } else if self.cache.len() + fed == self.history.len() {
             LogitRows::Last
@@ -486,7 +578,7 @@ impl Sequence {
         logits: &'l mut [f32],
         n_vocab: usize,
     ) -> Option<&'l mut [f32]> {
-        if rows == LogitRows::All {
+        if rows == LogitRows::All && start < self.prompt.len() {
             self.on_prompt_logits(start, logits, n_vocab);
         }
         if rows == LogitRows::None || self.cache.len() < self.history.len() {
@@ -494,6 +586,51 @@ impl Sequence {
         }
         let last = logits.len() - n_vocab;
         Some(&mut logits[last..])
+    }
+
+    /// Whether the last step fed a draft ([`Sequence::on_draft_rows`] takes its logits).
+    pub(crate) fn fed_draft(&self) -> bool {
+        self.cache.len() > self.history.len()
+    }
+
+    /// Takes the logits of a step that fed the last sampled token and a draft (one row per
+    /// token fed): samples from the rows in order, as one step at a time would, as long as
+    /// each sample equals the draft token its row was fed, then rewinds the cache past what
+    /// was not accepted. Emits every sampled token; the sampling, stops and limits are
+    /// [`Sequence::on_logits`]'s, so the output is what decoding without a draft gives.
+    pub(crate) fn on_draft_rows(
+        &mut self,
+        tok: &Tokenizer,
+        rows: &mut [f32],
+        n_vocab: usize,
+    ) -> Vec<Emitted> {
+        let draft: Vec<u32> = self.drafting.input[1..].to_vec();
+        let base = self.history.len(); // the cache's valid length once the step is taken
+        let mut out = Vec::new();
+        let mut accepted = 0;
+        for (r, row) in rows.chunks_exact_mut(n_vocab).enumerate() {
+            let e = self.on_logits(tok, row);
+            let hit = e
+                .as_ref()
+                .is_some_and(|e| draft.get(r) == Some(&e.token_id));
+            out.extend(e);
+            if !hit || self.is_finished() {
+                accepted += usize::from(hit);
+                break;
+            }
+            accepted += 1;
+        }
+        let d = &mut self.drafting;
+        d.drafted += draft.len();
+        d.accepted += accepted;
+        if accepted == 0 {
+            d.pause = d.next_pause.max(1);
+            d.next_pause = (d.pause * 2).min(DRAFT_MAX_PAUSE);
+        } else {
+            d.next_pause = 0;
+        }
+        self.cache.truncate(base + accepted);
+        out
     }
 
     /// Takes the logits of a scored prompt's chunk: `rows` holds one row per token fed at
@@ -635,6 +772,8 @@ impl Sequence {
             cached_prompt_tokens: self.reused,
             logprobs: std::mem::take(&mut self.logprobs),
             prompt_logprobs: std::mem::take(&mut self.prompt_logprobs),
+            draft_tokens: self.drafting.drafted,
+            draft_accepted: self.drafting.accepted,
         }
     }
 }
@@ -719,6 +858,7 @@ pub(crate) fn generate(
     let mut logits = Vec::new();
     let tok = model.tokenizer();
     while !seq.check_interrupt() {
+        // Alone: a draft may ride along with every decode step.
         let input = seq.next_input(usize::MAX).to_vec();
         let (start, rows) = (seq.cache.len(), seq.logit_rows(input.len()));
         logits.resize(rows.count(input.len()) * n_vocab, 0.0);
@@ -739,10 +879,15 @@ pub(crate) fn generate(
             }
             Err(e) => return Err(e),
         }
-        let emitted = seq
-            .take_rows(start, rows, &mut logits, n_vocab)
-            .and_then(|row| seq.on_logits(tok, row));
-        if let Some(e) = emitted {
+        let emitted = if seq.fed_draft() {
+            seq.on_draft_rows(tok, &mut logits, n_vocab)
+        } else {
+            seq.take_rows(start, rows, &mut logits, n_vocab)
+                .and_then(|row| seq.on_logits(tok, row))
+                .into_iter()
+                .collect()
+        };
+        for e in emitted {
             let piece = Piece {
                 text: &e.text,
                 token_id: e.token_id,
@@ -750,6 +895,7 @@ pub(crate) fn generate(
             };
             if on_piece(piece).is_break() {
                 seq.stop(StopReason::Cancelled);
+                break;
             }
         }
         if seq.is_finished() {

@@ -619,12 +619,24 @@ impl Worker {
         // a long document).
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.running.len());
         let mut reading: Vec<(usize, usize)> = Vec::new();
+        // A sequence decoding alone may feed a draft with its token (speculative decoding:
+        // the step reads the weights once either way); in a shared step the rows are others'.
+        let decoders = self
+            .running
+            .iter()
+            .filter(|r| r.pending.is_empty() && r.seq.prompt_left() == 0)
+            .count();
+        let decode_rows = if decoders == 1 && self.running.len() == 1 {
+            1 + crate::generate::MAX_DRAFT
+        } else {
+            1
+        };
         for (i, r) in self.running.iter().enumerate() {
             if !r.pending.is_empty() {
                 continue; // waiting for its client
             }
             match r.seq.prompt_left() {
-                0 => plan.push((i, 1)),
+                0 => plan.push((i, decode_rows)),
                 left => reading.push((left, i)),
             }
         }
@@ -745,6 +757,14 @@ impl Worker {
             }
             let rows = &mut self.logits[j * n_vocab..(j + n_rows) * n_vocab];
             j += n_rows;
+            if self.running[i].seq.fed_draft() {
+                let r = &mut self.running[i];
+                for e in r.seq.on_draft_rows(tok, rows, n_vocab) {
+                    c.generated_tokens.fetch_add(1, Ordering::Relaxed);
+                    r.emit(e);
+                }
+                continue;
+            }
             let Some(logits) = self.running[i].seq.take_rows(start, wanted, rows, n_vocab) else {
                 continue; // a scored prompt's chunk short of its end
             };

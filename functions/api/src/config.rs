@@ -104,6 +104,9 @@ pub struct ApiConfig {
     /// `max_tokens` when the request gives none (`BITNET_DEFAULT_MAX_TOKENS`, default 512),
     /// clamped to what fits in the context.
     pub default_max_tokens: usize,
+    /// Speculative decoding by prompt lookup: draft tokens per step for a sequence decoding
+    /// alone (`BITNET_DRAFT_MAX`, default 8; 0 turns it off). Output is unchanged.
+    pub draft_max: usize,
     /// Start fetching and loading the model as soon as the state is built
     /// (`BITNET_PRELOAD`, default on); otherwise on the first generation request.
     pub preload: bool,
@@ -154,6 +157,7 @@ impl Default for ApiConfig {
             threads: None,
             head: bitnet_engine::HeadPrecision::File,
             default_max_tokens: 512,
+            draft_max: bitnet_engine::generate::DEFAULT_DRAFT_MAX,
             preload: true,
             max_context: 4096,
             stream_stall: Duration::from_secs(5),
@@ -239,6 +243,10 @@ impl ApiConfig {
                 .parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
                 .filter(|&t| t > 0)
                 .unwrap_or(d.default_max_tokens),
+            draft_max: env
+                .parse::<usize>("BITNET_DRAFT_MAX")
+                .map(|n| n.min(bitnet_engine::generate::MAX_DRAFT))
+                .unwrap_or(d.draft_max),
             preload: env.flag("BITNET_PRELOAD").unwrap_or(d.preload),
             max_context: env
                 .parse::<usize>("BITNET_CTX_SIZE")

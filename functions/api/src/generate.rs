@@ -104,7 +104,10 @@ pub async fn prepare(state: &AppState, req: &CompletionRequest) -> Result<Prepar
     Ok(Prepared {
         engine,
         prompt,
-        params: req.generate_params(max_tokens),
+        params: GenerateParams {
+            draft_max: state.config().draft_max,
+            ..req.generate_params(max_tokens)
+        },
     })
 }
 
@@ -171,6 +174,8 @@ pub fn timings(o: &GenerateOutput) -> Value {
         "predicted_ms": o.decode_ms,
         "predicted_per_token_ms": if o.completion_tokens > 0 { o.decode_ms / o.completion_tokens as f64 } else { 0.0 },
         "predicted_per_second": per_s(o.completion_tokens, o.decode_ms),
+        "draft_n": o.draft_tokens,
+        "draft_n_accepted": o.draft_accepted,
     })
 }
 

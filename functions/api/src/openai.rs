@@ -285,6 +285,8 @@ impl CompletionRequest {
                 .logprobs
                 .or((self.echo && max_tokens == 0).then_some(0)),
             prompt_logprobs: self.echo && (self.logprobs.is_some() || max_tokens == 0),
+            // The server's setting, not the request's (`generate::prepare`).
+            draft_max: 0,
         }
     }
 }

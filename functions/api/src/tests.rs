@@ -153,6 +153,8 @@ impl Engine for FakeEngine {
                     } else {
                         Vec::new()
                     },
+                    draft_tokens: 0,
+                    draft_accepted: 0,
                 })));
             });
         }

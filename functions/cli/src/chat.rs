@@ -315,6 +315,8 @@ pub fn run(args: ChatArgs) -> Result<()> {
         params: GenerateParams {
             max_tokens: args.max_tokens,
             sampling: args.sampling.params(),
+            // One user: every answer decodes alone, a draft can ride along.
+            draft_max: bitnet_engine::generate::DEFAULT_DRAFT_MAX,
             ..Default::default()
         },
         totals: Totals::default(),
@@ -422,6 +424,8 @@ mod tests {
             cached_prompt_tokens: 40,
             logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
+            draft_tokens: 0,
+            draft_accepted: 0,
         };
         assert_eq!(
             turn_line(&out),

@@ -263,6 +263,10 @@ struct GenerateArgs {
     /// The output is a JSON object.
     #[arg(long)]
     json_object: bool,
+    /// Speculative decoding by prompt lookup: up to N draft tokens per step (0: off). The
+    /// output is the same either way.
+    #[arg(long, default_value_t = bitnet_engine::generate::DEFAULT_DRAFT_MAX)]
+    draft_max: usize,
 }
 
 #[derive(clap::Args)]
@@ -561,6 +565,7 @@ fn output_json(prompt: &[u32], out: &bitnet_engine::GenerateOutput) -> serde_jso
         "stop_reason": out.stop_reason, "prompt_ms": out.prompt_ms, "decode_ms": out.decode_ms,
         "prompt_tok_s": out.prompt_tokens as f64 / (out.prompt_ms / 1e3),
         "decode_tok_s": if out.completion_tokens > 1 { (out.completion_tokens - 1) as f64 / (out.decode_ms / 1e3) } else { 0.0 },
+        "draft_tokens": out.draft_tokens, "draft_accepted": out.draft_accepted,
     })
 }
 
@@ -632,6 +637,7 @@ fn generate_params(a: &GenerateArgs) -> Result<GenerateParams> {
         },
         stop_strings: a.stop.clone(),
         grammar: grammar.map(Arc::new),
+        draft_max: a.draft_max,
         ..Default::default()
     })
 }
