@@ -100,6 +100,32 @@ pub fn llama3_tokenizer_parts() -> Result<TokenizerParts, FixtureError> {
         .map_err(|m| FixtureError::Tokenizer(format!("shipped tokenizer: {m}")))
 }
 
+/// llama.cpp's Qwen2 vocabulary-only GGUF (`models/ggml-vocab-qwen2.gguf`, gzip), the
+/// tokenizer of Qwen3 and of `bitnet-embedding-0.6b`: shipped for the embedding fixtures and
+/// the tokenizer tests. Only with the `bundled-tokenizer` feature.
+#[cfg(feature = "bundled-tokenizer")]
+const QWEN2_VOCAB_GGUF_GZ: &[u8] = include_bytes!("../data/qwen2-vocab.gguf.gz");
+
+/// The Qwen2 vocabulary file's bytes (a GGUF without tensors).
+#[cfg(feature = "bundled-tokenizer")]
+pub fn qwen2_vocab_gguf() -> Result<Vec<u8>, FixtureError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(QWEN2_VOCAB_GGUF_GZ)
+        .read_to_end(&mut bytes)
+        .map_err(|e| FixtureError::Tokenizer(format!("shipped Qwen2 vocabulary: {e}")))?;
+    Ok(bytes)
+}
+
+/// The Qwen2 tokenizer's GGUF arrays, from the copy shipped in the crate.
+#[cfg(feature = "bundled-tokenizer")]
+pub fn qwen2_tokenizer_parts() -> Result<TokenizerParts, FixtureError> {
+    let g = crate::gguf::GgufFile::from_backing(std::sync::Arc::new(qwen2_vocab_gguf()?))
+        .map_err(|e| FixtureError::Tokenizer(format!("shipped Qwen2 vocabulary: {e}")))?;
+    TokenizerParts::from_gguf(&g)
+        .map_err(|e| FixtureError::Tokenizer(format!("shipped Qwen2 vocabulary: {e}")))
+}
+
 /// Reads a Hugging Face `tokenizer.json` (byte-level BPE) into GGUF tokenizer arrays: the
 /// vocabulary and added tokens by id, CONTROL for special added tokens, merges as "a b".
 pub fn tokenizer_parts_from_hf_json(path: &Path) -> Result<TokenizerParts, FixtureError> {

@@ -41,6 +41,46 @@ fn every_llama_bpe_vector_matches() {
     eprintln!("{} tokenizer vectors pass", expected.len());
 }
 
+/// Qwen2 / Qwen3 (the embedding model's tokenizer): llama.cpp's `ggml-vocab-qwen2.gguf`
+/// vectors against that very file (shipped gzip, read as a GGUF without tensors).
+#[test]
+fn every_qwen2_vector_matches() {
+    let dir = fixture_dir();
+    let inp = std::fs::read_to_string(dir.join("qwen2.inp")).unwrap();
+    let out = std::fs::read_to_string(dir.join("qwen2.out")).unwrap();
+    let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
+    let expected: Vec<&str> = out.lines().collect();
+    let inputs = &inputs[..expected.len()];
+    let bytes = bitnet_engine::fixture::qwen2_vocab_gguf().expect("shipped");
+    let g = bitnet_engine::gguf::GgufFile::from_backing(std::sync::Arc::new(bytes)).expect("gguf");
+    let tok = bitnet_engine::Tokenizer::from_gguf(&g).expect("tokenizer");
+    assert!(!tok.add_bos, "Qwen2 vocabularies start without BOS");
+    assert_eq!(tok.eos, 151643);
+    let mut failures = Vec::new();
+    for (text, want) in inputs.iter().zip(&expected) {
+        let want: Vec<u32> = want
+            .split_whitespace()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let got = tok.encode(text, false);
+        if got != want {
+            failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
+        }
+        assert_eq!(tok.decode(&got), *text, "round trip");
+    }
+    assert!(expected.len() > 20, "too few vectors read");
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors differ:\n{}",
+        failures.len(),
+        expected.len(),
+        failures.join("\n")
+    );
+    // Digits one by one (Llama 3 groups three).
+    let digits = tok.encode("12345", false);
+    assert_eq!(digits.len(), 5);
+}
+
 #[test]
 fn special_token_text_in_user_input_stays_plain_text() {
     let tok = common::tokenizer();

@@ -461,8 +461,13 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         let offset = c.u64(&|| format!("offset of tensor {name:?}"))?;
         raw.push((name, dims, type_id, offset, off_at));
     }
-    let data_offset = (c.pos as u64).next_multiple_of(alignment);
     let file_len = buf.len() as u64;
+    // A file without tensors (llama.cpp's vocabulary-only files) may end right after its
+    // metadata, without the padding.
+    let data_offset = match (c.pos as u64).next_multiple_of(alignment) {
+        o if raw.is_empty() => o.min(file_len),
+        o => o,
+    };
     if data_offset > file_len {
         return Err(GgufError::Truncated {
             field: "padding before the data section".into(),

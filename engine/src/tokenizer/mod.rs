@@ -157,78 +157,114 @@ struct SpecialIds {
     pre: PreTokenizer,
 }
 
+/// The tokenizer arrays and special ids of a GGUF file, borrowed from it.
+#[allow(clippy::type_complexity)]
+fn gguf_parts(
+    g: &GgufFile,
+) -> Result<
+    (
+        &StringArray,
+        std::borrow::Cow<'_, [i32]>,
+        &StringArray,
+        SpecialIds,
+    ),
+    EngineError,
+> {
+    let invalid = |m: String| EngineError::InvalidModel(m);
+    match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
+        Some("gpt2") => {}
+        Some(other) => {
+            return Err(invalid(format!(
+                "tokenizer model {other:?} is not supported (expected gpt2)"
+            )));
+        }
+        None => return Err(invalid("missing key tokenizer.ggml.model".into())),
+    }
+    static EMPTY: std::sync::LazyLock<StringArray> = std::sync::LazyLock::new(Default::default);
+    let strings = |key: &str| -> Result<&StringArray, EngineError> {
+        match g.get(key) {
+            Some(Value::Strings(a)) => Ok(a),
+            Some(Value::Array { items, .. }) if items.is_empty() => Ok(&*EMPTY),
+            Some(_) => Err(invalid(format!("{key} is not an array of strings"))),
+            None => Err(invalid(format!("missing key {key}"))),
+        }
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?;
+    let token_types = match g.get("tokenizer.ggml.token_type") {
+        Some(Value::I32s(a)) => std::borrow::Cow::Borrowed(a.as_slice()),
+        Some(Value::Array { items, .. }) => items
+            .iter()
+            .map(|v| match v {
+                Value::I32(t) => Some(*t),
+                other => other.as_u64().map(|t| t as i32),
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(std::borrow::Cow::Owned)
+            .ok_or_else(|| invalid("tokenizer.ggml.token_type is not an integer array".into()))?,
+        Some(_) => {
+            return Err(invalid(
+                "tokenizer.ggml.token_type is not an integer array".into(),
+            ));
+        }
+        None => std::borrow::Cow::Owned(vec![token_type::NORMAL; tokens.len()]),
+    };
+    let id = |key: &str, default: u32| -> u32 {
+        g.get(key)
+            .and_then(Value::as_u64)
+            .map_or(default, |v| v as u32)
+    };
+    let pre = match g.get("tokenizer.ggml.pre").and_then(Value::as_str) {
+        // Absent in the official file: the model was trained with the Llama 3 rule.
+        None | Some("llama-bpe" | "llama3" | "llama-v3") => PreTokenizer::Llama3,
+        Some("default") => PreTokenizer::LlamaCppDefault,
+        Some("qwen2") => PreTokenizer::Qwen2,
+        Some(other) => {
+            return Err(invalid(format!("pre-tokenizer {other:?} is not supported")));
+        }
+    };
+    let ids = SpecialIds {
+        bos: id("tokenizer.ggml.bos_token_id", 128000),
+        eos: id("tokenizer.ggml.eos_token_id", 128001),
+        eot: g
+            .get("tokenizer.ggml.eot_token_id")
+            .and_then(Value::as_u64)
+            .map(|v| v as u32),
+        // Llama 3 starts with BOS; Qwen2/Qwen3 vocabularies have none of their own (their
+        // BOS id is <|endoftext|>) and their models are not trained with one.
+        add_bos: g
+            .get("tokenizer.ggml.add_bos_token")
+            .and_then(Value::as_bool)
+            .unwrap_or(pre != PreTokenizer::Qwen2),
+        pre,
+    };
+    Ok((tokens, token_types, merges, ids))
+}
+
+impl TokenizerParts {
+    /// The tokenizer's inputs as a GGUF file holds them (a model, or llama.cpp's
+    /// vocabulary-only files), copied out.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
+        let (tokens, token_types, merges, ids) = gguf_parts(g)?;
+        Ok(Self {
+            tokens: tokens.clone(),
+            token_types: token_types.into_owned(),
+            merges: merges.clone(),
+            bos: ids.bos,
+            eos: ids.eos,
+            eot: ids.eot,
+            add_bos: ids.add_bos,
+            pre: ids.pre,
+        })
+    }
+}
+
 /// Id of `<|eot_id|>` in Llama 3 vocabularies (files often lack `eot_token_id`).
 const LLAMA3_EOT: u32 = 128009;
 
 impl Tokenizer {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
-        let invalid = |m: String| EngineError::InvalidModel(m);
-        match g.get("tokenizer.ggml.model").and_then(Value::as_str) {
-            Some("gpt2") => {}
-            Some(other) => {
-                return Err(invalid(format!(
-                    "tokenizer model {other:?} is not supported (expected gpt2)"
-                )));
-            }
-            None => return Err(invalid("missing key tokenizer.ggml.model".into())),
-        }
-        let empty = StringArray::default();
-        let strings = |key: &str| -> Result<&StringArray, EngineError> {
-            match g.get(key) {
-                Some(Value::Strings(a)) => Ok(a),
-                Some(Value::Array { items, .. }) if items.is_empty() => Ok(&empty),
-                Some(_) => Err(invalid(format!("{key} is not an array of strings"))),
-                None => Err(invalid(format!("missing key {key}"))),
-            }
-        };
-        let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
-        let token_types = match g.get("tokenizer.ggml.token_type") {
-            Some(Value::I32s(a)) => std::borrow::Cow::Borrowed(a.as_slice()),
-            Some(Value::Array { items, .. }) => items
-                .iter()
-                .map(|v| match v {
-                    Value::I32(t) => Some(*t),
-                    other => other.as_u64().map(|t| t as i32),
-                })
-                .collect::<Option<Vec<_>>>()
-                .map(std::borrow::Cow::Owned)
-                .ok_or_else(|| {
-                    invalid("tokenizer.ggml.token_type is not an integer array".into())
-                })?,
-            Some(_) => {
-                return Err(invalid(
-                    "tokenizer.ggml.token_type is not an integer array".into(),
-                ));
-            }
-            None => std::borrow::Cow::Owned(vec![token_type::NORMAL; tokens.len()]),
-        };
-        let id = |key: &str, default: u32| -> u32 {
-            g.get(key)
-                .and_then(Value::as_u64)
-                .map_or(default, |v| v as u32)
-        };
-        let pre = match g.get("tokenizer.ggml.pre").and_then(Value::as_str) {
-            // Absent in the official file: the model was trained with the Llama 3 rule.
-            None | Some("llama-bpe" | "llama3" | "llama-v3") => PreTokenizer::Llama3,
-            Some("default") => PreTokenizer::LlamaCppDefault,
-            Some(other) => {
-                return Err(invalid(format!("pre-tokenizer {other:?} is not supported")));
-            }
-        };
-        let ids = SpecialIds {
-            bos: id("tokenizer.ggml.bos_token_id", 128000),
-            eos: id("tokenizer.ggml.eos_token_id", 128001),
-            eot: g
-                .get("tokenizer.ggml.eot_token_id")
-                .and_then(Value::as_u64)
-                .map(|v| v as u32),
-            add_bos: g
-                .get("tokenizer.ggml.add_bos_token")
-                .and_then(Value::as_bool)
-                .unwrap_or(true),
-            pre,
-        };
+        let (tokens, token_types, merges, ids) = gguf_parts(g)?;
         Self::build(tokens, &token_types, merges, ids)
     }
 
@@ -375,7 +411,7 @@ impl Tokenizer {
         };
         let eot = match p.eot {
             Some(e) => check(e, "eot")?,
-            None if (LLAMA3_EOT as usize) < n => LLAMA3_EOT,
+            None if p.pre != PreTokenizer::Qwen2 && (LLAMA3_EOT as usize) < n => LLAMA3_EOT,
             None => p.eos,
         };
         Ok(Self {

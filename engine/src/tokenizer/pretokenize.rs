@@ -15,6 +15,19 @@ pub enum PreTokenizer {
     /// llama.cpp's fallback for files without `tokenizer.ggml.pre` (what bitnet.cpp uses on
     /// the official file): punctuation runs, GPT-2 pattern, digit runs, groups of three digits.
     LlamaCppDefault,
+    /// Qwen2 / Qwen3 (`tokenizer.ggml.pre = qwen2`): the Llama 3 pattern with digits one by
+    /// one (`\p{N}` instead of `\p{N}{1,3}`), BPE merges always applied.
+    Qwen2,
+}
+
+impl PreTokenizer {
+    /// Most digits one piece may hold.
+    fn digit_run(self) -> usize {
+        match self {
+            Self::Qwen2 => 1,
+            _ => 3,
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -77,18 +90,27 @@ impl Chars {
 pub fn split(rule: PreTokenizer, text: &str, out: &mut Vec<(usize, usize)>) {
     let ch = Chars::new(text);
     match rule {
-        PreTokenizer::Llama3 => split_llama3(&ch, 0, ch.c.len(), out),
+        PreTokenizer::Llama3 | PreTokenizer::Qwen2 => {
+            split_llama3(&ch, 0, ch.c.len(), rule.digit_run(), out)
+        }
         PreTokenizer::LlamaCppDefault => split_default(&ch, out),
     }
 }
 
-/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-fn split_llama3(ch: &Chars, start: usize, end: usize, out: &mut Vec<(usize, usize)>) {
+/// `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,D}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+/// with `D = digits` (3: Llama 3, 1: Qwen2).
+fn split_llama3(
+    ch: &Chars,
+    start: usize,
+    end: usize,
+    digits: usize,
+    out: &mut Vec<(usize, usize)>,
+) {
     let (c, cls) = (&ch.c, &ch.cls);
     let is_nl = |i: usize| c[i] == '\r' || c[i] == '\n';
     let mut i = start;
     while i < end {
-        let len = llama3_match(c, cls, i, end, &is_nl);
+        let len = llama3_match(c, cls, i, end, digits, &is_nl);
         out.push((ch.offs[i], ch.offs[i + len]));
         i += len;
     }
@@ -99,6 +121,7 @@ fn llama3_match(
     cls: &[Class],
     i: usize,
     n: usize,
+    digits: usize,
     is_nl: &dyn Fn(usize) -> bool,
 ) -> usize {
     let lower = |j: usize| c[j].to_ascii_lowercase();
@@ -129,10 +152,10 @@ fn llama3_match(
     if cls[i] != Class::Number && !is_nl(i) && i + 1 < n && cls[i + 1] == Class::Letter {
         return letters_from(i + 2) - i;
     }
-    // 3. \p{N}{1,3}
+    // 3. \p{N}{1,digits}
     if cls[i] == Class::Number {
         let mut j = i + 1;
-        while j < n && j < i + 3 && cls[j] == Class::Number {
+        while j < n && j < i + digits && cls[j] == Class::Number {
             j += 1;
         }
         return j - i;
