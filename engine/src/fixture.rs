@@ -24,9 +24,24 @@ pub struct Preset {
     pub n_head: usize,
     pub n_head_kv: usize,
     pub n_ctx: usize,
+    /// Per-head size when it is not `dim / n_head` (Qwen3: 128), else 0.
+    pub head_dim: usize,
+    /// The BitNet embedding model (`qwen3` with per-projection norms, the Qwen2 tokenizer,
+    /// no head) instead of BitNet b1.58.
+    pub embedding: bool,
 }
 
-pub const PRESETS: [Preset; 3] = [
+impl Preset {
+    pub fn head_dim(&self) -> usize {
+        if self.head_dim > 0 {
+            self.head_dim
+        } else {
+            self.dim / self.n_head
+        }
+    }
+}
+
+pub const PRESETS: [Preset; 5] = [
     Preset {
         name: "tiny",
         n_layer: 2,
@@ -35,6 +50,8 @@ pub const PRESETS: [Preset; 3] = [
         n_head: 2,
         n_head_kv: 1,
         n_ctx: 4096,
+        head_dim: 0,
+        embedding: false,
     },
     Preset {
         name: "small",
@@ -44,6 +61,8 @@ pub const PRESETS: [Preset; 3] = [
         n_head: 4,
         n_head_kv: 1,
         n_ctx: 4096,
+        head_dim: 0,
+        embedding: false,
     },
     // The official 2B4T shapes.
     Preset {
@@ -54,6 +73,33 @@ pub const PRESETS: [Preset; 3] = [
         n_head: 20,
         n_head_kv: 5,
         n_ctx: 4096,
+        head_dim: 0,
+        embedding: false,
+    },
+    // The embedding model's shapes, small: 4 heads of 128 over a width of 256 (q is twice
+    // the width, as in the real model).
+    Preset {
+        name: "embed-tiny",
+        n_layer: 2,
+        dim: 256,
+        ffn_dim: 768,
+        n_head: 4,
+        n_head_kv: 2,
+        n_ctx: 4096,
+        head_dim: 128,
+        embedding: true,
+    },
+    // `bitnet-embedding-0.6b`'s shapes (Qwen3-0.6B backbone).
+    Preset {
+        name: "embed-0.6b",
+        n_layer: 28,
+        dim: 1024,
+        ffn_dim: 3072,
+        n_head: 16,
+        n_head_kv: 8,
+        n_ctx: 32768,
+        head_dim: 128,
+        embedding: true,
     },
 ];
 
@@ -229,6 +275,115 @@ fn embedding_f16(seed: u64, rows: usize, k: usize) -> Vec<u8> {
     out
 }
 
+/// The BitNet embedding model in the layout of Microsoft's converter
+/// (`convert-bitnet-embedding-to-gguf.py`): architecture `qwen3` with `key_length` /
+/// `value_length`, the Qwen2 tokenizer with `<|endoftext|>` as EOS, an F16 embedding and no
+/// output head, F16 norms (the per-head q/k norms F32), and the seven projections of each
+/// layer ternary, each with its own RMSNorm before it (`*_norm_in`).
+fn write_embedding_fixture(
+    spec: &FixtureSpec,
+    tok: &TokenizerParts,
+    w: &mut impl Write,
+) -> Result<(), FixtureError> {
+    let p = spec.preset;
+    let ty = spec.ty;
+    let arch = "qwen3";
+    let n_vocab = tok.tokens.len();
+    let hd = p.head_dim();
+    let (d, f, kv, qd) = (
+        p.dim as u64,
+        p.ffn_dim as u64,
+        (p.n_head_kv * hd) as u64,
+        (p.n_head * hd) as u64,
+    );
+    let mut g = GgufWriter::new();
+    let k = |s: &str| format!("{arch}.{s}");
+    g.add("general.architecture", Value::String(arch.into()));
+    g.add(
+        "general.name",
+        Value::String(format!("synthetic-bitnet-{}-seed{}", p.name, spec.seed)),
+    );
+    g.add(k("context_length"), Value::U32(p.n_ctx as u32));
+    g.add(k("embedding_length"), Value::U32(p.dim as u32));
+    g.add(k("block_count"), Value::U32(p.n_layer as u32));
+    g.add(k("feed_forward_length"), Value::U32(p.ffn_dim as u32));
+    g.add(k("attention.head_count"), Value::U32(p.n_head as u32));
+    g.add(k("attention.head_count_kv"), Value::U32(p.n_head_kv as u32));
+    g.add(k("attention.key_length"), Value::U32(hd as u32));
+    g.add(k("attention.value_length"), Value::U32(hd as u32));
+    g.add(k("attention.layer_norm_rms_epsilon"), Value::F32(1e-6));
+    g.add(k("rope.freq_base"), Value::F32(1_000_000.0));
+    g.add(k("pooling_type"), Value::U32(3));
+    g.add("general.file_type", Value::U32(file_type(ty)));
+    g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
+    g.add("tokenizer.ggml.pre", Value::String("qwen2".into()));
+    g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
+    g.add(
+        "tokenizer.ggml.token_type",
+        Value::I32s(tok.token_types.clone()),
+    );
+    g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
+    g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));
+    g.add("tokenizer.ggml.eos_token_id", Value::U32(tok.eos));
+    g.add("tokenizer.ggml.padding_token_id", Value::U32(tok.eos));
+    g.add("tokenizer.ggml.add_bos_token", Value::Bool(false));
+    g.add("general.quantization_version", Value::U32(2));
+
+    let mut plan: Vec<(String, Vec<u64>, GgmlType)> = vec![(
+        "token_embd.weight".into(),
+        vec![d, n_vocab as u64],
+        GgmlType::F16,
+    )];
+    for i in 0..p.n_layer {
+        let n = |s: &str| format!("blk.{i}.{s}.weight");
+        plan.push((n("attn_norm"), vec![d], GgmlType::F16));
+        plan.push((n("attn_q_norm_in"), vec![d], GgmlType::F16));
+        plan.push((n("attn_q"), vec![d, qd], ty));
+        plan.push((n("attn_k_norm_in"), vec![d], GgmlType::F16));
+        plan.push((n("attn_k"), vec![d, kv], ty));
+        plan.push((n("attn_v_norm_in"), vec![d], GgmlType::F16));
+        plan.push((n("attn_v"), vec![d, kv], ty));
+        plan.push((n("attn_q_norm"), vec![hd as u64], GgmlType::F32));
+        plan.push((n("attn_k_norm"), vec![hd as u64], GgmlType::F32));
+        plan.push((n("attn_output_norm_in"), vec![qd], GgmlType::F16));
+        plan.push((n("attn_output"), vec![qd, d], ty));
+        plan.push((n("ffn_norm"), vec![d], GgmlType::F16));
+        plan.push((n("ffn_gate_norm_in"), vec![d], GgmlType::F16));
+        plan.push((n("ffn_gate"), vec![d, f], ty));
+        plan.push((n("ffn_up_norm_in"), vec![d], GgmlType::F16));
+        plan.push((n("ffn_up"), vec![d, f], ty));
+        plan.push((n("ffn_down_norm_in"), vec![f], GgmlType::F16));
+        plan.push((n("ffn_down"), vec![f, d], ty));
+    }
+    plan.push(("output_norm.weight".into(), vec![d], GgmlType::F16));
+    for (name, dims, t) in &plan {
+        g.add_tensor(name.clone(), dims, *t);
+    }
+    let mut w = BufWriter::with_capacity(1 << 20, w);
+    g.write_header(&mut w)?;
+    for (name, dims, t) in &plan {
+        let data = if name == "token_embd.weight" {
+            embedding_f16(spec.seed, n_vocab, p.dim)
+        } else if dims.len() == 1 {
+            let v = norm_weights(spec.seed, name, dims[0] as usize);
+            match t {
+                GgmlType::F16 => v
+                    .iter()
+                    .flat_map(|x| f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            }
+        } else {
+            let (kk, rows) = (dims[0] as usize, dims[1] as usize);
+            let (values, scale) = ternary_weights(spec.seed, name, rows, kk);
+            encode_ternary(*t, &values, kk, scale)
+        };
+        g.write_tensor(&mut w, &data)?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
 /// Ternary values (-1, 0, 1), `k` per row, stored as `ty` with one scale for the whole
 /// tensor (every block scale equal for TQ2_0 / TQ1_0).
 pub fn encode_ternary(ty: GgmlType, values: &[i8], k: usize, scale: f32) -> Vec<u8> {
@@ -290,9 +445,12 @@ pub fn write_fixture(
             )));
         }
     }
+    if p.embedding {
+        return write_embedding_fixture(spec, tok, w);
+    }
     let arch = spec.arch.as_str();
     let n_vocab = tok.tokens.len();
-    let head_dim = p.dim / p.n_head;
+    let head_dim = p.head_dim();
     let kv = p.n_head_kv * head_dim;
     let mut g = GgufWriter::new();
     let k = |s: &str| format!("{arch}.{s}");

@@ -27,17 +27,28 @@ pub fn default_split_tokenizer() -> &'static Tokenizer {
     })
 }
 
-/// A synthetic model's bytes, in memory.
+/// A synthetic model's bytes, in memory (an embedding preset gets the Qwen2 tokenizer).
 pub fn fixture_bytes(preset: &str, ty: GgmlType, seed: u64) -> Arc<Vec<u8>> {
+    let preset = fixture::preset(preset).expect("preset");
     let spec = FixtureSpec {
-        preset: fixture::preset(preset).expect("preset"),
+        preset,
         ty,
         seed,
         arch: "bitnet-b1.58".into(),
     };
     let mut buf = Vec::new();
-    fixture::write_fixture(&spec, tokenizer_parts(), &mut buf).expect("fixture");
+    let tok = if preset.embedding {
+        qwen2_parts()
+    } else {
+        tokenizer_parts()
+    };
+    fixture::write_fixture(&spec, tok, &mut buf).expect("fixture");
     Arc::new(buf)
+}
+
+pub fn qwen2_parts() -> &'static TokenizerParts {
+    static P: OnceLock<TokenizerParts> = OnceLock::new();
+    P.get_or_init(|| fixture::qwen2_tokenizer_parts().expect("shipped Qwen2 vocabulary"))
 }
 
 /// A synthetic model with a tiny vocabulary (the 256 byte tokens + 4 specials), small

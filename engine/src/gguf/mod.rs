@@ -27,6 +27,10 @@ const MAX_DIMS: u32 = 4;
 /// Architecture names under which type id 36 means I2_S.
 pub const BITNET_ARCHS: [&str; 3] = ["bitnet-b1.58", "bitnet-25", "bitnet"];
 
+/// Architectures whose files come from Microsoft's BitNet tools, where type id 36 is I2_S:
+/// the BitNet ones and the BitNet embedding model's `qwen3` (upstream ggml left 36 unused).
+pub const I2S_ARCHS: [&str; 4] = ["bitnet-b1.58", "bitnet-25", "bitnet", "qwen3"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("cannot read {path}: {source}")]
@@ -477,7 +481,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         });
     }
 
-    let is_bitnet = arch.as_deref().is_some_and(|a| BITNET_ARCHS.contains(&a));
+    let is_bitnet = arch.as_deref().is_some_and(|a| I2S_ARCHS.contains(&a));
     let mut tensors = Vec::with_capacity(raw.len());
     let mut seen = std::collections::HashSet::new();
     for (name, dims, type_id, rel_offset, off_at) in raw {
@@ -495,7 +499,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
         if ty == GgmlType::I2S && !is_bitnet {
             return Err(bad(format!(
                 "type id 36 is I2_S only in BitNet architectures ({}), this file says {:?}",
-                BITNET_ARCHS.join(", "),
+                I2S_ARCHS.join(", "),
                 arch.as_deref().unwrap_or("nothing")
             )));
         }

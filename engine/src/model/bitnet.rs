@@ -131,12 +131,32 @@ pub(crate) struct Layer {
     pub(crate) wk: TernaryWeight,
     pub(crate) wv: TernaryWeight,
     pub(crate) wo: TernaryWeight,
+    /// Before the attention output projection: BitNet's `attn_sub_norm`, the embedding
+    /// model's `attn_output_norm_in`.
     attn_sub_norm: Vec<f32>,
     ffn_norm: Vec<f32>,
     pub(crate) w_gate: TernaryWeight,
     pub(crate) w_up: TernaryWeight,
     pub(crate) w_down: TernaryWeight,
+    /// Before the FFN down projection: `ffn_sub_norm` / `ffn_down_norm_in`.
     ffn_sub_norm: Vec<f32>,
+    /// The embedding model's own RMSNorms before q, k, v, gate and up, and per-head q/k
+    /// norms (`None` for BitNet b1.58, whose q, k, v share one normed input, as do gate and
+    /// up).
+    proj_norms: Option<ProjNorms>,
+}
+
+/// The norms a BitNet-embedding (Qwen3) layer has beyond BitNet b1.58's.
+#[derive(Debug)]
+struct ProjNorms {
+    q_in: Vec<f32>,
+    k_in: Vec<f32>,
+    v_in: Vec<f32>,
+    gate_in: Vec<f32>,
+    up_in: Vec<f32>,
+    /// RMSNorm over each head's `head_dim` values of q and of k, before RoPE.
+    q_head: Vec<f32>,
+    k_head: Vec<f32>,
 }
 
 /// The weights of a BitNet model, borrowed from (or, for test formats, copied out of) a file.
@@ -285,28 +305,51 @@ fn repack_float_ternary(
 impl BitNet {
     pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
         let c = Config::from_gguf(g)?;
-        let (d, f, kv) = (c.dim, c.ffn_dim, c.kv_dim());
+        let (d, f, kv, qd, hd) = (c.dim, c.ffn_dim, c.kv_dim(), c.q_dim(), c.head_dim);
+        let embedding = c.pooling.is_some();
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
+            // The embedding model names the two sub-norms after the projection they feed.
+            let (attn_sub, ffn_sub) = if embedding {
+                ("attn_output_norm_in", "ffn_down_norm_in")
+            } else {
+                ("attn_sub_norm", "ffn_sub_norm")
+            };
+            let proj_norms = if embedding {
+                Some(ProjNorms {
+                    q_in: norm(g, &n("attn_q_norm_in"), d)?,
+                    k_in: norm(g, &n("attn_k_norm_in"), d)?,
+                    v_in: norm(g, &n("attn_v_norm_in"), d)?,
+                    gate_in: norm(g, &n("ffn_gate_norm_in"), d)?,
+                    up_in: norm(g, &n("ffn_up_norm_in"), d)?,
+                    q_head: norm(g, &n("attn_q_norm"), hd)?,
+                    k_head: norm(g, &n("attn_k_norm"), hd)?,
+                })
+            } else {
+                None
+            };
             layers.push(Layer {
                 attn_norm: norm(g, &n("attn_norm"), d)?,
-                wq: ternary(g, &n("attn_q"), d, d)?,
+                wq: ternary(g, &n("attn_q"), d, qd)?,
                 wk: ternary(g, &n("attn_k"), d, kv)?,
                 wv: ternary(g, &n("attn_v"), d, kv)?,
-                wo: ternary(g, &n("attn_output"), d, d)?,
-                attn_sub_norm: norm(g, &n("attn_sub_norm"), d)?,
+                wo: ternary(g, &n("attn_output"), qd, d)?,
+                attn_sub_norm: norm(g, &n(attn_sub), qd)?,
                 ffn_norm: norm(g, &n("ffn_norm"), d)?,
                 w_gate: ternary(g, &n("ffn_gate"), d, f)?,
                 w_up: ternary(g, &n("ffn_up"), d, f)?,
                 w_down: ternary(g, &n("ffn_down"), f, d)?,
-                ffn_sub_norm: norm(g, &n("ffn_sub_norm"), f)?,
+                ffn_sub_norm: norm(g, &n(ffn_sub), f)?,
+                proj_norms,
             });
         }
         let tok_embd = dense(g, "token_embd.weight", d, c.n_vocab)?;
+        // An embedding model has no head: its output is the normed hidden state. The tied
+        // embedding stands in for the head field, never read.
         let output = match g.tensor("output.weight") {
-            Some(_) => dense(g, "output.weight", d, c.n_vocab)?,
-            None => dense(g, "token_embd.weight", d, c.n_vocab)?,
+            Some(_) if !embedding => dense(g, "output.weight", d, c.n_vocab)?,
+            _ => dense(g, "token_embd.weight", d, c.n_vocab)?,
         };
         Ok(Self {
             output_norm: norm(g, "output_norm.weight", d)?,
@@ -485,6 +528,10 @@ pub struct StepBuffers {
     acts: QuantizedActs,
     rope: Vec<(f32, f32)>,
     last: Vec<f32>,
+    /// A projection's own normed input (the embedding model).
+    normed: Vec<f32>,
+    /// The attention output, normed before the output projection.
+    att_normed: Vec<f32>,
     /// Per row: (sequence in the batch, position).
     rows: Vec<(usize, usize)>,
 }
@@ -628,7 +675,7 @@ impl BitNet {
         interrupt: &Interrupt,
     ) -> Result<(), EngineError> {
         let c = &self.config;
-        let (d, kv, hd, f) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim);
+        let (d, kv, hd, f, qd) = (c.dim, c.kv_dim(), c.head_dim, c.ffn_dim, c.q_dim());
         assert!(
             batch
                 .iter()
@@ -638,8 +685,8 @@ impl BitNet {
         let wanted: usize = batch.iter().map(|e| e.logits.count(e.tokens.len())).sum();
         assert_eq!(
             logits.len(),
-            wanted * c.n_vocab,
-            "one logits row per entry that wants one"
+            wanted * c.out_dim(),
+            "one output row per row wanted"
         );
         sc.rows.clear();
         for (i, e) in batch.iter().enumerate() {
@@ -649,10 +696,11 @@ impl BitNet {
         let n = sc.rows.len();
         sc.x.resize(n * d, 0.0);
         sc.h.resize(n * d, 0.0);
-        sc.q.resize(n * d, 0.0);
+        sc.q.resize(n * qd, 0.0);
         sc.k.resize(n * kv, 0.0);
         sc.v.resize(n * kv, 0.0);
-        sc.att.resize(n * d, 0.0);
+        sc.att.resize(n * qd, 0.0);
+        sc.normed.resize(n * d, 0.0);
         sc.o.resize(n * d, 0.0);
         sc.gate.resize(n * f, 0.0);
         sc.up.resize(n * f, 0.0);
@@ -677,15 +725,40 @@ impl BitNet {
             }
             // Attention block.
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
-            sc.acts
-                .quantize_for(&sc.h, d, orders(kern, n, &[&l.wq, &l.wk, &l.wv]));
-            kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
-            kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
-            kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
+            match &l.proj_norms {
+                None => {
+                    sc.acts
+                        .quantize_for(&sc.h, d, orders(kern, n, &[&l.wq, &l.wk, &l.wv]));
+                    kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
+                    kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
+                    kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
+                }
+                Some(pn) => {
+                    // Each projection normalises the block's input with its own weights.
+                    for (w, norm_in, out) in [
+                        (&l.wq, &pn.q_in, &mut sc.q),
+                        (&l.wk, &pn.k_in, &mut sc.k),
+                        (&l.wv, &pn.v_in, &mut sc.v),
+                    ] {
+                        rmsnorm_rows(&sc.h, norm_in, c.eps, &mut sc.normed);
+                        sc.acts.quantize_for(&sc.normed, d, orders(kern, n, &[w]));
+                        kern.bitlinear(&w.matrix(file)?, &sc.acts, out);
+                    }
+                    for (v, w, heads) in [
+                        (&mut sc.q, &pn.q_head, c.n_head),
+                        (&mut sc.k, &pn.k_head, c.n_head_kv),
+                    ] {
+                        for head in v[..n * heads * hd].chunks_exact_mut(hd) {
+                            let x = head.to_vec();
+                            rmsnorm(&x, w, c.eps, head);
+                        }
+                    }
+                }
+            }
             for r in 0..n {
                 let cs = &sc.rope[r * half..(r + 1) * half];
                 for h in 0..c.n_head {
-                    rope_head(&mut sc.q[r * d + h * hd..r * d + (h + 1) * hd], cs);
+                    rope_head(&mut sc.q[r * qd + h * hd..r * qd + (h + 1) * hd], cs);
                 }
                 for h in 0..c.n_head_kv {
                     rope_head(&mut sc.k[r * kv + h * hd..r * kv + (h + 1) * hd], cs);
@@ -703,17 +776,33 @@ impl BitNet {
                 .map(|e| (&e.cache.k[li][..], &e.cache.v[li][..]))
                 .collect();
             attention(kern, c, &sc.q, &caches, &sc.rows, &mut sc.att);
-            rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.h);
-            sc.acts.quantize_for(&sc.h, d, orders(kern, n, &[&l.wo]));
+            sc.att_normed.resize(n * qd, 0.0);
+            rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.att_normed);
+            sc.acts
+                .quantize_for(&sc.att_normed, qd, orders(kern, n, &[&l.wo]));
             kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
 
             // Feed-forward block.
             rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
-            sc.acts
-                .quantize_for(&sc.h, d, orders(kern, n, &[&l.w_gate, &l.w_up]));
-            kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
-            kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
+            match &l.proj_norms {
+                None => {
+                    sc.acts
+                        .quantize_for(&sc.h, d, orders(kern, n, &[&l.w_gate, &l.w_up]));
+                    kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
+                    kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
+                }
+                Some(pn) => {
+                    for (w, norm_in, out) in [
+                        (&l.w_gate, &pn.gate_in, &mut sc.gate),
+                        (&l.w_up, &pn.up_in, &mut sc.up),
+                    ] {
+                        rmsnorm_rows(&sc.h, norm_in, c.eps, &mut sc.normed);
+                        sc.acts.quantize_for(&sc.normed, d, orders(kern, n, &[w]));
+                        kern.bitlinear(&w.matrix(file)?, &sc.acts, out);
+                    }
+                }
+            }
             match c.activation {
                 Activation::Relu2 => sc.gate.iter_mut().zip(&sc.up).for_each(|(g, u)| {
                     let r = g.max(0.0);
@@ -751,7 +840,21 @@ impl BitNet {
             }
         }
         if wanted > 0 {
-            kern.matmul_dense(&self.output.matrix(file), &sc.last, logits);
+            match c.pooling {
+                None => kern.matmul_dense(&self.output.matrix(file), &sc.last, logits),
+                // An embedding: the normed hidden state, L2-normalised.
+                Some(super::config::Pooling::Last) => {
+                    for (out, h) in logits.chunks_exact_mut(d).zip(sc.last.chunks_exact(d)) {
+                        let norm = h
+                            .iter()
+                            .map(|&v| (v as f64) * (v as f64))
+                            .sum::<f64>()
+                            .sqrt();
+                        let inv = if norm > 0.0 { (1.0 / norm) as f32 } else { 0.0 };
+                        out.iter_mut().zip(h).for_each(|(o, &v)| *o = v * inv);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -769,7 +872,7 @@ fn attention(
     rows: &[(usize, usize)],
     att: &mut [f32],
 ) {
-    let (d, kv, hd) = (c.dim, c.kv_dim(), c.head_dim);
+    let (d, kv, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
     let group = c.n_head / c.n_head_kv;
     let inv_sqrt = 1.0 / (hd as f64).sqrt();
     let work = |(r, h): (usize, usize), out: &mut [f32]| {

@@ -11,6 +11,19 @@ pub enum Activation {
     Silu,
 }
 
+/// How an embedding model turns its last hidden states into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The final-normed hidden state of the last token (the appended end of text), then L2
+    /// normalised: `bitnet-embedding-0.6b` (llama.cpp's pooling type 3).
+    Last,
+}
+
+/// Architectures read: BitNet b1.58 (generative) and the BitNet embedding model on a Qwen3
+/// backbone (`qwen3` with per-projection norms).
+pub const EMBEDDING_ARCHS: [&str; 1] = ["qwen3"];
+
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Config {
     pub arch: String,
@@ -27,6 +40,9 @@ pub struct Config {
     pub n_ctx: usize,
     pub n_vocab: usize,
     pub activation: Activation,
+    /// `Some` for an embedding model (no output head; one vector per input), `None` for a
+    /// generative one.
+    pub pooling: Option<Pooling>,
 }
 
 /// Tensors of one BitNet layer: 7 projections and 4 norms.
@@ -50,11 +66,26 @@ impl Config {
             n_ctx: 256,
             n_vocab: 1000,
             activation: Activation::Relu2,
+            pooling: None,
         }
     }
 
     pub fn kv_dim(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+
+    /// Width of the query projection and of the attention output: `n_head × head_dim`
+    /// (the model width for BitNet b1.58; twice it for the Qwen3 embedding model).
+    pub fn q_dim(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Floats one output row holds: a row of logits, or an embedding.
+    pub fn out_dim(&self) -> usize {
+        match self.pooling {
+            None => self.n_vocab,
+            Some(_) => self.dim,
+        }
     }
 
     pub fn from_gguf(g: &GgufFile) -> Result<Self, EngineError> {
@@ -63,10 +94,13 @@ impl Config {
             .architecture()
             .ok_or_else(|| invalid("missing key general.architecture".into()))?
             .to_owned();
-        if !BITNET_ARCHS.contains(&arch.as_str()) {
+        let embedding = EMBEDDING_ARCHS.contains(&arch.as_str());
+        if !BITNET_ARCHS.contains(&arch.as_str()) && !embedding {
             return Err(invalid(format!(
-                "architecture {arch:?} is not supported (expected one of {})",
-                BITNET_ARCHS.join(", ")
+                "architecture {arch:?} is not supported (expected one of {}, or {} for an \
+                 embedding model)",
+                BITNET_ARCHS.join(", "),
+                EMBEDDING_ARCHS.join(", ")
             )));
         }
         let key = |k: &str| format!("{arch}.{k}");
@@ -110,17 +144,33 @@ impl Config {
             Some(_) => req("attention.head_count_kv")?,
         };
         let n_ctx = req("context_length")?;
-        if dim % n_head != 0 {
-            return Err(invalid(format!(
-                "embedding_length {dim} is not divisible by head_count {n_head}"
-            )));
-        }
+        // Qwen3 sets the head size apart from the width (128, not 1024 / 16).
+        let head_dim = match g.get(&key("attention.key_length")) {
+            Some(_) => {
+                let kl = req("attention.key_length")?;
+                if g.get(&key("attention.value_length")).is_some()
+                    && req("attention.value_length")? != kl
+                {
+                    return Err(invalid(format!(
+                        "{} differs from {}: not supported",
+                        key("attention.value_length"),
+                        key("attention.key_length")
+                    )));
+                }
+                kl
+            }
+            None if dim % n_head != 0 => {
+                return Err(invalid(format!(
+                    "embedding_length {dim} is not divisible by head_count {n_head}"
+                )));
+            }
+            None => dim / n_head,
+        };
         if n_head % n_head_kv != 0 {
             return Err(invalid(format!(
                 "head_count {n_head} is not divisible by head_count_kv {n_head_kv}"
             )));
         }
-        let head_dim = dim / n_head;
         let n_rot = match g.get(&key("rope.dimension_count")) {
             None => head_dim,
             Some(_) => req("rope.dimension_count")?,
@@ -131,11 +181,19 @@ impl Config {
             )));
         }
         // BitNet b1.58 uses 500000 (section 1); a file without the key is a BitNet file too.
-        let rope_base = opt_f32("rope.freq_base", 500_000.0)?;
-        let eps = opt_f32("attention.layer_norm_rms_epsilon", 1e-5)?;
+        // Qwen3: 1e6 and 1e-6.
+        let (base_default, eps_default) = if embedding {
+            (1_000_000.0, 1e-6)
+        } else {
+            (500_000.0, 1e-5)
+        };
+        let rope_base = opt_f32("rope.freq_base", base_default)?;
+        let eps = opt_f32("attention.layer_norm_rms_epsilon", eps_default)?;
         // relu² unless the file says otherwise: every BitNet b1.58 checkpoint uses it, and
         // upstream's `bitnet` architecture stores it as an optional key.
         let activation = match g.get(&key("hidden_activation")).map(|v| v.as_str()) {
+            // Qwen3: SiLU-gated.
+            None if embedding => Activation::Silu,
             None => Activation::Relu2,
             Some(Some("relu2" | "relu_sqr" | "relu_squared" | "squared_relu")) => Activation::Relu2,
             Some(Some("silu" | "swish")) => Activation::Silu,
@@ -159,7 +217,22 @@ impl Config {
                 items.len()
             )));
         }
+        // llama.cpp's pooling types: 1 mean, 2 cls, 3 last, 4 rank.
+        let pooling = match (
+            embedding,
+            g.get(&key("pooling_type")).and_then(Value::as_u64),
+        ) {
+            (false, _) => None,
+            (true, None | Some(3)) => Some(Pooling::Last),
+            (true, Some(other)) => {
+                return Err(invalid(format!(
+                    "{} = {other}: only last-token pooling (3) is supported",
+                    key("pooling_type")
+                )));
+            }
+        };
         Ok(Self {
+            pooling,
             arch,
             n_layer,
             dim,

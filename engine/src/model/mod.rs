@@ -10,12 +10,26 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use bitnet::{BatchEntry, BitNet, KvCache, LogitRows, Session, StepBuffers};
-pub use config::{Activation, Config};
+pub use config::{Activation, Config, Pooling};
 
 use crate::generate::{GenerateOutput, GenerateParams, Interrupt, Piece};
 use crate::gguf::{Backing, GgufFile};
 use crate::kernels::Kernels;
 use crate::{EngineError, Tokenizer};
+
+/// Most positions the KV caches of inputs embedded together hold (the 0.6B model keeps
+/// 229 KB per position in f32: ~235 MB).
+const EMBED_GROUP_TOKENS: usize = 1024;
+/// Most tokens one forward pass of [`Model::embed`] reads.
+const EMBED_STEP_TOKENS: usize = 512;
+
+/// An embedding request refused or failed: which input (when one is at fault) and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{error}", index.map(|i| format!("input {i}: ")).unwrap_or_default())]
+pub struct EmbedError {
+    pub index: Option<usize>,
+    pub error: EngineError,
+}
 
 /// Options for loading a model.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +111,8 @@ impl Model {
         if opts.validate_weights {
             net.validate_weights(gguf.bytes(), &kernels)?;
         }
-        if opts.head == HeadPrecision::Q8_0 {
+        // An embedding model has no head to quantize.
+        if opts.head == HeadPrecision::Q8_0 && net.config.pooling.is_none() {
             let head = net.output_matrix(gguf.bytes());
             if head.ty != crate::gguf::GgmlType::Q8_0 {
                 use crate::quant::q8_0;
@@ -188,7 +203,129 @@ impl Model {
         prompt: &[u32],
         params: &GenerateParams,
     ) -> Result<(), EngineError> {
+        if self.is_embedding() {
+            return Err(EngineError::invalid_param(
+                "model",
+                "this is an embedding model: it makes embeddings, not text",
+            ));
+        }
         crate::generate::check_request(prompt, params, self.n_vocab(), self.n_ctx())
+    }
+
+    /// Whether this is an embedding model ([`Model::embed`]) rather than a generative one.
+    pub fn is_embedding(&self) -> bool {
+        self.net.config.pooling.is_some()
+    }
+
+    /// Length of the vectors [`Model::embed`] returns (`None`: not an embedding model).
+    pub fn embedding_dim(&self) -> Option<usize> {
+        self.is_embedding().then_some(self.net.config.dim)
+    }
+
+    /// The ids an embedding of `text` is made from: the text's tokens (with BOS if the
+    /// vocabulary wants one) and the end-of-text token, whose state is pooled.
+    pub fn embedding_input(&self, text: &str) -> Vec<u32> {
+        let t = &self.tokenizer;
+        let mut ids = t.encode(text, t.add_bos);
+        ids.push(t.eos);
+        ids
+    }
+
+    /// Embeddings of several inputs (ids as [`Model::embedding_input`] makes them, or a
+    /// caller's own), L2-normalised, in order. Inputs are read together, a bounded number
+    /// of tokens per forward pass (their KV caches live only for the call). An input that is
+    /// empty, out of the vocabulary or longer than the context is refused with its index.
+    pub fn embed(
+        &self,
+        inputs: &[Vec<u32>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if !self.is_embedding() {
+            return Err(EmbedError {
+                index: None,
+                error: EngineError::invalid_param(
+                    "model",
+                    "this model generates text; it has no embeddings",
+                ),
+            });
+        }
+        let (n_vocab, n_ctx, dim) = (self.n_vocab(), self.n_ctx(), self.net.config.dim);
+        for (i, ids) in inputs.iter().enumerate() {
+            let error = if ids.is_empty() {
+                Some(EngineError::EmptyPrompt)
+            } else if let Some(&id) = ids.iter().find(|&&t| t as usize >= n_vocab) {
+                Some(EngineError::TokenOutOfRange { id, n_vocab })
+            } else if ids.len() > n_ctx {
+                Some(EngineError::ContextOverflow {
+                    prompt: ids.len(),
+                    max_tokens: 0,
+                    n_ctx,
+                })
+            } else {
+                None
+            };
+            if let Some(error) = error {
+                return Err(EmbedError {
+                    index: Some(i),
+                    error,
+                });
+            }
+        }
+        let fail = |error| EmbedError { index: None, error };
+        let mut out = vec![Vec::new(); inputs.len()];
+        let mut buffers = StepBuffers::default();
+        // Inputs in arrival order, a group at a time: a group's caches together hold at
+        // most EMBED_GROUP_TOKENS positions (one long input is a group of its own, read in
+        // chunks).
+        let mut next = 0;
+        while next < inputs.len() {
+            let mut group = vec![next];
+            let mut tokens = inputs[next].len();
+            next += 1;
+            while next < inputs.len() && tokens + inputs[next].len() <= EMBED_GROUP_TOKENS {
+                tokens += inputs[next].len();
+                group.push(next);
+                next += 1;
+            }
+            let mut caches: Vec<KvCache> = group
+                .iter()
+                .map(|&i| self.new_cache(inputs[i].len()))
+                .collect();
+            while caches
+                .iter()
+                .zip(&group)
+                .any(|(c, &i)| c.len() < inputs[i].len())
+            {
+                let mut budget = EMBED_STEP_TOKENS;
+                let mut batch = Vec::new();
+                let mut done = Vec::new();
+                for (c, &i) in caches.iter_mut().zip(&group) {
+                    let at = c.len();
+                    let ids = &inputs[i];
+                    if at == ids.len() || budget == 0 {
+                        continue;
+                    }
+                    let end = (at + budget).min(ids.len());
+                    budget -= end - at;
+                    let last = end == ids.len();
+                    if last {
+                        done.push(i);
+                    }
+                    batch.push(BatchEntry {
+                        cache: c,
+                        tokens: &ids[at..end],
+                        logits: LogitRows::last_if(last),
+                    });
+                }
+                let mut rows = vec![0f32; done.len() * dim];
+                self.forward_batch(&mut batch, &mut buffers, &mut rows, interrupt)
+                    .map_err(fail)?;
+                for (i, row) in done.into_iter().zip(rows.chunks_exact(dim)) {
+                    out[i] = row.to_vec();
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// An empty KV cache for up to `capacity` tokens (at most the context length).
@@ -223,10 +360,11 @@ impl Model {
             }
         }
         let wanted: usize = batch.iter().map(|e| e.logits.count(e.tokens.len())).sum();
-        if logits.len() != wanted * n_vocab {
+        let width = self.net.config.out_dim();
+        if logits.len() != wanted * width {
             return Err(EngineError::invalid_param(
                 "logits",
-                format!("{} values for {wanted} rows of {n_vocab}", logits.len()),
+                format!("{} values for {wanted} rows of {width}", logits.len()),
             ));
         }
         let file = self.gguf.bytes();
@@ -255,9 +393,10 @@ impl Model {
         Ok(())
     }
 
-    /// Feeds `tokens` and returns the logits of the last one.
+    /// Feeds `tokens` and returns the logits of the last one (an embedding model: its
+    /// embedding, as if `tokens` were the whole input).
     pub fn forward(&self, session: &mut Session, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
-        let mut logits = vec![0f32; self.n_vocab()];
+        let mut logits = vec![0f32; self.net.config.out_dim()];
         self.forward_into(session, tokens, &mut logits)?;
         Ok(logits)
     }

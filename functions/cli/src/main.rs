@@ -113,7 +113,8 @@ enum FixtureType {
 
 #[derive(clap::Args)]
 struct FixtureArgs {
-    /// tiny (2 layers of 256), small (4 layers of 512) or 2b4t (the official shapes).
+    /// tiny (2 layers of 256), small (4 layers of 512) or 2b4t (the official shapes); the
+    /// embedding model: embed-tiny (2 layers of 256) or embed-0.6b (bitnet-embedding-0.6b's).
     #[arg(long, default_value = "tiny")]
     preset: String,
     /// Storage type of the ternary projections.
@@ -314,8 +315,12 @@ fn main() {
 }
 
 fn cmd_fixture(a: FixtureArgs) -> Result<()> {
-    let preset = fixture::preset(&a.preset)
-        .with_context(|| format!("unknown preset {:?} (tiny, small, 2b4t)", a.preset))?;
+    let preset = fixture::preset(&a.preset).with_context(|| {
+        format!(
+            "unknown preset {:?} (tiny, small, 2b4t, embed-tiny, embed-0.6b)",
+            a.preset
+        )
+    })?;
     let ty = match a.ty {
         FixtureType::I2s => GgmlType::I2S,
         FixtureType::Tq2_0 => GgmlType::Tq2_0,
@@ -325,6 +330,8 @@ fn cmd_fixture(a: FixtureArgs) -> Result<()> {
     };
     let tok = match &a.tokenizer {
         Some(path) => fixture::tokenizer_parts_from_hf_json(path)?,
+        #[cfg(feature = "bundled-tokenizer")]
+        None if preset.embedding => fixture::qwen2_tokenizer_parts()?,
         #[cfg(feature = "bundled-tokenizer")]
         None => fixture::llama3_tokenizer_parts()?,
         #[cfg(not(feature = "bundled-tokenizer"))]
