@@ -77,7 +77,8 @@ fn batching_and_chunking_change_nothing() {
 fn bad_inputs_are_refused_naming_the_input() {
     let m = model();
     let ok = m.embedding_input("fine");
-    let cases: [(Vec<Vec<u32>>, usize, fn(&EngineError) -> bool); 3] = [
+    type Case = (Vec<Vec<u32>>, usize, fn(&EngineError) -> bool);
+    let cases: [Case; 3] = [
         (vec![ok.clone(), vec![]], 1, |e| {
             matches!(e, EngineError::EmptyPrompt)
         }),
