@@ -40,7 +40,7 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import numpy, pytest,
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet -r tests/requirements.txt
 fi
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/reference tests/test_reference_parity.py
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/reference tests/test_reference_parity.py tests/test_embedding_parity.py
 
 step "container binary: the static musl build of infra/Dockerfile"
 BITNET_CONTAINER_BIN="$(bash infra/build-static.sh | tail -n 1)"

@@ -91,6 +91,13 @@ In the chat: /reset, /system TEXT, /exit (or Ctrl-D); Ctrl-C stops the answer be
     #[command(after_help = "Example:
   bitnet eval --model m.gguf --ids 128000,791,6864 --logits-out logits.f32")]
     Eval(EvalArgs),
+    /// Embeddings from an embedding model (bitnet-embedding-0.6b): L2-normalised vectors.
+    #[command(after_help = "Examples:
+  bitnet embed --model bitnet-embedding-0.6b.gguf --text 'What is BitNet?'
+  bitnet embed --model e.gguf --text one --text two --json
+  bitnet embed --model e.gguf --ids 785,6722,374,151643       # ids as given (end with EOS)
+  bitnet embed --model e.gguf --bench 32x64 --reps 5          # embeddings/s, 32 inputs of 64 tokens")]
+    Embed(EmbedArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = "Examples:
   bitnet completions bash > ~/.local/share/bash-completion/completions/bitnet
@@ -271,6 +278,29 @@ struct GenerateArgs {
 }
 
 #[derive(clap::Args)]
+#[group(id = "embed_input", required = true, multiple = false)]
+struct EmbedArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to embed (repeatable: one vector each, read together); the end-of-text token is
+    /// appended.
+    #[arg(long, group = "embed_input")]
+    text: Vec<String>,
+    /// Token ids used as given (the caller appends the end-of-text token).
+    #[arg(long, value_delimiter = ',', group = "embed_input")]
+    ids: Option<Vec<u32>>,
+    /// Benchmark: NxT embeds N inputs of T tokens at once, --reps times; prints the median
+    /// embeddings per second.
+    #[arg(long, value_name = "NxT", group = "embed_input")]
+    bench: Option<String>,
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// One JSON object per input (embedding, tokens) instead of bare arrays.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
@@ -295,6 +325,7 @@ fn main() {
         Cmd::Tokenize(a) => cmd_tokenize(a),
         Cmd::Generate(a) => cmd_generate(a),
         Cmd::Eval(a) => cmd_eval(a),
+        Cmd::Embed(a) => cmd_embed(a),
         Cmd::Bench(a) => bench::run(a),
         Cmd::Fetch(a) => fetch::run(a),
         Cmd::Chat(a) => chat::run(a),
@@ -647,6 +678,66 @@ fn generate_params(a: &GenerateArgs) -> Result<GenerateParams> {
         draft_max: a.draft_max,
         ..Default::default()
     })
+}
+
+fn cmd_embed(a: EmbedArgs) -> Result<()> {
+    let model = load(&a.model)?;
+    if !model.is_embedding() {
+        bail!(
+            "{} is not an embedding model (its architecture generates text)",
+            a.model.model.display()
+        );
+    }
+    let interrupt = Interrupt::new();
+    if let Some(shape) = &a.bench {
+        let (n, t) = shape
+            .split_once('x')
+            .and_then(|(n, t)| Some((n.parse::<usize>().ok()?, t.parse::<usize>().ok()?)))
+            .filter(|&(n, t)| n > 0 && t > 0)
+            .with_context(|| format!("--bench {shape:?}: expected NxT, e.g. 32x64"))?;
+        let eos = model.tokenizer().eos;
+        // Distinct inputs of exactly T tokens, the last one the end-of-text token.
+        let inputs: Vec<Vec<u32>> = (0..n as u32)
+            .map(|i| {
+                (0..t as u32 - 1)
+                    .map(|j| 1000 + (i * 7919 + j * 104_729) % 100_000)
+                    .chain([eos])
+                    .collect()
+            })
+            .collect();
+        let mut secs = Vec::new();
+        for _ in 0..a.reps.max(1) {
+            let t0 = std::time::Instant::now();
+            model.embed(&inputs, &interrupt)?;
+            secs.push(t0.elapsed().as_secs_f64());
+        }
+        secs.sort_by(f64::total_cmp);
+        let med = secs[secs.len() / 2];
+        println!(
+            "{}",
+            serde_json::json!({
+                "inputs": n, "tokens_per_input": t, "threads": model.threads(), "reps": secs.len(),
+                "median_s": med, "embeddings_per_s": n as f64 / med,
+                "tokens_per_s": (n * t) as f64 / med,
+            })
+        );
+        return Ok(());
+    }
+    let inputs: Vec<Vec<u32>> = match &a.ids {
+        Some(ids) => vec![ids.clone()],
+        None => a.text.iter().map(|t| model.embedding_input(t)).collect(),
+    };
+    let vectors = model.embed(&inputs, &interrupt)?;
+    let mut stdout = std::io::stdout().lock();
+    for (ids, v) in inputs.iter().zip(&vectors) {
+        let line = if a.json {
+            serde_json::json!({"embedding": v, "tokens": ids.len(), "ids": ids})
+        } else {
+            serde_json::json!(v)
+        };
+        writeln!(stdout, "{line}")?;
+    }
+    Ok(())
 }
 
 fn cmd_eval(a: EvalArgs) -> Result<()> {
