@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use bitnet_engine::model::EmbedError;
 use bitnet_engine::{
     ChatMessage, EngineError, EventSink, GenerateParams, Interrupt, Model, Scheduler,
     SchedulerStats,
@@ -40,6 +41,16 @@ pub trait Engine: Send + Sync + 'static {
     ) -> Result<(), EngineError>;
     /// The scheduler's counters (`/metrics`).
     fn stats(&self) -> SchedulerStats;
+    /// Length of the model's embeddings; `None` for a generative model.
+    fn embedding_dim(&self) -> Option<usize>;
+    /// The ids an embedding of `text` is made from (with the end-of-text token).
+    fn embedding_input(&self, text: &str) -> Vec<u32>;
+    /// Embeddings of `inputs`, in order (blocking: the forward passes run here).
+    fn embed(
+        &self,
+        inputs: &[Vec<u32>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Vec<f32>>, EmbedError>;
 }
 
 impl Engine for Scheduler {
@@ -78,6 +89,19 @@ impl Engine for Scheduler {
     }
     fn stats(&self) -> SchedulerStats {
         Scheduler::stats(self)
+    }
+    fn embedding_dim(&self) -> Option<usize> {
+        self.model().embedding_dim()
+    }
+    fn embedding_input(&self, text: &str) -> Vec<u32> {
+        self.model().embedding_input(text)
+    }
+    fn embed(
+        &self,
+        inputs: &[Vec<u32>],
+        interrupt: &Interrupt,
+    ) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.model().embed(inputs, interrupt)
     }
 }
 

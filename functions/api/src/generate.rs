@@ -362,7 +362,7 @@ impl Shape {
 
 /// When a generation that starts now must end: the configured limit, or the front door's
 /// deadline for this request, whichever comes first.
-fn generation_deadline(state: &AppState, request: Option<Instant>) -> Option<Instant> {
+pub(crate) fn generation_deadline(state: &AppState, request: Option<Instant>) -> Option<Instant> {
     let configured = state
         .config()
         .generation_timeout

@@ -36,7 +36,8 @@ pub fn router(state: AppState) -> Router {
         .route("/models", get(list_models))
         .route("/models/{id}", get(get_model))
         .route("/chat/completions", post(chat_completions))
-        .route("/completions", post(completions));
+        .route("/completions", post(completions))
+        .route("/embeddings", post(embeddings));
     Router::new()
         .route("/", get(root))
         .route("/health", get(health))
@@ -338,6 +339,19 @@ async fn completion(
     drop(bytes);
     tracing::debug!(stream = parsed.stream, max_tokens = ?parsed.max_tokens, "completion request");
     generate::complete(state, endpoint, parsed, id, admission, deadline).await
+}
+
+/// `POST /v1/embeddings`: admitted like a generation (it runs forward passes), then
+/// parsed, then embedded.
+async fn embeddings(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    require_json(&parts.headers)?;
+    let admission = state.admit()?;
+    let deadline = parts.extensions.get::<RequestDeadline>().map(|d| d.0);
+    let bytes = read_body(&state, &parts.headers, body).await?;
+    let parsed = openai::parse_embeddings(&bytes)?;
+    drop(bytes);
+    crate::embeddings::embeddings(state, parsed, admission, deadline).await
 }
 
 /// The body of a request that must be JSON (415 otherwise), within the body limits.

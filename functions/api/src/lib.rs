@@ -6,6 +6,7 @@
 //! (`functions/lambda`) or the Azure Functions custom handler (`functions/azure`).
 
 pub mod config;
+pub mod embeddings;
 pub mod engine;
 pub mod error;
 pub mod generate;

@@ -104,6 +104,7 @@ impl Metrics {
             _ => match path.strip_prefix("/v1").unwrap_or(path) {
                 "/chat/completions" => "chat_completions",
                 "/completions" => "completions",
+                "/embeddings" => "embeddings",
                 "/models" => "models",
                 p if p.starts_with("/models/") => "models",
                 "/health" => "health",

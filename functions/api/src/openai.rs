@@ -110,6 +110,145 @@ pub fn parse_tokenize(body: &[u8]) -> Result<TokenizeRequest, ApiError> {
     })
 }
 
+/// What `/v1/embeddings` embeds: texts, or token ids used as given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingInput {
+    Texts(Vec<String>),
+    Tokens(Vec<Vec<u32>>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncodingFormat {
+    Float,
+    /// The little-endian f32 bytes, base64 (what the `openai` Python SDK asks for).
+    Base64,
+}
+
+/// A parsed `POST /v1/embeddings` request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddingRequest {
+    pub model: Option<String>,
+    pub input: EmbeddingInput,
+    pub encoding_format: EncodingFormat,
+    /// OpenAI's `dimensions`: only the model's own size is served (no truncation).
+    pub dimensions: Option<usize>,
+}
+
+/// Most inputs one embeddings request may carry (OpenAI allows 2048; each is a forward pass
+/// of its own length here).
+pub const MAX_EMBEDDING_INPUTS: usize = 256;
+
+/// `POST /v1/embeddings`: `input` a string, strings, token ids, or lists of token ids.
+pub fn parse_embeddings(body: &[u8]) -> Result<EmbeddingRequest, ApiError> {
+    let obj = json_object(body)?;
+    let ids_of = |v: &Value, at: &str| -> Result<Vec<u32>, ApiError> {
+        let Value::Array(items) = v else {
+            return Err(type_error(at, "an array of token ids"));
+        };
+        items
+            .iter()
+            .map(|t| {
+                t.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| type_error(at, "an array of token ids (non-negative integers)"))
+            })
+            .collect()
+    };
+    let input = match field(&obj, "input") {
+        None => {
+            return Err(ApiError::invalid_param(
+                "input",
+                "Missing required parameter: 'input'.",
+            ));
+        }
+        Some(Value::String(s)) => EmbeddingInput::Texts(vec![s.clone()]),
+        Some(Value::Array(items)) if items.is_empty() => {
+            return Err(ApiError::invalid_param(
+                "input",
+                "'input' must not be an empty array.",
+            ));
+        }
+        Some(Value::Array(items)) => match &items[0] {
+            Value::String(_) => EmbeddingInput::Texts(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        v.as_str()
+                            .map(str::to_owned)
+                            .ok_or_else(|| type_error(&format!("input[{i}]"), "a string"))
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            Value::Number(_) => EmbeddingInput::Tokens(vec![ids_of(
+                field(&obj, "input").expect("present"),
+                "input",
+            )?]),
+            Value::Array(_) => EmbeddingInput::Tokens(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| ids_of(v, &format!("input[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                return Err(type_error(
+                    "input",
+                    "a string, an array of strings, an array of token ids, or an array of arrays of token ids",
+                ));
+            }
+        },
+        Some(_) => {
+            return Err(type_error(
+                "input",
+                "a string, an array of strings, an array of token ids, or an array of arrays of token ids",
+            ));
+        }
+    };
+    let n = match &input {
+        EmbeddingInput::Texts(t) => t.len(),
+        EmbeddingInput::Tokens(t) => t.len(),
+    };
+    if n > MAX_EMBEDDING_INPUTS {
+        return Err(ApiError::invalid_param(
+            "input",
+            format!("At most {MAX_EMBEDDING_INPUTS} inputs per request; got {n}."),
+        ));
+    }
+    let empty = match &input {
+        EmbeddingInput::Texts(t) => t.iter().position(String::is_empty),
+        EmbeddingInput::Tokens(t) => t.iter().position(Vec::is_empty),
+    };
+    if let Some(i) = empty {
+        return Err(ApiError::invalid_param(
+            &format!("input[{i}]"),
+            format!("input[{i}] is empty: an embedding needs at least one token."),
+        ));
+    }
+    let encoding_format = match field(&obj, "encoding_format") {
+        None => EncodingFormat::Float,
+        Some(Value::String(f)) if f == "float" => EncodingFormat::Float,
+        Some(Value::String(f)) if f == "base64" => EncodingFormat::Base64,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                "'encoding_format' must be 'float' or 'base64'.",
+            ));
+        }
+    };
+    let model = match field(&obj, "model") {
+        None => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(type_error("model", "a string")),
+    };
+    Ok(EmbeddingRequest {
+        model,
+        input,
+        encoding_format,
+        dimensions: opt_uint(&obj, "dimensions")?,
+    })
+}
+
 /// `POST /detokenize`: the ids of `tokens` (their range is checked against the model).
 pub fn parse_detokenize(body: &[u8]) -> Result<Vec<u32>, ApiError> {
     let obj = json_object(body)?;

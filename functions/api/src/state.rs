@@ -59,6 +59,10 @@ pub enum ModelState {
         n_vocab: usize,
         /// KV cache of one full-length sequence.
         kv_bytes_per_sequence: usize,
+        /// An embedding model's vector length (`/v1/embeddings`); absent for a generative
+        /// model.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        embedding_dim: Option<usize>,
         file_ms: u64,
         load_ms: u64,
     },
@@ -316,6 +320,7 @@ impl AppState {
                 n_ctx: engine.n_ctx(),
                 n_vocab: engine.n_vocab(),
                 kv_bytes_per_sequence: engine.kv_bytes_per_token() * engine.n_ctx(),
+                embedding_dim: engine.embedding_dim(),
                 file_ms,
                 load_ms,
             },

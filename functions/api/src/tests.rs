@@ -160,6 +160,19 @@ impl Engine for FakeEngine {
         }
         Ok(())
     }
+    fn embedding_dim(&self) -> Option<usize> {
+        None
+    }
+    fn embedding_input(&self, text: &str) -> Vec<u32> {
+        self.encode(text, false)
+    }
+    fn embed(
+        &self,
+        _inputs: &[Vec<u32>],
+        _interrupt: &Interrupt,
+    ) -> Result<Vec<Vec<f32>>, bitnet_engine::model::EmbedError> {
+        unreachable!("the fake is a generative model: the API never asks it for embeddings")
+    }
     fn stats(&self) -> SchedulerStats {
         SchedulerStats {
             slots: 4,
