@@ -21,6 +21,19 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; 
     echo "$want" > "$STAMP"
 fi
 
+# examples/rag's library (neo4j-graphrag) in a venv of its own: test_rag_example.py runs the
+# example with it.
+RAG_VENV="${BITNET_RAG_VENV:-$ROOT/.cache/rag-venv}"
+RAG_REQ="$ROOT/examples/rag/requirements.txt"
+rag_want="$(sha256sum "$RAG_REQ" | cut -d' ' -f1)"
+if [ ! -x "$RAG_VENV/bin/python" ] || [ "$(cat "$RAG_VENV/.requirements.sha256" 2>/dev/null)" != "$rag_want" ]; then
+    echo "run.sh: installing the RAG example's dependencies into $RAG_VENV" >&2
+    python3 -m venv "$RAG_VENV"
+    "$RAG_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$RAG_REQ"
+    echo "$rag_want" > "$RAG_VENV/.requirements.sha256"
+fi
+export BITNET_RAG_PYTHON="$RAG_VENV/bin/python"
+
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"
 exec python -m pytest tests/functions --confcutdir=tests/functions -p no:cacheprovider -q -rs "$@"

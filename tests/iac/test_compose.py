@@ -78,7 +78,7 @@ def services_of(profile: str) -> set[str]:
     ("download", {"bitnet-download"}),
     # The old image's profile names keep working.
     ("volume-mount", {"bitnet-volume"}),
-    ("full-stack", {"bitnet-volume", "neo4j"}),
+    ("full-stack", {"bitnet-volume", "bitnet-embed", "rag", "neo4j"}),
 ])
 def test_profiles_old_and_new(profile, expect):
     assert services_of(profile) == expect
@@ -111,7 +111,7 @@ def test_old_port_can_be_kept():
     assert [interpolate(p, {"BITNET_PORT": "8001"}) for p in ports] == ["127.0.0.1:8001:8080"]
 
 
-@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download", "bitnet-embed"])
 @pytest.mark.parametrize("caller,expect", [
     ({}, "refuses"),                                     # nothing set: no silent no-auth
     ({"API_KEY": ""}, "refuses"),
@@ -133,7 +133,7 @@ def test_auth_comes_from_the_caller_only(name, caller, expect):
     assert got == expect, (name, caller, svc.get("environment"))
 
 
-@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download", "bitnet-embed"])
 def test_no_auth_setting_has_no_default(name):
     env = services()[name].get("environment") or {}
     assert "API_KEY" in env, "API_KEY must be passed through from the caller"
@@ -145,7 +145,7 @@ def test_no_auth_setting_has_no_default(name):
         assert _VAR.sub("", raw) == "", f"{name}: {var} is hard-coded: {raw!r}"
 
 
-@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download", "bitnet-embed"])
 def test_published_on_loopback_only(name):
     svc = services()[name]
     ports = svc.get("ports") or load_compose()["x-bitnet"]["ports"]
@@ -153,7 +153,7 @@ def test_published_on_loopback_only(name):
         assert interpolate(p, {}).startswith("127.0.0.1:"), p
 
 
-@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download"])
+@pytest.mark.parametrize("name", ["bitnet-volume", "bitnet-download", "bitnet-embed"])
 @pytest.mark.parametrize("caller,parallel,prefix", [
     ({}, "4", ""),                                       # the server's default slots; prefix cache derived
     ({"BITNET_PARALLEL": ""}, "4", ""),
@@ -186,3 +186,20 @@ def test_image_sets_no_auth_default():
     env_lines = " ".join(l for l in DOCKERFILE.read_text().replace("\\\n", " ").splitlines() if l.startswith("ENV "))
     assert "BITNET_HOST=0.0.0.0" in env_lines
     assert "API_KEY" not in env_lines and "BITNET_ALLOW_NO_AUTH" not in env_lines, env_lines
+
+
+def test_full_stack_rag_reaches_both_models_and_neo4j_without_defaults():
+    """The example's service: both servers by their compose names, the caller's key and
+    Neo4j password only (no defaults), the example folder read-only."""
+    svc = services()["rag"]
+    env = server_env(svc, {})
+    assert env["BITNET_CHAT_URL"] == "http://bitnet:8080/v1"
+    assert env["BITNET_EMBED_URL"] == "http://bitnet-embed:8080/v1"
+    assert env["API_KEY"] == "" and env["NEO4J_PASSWORD"] == ""
+    assert server_env(svc, {"NEO4J_PASSWORD": "pw"})["NEO4J_PASSWORD"] == "pw"
+    app = [v for v in svc["volumes"] if v["target"] == "/app"][0]
+    assert app["read_only"] and (COMPOSE.parent / app["source"] / "rag.py").is_file()
+    # The chat server answers to `bitnet` in the full stack.
+    assert "bitnet" in services()["bitnet-volume"]["networks"]["default"]["aliases"]
+    embed = server_env(services()["bitnet-embed"], {})
+    assert embed["BITNET_MODEL"] == "/models/bitnet-embedding-0.6b-i2_s.gguf"
