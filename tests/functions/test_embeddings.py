@@ -5,6 +5,7 @@ and every refusal naming its field."""
 import json
 import math
 import subprocess
+import time
 
 import pytest
 import requests
@@ -96,3 +97,42 @@ def test_each_model_does_only_its_kind(embed_server, model_server):
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
     r = post(model_server, "/v1/embeddings", {"input": "hi"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+
+
+def test_one_process_serves_a_chat_model_and_an_embedding_model(start_server, tiny_model, embed_model):
+    """--model for chat and completions, --embedding-model for /v1/embeddings: both through
+    the model store, both in /v1/models and /health; /ready waits for both."""
+    srv = start_server(env={"BITNET_EMBEDDING_MODEL_ID": "my-embedder"},
+                       args=["--model", str(tiny_model), "--embedding-model", str(embed_model)])
+    srv.wait_ready()
+    models = requests.get(srv.url + "/v1/models").json()
+    assert [m["id"] for m in models["data"]] == ["bitnet-b1.58-2b-4t", "my-embedder"]
+    assert requests.get(srv.url + "/v1/models/my-embedder").status_code == 200
+    h = requests.get(srv.url + "/health").json()
+    assert h["model"]["state"] == "ready" and "embedding_dim" not in h["model"]
+    assert h["embedding_model"]["state"] == "ready" and h["embedding_model"]["embedding_dim"] == 256
+    chat = post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})
+    assert chat.status_code == 200 and chat.json()["model"] == "bitnet-b1.58-2b-4t"
+    client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+    e = client.embeddings.create(model="text-embedding-3-small", input=["hello", "world"])
+    assert e.model == "my-embedder" and len(e.data) == 2 and len(e.data[0].embedding) == 256
+
+
+def test_ready_waits_for_the_embedding_model(start_server, tiny_model, workdir):
+    """An embedding model that cannot be had keeps /ready at 503 (naming it), while chat
+    still works."""
+    srv = start_server(env={"BITNET_LOAD_RETRY_MAX_SECS": "600"},
+                       args=["--model", str(tiny_model), "--embedding-model", str(workdir / "missing.gguf")])
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        h = requests.get(srv.url + "/health").json()
+        if h["model"]["state"] == "ready" and h["embedding_model"]["state"] == "failed":
+            break
+        time.sleep(0.2)
+    assert h["embedding_model"]["state"] == "failed", h
+    r = requests.get(srv.url + "/ready")
+    assert r.status_code == 503 and r.json()["embedding_model"]["state"] == "failed"
+    assert post(srv, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                              "max_tokens": 2}).status_code == 200
+    r = post(srv, "/v1/embeddings", {"input": "x"})
+    assert r.status_code == 503, r.text

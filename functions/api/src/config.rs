@@ -82,6 +82,13 @@ impl Default for HttpLimits {
 pub struct ApiConfig {
     /// Model id shown by `/v1/models` and accepted in `model` (`BITNET_MODEL_ID`).
     pub model_id: String,
+    /// An embedding model to serve beside the chat model (`BITNET_EMBEDDING_MODEL`: a path or
+    /// URI, fetched by the model store like `BITNET_MODEL`; `BITNET_EMBEDDING_MODEL_SHA256`
+    /// pins it). `/v1/embeddings` goes to it, chat and completions to the chat model.
+    pub embedding_model: Option<String>,
+    /// Its id in `/v1/models` and responses (`BITNET_EMBEDDING_MODEL_ID`, default
+    /// `bitnet-embedding-0.6b`).
+    pub embedding_model_id: String,
     /// How long a generation request waits for the model to become ready before answering 503
     /// (`BITNET_WAIT_FOR_MODEL_SECS`; 0 = answer 503 at once; Lambda: 900).
     pub wait_for_model: Duration,
@@ -149,6 +156,8 @@ impl Default for ApiConfig {
     fn default() -> Self {
         Self {
             model_id: "bitnet-b1.58-2b-4t".to_string(),
+            embedding_model: None,
+            embedding_model_id: "bitnet-embedding-0.6b".to_string(),
             wait_for_model: Duration::ZERO,
             max_body_bytes: 1 << 20,
             max_queue: 4,
@@ -229,6 +238,10 @@ impl ApiConfig {
         };
         Self {
             model_id: env.string("BITNET_MODEL_ID").unwrap_or(d.model_id),
+            embedding_model: env.string("BITNET_EMBEDDING_MODEL"),
+            embedding_model_id: env
+                .string("BITNET_EMBEDDING_MODEL_ID")
+                .unwrap_or(d.embedding_model_id),
             wait_for_model: secs("BITNET_WAIT_FOR_MODEL_SECS").unwrap_or(d.wait_for_model),
             max_body_bytes: env
                 .parse::<usize>("BITNET_MAX_BODY_BYTES")

@@ -29,8 +29,9 @@ pub async fn embeddings(
     admission: Admission,
     request_deadline: Option<Instant>,
 ) -> Result<Response, ApiError> {
-    let engine = state.engine().await?;
-    let model_id = state.config().model_id.clone();
+    // The embedding model served beside the chat model, else the one model; any name in
+    // `model` is that model (one model of each kind).
+    let (engine, model_id) = state.embedding_engine().await?;
     let Some(dim) = engine.embedding_dim() else {
         return Err(ApiError::invalid_param(
             "model",

@@ -206,24 +206,27 @@ async fn root(State(state): State<AppState>) -> Response {
         "service": "bitnet",
         "version": env!("CARGO_PKG_VERSION"),
         "model": state.config().model_id,
-        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/models", "/tokenize", "/detokenize", "/health", "/ready", "/metrics"],
+        "endpoints": ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/tokenize", "/detokenize", "/health", "/ready", "/metrics"],
     }))
     .into_response()
 }
 
 /// Always 200 while the process lives; the body says where the model is.
 async fn health(State(state): State<AppState>) -> Response {
-    axum::Json(json!({
+    let mut body = json!({
         "status": "ok",
         "model": state.model_report(),
         "uptime_s": state.uptime().as_secs_f64(),
         "in_flight": state.in_flight(),
         "version": env!("CARGO_PKG_VERSION"),
-    }))
-    .into_response()
+    });
+    if let Some(e) = state.embedding_report() {
+        body["embedding_model"] = json!(e);
+    }
+    axum::Json(body).into_response()
 }
 
-/// 200 once the model can serve, else 503 with `Retry-After`.
+/// 200 once every model can serve, else 503 with `Retry-After`.
 async fn ready(State(state): State<AppState>) -> Response {
     if state.is_ready() {
         return axum::Json(json!({ "status": "ready", "model": state.config().model_id }))
@@ -231,12 +234,18 @@ async fn ready(State(state): State<AppState>) -> Response {
     }
     state.start_loading();
     let report = state.model_report();
-    let retry = retry_after_estimate(&report.state);
-    let mut resp = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        axum::Json(json!({ "status": "not_ready", "model": report })),
-    )
-        .into_response();
+    let embedding = state.embedding_report();
+    let retry = std::iter::once(&report)
+        .chain(embedding.as_ref())
+        .filter(|r| !matches!(r.state, crate::state::ModelState::Ready { .. }))
+        .map(|r| retry_after_estimate(&r.state))
+        .max()
+        .unwrap_or(1);
+    let mut body = json!({ "status": "not_ready", "model": report });
+    if let Some(e) = embedding {
+        body["embedding_model"] = json!(e);
+    }
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry));
     resp
@@ -258,18 +267,25 @@ fn model_object(id: &str) -> serde_json::Value {
 }
 
 async fn list_models(State(state): State<AppState>) -> Response {
-    axum::Json(json!({ "object": "list", "data": [model_object(&state.config().model_id)] }))
-        .into_response()
+    let data: Vec<serde_json::Value> = state
+        .model_ids()
+        .iter()
+        .map(|id| model_object(id))
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
 }
 
 async fn get_model(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    if id.eq_ignore_ascii_case(&state.config().model_id) {
-        Ok(axum::Json(model_object(&state.config().model_id)).into_response())
-    } else {
-        Err(ApiError::model_not_found(&id))
+    match state
+        .model_ids()
+        .into_iter()
+        .find(|m| m.eq_ignore_ascii_case(&id))
+    {
+        Some(m) => Ok(axum::Json(model_object(&m)).into_response()),
+        None => Err(ApiError::model_not_found(&id)),
     }
 }
 

@@ -46,7 +46,20 @@ pub fn start(
     }
     let source = store::StoreSource::from_env(front_door, model_uri);
     let loader = engine_loader(&config);
-    Ok(AppState::new(config, Arc::new(source), loader))
+    let chat = state::ModelSpec {
+        id: config.model_id.clone(),
+        source: Arc::new(source),
+        loader: loader.clone(),
+    };
+    let embedding = config
+        .embedding_model
+        .as_deref()
+        .map(|uri| state::ModelSpec {
+            id: config.embedding_model_id.clone(),
+            source: Arc::new(store::StoreSource::for_embedding_model(front_door, uri)),
+            loader,
+        });
+    Ok(AppState::with_models(config, chat, embedding))
 }
 
 /// Serves the router on a bound listener until Ctrl-C or SIGTERM, with the configured HTTP

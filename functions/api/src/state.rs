@@ -103,15 +103,33 @@ pub struct AppState {
 
 struct Inner {
     config: ApiConfig,
+    /// The model of `/v1/chat/completions` and `/v1/completions` (the one model, unless an
+    /// embedding model is served beside it).
+    chat: Arc<Slot>,
+    /// An embedding model served beside it (`BITNET_EMBEDDING_MODEL`), for `/v1/embeddings`.
+    embedding: Option<Arc<Slot>>,
+    /// One permit per request allowed in (generating + waiting): `parallel + max_queue`.
+    admission: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+/// One model's lifecycle: its id, where it comes from, how it loads, and where it is.
+struct Slot {
+    id: String,
     source: Arc<dyn ModelSource>,
     loader: Loader,
     phase: watch::Sender<Phase>,
-    /// One permit per request allowed in (generating + waiting): `parallel + max_queue`.
-    admission: Arc<Semaphore>,
     /// Failed attempts in a row (the back-off's exponent).
     failures: AtomicU32,
-    metrics: Arc<Metrics>,
-    started: Instant,
+    load_retry_max: Duration,
+}
+
+/// What a front door gives for one model: its id, source and loader.
+pub struct ModelSpec {
+    pub id: String,
+    pub source: Arc<dyn ModelSource>,
+    pub loader: Loader,
 }
 
 /// A place among the requests let in (generating or waiting), taken before a request's body
@@ -122,18 +140,36 @@ pub struct Admission {
 }
 
 impl AppState {
-    /// Builds the state. With `config.preload` the model starts loading in the background (this
-    /// needs a Tokio runtime); nothing here blocks.
+    /// Builds the state for one model. With `config.preload` the model starts loading in the
+    /// background (this needs a Tokio runtime); nothing here blocks.
     pub fn new(config: ApiConfig, source: Arc<dyn ModelSource>, loader: Loader) -> Self {
+        let chat = ModelSpec {
+            id: config.model_id.clone(),
+            source,
+            loader,
+        };
+        Self::with_models(config, chat, None)
+    }
+
+    /// [`AppState::new`] with an embedding model served beside the chat model.
+    pub fn with_models(config: ApiConfig, chat: ModelSpec, embedding: Option<ModelSpec>) -> Self {
         let preload = config.preload;
+        let slot = |m: ModelSpec| {
+            Arc::new(Slot {
+                id: m.id,
+                source: m.source,
+                loader: m.loader,
+                phase: watch::channel(Phase::Idle).0,
+                failures: AtomicU32::new(0),
+                load_retry_max: config.load_retry_max,
+            })
+        };
         let state = Self {
             inner: Arc::new(Inner {
                 admission: Arc::new(Semaphore::new(config.parallel + config.max_queue)),
+                chat: slot(chat),
+                embedding: embedding.map(slot),
                 config,
-                source,
-                loader,
-                phase: watch::channel(Phase::Idle).0,
-                failures: AtomicU32::new(0),
                 metrics: Arc::new(Metrics::new()),
                 started: Instant::now(),
             }),
@@ -152,11 +188,118 @@ impl AppState {
         &self.inner.metrics
     }
 
+    fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        std::iter::once(&self.inner.chat).chain(self.inner.embedding.as_ref())
+    }
+
+    /// The slot `/v1/embeddings` uses: the embedding model served beside, else the one model.
+    fn embedding_slot(&self) -> &Arc<Slot> {
+        self.inner.embedding.as_ref().unwrap_or(&self.inner.chat)
+    }
+
+    /// Starts fetching and loading every model in the background unless under way, ready, or
+    /// failed with its back-off not passed. Returns immediately.
+    pub fn start_loading(&self) {
+        for s in self.slots() {
+            s.start_loading();
+        }
+    }
+
+    /// The chat model's engine if it is ready.
+    pub fn engine_now(&self) -> Option<Arc<dyn Engine>> {
+        self.inner.chat.engine_now()
+    }
+
+    /// Resolves once every model is loaded (at once if they are), however many attempts that
+    /// takes, with the chat model's engine; never if the state is dropped first.
+    pub async fn ready(&self) -> Arc<dyn Engine> {
+        if let Some(e) = &self.inner.embedding {
+            e.ready().await;
+        }
+        self.inner.chat.ready().await
+    }
+
+    /// Resolves once this attempt has settled for every model: the chat engine when all
+    /// loaded, or the first error. Never if the state is dropped first.
+    pub async fn settled(&self) -> Result<Arc<dyn Engine>, String> {
+        if let Some(e) = &self.inner.embedding {
+            e.settled().await?;
+        }
+        self.inner.chat.settled().await
+    }
+
+    /// The chat model's engine, waiting up to `BITNET_WAIT_FOR_MODEL_SECS` for it; 503 with
+    /// `Retry-After` otherwise.
+    pub async fn engine(&self) -> Result<Arc<dyn Engine>, ApiError> {
+        self.inner
+            .chat
+            .engine(self.inner.config.wait_for_model)
+            .await
+    }
+
+    /// The engine `/v1/embeddings` uses and its model id: the embedding model served
+    /// beside the chat model, else the one model.
+    pub async fn embedding_engine(&self) -> Result<(Arc<dyn Engine>, String), ApiError> {
+        let slot = self.embedding_slot();
+        let engine = slot.engine(self.inner.config.wait_for_model).await?;
+        Ok((engine, slot.id.clone()))
+    }
+
+    /// Takes a place among the requests let in, or 429 when every slot and queue place is
+    /// taken. Call before doing any work for a request.
+    pub fn admit(&self) -> Result<Admission, ApiError> {
+        let c = &self.inner.config;
+        let permit = self
+            .inner
+            .admission
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::queue_full(c.parallel, c.max_queue))?;
+        Ok(Admission { _permit: permit })
+    }
+
+    /// Where the chat model is.
+    pub fn model_state(&self) -> ModelState {
+        self.inner.chat.model_state()
+    }
+
+    /// [`AppState::model_state`] with the model's id and source.
+    pub fn model_report(&self) -> ModelReport {
+        self.inner.chat.report()
+    }
+
+    /// The embedding model served beside the chat model, if any.
+    pub fn embedding_report(&self) -> Option<ModelReport> {
+        self.inner.embedding.as_ref().map(|s| s.report())
+    }
+
+    /// The ids of the models served (`/v1/models`).
+    pub fn model_ids(&self) -> Vec<String> {
+        self.slots().map(|s| s.id.clone()).collect()
+    }
+
+    /// Whether every model is ready.
+    pub fn is_ready(&self) -> bool {
+        self.slots().all(|s| s.engine_now().is_some())
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// Requests generating or waiting.
+    pub fn in_flight(&self) -> usize {
+        let c = &self.inner.config;
+        c.parallel + c.max_queue - self.inner.admission.available_permits()
+    }
+}
+
+impl Slot {
     /// Starts fetching and loading the model in the background unless it is under way, ready,
     /// or failed and its back-off has not passed. Returns immediately.
-    pub fn start_loading(&self) {
+    fn start_loading(self: &Arc<Self>) {
         let mut start = false;
-        self.inner.phase.send_if_modified(|p| {
+        self.phase.send_if_modified(|p| {
             let go = match p {
                 Phase::Idle => true,
                 Phase::Failed { retry_at, .. } => Instant::now() >= *retry_at,
@@ -171,22 +314,23 @@ impl AppState {
         if !start {
             return;
         }
-        let inner = self.inner.clone();
+        let slot = self.clone();
         tokio::spawn(async move {
-            let result = inner.fetch_and_load().await;
+            let result = slot.fetch_and_load().await;
             let attempts = match &result {
                 Ok(_) => {
-                    inner.failures.store(0, Ordering::Relaxed);
+                    slot.failures.store(0, Ordering::Relaxed);
                     0
                 }
-                Err(_) => inner.failures.fetch_add(1, Ordering::Relaxed) + 1,
+                Err(_) => slot.failures.fetch_add(1, Ordering::Relaxed) + 1,
             };
-            inner.phase.send_modify(|p| {
+            slot.phase.send_modify(|p| {
                 *p = match result {
                     Ok(ready) => ready,
                     Err(FetchError { message, permanent }) => {
-                        let wait = backoff(attempts, permanent, inner.config.load_retry_max);
+                        let wait = backoff(attempts, permanent, slot.load_retry_max);
                         tracing::error!(
+                            model = %slot.id,
                             error = %message,
                             attempts,
                             retry_in_s = wait.as_secs(),
@@ -203,18 +347,15 @@ impl AppState {
         });
     }
 
-    /// The engine if it is ready.
-    pub fn engine_now(&self) -> Option<Arc<dyn Engine>> {
-        match &*self.inner.phase.borrow() {
+    fn engine_now(&self) -> Option<Arc<dyn Engine>> {
+        match &*self.phase.borrow() {
             Phase::Ready { engine, .. } => Some(engine.clone()),
             _ => None,
         }
     }
 
-    /// Resolves once the engine is loaded (at once if it is), however many attempts that
-    /// takes; never if the state is dropped first.
-    pub async fn ready(&self) -> Arc<dyn Engine> {
-        let mut phase = self.inner.phase.subscribe();
+    async fn ready(&self) -> Arc<dyn Engine> {
+        let mut phase = self.phase.subscribe();
         loop {
             if let Phase::Ready { engine, .. } = &*phase.borrow_and_update() {
                 return engine.clone();
@@ -225,11 +366,8 @@ impl AppState {
         }
     }
 
-    /// Resolves once this attempt has settled: the engine when it loaded, or the error when it
-    /// failed (the next attempt starts only when a request asks for the model, after its
-    /// back-off). Never if the state is dropped first.
-    pub async fn settled(&self) -> Result<Arc<dyn Engine>, String> {
-        let mut phase = self.inner.phase.subscribe();
+    async fn settled(&self) -> Result<Arc<dyn Engine>, String> {
+        let mut phase = self.phase.subscribe();
         loop {
             match &*phase.borrow_and_update() {
                 Phase::Ready { engine, .. } => return Ok(engine.clone()),
@@ -242,16 +380,13 @@ impl AppState {
         }
     }
 
-    /// The engine, waiting up to `BITNET_WAIT_FOR_MODEL_SECS` for it; 503 with `Retry-After`
-    /// otherwise.
-    pub async fn engine(&self) -> Result<Arc<dyn Engine>, ApiError> {
+    async fn engine(self: &Arc<Self>, wait: Duration) -> Result<Arc<dyn Engine>, ApiError> {
         if let Some(e) = self.engine_now() {
             return Ok(e);
         }
         self.start_loading();
-        let wait = self.inner.config.wait_for_model;
         if !wait.is_zero() {
-            let mut rx = self.inner.phase.subscribe();
+            let mut rx = self.phase.subscribe();
             let done = tokio::time::timeout(
                 wait,
                 rx.wait_for(|p| matches!(p, Phase::Ready { .. } | Phase::Failed { .. })),
@@ -274,24 +409,11 @@ impl AppState {
         })
     }
 
-    /// Takes a place among the requests let in, or 429 when every slot and queue place is
-    /// taken. Call before doing any work for a request.
-    pub fn admit(&self) -> Result<Admission, ApiError> {
-        let c = &self.inner.config;
-        let permit = self
-            .inner
-            .admission
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| ApiError::queue_full(c.parallel, c.max_queue))?;
-        Ok(Admission { _permit: permit })
-    }
-
     /// Where the model is: the engine's phase, with the file's status while it is on its way.
-    pub fn model_state(&self) -> ModelState {
-        let phase = self.inner.phase.borrow().clone();
+    fn model_state(&self) -> ModelState {
+        let phase = self.phase.borrow().clone();
         match phase {
-            Phase::Idle | Phase::Fetching => match self.inner.source.status() {
+            Phase::Idle | Phase::Fetching => match self.source.status() {
                 ModelStatus::NotStarted if matches!(phase, Phase::Idle) => ModelState::NotStarted,
                 ModelStatus::NotStarted => ModelState::Loading { file_ms: None },
                 ModelStatus::Downloading {
@@ -339,39 +461,23 @@ impl AppState {
         }
     }
 
-    /// [`AppState::model_state`] with the model's id and source.
-    pub fn model_report(&self) -> ModelReport {
+    fn report(&self) -> ModelReport {
         ModelReport {
-            id: self.inner.config.model_id.clone(),
-            source: self.inner.source.describe(),
+            id: self.id.clone(),
+            source: self.source.describe(),
             state: self.model_state(),
         }
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.engine_now().is_some()
-    }
-
-    pub fn uptime(&self) -> Duration {
-        self.inner.started.elapsed()
-    }
-
-    /// Requests generating or waiting.
-    pub fn in_flight(&self) -> usize {
-        let c = &self.inner.config;
-        c.parallel + c.max_queue - self.inner.admission.available_permits()
-    }
-}
-
-impl Inner {
     /// One attempt: the file from the source, then the engine from the file.
     async fn fetch_and_load(&self) -> Result<Phase, FetchError> {
         let t0 = Instant::now();
-        tracing::info!(source = %self.source.describe(), "fetching model");
+        tracing::info!(model = %self.id, source = %self.source.describe(), "fetching model");
         let map = self.source.fetch().await?;
         let file_ms = t0.elapsed().as_millis() as u64;
         self.phase.send_replace(Phase::Loading { file_ms });
         tracing::info!(
+            model = %self.id,
             file_ms,
             bytes = map.len(),
             "model file ready; loading engine"
@@ -391,6 +497,7 @@ impl Inner {
             })?;
         let load_ms = t1.elapsed().as_millis() as u64;
         tracing::info!(
+            model = %self.id,
             load_ms,
             n_ctx = engine.n_ctx(),
             kv_bytes_per_sequence = engine.kv_bytes_per_token() * engine.n_ctx(),

@@ -27,6 +27,17 @@ impl StoreSource {
         Self::new(cfg)
     }
 
+    /// The embedding model served beside the chat model: the same store settings (cache,
+    /// storage, credentials) with its own URI and `BITNET_EMBEDDING_MODEL_SHA256`.
+    pub fn for_embedding_model(front_door: FrontDoor, uri: &str) -> Self {
+        let mut cfg = StoreConfig::from_env_with_fsync_default(front_door.cache_fsync());
+        cfg.uri = uri.to_string();
+        cfg.sha256 = std::env::var("BITNET_EMBEDDING_MODEL_SHA256")
+            .ok()
+            .filter(|s| !s.trim().is_empty());
+        Self::new(cfg)
+    }
+
     pub fn new(cfg: StoreConfig) -> Self {
         Self {
             store: ModelStore::new(cfg),

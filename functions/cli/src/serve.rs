@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// on Hugging Face, through the model store's cache]
     #[arg(long, value_name = "URI")]
     pub model: Option<String>,
+    /// An embedding model served beside it for /v1/embeddings (a path or URI, through the
+    /// model store) [env: BITNET_EMBEDDING_MODEL; id: BITNET_EMBEDDING_MODEL_ID]
+    #[arg(long, value_name = "URI")]
+    pub embedding_model: Option<String>,
     /// Address to bind [env: BITNET_HOST]
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -93,6 +97,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(id) = args.model_id.clone() {
         config.model_id = id;
+    }
+    if let Some(uri) = args.embedding_model.clone() {
+        config.embedding_model = Some(uri);
     }
     if args.no_auth {
         config.allow_no_auth = true;
