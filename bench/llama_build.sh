@@ -63,7 +63,7 @@ llama_build() {
     fi
     _llama_sources
     local flags=(-DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF
-        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON
+        -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TOOLS=ON
         -DLLAMA_BUILD_SERVER=ON)
     if grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | grep -qw 'amx_tile\|amx_int8\|amx_bf16'; then
         flags+=(-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF)

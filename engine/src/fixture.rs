@@ -315,18 +315,8 @@ fn write_embedding_fixture(
     g.add(k("rope.freq_base"), Value::F32(1_000_000.0));
     g.add(k("pooling_type"), Value::U32(3));
     g.add("general.file_type", Value::U32(file_type(ty)));
-    g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
     g.add("tokenizer.ggml.pre", Value::String("qwen2".into()));
-    g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
-    g.add(
-        "tokenizer.ggml.token_type",
-        Value::I32s(tok.token_types.clone()),
-    );
-    g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
-    g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));
-    g.add("tokenizer.ggml.eos_token_id", Value::U32(tok.eos));
-    g.add("tokenizer.ggml.padding_token_id", Value::U32(tok.eos));
-    g.add("tokenizer.ggml.add_bos_token", Value::Bool(false));
+    add_tokenizer(&mut g, tok, false);
     g.add("general.quantization_version", Value::U32(2));
 
     let mut plan: Vec<(String, Vec<u64>, GgmlType)> = vec![(
@@ -356,16 +346,44 @@ fn write_embedding_fixture(
         plan.push((n("ffn_down"), vec![f, d], ty));
     }
     plan.push(("output_norm.weight".into(), vec![d], GgmlType::F16));
-    for (name, dims, t) in &plan {
+    write_tensors(g, &plan, spec.seed, n_vocab, p.dim, w)
+}
+
+/// The tokenizer keys both architectures write (`tokenizer.ggml.pre` is the caller's).
+fn add_tokenizer(g: &mut GgufWriter, tok: &TokenizerParts, add_bos: bool) {
+    g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
+    g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
+    g.add(
+        "tokenizer.ggml.token_type",
+        Value::I32s(tok.token_types.clone()),
+    );
+    g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
+    g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));
+    g.add("tokenizer.ggml.eos_token_id", Value::U32(tok.eos));
+    g.add("tokenizer.ggml.padding_token_id", Value::U32(tok.eos));
+    g.add("tokenizer.ggml.add_bos_token", Value::Bool(add_bos));
+}
+
+/// Declares `plan`'s tensors, writes the header, then every tensor's data: the F16 token
+/// embedding, norms (F32 or F16 as planned), ternary projections.
+fn write_tensors(
+    mut g: GgufWriter,
+    plan: &[(String, Vec<u64>, GgmlType)],
+    seed: u64,
+    n_vocab: usize,
+    dim: usize,
+    w: &mut impl Write,
+) -> Result<(), FixtureError> {
+    for (name, dims, t) in plan {
         g.add_tensor(name.clone(), dims, *t);
     }
     let mut w = BufWriter::with_capacity(1 << 20, w);
     g.write_header(&mut w)?;
-    for (name, dims, t) in &plan {
+    for (name, dims, t) in plan {
         let data = if name == "token_embd.weight" {
-            embedding_f16(spec.seed, n_vocab, p.dim)
+            embedding_f16(seed, n_vocab, dim)
         } else if dims.len() == 1 {
-            let v = norm_weights(spec.seed, name, dims[0] as usize);
+            let v = norm_weights(seed, name, dims[0] as usize);
             match t {
                 GgmlType::F16 => v
                     .iter()
@@ -375,7 +393,7 @@ fn write_embedding_fixture(
             }
         } else {
             let (kk, rows) = (dims[0] as usize, dims[1] as usize);
-            let (values, scale) = ternary_weights(spec.seed, name, rows, kk);
+            let (values, scale) = ternary_weights(seed, name, rows, kk);
             encode_ternary(*t, &values, kk, scale)
         };
         g.write_tensor(&mut w, &data)?;
@@ -473,17 +491,7 @@ pub fn write_fixture(
         g.add(k("hidden_activation"), Value::String("relu2".into()));
     }
     g.add("general.file_type", Value::U32(file_type(ty)));
-    g.add("tokenizer.ggml.model", Value::String("gpt2".into()));
-    g.add("tokenizer.ggml.tokens", Value::Strings(tok.tokens.clone()));
-    g.add(
-        "tokenizer.ggml.token_type",
-        Value::I32s(tok.token_types.clone()),
-    );
-    g.add("tokenizer.ggml.merges", Value::Strings(tok.merges.clone()));
-    g.add("tokenizer.ggml.bos_token_id", Value::U32(tok.bos));
-    g.add("tokenizer.ggml.eos_token_id", Value::U32(tok.eos));
-    g.add("tokenizer.ggml.padding_token_id", Value::U32(tok.eos));
-    g.add("tokenizer.ggml.add_bos_token", Value::Bool(true));
+    add_tokenizer(&mut g, tok, true);
     g.add(
         "tokenizer.chat_template",
         Value::String("{% for message in messages %}Human: {{ message['content'] }}BITNETAssistant: {% endfor %}".into()),
@@ -516,26 +524,5 @@ pub fn write_fixture(
         vec![p.dim as u64],
         GgmlType::F32,
     ));
-    for (name, dims, t) in &plan {
-        g.add_tensor(name.clone(), dims, *t);
-    }
-    let mut w = BufWriter::with_capacity(1 << 20, w);
-    g.write_header(&mut w)?;
-    for (name, dims, t) in &plan {
-        let data = if name == "token_embd.weight" {
-            embedding_f16(spec.seed, n_vocab, p.dim)
-        } else if dims.len() == 1 {
-            norm_weights(spec.seed, name, dims[0] as usize)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        } else {
-            let (kk, rows) = (dims[0] as usize, dims[1] as usize);
-            let (values, scale) = ternary_weights(spec.seed, name, rows, kk);
-            encode_ternary(*t, &values, kk, scale)
-        };
-        g.write_tensor(&mut w, &data)?;
-    }
-    w.flush()?;
-    Ok(())
+    write_tensors(g, &plan, spec.seed, n_vocab, p.dim, w)
 }

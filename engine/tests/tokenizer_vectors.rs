@@ -9,53 +9,17 @@ fn fixture_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
-#[test]
-fn every_llama_bpe_vector_matches() {
+/// Every vector of llama.cpp's `NAME.inp` / `NAME.out` (inputs separated by
+/// `__ggml_vocab_test__`, expected ids a line each), encoded without BOS; decoding gives the
+/// text back.
+fn check_vectors(tok: &bitnet_engine::Tokenizer, name: &str) {
     let dir = fixture_dir();
-    let inp = std::fs::read_to_string(dir.join("llama-bpe.inp")).unwrap();
-    let out = std::fs::read_to_string(dir.join("llama-bpe.out")).unwrap();
+    let inp = std::fs::read_to_string(dir.join(format!("{name}.inp"))).unwrap();
+    let out = std::fs::read_to_string(dir.join(format!("{name}.out"))).unwrap();
     let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
     let expected: Vec<&str> = out.lines().collect();
     // The .inp file ends with a separator, leaving an empty last element.
     let inputs = &inputs[..expected.len()];
-    let tok = common::tokenizer();
-    let mut failures = Vec::new();
-    for (text, want) in inputs.iter().zip(&expected) {
-        let want: Vec<u32> = want
-            .split_whitespace()
-            .map(|s| s.parse().unwrap())
-            .collect();
-        let got = tok.encode(text, false);
-        if got != want {
-            failures.push(format!("{text:?}: got {got:?}, want {want:?}"));
-        }
-    }
-    assert!(expected.len() > 20, "too few vectors read");
-    assert!(
-        failures.is_empty(),
-        "{} of {} vectors differ:\n{}",
-        failures.len(),
-        expected.len(),
-        failures.join("\n")
-    );
-    eprintln!("{} tokenizer vectors pass", expected.len());
-}
-
-/// Qwen2 / Qwen3 (the embedding model's tokenizer): llama.cpp's `ggml-vocab-qwen2.gguf`
-/// vectors against that very file (shipped gzip, read as a GGUF without tensors).
-#[test]
-fn every_qwen2_vector_matches() {
-    let dir = fixture_dir();
-    let inp = std::fs::read_to_string(dir.join("qwen2.inp")).unwrap();
-    let out = std::fs::read_to_string(dir.join("qwen2.out")).unwrap();
-    let inputs: Vec<&str> = inp.split("\n__ggml_vocab_test__\n").collect();
-    let expected: Vec<&str> = out.lines().collect();
-    let inputs = &inputs[..expected.len()];
-    let bytes = bitnet_engine::fixture::qwen2_vocab_gguf().expect("shipped");
-    let g = bitnet_engine::gguf::GgufFile::from_backing(std::sync::Arc::new(bytes)).expect("gguf");
-    let tok = bitnet_engine::Tokenizer::from_gguf(&g).expect("tokenizer");
-    assert!(!tok.add_bos, "Qwen2 vocabularies start without BOS");
-    assert_eq!(tok.eos, 151643);
     let mut failures = Vec::new();
     for (text, want) in inputs.iter().zip(&expected) {
         let want: Vec<u32> = want
@@ -76,9 +40,26 @@ fn every_qwen2_vector_matches() {
         expected.len(),
         failures.join("\n")
     );
+    eprintln!("{} {name} tokenizer vectors pass", expected.len());
+}
+
+#[test]
+fn every_llama_bpe_vector_matches() {
+    check_vectors(common::tokenizer(), "llama-bpe");
+}
+
+/// Qwen2 / Qwen3 (the embedding model's tokenizer): llama.cpp's `ggml-vocab-qwen2.gguf`
+/// vectors against that very file (shipped gzip, read as a GGUF without tensors).
+#[test]
+fn every_qwen2_vector_matches() {
+    let bytes = bitnet_engine::fixture::qwen2_vocab_gguf().expect("shipped");
+    let g = bitnet_engine::gguf::GgufFile::from_backing(std::sync::Arc::new(bytes)).expect("gguf");
+    let tok = bitnet_engine::Tokenizer::from_gguf(&g).expect("tokenizer");
+    assert!(!tok.add_bos, "Qwen2 vocabularies start without BOS");
+    assert_eq!(tok.eos, 151643);
+    check_vectors(&tok, "qwen2");
     // Digits one by one (Llama 3 groups three).
-    let digits = tok.encode("12345", false);
-    assert_eq!(digits.len(), 5);
+    assert_eq!(tok.encode("12345", false).len(), 5);
 }
 
 #[test]
