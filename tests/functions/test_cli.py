@@ -268,3 +268,21 @@ def test_generate_under_a_grammar_or_a_schema(tiny_model, tmp_path):
     out = subprocess.run([binary("bitnet"), "generate", "--model", tiny_model, "--prompt", "x", "--json-schema",
                           schema], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and "'format'" in out.stderr, out.stderr
+
+
+def test_tokenize_reads_a_vocabulary_only_gguf(tmp_path):
+    """llama.cpp's vocabulary-only files (no tensors, no padding after the metadata), here the
+    shipped Qwen2 one: `bitnet tokenize --model` gives llama.cpp's own test vector."""
+    import gzip
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    vocab = tmp_path / "ggml-vocab-qwen2.gguf"
+    vocab.write_bytes(gzip.decompress((root / "engine/data/qwen2-vocab.gguf.gz").read_bytes()))
+    inputs = (root / "engine/tests/data/qwen2.inp").read_text().split("\n__ggml_vocab_test__\n")
+    expected = (root / "engine/tests/data/qwen2.out").read_text().splitlines()
+    # A vector with digits (one token each in Qwen2) and words.
+    i = next(k for k, t in enumerate(inputs[:len(expected)]) if any(c.isdigit() for c in t) and " " in t)
+    out = subprocess.run([binary("bitnet"), "tokenize", "--model", vocab, "--no-bos", inputs[i]],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [int(t) for t in expected[i].split()]

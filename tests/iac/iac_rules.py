@@ -217,11 +217,15 @@ def check_lambda_module(tf: dict) -> list[str]:
             v.append(f"S3 statement must allow only s3:GetObject, allows {st.get('actions')!r}")
         if "local.model_from_s3" not in str(st.get("__for_each__", "local.model_from_s3")):
             v.append("the S3 statement must exist only when the model comes from S3")
-        if st.get("resources") != ["${local.model_object}"]:
-            v.append(f"S3 statement must name only the model object, names {st.get('resources')!r}")
+        if st.get("resources") != "${compact([local.model_object, local.embedding_object])}":
+            v.append(f"S3 statement must name only the model object (and the embedding model's), "
+                     f"names {st.get('resources')!r}")
         obj = str(tf["locals"].get("model_object", ""))
         if "*" in obj or "var.model_key" not in obj:
             v.append(f"local.model_object must be <bucket ARN>/<model key>, is {obj!r}")
+        emb = str(tf["locals"].get("embedding_object", ""))
+        if "*" in emb or "var.embedding_model_key" not in emb:
+            v.append(f"local.embedding_object must be <bucket ARN>/<embedding model key>, is {emb!r}")
     key_var = tf["variable"].get("model_key", {})
     if "[*?]" not in str(key_var.get("validation", "")):
         v.append("model_key must be validated to contain no wildcard")

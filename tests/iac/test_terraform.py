@@ -84,7 +84,7 @@ def test_s3_statement_is_get_object_on_model_only(module_tf):
     s3 = [st for st in r._statements(doc) if any(a.startswith("s3:") for a in st["actions"])]
     assert len(s3) == 1
     assert s3[0]["actions"] == ["s3:GetObject"]
-    assert s3[0]["resources"] == ["${local.model_object}"]
+    assert s3[0]["resources"] == "${compact([local.model_object, local.embedding_object])}"
     assert module_tf["locals"]["model_object"] == '${local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null}'
 
 
@@ -117,7 +117,7 @@ MUTATIONS = {
     "small tmp": ("default     = 3072", "default     = 512", "ephemeral_storage"),
     "s3 wildcard action": ('actions   = ["s3:GetObject"]', 'actions   = ["s3:*"]', "s3:*"),
     "extra s3 action": ('actions   = ["s3:GetObject"]', 'actions   = ["s3:GetObject", "s3:ListBucket"]', "only s3:GetObject"),
-    "whole bucket": ("resources = [local.model_object]", 'resources = ["${local.bucket_arn}/*"]', "model object"),
+    "whole bucket": ("resources = compact([local.model_object, local.embedding_object])", 'resources = ["${local.bucket_arn}/*"]', "model object"),
     "public bucket": ("restrict_public_buckets = true", "restrict_public_buckets = false", "restrict_public_buckets"),
     "unversioned": ('status = "Enabled"\n  }\n}', 'status = "Suspended"\n  }\n}', "versioning"),
     "unencrypted": ('sse_algorithm = "aws:kms"', 'sse_algorithm = "none"', "encryption"),
@@ -252,6 +252,13 @@ ECR_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bitnet-lambda@sha256:"
     (("allow_no_auth=true", "package_type=Image", f"image_uri={ECR_IMAGE}", "model_in_image=true", "ephemeral_storage_size=512"), True, None),
     (("allow_no_auth=true", "ephemeral_storage_size=512"), False, "ephemeral_storage_size"),
     (("allow_no_auth=true", "package_type=zip"), False, "package_type must be"),
+    # The embedding model beside the chat model.
+    (("allow_no_auth=true", "embedding_model_key=models/bitnet-embedding-0.6b-i2_s.gguf"), True, None),
+    (("allow_no_auth=true", "embedding_model_key=models/*.gguf"), False, "single object key"),
+    (("allow_no_auth=true", "embedding_model_key=models/ggml-model-i2_s.gguf"), False, "other than model_key"),
+    (("allow_no_auth=true", "package_type=Image", f"image_uri={ECR_IMAGE}", "model_in_image=true",
+      "embedding_model_key=e.gguf"), False, "needs the model bucket"),
+    (("allow_no_auth=true", "embedding_model_sha256=ABC"), False, "embedding_model_sha256 must"),
 ])
 def test_validations_in_terraform_plan(variables_root, args, ok, message):
     rc, out = variables_root(*args)

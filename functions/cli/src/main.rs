@@ -280,8 +280,13 @@ struct GenerateArgs {
 #[derive(clap::Args)]
 #[group(id = "embed_input", required = true, multiple = false)]
 struct EmbedArgs {
-    #[command(flatten)]
-    model: ModelArgs,
+    /// The embedding model: a path or a URI (s3://, az://, https://, hf://), through the
+    /// model store's cache like `bitnet serve --model`.
+    #[arg(long, value_name = "URI")]
+    model: String,
+    /// Worker threads (default: $BITNET_THREADS, else all available cores).
+    #[arg(long)]
+    threads: Option<usize>,
     /// Text to embed (repeatable: one vector each, read together); the end-of-text token is
     /// appended.
     #[arg(long, group = "embed_input")]
@@ -681,12 +686,17 @@ fn generate_params(a: &GenerateArgs) -> Result<GenerateParams> {
 }
 
 fn cmd_embed(a: EmbedArgs) -> Result<()> {
-    let model = load(&a.model)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let opts = LoadOptions {
+        threads: a.threads,
+        ..Default::default()
+    };
+    let (model, source) = fetch::load_model(&rt, Some(&a.model), &opts)?;
     if !model.is_embedding() {
-        bail!(
-            "{} is not an embedding model (its architecture generates text)",
-            a.model.model.display()
-        );
+        bail!("{source} is not an embedding model (its architecture generates text)");
     }
     let interrupt = Interrupt::new();
     if let Some(shape) = &a.bench {

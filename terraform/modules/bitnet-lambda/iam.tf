@@ -29,15 +29,16 @@ resource "aws_iam_role" "this" {
 
 data "aws_iam_policy_document" "this" {
   # GetObject covers GET, ranged GET and HEAD (HeadObject is authorised by
-  # s3:GetObject), which is all the model loader does. Exactly one object ARN,
-  # and none when the model is baked into the image.
+  # s3:GetObject), which is all the model loader does. Exactly the model's object
+  # ARN (and the embedding model's, when one is served), none when the model is
+  # baked into the image.
   dynamic "statement" {
     for_each = local.model_from_s3 ? [local.model_object] : []
     content {
       sid       = "ReadModelObject"
       effect    = "Allow"
       actions   = ["s3:GetObject"]
-      resources = [local.model_object]
+      resources = compact([local.model_object, local.embedding_object])
     }
   }
 

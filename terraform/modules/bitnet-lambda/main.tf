@@ -19,6 +19,10 @@ locals {
   bucket_arn      = local.model_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}" : null
   model_uri       = local.model_from_s3 ? "s3://${local.bucket_name}/${var.model_key}" : null
   model_object    = local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null
+  # An embedding model beside it (/v1/embeddings), from the same bucket.
+  embedding_from_s3   = local.model_from_s3 && var.embedding_model_key != null
+  embedding_model_uri = local.embedding_from_s3 ? "s3://${local.bucket_name}/${var.embedding_model_key}" : null
+  embedding_object    = local.embedding_from_s3 ? "${local.bucket_arn}/${var.embedding_model_key}" : null
   log_group_name  = "/aws/lambda/${var.name}"
   cache_directory = "/tmp/bitnet-models"
 
@@ -34,6 +38,8 @@ locals {
       BITNET_PARALLEL = "1"
     },
     var.model_sha256 == "" ? {} : { BITNET_MODEL_SHA256 = var.model_sha256 },
+    local.embedding_from_s3 ? { BITNET_EMBEDDING_MODEL = local.embedding_model_uri } : {},
+    local.embedding_from_s3 && var.embedding_model_sha256 != "" ? { BITNET_EMBEDDING_MODEL_SHA256 = var.embedding_model_sha256 } : {},
     var.threads == null ? {} : { BITNET_THREADS = tostring(var.threads) },
     # The API refuses to start without API_KEY unless BITNET_ALLOW_NO_AUTH=1 says that
     # something in front (the function URL's AWS_IAM auth) checks every caller.

@@ -23,6 +23,11 @@ output "model_uri" {
   value       = local.model_uri
 }
 
+output "embedding_model_uri" {
+  description = "BITNET_EMBEDDING_MODEL as set on the function (null without embedding_model_key); upload the embedding model here."
+  value       = local.embedding_model_uri
+}
+
 output "role_arn" {
   description = "ARN of the execution role."
   value       = aws_iam_role.this.arn

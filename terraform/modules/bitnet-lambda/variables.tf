@@ -162,6 +162,32 @@ variable "model_sha256" {
   }
 }
 
+variable "embedding_model_key" {
+  description = "Object key of an embedding model (bitnet-embedding-0.6b GGUF, ~0.7 GB) in the same bucket, served beside the chat model for /v1/embeddings (BITNET_EMBEDDING_MODEL). The role may read exactly this object too. Null: no embedding model. Size ephemeral_storage_size for both files."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.embedding_model_key == null ? true : (length(var.embedding_model_key) > 0 && !can(regex("[*?]", var.embedding_model_key)) && var.embedding_model_key != var.model_key)
+    error_message = "embedding_model_key must be a single object key (no wildcards), other than model_key."
+  }
+  validation {
+    condition     = var.embedding_model_key == null || !var.model_in_image
+    error_message = "embedding_model_key needs the model bucket (model_in_image creates none)."
+  }
+}
+
+variable "embedding_model_sha256" {
+  description = "BITNET_EMBEDDING_MODEL_SHA256: expected lowercase hex sha256 of the embedding model. Empty leaves it unset."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9a-f]{64})?$", var.embedding_model_sha256))
+    error_message = "embedding_model_sha256 must be empty or 64 lowercase hex characters."
+  }
+}
+
 variable "model_kms_key_arn" {
   description = "Only for an existing bucket encrypted with a customer-managed KMS key: ARN of that key, so the role may kms:Decrypt through S3. Not needed for the bucket this module creates (SSE-KMS with the AWS managed aws/s3 key)."
   type        = string
