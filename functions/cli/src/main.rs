@@ -278,7 +278,7 @@ struct GenerateArgs {
 }
 
 #[derive(clap::Args)]
-#[group(id = "embed_input", required = true, multiple = false)]
+#[command(group(clap::ArgGroup::new("embed_input").required(true).args(["text", "ids", "bench"])))]
 struct EmbedArgs {
     /// The embedding model: a path or a URI (s3://, az://, https://, hf://), through the
     /// model store's cache like `bitnet serve --model`.
@@ -289,14 +289,14 @@ struct EmbedArgs {
     threads: Option<usize>,
     /// Text to embed (repeatable: one vector each, read together); the end-of-text token is
     /// appended.
-    #[arg(long, group = "embed_input")]
+    #[arg(long)]
     text: Vec<String>,
     /// Token ids used as given (the caller appends the end-of-text token).
-    #[arg(long, value_delimiter = ',', group = "embed_input")]
+    #[arg(long, value_delimiter = ',')]
     ids: Option<Vec<u32>>,
     /// Benchmark: NxT embeds N inputs of T tokens at once, --reps times; prints the median
     /// embeddings per second.
-    #[arg(long, value_name = "NxT", group = "embed_input")]
+    #[arg(long, value_name = "NxT")]
     bench: Option<String>,
     #[arg(long, default_value_t = 5)]
     reps: usize,
