@@ -116,6 +116,11 @@ def test_one_process_serves_a_chat_model_and_an_embedding_model(start_server, ti
     client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
     e = client.embeddings.create(model="text-embedding-3-small", input=["hello", "world"])
     assert e.model == "my-embedder" and len(e.data) == 2 and len(e.data[0].embedding) == 256
+    # Naming the other kind's model is refused, not answered by the wrong one.
+    r = post(srv, "/v1/chat/completions", {"model": "my-embedder", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    r = post(srv, "/v1/embeddings", {"model": "bitnet-b1.58-2b-4t", "input": "hi"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
 
 
 def test_ready_waits_for_the_embedding_model(start_server, tiny_model, workdir):

@@ -30,7 +30,15 @@ pub async fn embeddings(
     request_deadline: Option<Instant>,
 ) -> Result<Response, ApiError> {
     // The embedding model served beside the chat model, else the one model; any name in
-    // `model` is that model (one model of each kind).
+    // `model` is that model (one model of each kind), except the chat model's own.
+    if let Some(name) = &req.model
+        && state.is_chat_model_name_beside_an_embedding_model(name)
+    {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!("The model '{name}' generates text; it has no embeddings."),
+        ));
+    }
     let (engine, model_id) = state.embedding_engine().await?;
     let Some(dim) = engine.embedding_dim() else {
         return Err(ApiError::invalid_param(

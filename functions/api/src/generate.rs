@@ -385,8 +385,17 @@ pub async fn complete(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let deadline = generation_deadline(&state, request_deadline);
-    // One model is loaded: any name is that model, as llama-server answers (SDK defaults and
-    // tools that hard-code a name work); the response carries the real id.
+    // One chat model is loaded: any name is that model, as llama-server answers (SDK defaults
+    // and tools that hard-code a name work); the response carries the real id. Only the name
+    // of the embedding model served beside it is refused.
+    if let Some(name) = &req.model
+        && state.is_embedding_model_name(name)
+    {
+        return Err(ApiError::invalid_param(
+            "model",
+            format!("The model '{name}' makes embeddings, not text: use /v1/embeddings."),
+        ));
+    }
     let prepared = prepare(&state, &req).await?;
     let shape = Shape::new(
         endpoint,

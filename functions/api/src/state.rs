@@ -273,6 +273,21 @@ impl AppState {
         self.inner.embedding.as_ref().map(|s| s.report())
     }
 
+    /// Whether `name` is the id of an embedding model served beside the chat model (a chat
+    /// request naming it is refused rather than answered by the chat model).
+    pub fn is_embedding_model_name(&self, name: &str) -> bool {
+        self.inner
+            .embedding
+            .as_ref()
+            .is_some_and(|s| s.id.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether `name` is the chat model's id while an embedding model is served beside it (an
+    /// embeddings request naming it is refused).
+    pub fn is_chat_model_name_beside_an_embedding_model(&self, name: &str) -> bool {
+        self.inner.embedding.is_some() && self.inner.chat.id.eq_ignore_ascii_case(name)
+    }
+
     /// The ids of the models served (`/v1/models`).
     pub fn model_ids(&self) -> Vec<String> {
         self.slots().map(|s| s.id.clone()).collect()
