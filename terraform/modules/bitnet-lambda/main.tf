@@ -14,17 +14,17 @@ locals {
   zip_package = var.package_type == "Zip"
   # The model comes from the image (built with MODEL_SOURCE=image, BITNET_MODEL set by its ENV)
   # or from S3; only the latter needs a bucket, an S3 permission and BITNET_MODEL here.
-  model_from_s3   = !var.model_in_image
-  bucket_name     = !local.model_from_s3 ? null : var.create_bucket ? aws_s3_bucket.models[0].id : var.bucket_name
-  bucket_arn      = local.model_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}" : null
-  model_uri       = local.model_from_s3 ? "s3://${local.bucket_name}/${var.model_key}" : null
-  model_object    = local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null
+  model_from_s3 = !var.model_in_image
+  bucket_name   = !local.model_from_s3 ? null : var.create_bucket ? aws_s3_bucket.models[0].id : var.bucket_name
+  bucket_arn    = local.model_from_s3 ? "arn:${data.aws_partition.current.partition}:s3:::${local.bucket_name}" : null
+  model_uri     = local.model_from_s3 ? "s3://${local.bucket_name}/${var.model_key}" : null
+  model_object  = local.model_from_s3 ? "${local.bucket_arn}/${var.model_key}" : null
   # An embedding model beside it (/v1/embeddings), from the same bucket.
   embedding_from_s3   = local.model_from_s3 && var.embedding_model_key != null
   embedding_model_uri = local.embedding_from_s3 ? "s3://${local.bucket_name}/${var.embedding_model_key}" : null
   embedding_object    = local.embedding_from_s3 ? "${local.bucket_arn}/${var.embedding_model_key}" : null
-  log_group_name  = "/aws/lambda/${var.name}"
-  cache_directory = "/tmp/bitnet-models"
+  log_group_name      = "/aws/lambda/${var.name}"
+  cache_directory     = "/tmp/bitnet-models"
 
   environment = merge(
     var.extra_environment,
