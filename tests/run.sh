@@ -34,6 +34,9 @@ cargo build --profile "$PROFILE" --workspace --all-targets
 step "cargo tests"
 cargo test --profile "$PROFILE" --workspace
 
+step "kernel and batching tests again with the AVX2 kernels (BITNET_ISA=avx2: the serverless baseline)"
+BITNET_ISA=avx2 cargo test --profile "$PROFILE" -p bitnet-engine --test kernel_parity --test batching
+
 step "numpy reference: self-tests and engine parity"
 VENV="$ROOT/.cache/test-venv"
 if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import numpy, pytest, gguf' 2>/dev/null; then

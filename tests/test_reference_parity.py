@@ -81,10 +81,15 @@ class Harness:
         return r
 
     def model(self, preset: str, typ: str) -> str:
+        """The fixture of `typ`; `typ@head` is that fixture through `bitnet prepare --head`."""
         key = (preset, typ)
         if key not in self._models:
-            out = self.dir / f"{preset}_{typ}_s{SEED}.gguf"
-            self.run(["fixture", "--preset", preset, "--type", typ, "--seed", str(SEED), "-o", str(out)])
+            out = self.dir / f"{preset}_{typ.replace('@', '_')}_s{SEED}.gguf"
+            if "@" in typ:
+                base, head = typ.split("@")
+                self.run(["prepare", self.model(preset, base), "-o", str(out), "--head", head])
+            else:
+                self.run(["fixture", "--preset", preset, "--type", typ, "--seed", str(SEED), "-o", str(out)])
             assert out.is_file() and out.stat().st_size > 0, f"fixture did not write {out}"
             self._models[key] = str(out)
         return self._models[key]
@@ -283,6 +288,44 @@ def test_greedy_agrees(harness, preset, typ, prompt):
         REPORT_LINES.append("    teacher-forced " + msg)
     assert gv.ok, f"{line}\nengine    {eng}\nreference {ref_ids}"
     assert fok, f"{line}\n" + "\n".join(fmsgs)
+
+
+# ------------------------------------------------------------------------- prepared heads
+
+PREPARED = ["i2_s@q4_0", "i2_s@q8_0"]
+
+
+@pytest.mark.parametrize("preset,typ,prompt", [(p, t, q) for p in PRESETS for t in PREPARED
+                                               for q in PROMPTS])
+def test_prepared_head_logits_agree(harness, preset, typ, prompt):
+    """`bitnet prepare --head q4_0|q8_0` (tied embedding and head quantized, the engine's
+    integer head kernels) against the reference reading the same file (its own Q4_0 / Q8_0
+    decoder, ggml's input quantization, float64 sums)."""
+    v = harness.verdict(preset, typ, prompt)
+    line = f"{preset:5s} {typ:10s} {prompt:8s} {v}"
+    REPORT_LINES.append(line)
+    assert v.ok, line
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("head", ["q4_0", "q8_0"])
+def test_prepared_embedding_is_ggml_quantization(harness, preset, head):
+    """The prepared tensor is what gguf-py's ggml quantizers make of the F16 embedding, byte
+    for byte, and every other tensor is unchanged."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    src = br.GGUFFile(harness.model(preset, "i2_s"))
+    out = br.GGUFFile(harness.model(preset, f"i2_s@{head}"))
+    qt = {"q4_0": QT.Q4_0, "q8_0": QT.Q8_0}[head]
+    emb = br.decode_float(src, "token_embd.weight")
+    want = gguf.quants.quantize(emb, qt)
+    assert out.tensors["token_embd.weight"].type == int(qt)
+    assert np.array_equal(out.raw("token_embd.weight"), want.reshape(-1))
+    assert "output.weight" not in out.tensors
+    assert set(out.tensors) == set(src.tensors)
+    for name in src.tensors:
+        if name != "token_embd.weight":
+            assert np.array_equal(out.raw(name), src.raw(name)), name
 
 
 # ------------------------------------------------------------------------- batching

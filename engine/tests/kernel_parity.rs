@@ -5,6 +5,7 @@
 use bitnet_engine::gguf::GgmlType;
 use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows, has_vbmi};
 use bitnet_engine::quant::act::ActOrders;
+use bitnet_engine::quant::head::{self, HeadActs};
 use bitnet_engine::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
 use half::f16;
 
@@ -403,28 +404,143 @@ fn q8_0_head_conversion_is_bit_identical_to_scalar() {
     }
 }
 
-#[test]
-fn q8_0_head_matches_scalar_within_summation_order() {
-    let mut r = Rng(4711);
-    let (rows, k) = (37, 2560);
-    let data: Vec<u8> = (0..rows * k)
-        .flat_map(|_| f16::from_f32(r.f()).to_le_bytes())
-        .collect();
+/// `rows` x `k` random weights quantized to `ty` (Q8_0 or Q4_0) from F16, with a few
+/// all-zero blocks and a block holding -128 (Q8_0's code that quantizing never makes).
+fn quantized_rows(r: &mut Rng, ty: GgmlType, rows: usize, k: usize) -> Vec<u8> {
+    let (data, _) = random_f16_rows(r, rows, k);
     let m = DenseMatrix {
         ty: GgmlType::F16,
         rows,
         k,
         data: &data,
     };
-    let q = bitnet_engine::quant::q8_0::quantize_matrix(&m);
-    let w = DenseMatrix {
-        ty: GgmlType::Q8_0,
-        rows,
-        k,
-        data: &q,
-    };
-    let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
-    assert_dense_rows_match_scalar(&w, &x);
+    let mut q = vec![0u8; head::matrix_bytes(ty, &m)];
+    head::quantize_matrix_into(ty, &m, &mut q);
+    let bb = head::block_bytes(ty);
+    q[3 * bb + 2..4 * bb].fill(0);
+    if ty == GgmlType::Q8_0 {
+        q[5 * bb + 7] = 0x80;
+    }
+    q
+}
+
+#[test]
+fn quantized_head_matches_scalar_within_summation_order() {
+    let mut r = Rng(4711);
+    // 2560: AVX-512 pairs of blocks; 2560 + 32: an odd number of blocks (AVX2 kernels).
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        for k in [2560, 2560 + 32, 64] {
+            let rows = 37;
+            let q = quantized_rows(&mut r, ty, rows, k);
+            let w = DenseMatrix {
+                ty,
+                rows,
+                k,
+                data: &q,
+            };
+            for mode in 0..2 {
+                let x: Vec<f32> = activations(&mut r, 1, k, mode);
+                let acts = HeadActs::new(&x, ty);
+                let rb = q.len() / rows;
+                let want: Vec<f32> = (0..rows)
+                    .map(|m| head::dot_scalar(ty, &q[m * rb..(m + 1) * rb], &acts))
+                    .collect();
+                for isa in isas() {
+                    let mut got = vec![0f32; rows];
+                    dense_rows(isa, &w, &x, 0, &mut got);
+                    for (m, (g, w)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * head_magnitude(ty, &q[m * rb..(m + 1) * rb], &acts);
+                        assert!(
+                            (g - w).abs() <= tol,
+                            "{ty} k {k} mode {mode} {isa:?} row {m}: {g} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `sum over blocks of |isum| * |d_w * d_x|`: what float rounding in any order is relative to.
+fn head_magnitude(ty: GgmlType, row: &[u8], x: &HeadActs) -> f32 {
+    let bb = head::block_bytes(ty);
+    let mut m = 1e-30f32;
+    for (b, blk) in row.chunks_exact(bb).enumerate() {
+        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let q = &x.q[b * 32..(b + 1) * 32];
+        let code = |j: usize| match ty {
+            GgmlType::Q8_0 => blk[2 + j] as i8 as i32,
+            _ if j < 16 => (blk[2 + j] & 15) as i32 - 8,
+            _ => (blk[2 + j - 16] >> 4) as i32 - 8,
+        };
+        let isum: i32 = (0..32).map(|j| (code(j) * q[j] as i32).abs()).sum();
+        m += isum as f32 * (dw * x.d[b]).abs();
+    }
+    m
+}
+
+#[test]
+fn quantized_head_is_close_to_the_float_dot() {
+    // The input's quantization error (half a step of 8 bits per block) and the weights'
+    // are what separates the quantized head from the float one: bounded here.
+    let mut r = Rng(99);
+    let k = 2560;
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+        let q = quantized_rows(&mut r, ty, 8, k);
+        let rb = q.len() / 8;
+        let w = DenseMatrix {
+            ty,
+            rows: 8,
+            k,
+            data: &q,
+        };
+        let x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+        let acts = HeadActs::new(&x, ty);
+        let mut wrow = vec![0f32; k];
+        for m in 0..8 {
+            w.row_f32(m, &mut wrow);
+            let float: f32 = wrow.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let norm = wrow.iter().map(|v| v * v).sum::<f32>().sqrt()
+                * x.iter().map(|v| v * v).sum::<f32>().sqrt();
+            let got = head::dot_scalar(ty, &q[m * rb..(m + 1) * rb], &acts);
+            assert!(
+                (got - float).abs() <= 0.01 * norm,
+                "{ty} row {m}: {got} vs {float} (|w||x| {norm})"
+            );
+        }
+    }
+}
+
+#[test]
+fn q4_0_quantization_follows_ggml() {
+    // The value of largest magnitude (-3.2 here) becomes code 0: d = -3.2 / -8 = 0.4.
+    let mut x = [0f32; 32];
+    x[0] = -3.2;
+    x[1] = 3.0;
+    x[2] = 0.2;
+    x[16] = 0.19;
+    x[17] = -0.21;
+    let mut out = [0u8; 18];
+    bitnet_engine::quant::q4_0::quantize_row(&x, &mut out);
+    assert_eq!(
+        f16::from_le_bytes([out[0], out[1]]).to_f32(),
+        f16::from_f32(0.4).to_f32()
+    );
+    // x / d + 8.5, truncated, at most 15: -3.2 -> 0; 3.0 -> 16 -> 15; 0.2 -> 9;
+    // 0.19 -> 8.975 -> 8; -0.21 -> 7.975 -> 7; zeros -> 8.
+    assert_eq!(out[2], 8 << 4);
+    assert_eq!(out[3], 15 | (7 << 4));
+    assert_eq!(out[4], 9 | (8 << 4));
+    let mut back = [0f32; 32];
+    bitnet_engine::quant::q4_0::dequantize_row(&out, &mut back);
+    let d = f16::from_f32(0.4).to_f32();
+    assert_eq!(back[0], -8.0 * d);
+    assert_eq!(back[1], 7.0 * d);
+    assert_eq!(back[17], -d);
+    // A block of zeros: d = 0 / -8 (negative zero, as in ggml), every code 8.
+    bitnet_engine::quant::q4_0::quantize_row(&[0f32; 32], &mut out);
+    assert_eq!(f16::from_le_bytes([out[0], out[1]]).to_f32(), 0.0);
+    assert!(out[2..].iter().all(|&c| c == 0x88));
 }
 
 #[test]
@@ -483,28 +599,34 @@ fn attention_helpers_match_their_specification() {
 fn batched_head_is_bit_identical_to_one_vector_at_a_time() {
     let mut r = Rng(91);
     let (rows, k) = (203, 2560 + 24);
-    let (data, _) = random_f16_rows(&mut r, rows, k);
-    let w = DenseMatrix {
-        ty: GgmlType::F16,
-        rows,
-        k,
-        data: &data,
-    };
+    let (f16_data, _) = random_f16_rows(&mut r, rows, k);
+    let q8 = quantized_rows(&mut r, GgmlType::Q8_0, rows, 2560);
+    let q4 = quantized_rows(&mut r, GgmlType::Q4_0, rows, 2560);
+    let q4_odd = quantized_rows(&mut r, GgmlType::Q4_0, rows, 2560 + 32);
+    let heads = [
+        (GgmlType::F16, k, &f16_data[..]),
+        (GgmlType::Q8_0, 2560, &q8[..]),
+        (GgmlType::Q4_0, 2560, &q4[..]),
+        (GgmlType::Q4_0, 2560 + 32, &q4_odd[..]),
+    ];
     let kern = bitnet_engine::kernels::Kernels::new(Some(2));
-    for m in 1..=9 {
-        let xs: Vec<f32> = (0..m * k).map(|_| r.f()).collect();
-        let mut got = vec![0f32; m * rows];
-        kern.install(|| kern.matmul_dense(&w, &xs, &mut got));
-        for (j, x) in xs.chunks_exact(k).enumerate() {
-            let mut want = vec![0f32; rows];
-            kern.install(|| kern.matvec(&w, x, &mut want));
-            let row = &got[j * rows..(j + 1) * rows];
-            assert!(
-                row.iter()
-                    .zip(&want)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{m} vectors: vector {j} differs"
-            );
+    for (ty, k, data) in heads {
+        let w = DenseMatrix { ty, rows, k, data };
+        for m in 1..=9 {
+            let xs: Vec<f32> = (0..m * k).map(|_| r.f()).collect();
+            let mut got = vec![0f32; m * rows];
+            kern.install(|| kern.matmul_dense(&w, &xs, &mut got));
+            for (j, x) in xs.chunks_exact(k).enumerate() {
+                let mut want = vec![0f32; rows];
+                kern.install(|| kern.matvec(&w, x, &mut want));
+                let row = &got[j * rows..(j + 1) * rows];
+                assert!(
+                    row.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{ty} k {k}, {m} vectors: vector {j} differs"
+                );
+            }
         }
     }
 }

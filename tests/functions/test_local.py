@@ -3,6 +3,7 @@ unchanged, SSE, health/ready, every client error, auth, queueing and disconnects
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import requests
@@ -333,18 +334,23 @@ def test_request_id_in_logs(model_server):
     assert any(l.get("message") == "generation done" for l in lines), model_server.log()
 
 
-def test_q8_0_head_converted_at_load_equals_prepared_file(start_server, tiny_model, workdir):
-    """`BITNET_HEAD=q8_0` (conversion at load) and a file from `bitnet prepare` serve the same
-    head: identical greedy text and logprob-free usage."""
+@pytest.mark.parametrize("head", ["q4_0", "q8_0"])
+def test_head_converted_at_load_equals_prepared_file(start_server, tiny_model, workdir, head):
+    """`BITNET_HEAD=q4_0|q8_0` (conversion at load) and a file from `bitnet prepare --head` serve
+    the same model: identical greedy text and usage. The prepared file is smaller (the tied
+    embedding and head stored once, quantized) and keeps its tensors tied."""
     import subprocess
-    prepared = workdir / "tiny-q8head.gguf"
-    r = subprocess.run([binary("bitnet"), "prepare", tiny_model, "-o", prepared], capture_output=True, text=True)
+    prepared = workdir / f"tiny-{head}.gguf"
+    args = ["prepare", tiny_model, "-o", prepared] + (["--head", head] if head != "q4_0" else [])
+    r = subprocess.run([binary("bitnet"), *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not prepared.with_suffix(".gguf.partial").exists()
     info = json.loads(subprocess.run([binary("bitnet"), "inspect", "--json", prepared], capture_output=True,
                                      text=True, check=True).stdout)
-    assert {t["name"]: t["type"] for t in info["tensors"]}["output.weight"] == "Q8_0"
-    converted = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_HEAD": "q8_0"}).wait_ready()
+    types = {t["name"]: t["type"] for t in info["tensors"]}
+    assert types["token_embd.weight"] == head.upper() and "output.weight" not in types
+    assert prepared.stat().st_size < Path(tiny_model).stat().st_size
+    converted = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_HEAD": head}).wait_ready()
     from_file = start_server(env={"BITNET_MODEL": str(prepared)}).wait_ready()
     body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}
     a = requests.post(converted.url + "/v1/completions", json=body, timeout=60).json()

@@ -67,11 +67,11 @@ _SCALAR_NP = {
 }
 
 # ggml tensor types we know the size of
-GGML_F32, GGML_F16, GGML_Q8_0, GGML_BF16 = 0, 1, 8, 30
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
 GGML_TQ1_0, GGML_TQ2_0, GGML_I2_S = 34, 35, 36
-TYPE_NAMES = {0: "F32", 1: "F16", 8: "Q8_0", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 36: "I2_S"}
+TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 36: "I2_S"}
 # (block size in weights, bytes per block)
-_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q8_0: (32, 34),
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34),
           GGML_TQ1_0: (256, 54), GGML_TQ2_0: (256, 66)}
 
 
@@ -220,7 +220,7 @@ def _np_shape(dims) -> tuple[int, ...]:
 
 
 def decode_float(g: GGUFFile, name: str) -> np.ndarray:
-    """Decode F32/F16/BF16/Q8_0 to a float32 array of numpy shape reversed(dims)."""
+    """Decode F32/F16/BF16/Q4_0/Q8_0 to a float32 array of numpy shape reversed(dims)."""
     t = g.tensors[name]
     raw = g.raw(name)
     shape = _np_shape(t.dims)
@@ -235,10 +235,34 @@ def decode_float(g: GGUFFile, name: str) -> np.ndarray:
         d = b[:, :2].copy().view("<f2").astype(np.float32)
         q = b[:, 2:].copy().view(np.int8).astype(np.float32)
         return (d * q).reshape(shape)
+    if t.type == GGML_Q4_0:
+        d, q = decode_q4_0(raw)
+        return (d * q.astype(np.float32)).reshape(shape)
     if t.type in (GGML_TQ1_0, GGML_TQ2_0, GGML_I2_S):
         codes, scales = decode_ternary(g, name)
         return (codes.astype(np.float32) * scales_to_dense(codes.shape, scales)).reshape(shape)
     raise GGUFError(f"tensor {name}: cannot decode type {t.type}")
+
+
+def decode_q4_0(raw: np.ndarray):
+    """Q4_0 blocks -> (scales [blocks, 1] f32, values [blocks, 32] int8): byte j of a block's
+    16 holds value j in its low nibble and value j + 16 in its high one, each code - 8."""
+    b = raw.reshape(-1, 18)
+    d = b[:, :2].copy().view("<f2").astype(np.float32)
+    qs = b[:, 2:]
+    q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.int8) - 8
+    return d, q
+
+
+def quantize_q8_blocks(x: np.ndarray):
+    """ggml's Q8_0 rule for a vector (the engine's input to a Q4_0 / Q8_0 head): per block of 32,
+    d = max|x| / 127 in f32, q = x * (1/d) rounded half away from zero."""
+    xb = np.asarray(x, np.float32).reshape(-1, 32)
+    d = (np.abs(xb).max(axis=1) / np.float32(127)).astype(np.float32)
+    inv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    v = (xb * inv[:, None]).astype(np.float32)
+    q = (np.sign(v) * np.floor(np.abs(v) + np.float32(0.5))).astype(np.int32)
+    return d, q
 
 
 def scales_to_dense(shape, scales) -> np.ndarray:
@@ -494,7 +518,7 @@ class Model:
         c = self.cfg
         if n_head % n_head_kv or dim % n_head or c.n_rot % 2 or c.n_rot > head_dim:
             raise GGUFError(f"inconsistent attention config {c}")
-        if emb.type not in (GGML_F16, GGML_F32, GGML_BF16, GGML_Q8_0):
+        if emb.type not in (GGML_F16, GGML_F32, GGML_BF16, GGML_Q4_0, GGML_Q8_0):
             raise GGUFError(f"token_embd type {emb.type} not supported")
         self._emb_cache = None
         self._cache_embedding = cache_embedding
@@ -542,8 +566,34 @@ class Model:
             self._emb_cache = m
         return self._emb_cache
 
+    def _quantized_head(self):
+        """(int codes [n_vocab, blocks, 32], scales [n_vocab, blocks]) of a Q4_0 / Q8_0 head."""
+        if getattr(self, "_qhead", None) is None:
+            name = "output.weight" if self.has_output else "token_embd.weight"
+            t, raw = self.g.tensors[name], self.g.raw(name)
+            if t.type == GGML_Q4_0:
+                d, q = decode_q4_0(raw)
+            else:
+                b = raw.reshape(-1, 34)
+                d = b[:, :2].copy().view("<f2").astype(np.float32)
+                q = b[:, 2:].copy().view(np.int8)
+            nb = self.cfg.dim // 32
+            self._qhead = (q.reshape(-1, nb, 32).astype(np.int32), d.reshape(-1, nb))
+        return self._qhead
+
     def head(self, xn: np.ndarray) -> np.ndarray:
         """xn: final-normed hidden [T, dim] f32 -> logits [T, n_vocab] f32."""
+        name = "output.weight" if self.has_output else "token_embd.weight"
+        if self.g.tensors[name].type in (GGML_Q4_0, GGML_Q8_0):
+            # As ggml's CPU backend (and the engine): the input quantized to 8 bits per block
+            # of 32, exact integer dots per block, scaled by both blocks' scales.
+            q, dw = self._quantized_head()
+            out = []
+            for row in np.asarray(xn, dtype=np.float32):
+                dx, qx = quantize_q8_blocks(row)
+                isum = np.einsum("vbj,bj->vb", q, qx)
+                out.append((isum * (dw.astype(np.float64) * dx.astype(np.float64))).sum(axis=1))
+            return np.stack(out).astype(np.float32)
         H = self._head_matrix()
         xn = np.asarray(xn, dtype=np.float32)
         # one matrix-vector product per row, so a position's logits do not depend on how

@@ -119,6 +119,28 @@ def test_bf16_and_q8_0_decode(tmp_path):
     np.testing.assert_array_equal(br.decode_float(g, "q8"), gguf.quants.dequantize(q8, QT.Q8_0))
 
 
+def test_q4_0_decode_matches_gguf_py(tmp_path):
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 64)).astype(np.float32)
+    q4 = gguf.quants.quantize(x, QT.Q4_0)
+    p = tmp_path / "q.gguf"
+    synth.write_gguf(p, [("general.architecture", synth.STR, "bitnet")],
+                     [("q4", (64, 4), 2, q4.tobytes())])
+    g = br.GGUFFile(str(p))
+    np.testing.assert_array_equal(br.decode_float(g, "q4"), gguf.quants.dequantize(q4, QT.Q4_0))
+
+
+def test_q8_input_quantization_rounds_half_away_from_zero():
+    x = np.zeros(32, np.float32)
+    x[0], x[1], x[2], x[3] = 127.0, 0.5, -0.5, -1.5
+    d, q = br.quantize_q8_blocks(x)
+    assert d[0] == 1.0 and list(q[0, :4]) == [127, 1, -1, -2]
+    d, q = br.quantize_q8_blocks(np.zeros(32, np.float32))
+    assert d[0] == 0 and not q.any()
+
+
 # ------------------------------------------------------------------ ternary decoders
 
 

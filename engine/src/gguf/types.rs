@@ -9,6 +9,7 @@ use std::fmt;
 pub enum GgmlType {
     F32,
     F16,
+    Q4_0,
     Q8_0,
     Bf16,
     Tq1_0,
@@ -21,6 +22,7 @@ impl GgmlType {
         Some(match id {
             0 => Self::F32,
             1 => Self::F16,
+            2 => Self::Q4_0,
             8 => Self::Q8_0,
             30 => Self::Bf16,
             34 => Self::Tq1_0,
@@ -34,6 +36,7 @@ impl GgmlType {
         match self {
             Self::F32 => 0,
             Self::F16 => 1,
+            Self::Q4_0 => 2,
             Self::Q8_0 => 8,
             Self::Bf16 => 30,
             Self::Tq1_0 => 34,
@@ -46,7 +49,7 @@ impl GgmlType {
     pub fn block_elems(self) -> u64 {
         match self {
             Self::F32 | Self::F16 | Self::Bf16 => 1,
-            Self::Q8_0 => 32,
+            Self::Q4_0 | Self::Q8_0 => 32,
             Self::Tq1_0 | Self::Tq2_0 => 256,
             // I2_S packs 128-weight groups of 32 bytes per row.
             Self::I2S => 128,
@@ -63,6 +66,7 @@ impl GgmlType {
         match self {
             Self::F32 => n_elems.checked_mul(4),
             Self::F16 | Self::Bf16 => n_elems.checked_mul(2),
+            Self::Q4_0 => blocks.checked_mul(18),
             Self::Q8_0 => blocks.checked_mul(34),
             Self::Tq1_0 => blocks.checked_mul(54),
             Self::Tq2_0 => blocks.checked_mul(66),
@@ -79,6 +83,7 @@ impl GgmlType {
         match self {
             Self::F32 => "F32",
             Self::F16 => "F16",
+            Self::Q4_0 => "Q4_0",
             Self::Q8_0 => "Q8_0",
             Self::Bf16 => "BF16",
             Self::Tq1_0 => "TQ1_0",

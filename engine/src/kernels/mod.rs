@@ -5,6 +5,8 @@
 pub mod x86;
 #[cfg(target_arch = "x86_64")]
 pub mod x86_gemm;
+#[cfg(target_arch = "x86_64")]
+pub mod x86_head;
 
 pub mod pool;
 
@@ -12,6 +14,7 @@ use std::sync::OnceLock;
 
 use crate::gguf::GgmlType;
 use crate::quant::act::ActOrders;
+use crate::quant::head::{self, HeadActs};
 use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale};
 
 /// Instruction sets the kernels can use, best last.
@@ -672,6 +675,15 @@ impl Kernels {
         assert_eq!(out.len(), w.rows);
         let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
+        if head::is_quantized_head(w.ty) {
+            let acts = [HeadActs::new(x, w.ty)];
+            return self.pool.run(chunks.len(), &|c| {
+                // SAFETY: chunks are disjoint row ranges of `out`, each run once.
+                quant_head_rows(self.isa, w, &acts, chunks.range(c), |_, r, v| unsafe {
+                    dst.write(r, v)
+                });
+            });
+        }
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
             // SAFETY: chunks are disjoint ranges of `out`, each run once.
@@ -692,6 +704,19 @@ impl Kernels {
         }
         let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
+        if head::is_quantized_head(w.ty) {
+            let acts: Vec<HeadActs> = xs
+                .chunks_exact(w.k)
+                .map(|x| HeadActs::new(x, w.ty))
+                .collect();
+            return self.pool.run(chunks.len(), &|c| {
+                // SAFETY: chunks are disjoint row ranges, each run once: this worker alone
+                // writes rows r0..r1 of every output row.
+                quant_head_rows(self.isa, w, &acts, chunks.range(c), |j, r, v| unsafe {
+                    dst.write(j * w.rows + r, v)
+                });
+            });
+        }
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
             #[cfg(target_arch = "x86_64")]
@@ -836,10 +861,7 @@ fn spread_rows<'a, const S: usize>(
 pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        let row_bytes = match w.ty {
-            GgmlType::F16 => 2 * w.k,
-            _ => w.k / 32 * 34,
-        };
+        let row_bytes = 2 * w.k;
         let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
         match (isa, w.ty) {
             (Isa::Avx512Vnni, GgmlType::F16) => {
@@ -856,26 +878,125 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
                 let one = |r| unsafe { x86::dot_f16_rows_avx2::<1>([r], x) }[0];
                 return spread_rows(out, r0, row, many, one);
             }
-            (Isa::Avx512Vnni, GgmlType::Q8_0) if w.k.is_multiple_of(32) => {
-                // SAFETY: AVX-512 F was detected; each row holds k/32 Q8_0 blocks.
-                let many = |rows| unsafe { x86::dot_q8_0_rows_avx512::<HEAD_STREAMS>(rows, x) };
-                // SAFETY: as above.
-                let one = |r| unsafe { x86::dot_q8_0_rows_avx512::<1>([r], x) }[0];
-                return spread_rows(out, r0, row, many, one);
-            }
             _ => {}
         }
     }
-    #[cfg(target_arch = "x86_64")]
-    if isa >= Isa::Avx2 && w.ty == GgmlType::Q8_0 && w.k.is_multiple_of(32) {
-        let rb = w.k / 32 * 34;
-        for (i, o) in out.iter_mut().enumerate() {
-            let r = r0 + i;
-            // SAFETY: AVX2, FMA and F16C were detected; the row holds k/32 Q8_0 blocks.
-            *o = unsafe { x86::dot_q8_0_avx2(&w.data[r * rb..(r + 1) * rb], x) };
-        }
-        return;
+    if head::is_quantized_head(w.ty) {
+        let acts = [HeadActs::new(x, w.ty)];
+        let n = out.len();
+        return quant_head_rows(isa, w, &acts, (r0, r0 + n), |_, r, v| out[r - r0] = v);
     }
     let _ = isa;
     w.matvec_scalar(x, r0..r0 + out.len(), out);
+}
+
+/// Rows `r0..r1` of a Q8_0 / Q4_0 matrix against every vector of `acts` (quantized for
+/// `w.ty`), `put(vector, row, value)` for each output; see [`x86_head`]. One vector: rows read
+/// [`HEAD_STREAMS`] at a time spread over the range (memory-bound); several: blocks of
+/// [`HEAD_BATCH_ROWS`] rows stay in cache while tiles of two rows by up to four vectors pass.
+/// Every (row, vector) pair is computed by the same operations in both cases, so a sequence's
+/// logits do not depend on the batch.
+pub fn quant_head_rows(
+    isa: Isa,
+    w: &DenseMatrix<'_>,
+    acts: &[HeadActs],
+    (r0, r1): (usize, usize),
+    mut put: impl FnMut(usize, usize, f32),
+) {
+    assert!(head::is_quantized_head(w.ty) && acts.iter().all(|a| a.len() == w.k));
+    let rb = w.k / head::BLOCK * head::block_bytes(w.ty);
+    assert!(w.data.len() >= r1 * rb, "rows out of bounds");
+    let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
+    #[cfg(target_arch = "x86_64")]
+    if let Some(ty) = x86_head::HeadType::of(w.ty) {
+        // The instruction set is decided by the CPU and k alone, never by the batch.
+        let simd = if isa == Isa::Avx512Vnni && w.k.is_multiple_of(64) {
+            Some(true)
+        } else if isa >= Isa::Avx2 {
+            Some(false)
+        } else {
+            None
+        };
+        if let Some(avx512) = simd {
+            macro_rules! tile {
+                ($R:expr, $V:expr, $rows:expr, $acts:expr) => {{
+                    let (rs, vs): ([&[u8]; $R], [&HeadActs; $V]) = ($rows, $acts);
+                    // SAFETY: the instruction set was detected (`isa` never exceeds the
+                    // CPU's); every row holds k / 32 blocks of `ty` (bounds asserted above)
+                    // and every vector k values, k a multiple of 64 for AVX-512.
+                    unsafe {
+                        if avx512 {
+                            x86_head::tile_avx512::<$R, $V>(ty, rs, vs)
+                        } else {
+                            x86_head::tile_avx2::<$R, $V>(ty, rs, vs)
+                        }
+                    }
+                }};
+            }
+            if acts.len() == 1 {
+                let a = &acts[0];
+                let mut out = vec![0f32; r1 - r0];
+                let done = if avx512 {
+                    x86::spread::<_, HEAD_STREAMS>(&mut out, (r0, r1), |rs| {
+                        tile!(HEAD_STREAMS, 1, rs.map(row), [a]).map(|v| v[0])
+                    })
+                } else {
+                    x86::spread::<_, HEAD_STREAMS_AVX2>(&mut out, (r0, r1), |rs| {
+                        tile!(HEAD_STREAMS_AVX2, 1, rs.map(row), [a]).map(|v| v[0])
+                    })
+                };
+                for r in done..r1 {
+                    out[r - r0] = tile!(1, 1, [row(r)], [a])[0][0];
+                }
+                for (i, v) in out.into_iter().enumerate() {
+                    put(0, r0 + i, v);
+                }
+                return;
+            }
+            let mut b0 = r0;
+            while b0 < r1 {
+                let b1 = (b0 + HEAD_BATCH_ROWS).min(r1);
+                for (g, vs) in acts.chunks(4).enumerate() {
+                    let mut r = b0;
+                    while r < b1 {
+                        let two = r + 1 < b1;
+                        macro_rules! emit {
+                            ($R:literal, $V:literal) => {{
+                                let res = tile!(
+                                    $R,
+                                    $V,
+                                    std::array::from_fn(|i| row(r + i)),
+                                    std::array::from_fn(|j| &vs[j])
+                                );
+                                for (i, res) in res.iter().enumerate() {
+                                    for (j, &v) in res.iter().enumerate() {
+                                        put(4 * g + j, r + i, v);
+                                    }
+                                }
+                            }};
+                        }
+                        match (two, vs.len()) {
+                            (true, 4) => emit!(2, 4),
+                            (true, 3) => emit!(2, 3),
+                            (true, 2) => emit!(2, 2),
+                            (true, _) => emit!(2, 1),
+                            (false, 4) => emit!(1, 4),
+                            (false, 3) => emit!(1, 3),
+                            (false, 2) => emit!(1, 2),
+                            (false, _) => emit!(1, 1),
+                        }
+                        r += if two { 2 } else { 1 };
+                    }
+                }
+                b0 = b1;
+            }
+            return;
+        }
+    }
+    let _ = isa;
+    for r in r0..r1 {
+        for (j, a) in acts.iter().enumerate() {
+            put(j, r, head::dot_scalar(w.ty, row(r), a));
+        }
+    }
 }

@@ -30,8 +30,9 @@ enum Storage {
         len: usize,
     },
     Owned(Vec<u8>),
-    /// Memory of its own (anonymous mapping), e.g. a converted output head.
-    Map(memmap2::Mmap),
+    /// Memory of its own (anonymous mapping), e.g. a converted output head (shared with the
+    /// token embedding when the two are tied).
+    Map(std::sync::Arc<memmap2::Mmap>),
 }
 
 impl Storage {
@@ -166,6 +167,8 @@ pub struct BitNet {
     pub(crate) layers: Vec<Layer>,
     tok_embd: DenseWeight,
     output: DenseWeight,
+    /// No `output.weight`: the head is the token embedding.
+    tied: bool,
     output_norm: Vec<f32>,
 }
 
@@ -209,7 +212,7 @@ fn dense(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<DenseWeight,
     let t = tensor(g, name, &[k, rows])?;
     if !matches!(
         t.ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0
+        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0 | GgmlType::Q4_0
     ) {
         return Err(invalid(format!(
             "tensor {name} has unsupported type {}",
@@ -345,6 +348,7 @@ impl BitNet {
             });
         }
         let tok_embd = dense(g, "token_embd.weight", d, c.n_vocab)?;
+        let tied = g.tensor("output.weight").is_none();
         // An embedding model has no head: its output is the normed hidden state. The tied
         // embedding stands in for the head field, never read.
         let output = match g.tensor("output.weight") {
@@ -357,6 +361,7 @@ impl BitNet {
             layers,
             tok_embd,
             output,
+            tied,
         })
     }
 
@@ -391,9 +396,18 @@ impl BitNet {
         self.output.matrix(file)
     }
 
-    /// Replaces the output head by an owned matrix (the opt-in quantized head).
-    /// Replaces the output head with `data` (e.g. a converted copy) of type `ty`.
+    /// Replaces the output head with `data` (a converted copy) of type `ty`; a tied token
+    /// embedding (no `output.weight` in the file) reads the same copy, as in a prepared file.
     pub(crate) fn set_output(&mut self, ty: GgmlType, data: memmap2::Mmap) {
+        let data = std::sync::Arc::new(data);
+        if self.tied {
+            self.tok_embd = DenseWeight {
+                ty,
+                rows: self.tok_embd.rows,
+                k: self.tok_embd.k,
+                storage: Storage::Map(data.clone()),
+            };
+        }
         self.output = DenseWeight {
             ty,
             rows: self.output.rows,

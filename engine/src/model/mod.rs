@@ -50,14 +50,26 @@ pub struct LoadOptions {
 /// The output head is the largest read per decoded token (0.66 GB of F16 on 2B4T).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HeadPrecision {
-    /// As stored in the file (F16 for BitNet b1.58).
+    /// As stored in the file (F16 for BitNet b1.58; a prepared file's Q4_0 or Q8_0).
     #[default]
     File,
     /// Quantized to Q8_0 at load (opt-in): about half the bytes per token, at the cost of
-    /// a conversion at start-up and ~0.4 % relative error per weight. A file prepared by
-    /// [`prepare::write_with_q8_0_head`] (`bitnet prepare`) has the same head without the
-    /// conversion, under [`HeadPrecision::File`].
+    /// a conversion at start-up. A file written by `bitnet prepare --head q8_0` has the
+    /// same head without the conversion, under [`HeadPrecision::File`].
     Q8_0,
+    /// Quantized to Q4_0 at load (opt-in): about a quarter of the F16 head's bytes.
+    Q4_0,
+}
+
+impl HeadPrecision {
+    /// The type the head is converted to at load, if any.
+    pub fn convert_to(self) -> Option<crate::gguf::GgmlType> {
+        match self {
+            Self::File => None,
+            Self::Q8_0 => Some(crate::gguf::GgmlType::Q8_0),
+            Self::Q4_0 => Some(crate::gguf::GgmlType::Q4_0),
+        }
+    }
 }
 
 impl std::str::FromStr for HeadPrecision {
@@ -66,7 +78,10 @@ impl std::str::FromStr for HeadPrecision {
         match s {
             "f16" | "file" => Ok(Self::File),
             "q8_0" | "q8" => Ok(Self::Q8_0),
-            other => Err(format!("unknown head precision {other:?} (f16 or q8_0)")),
+            "q4_0" | "q4" => Ok(Self::Q4_0),
+            other => Err(format!(
+                "unknown head precision {other:?} (file, q8_0 or q4_0)"
+            )),
         }
     }
 }
@@ -112,26 +127,25 @@ impl Model {
             net.validate_weights(gguf.bytes(), &kernels)?;
         }
         // An embedding model has no head to quantize.
-        if opts.head == HeadPrecision::Q8_0 && net.config.pooling.is_none() {
+        if let Some(ty) = opts.head.convert_to()
+            && net.config.pooling.is_none()
+        {
             let head = net.output_matrix(gguf.bytes());
-            if head.ty != crate::gguf::GgmlType::Q8_0 {
-                use crate::quant::q8_0;
+            if head.ty != ty {
+                let io = |source| EngineError::Io {
+                    path: format!("anonymous memory for the {ty} head"),
+                    source,
+                };
                 // Anonymous memory with transparent huge pages where the kernel allows them:
                 // writing 350 MB through 4 KiB page faults costs more than the conversion.
-                let len = q8_0::matrix_bytes(&head);
-                let mut map =
-                    memmap2::MmapMut::map_anon(len.max(1)).map_err(|source| EngineError::Io {
-                        path: "anonymous memory for the Q8_0 head".into(),
-                        source,
-                    })?;
+                let len = crate::quant::head::matrix_bytes(ty, &head);
+                let mut map = memmap2::MmapMut::map_anon(len.max(1)).map_err(io)?;
                 #[cfg(target_os = "linux")]
                 let _ = map.advise(memmap2::Advice::HugePage);
-                kernels.install(|| q8_0::quantize_matrix_into(&head, &mut map[..len]));
-                let map = map.make_read_only().map_err(|source| EngineError::Io {
-                    path: "anonymous memory for the Q8_0 head".into(),
-                    source,
-                })?;
-                net.set_output(crate::gguf::GgmlType::Q8_0, map);
+                kernels.install(|| {
+                    crate::quant::head::quantize_matrix_into(ty, &head, &mut map[..len])
+                });
+                net.set_output(ty, map.make_read_only().map_err(io)?);
             }
         }
         Ok(Self {

@@ -1,20 +1,29 @@
-//! Prepared files: a copy of a GGUF whose output head is stored as Q8_0 (`output.weight`),
-//! so that the faster head costs nothing at load (converting at load takes a few hundred
-//! milliseconds on 2B4T). Every other key and tensor is copied unchanged; the token embedding
-//! stays F16.
+//! Prepared files: a copy of a GGUF whose token embedding and output head are stored
+//! quantized (Q4_0 or Q8_0), so that the smaller, faster head costs nothing at load. A tied
+//! model (no `output.weight`, as BitNet b1.58 2B4T) keeps one tensor, `token_embd.weight`,
+//! which the embedding lookup and the head both read; an untied model has both quantized.
+//! Every other key and tensor is copied unchanged. The result is a standard GGUF (ggml's
+//! types and names) that other readers load too.
 
 use std::io::Write;
 
 use crate::EngineError;
 use crate::gguf::{GgmlType, GgufFile, GgufWriter};
-use crate::quant::DenseMatrix;
-use crate::quant::q8_0;
+use crate::quant::{DenseMatrix, head};
 
-/// Writes `src` to `out` with `output.weight` as Q8_0 (quantized from the stored head, or from
-/// the tied token embedding when the file has none). Quantizes on the installed
-/// kernel pool ([`crate::kernels::Kernels::install`]), serially without one.
-pub fn write_with_q8_0_head(src: &GgufFile, out: &mut impl Write) -> Result<(), EngineError> {
-    PreparedModel::new(src)?.write(out)
+/// What `bitnet prepare` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrepareOptions {
+    /// Type of the token embedding and output head: Q4_0 or Q8_0.
+    pub head: GgmlType,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        Self {
+            head: GgmlType::Q4_0,
+        }
+    }
 }
 
 /// A prepared copy of a model, quantized and laid out but not yet written: its
@@ -24,52 +33,84 @@ pub struct PreparedModel<'a> {
     src: &'a GgufFile,
     writer: GgufWriter,
     header: Vec<u8>,
-    q8_head: Vec<u8>,
+    /// Tensors replaced, by name: their new bytes.
+    replaced: Vec<(String, Vec<u8>)>,
 }
 
 impl<'a> PreparedModel<'a> {
-    /// Quantizes the head (the slow part: on the installed kernel pool) and lays out the file.
-    pub fn new(src: &'a GgufFile) -> Result<Self, EngineError> {
+    /// Quantizes the embedding and head (the slow part: on the installed kernel pool) and
+    /// lays out the file.
+    pub fn new(src: &'a GgufFile, opts: &PrepareOptions) -> Result<Self, EngineError> {
         let invalid = |m: String| EngineError::InvalidModel(m);
-        let head_info = src
-            .tensor("output.weight")
-            .or_else(|| src.tensor("token_embd.weight"))
-            .ok_or_else(|| invalid("no output.weight or token_embd.weight".into()))?;
-        let (k, rows) = match head_info.dims[..] {
-            [k, rows] => (k as usize, rows as usize),
-            _ => return Err(invalid(format!("{} is not a matrix", head_info.name))),
-        };
-        if !k.is_multiple_of(q8_0::BLOCK) {
+        let ty = opts.head;
+        if !head::is_quantized_head(ty) {
             return Err(invalid(format!(
-                "head rows of {k} are not a multiple of 32"
+                "a prepared head is Q4_0 or Q8_0, not {ty}"
             )));
         }
-        let head = DenseMatrix {
-            ty: head_info.ty,
-            rows,
-            k,
-            data: src.tensor_data(head_info),
-        };
-        let q8_head = match head.ty {
-            GgmlType::Q8_0 => head.data.to_vec(),
-            GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 => q8_0::quantize_matrix(&head),
-            other => return Err(invalid(format!("head type {other} cannot be converted"))),
-        };
+        if super::config::Config::from_gguf(src)?.pooling.is_some() {
+            return Err(invalid(
+                "an embedding model has no output head to prepare".into(),
+            ));
+        }
+        let mut replaced = Vec::new();
+        for name in ["token_embd.weight", "output.weight"] {
+            let Some(info) = src.tensor(name) else {
+                continue;
+            };
+            let (k, rows) = match info.dims[..] {
+                [k, rows] => (k as usize, rows as usize),
+                _ => return Err(invalid(format!("{name} is not a matrix"))),
+            };
+            if !k.is_multiple_of(head::BLOCK) {
+                return Err(invalid(format!(
+                    "{name}: rows of {k} values are not a multiple of {}",
+                    head::BLOCK
+                )));
+            }
+            let m = DenseMatrix {
+                ty: info.ty,
+                rows,
+                k,
+                data: src.tensor_data(info),
+            };
+            let bytes = match m.ty {
+                t if t == ty => m.data.to_vec(),
+                GgmlType::F32
+                | GgmlType::F16
+                | GgmlType::Bf16
+                | GgmlType::Q8_0
+                | GgmlType::Q4_0 => {
+                    let mut out = vec![0u8; head::matrix_bytes(ty, &m)];
+                    head::quantize_matrix_into(ty, &m, &mut out);
+                    out
+                }
+                other => return Err(invalid(format!("{name}: type {other} cannot be converted"))),
+            };
+            replaced.push((name.to_string(), bytes));
+        }
+        if replaced.is_empty() {
+            return Err(invalid("no token_embd.weight".into()));
+        }
 
         let mut writer = GgufWriter::new();
         for (key, value) in &src.metadata {
             writer.add(key.clone(), value.clone());
         }
-        for t in src.tensors.iter().filter(|t| t.name != "output.weight") {
-            writer.add_tensor(t.name.clone(), &t.dims, t.ty);
+        for t in &src.tensors {
+            let new_ty = if replaced.iter().any(|(n, _)| *n == t.name) {
+                ty
+            } else {
+                t.ty
+            };
+            writer.add_tensor(t.name.clone(), &t.dims, new_ty);
         }
-        writer.add_tensor("output.weight", &[k as u64, rows as u64], GgmlType::Q8_0);
         let header = writer.header_bytes();
         Ok(Self {
             src,
             writer,
             header,
-            q8_head,
+            replaced,
         })
     }
 
@@ -78,7 +119,8 @@ impl<'a> PreparedModel<'a> {
         self.header.len() as u64 + self.writer.data_bytes()
     }
 
-    /// Writes the prepared file: every key and tensor of the source, the head as Q8_0 last.
+    /// Writes the prepared file: every key and tensor of the source in its order, the
+    /// embedding and head quantized.
     pub fn write(mut self, out: &mut impl Write) -> Result<(), EngineError> {
         let io = |source: std::io::Error| EngineError::Io {
             path: "the prepared model".into(),
@@ -86,16 +128,13 @@ impl<'a> PreparedModel<'a> {
         };
         out.write_all(&self.header).map_err(io)?;
         self.writer.header_written();
-        for t in self
-            .src
-            .tensors
-            .iter()
-            .filter(|t| t.name != "output.weight")
-        {
-            self.writer
-                .write_tensor(out, self.src.tensor_data(t))
-                .map_err(io)?;
+        for t in &self.src.tensors {
+            let data = match self.replaced.iter().find(|(n, _)| *n == t.name) {
+                Some((_, bytes)) => &bytes[..],
+                None => self.src.tensor_data(t),
+            };
+            self.writer.write_tensor(out, data).map_err(io)?;
         }
-        self.writer.write_tensor(out, &self.q8_head).map_err(io)
+        Ok(())
     }
 }

@@ -6,7 +6,9 @@
 //! embedding and output head.
 
 pub mod act;
+pub mod head;
 pub mod i2s;
+pub mod q4_0;
 pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
@@ -213,6 +215,10 @@ impl DenseMatrix<'_> {
                 {
                     *o = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
                 }
+            }
+            GgmlType::Q4_0 => {
+                let rb = k / q4_0::BLOCK * q4_0::BLOCK_BYTES;
+                q4_0::dequantize_row(&self.data[r * rb..(r + 1) * rb], &mut out[..k]);
             }
             GgmlType::Q8_0 => {
                 let rb = k / 32 * 34;

@@ -105,8 +105,9 @@ pub struct ApiConfig {
     /// Kernel threads (`bitnet serve --threads`); `None`: the engine's default,
     /// `BITNET_THREADS` or every available core.
     pub threads: Option<usize>,
-    /// Output head precision (`BITNET_HEAD`: `file`, the default, or `q8_0`: converted at
-    /// load, faster decoding; a file from `bitnet prepare` has it without the conversion).
+    /// Output head precision (`BITNET_HEAD`: `file`, the default, or `q8_0` / `q4_0`:
+    /// converted at load, faster decoding; a file from `bitnet prepare` has it without the
+    /// conversion).
     pub head: bitnet_engine::HeadPrecision,
     /// `max_tokens` when the request gives none (`BITNET_DEFAULT_MAX_TOKENS`, default 512),
     /// clamped to what fits in the context.

@@ -62,10 +62,11 @@ In the chat: /reset, /system TEXT, /exit (or Ctrl-D); Ctrl-C stops the answer be
   bitnet fetch s3://bucket/models/model.gguf --sha256 <hex> --cache-dir /tmp/models
   bitnet fetch https://example.com/model.gguf --bench   # parallel vs single-stream rate")]
     Fetch(fetch::FetchArgs),
-    /// Write a copy of a model with its output head stored as Q8_0 (faster decoding, no
-    /// conversion at load).
-    #[command(after_help = "Example:
-  bitnet prepare ggml-model-i2_s.gguf -o model-q8head.gguf")]
+    /// Write a copy of a model with its token embedding and output head quantized (Q4_0 by
+    /// default: a 0.66 GB smaller file and faster decoding, no conversion at load).
+    #[command(after_help = "Examples:
+  bitnet prepare ggml-model-i2_s.gguf -o model-prepared.gguf
+  bitnet prepare ggml-model-i2_s.gguf -o model-q8head.gguf --head q8_0   # closer to the F16 head")]
     Prepare(PrepareArgs),
     /// Measure prompt and generation tokens/s, start-up time and peak RSS.
     #[command(after_help = "Examples:
@@ -153,6 +154,10 @@ struct PrepareArgs {
     /// Where to write the prepared model.
     #[arg(short, long)]
     output: PathBuf,
+    /// Type of the token embedding and output head: q4_0 (a quarter of F16's bytes) or q8_0
+    /// (half, closer to F16).
+    #[arg(long, default_value = "q4_0", value_parser = ["q4_0", "q8_0"])]
+    head: String,
 }
 
 #[derive(clap::Args)]
@@ -427,9 +432,14 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
     let g = GgufFile::open(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
     let t0 = std::time::Instant::now();
     // Quantizes on every core.
-    let spinner = progress::spinner("quantizing the output head");
+    let head = match a.head.as_str() {
+        "q8_0" => bitnet_engine::gguf::GgmlType::Q8_0,
+        _ => bitnet_engine::gguf::GgmlType::Q4_0,
+    };
+    let opts = bitnet_engine::model::prepare::PrepareOptions { head };
+    let spinner = progress::spinner("quantizing the token embedding and output head");
     let prepared = bitnet_engine::kernels::Kernels::new(None)
-        .install(|| PreparedModel::new(&g))
+        .install(|| PreparedModel::new(&g, &opts))
         .with_context(|| format!("preparing {}", a.file.display()))?;
     spinner.finish_and_clear();
     let size = prepared.file_size();
@@ -450,7 +460,7 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
     }
     std::fs::rename(&tmp, &a.output)?;
     eprintln!(
-        "wrote {} ({size} bytes, output.weight as Q8_0) in {:.2} s",
+        "wrote {} ({size} bytes, token embedding and output head as {head}) in {:.2} s",
         a.output.display(),
         t0.elapsed().as_secs_f64()
     );

@@ -1,0 +1,216 @@
+//! The quantized output head (Q8_0 and Q4_0 rows against [`HeadActs`]) with AVX-512 VNNI
+//! and with AVX2: SIMD twins of [`crate::quant::head::dot_scalar`].
+//!
+//! One kernel per instruction set computes a tile of `R` rows by `V` input vectors, and the
+//! operations for one (row, vector) pair are the same whatever `R` and `V` are: a sequence's
+//! logits do not depend on the batch it is decoded in (one vector with many rows in flight
+//! when decoding alone, a few rows by a few vectors when batched).
+//!
+//! The weight codes are read as unsigned bytes: Q4_0's codes are 0..15 (value + 8); Q8_0's
+//! are flipped to value + 128 (AVX-512) so that `vpdpbusd` takes them, the integer dot then
+//! starting from [`HeadActs::corr`]. AVX2 has no such instruction: Q8_0 goes through
+//! `vpmaddubsw` with the sign moved to the inputs, Q4_0 adds the correction after.
+
+use std::arch::x86_64::*;
+
+use crate::gguf::GgmlType;
+use crate::quant::head::HeadActs;
+
+/// How far ahead of the current weight bytes to prefetch (in rows read in lockstep).
+const PREFETCH: usize = 1024;
+
+/// Which quantized head type a kernel reads.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HeadType {
+    Q8_0,
+    Q4_0,
+}
+
+impl HeadType {
+    pub fn of(ty: GgmlType) -> Option<Self> {
+        match ty {
+            GgmlType::Q8_0 => Some(Self::Q8_0),
+            GgmlType::Q4_0 => Some(Self::Q4_0),
+            _ => None,
+        }
+    }
+
+    const fn block_bytes(self) -> usize {
+        match self {
+            Self::Q8_0 => 34,
+            Self::Q4_0 => 18,
+        }
+    }
+}
+
+/// Two consecutive blocks of a row as 64 unsigned codes in value order, and their scales
+/// (lanes 0-7 the first block's, 8-15 the second's).
+///
+/// # Safety
+/// AVX-512 F/BW and F16C; `p` points at two whole blocks of type `ty`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,f16c")]
+unsafe fn load_pair_avx512(ty: HeadType, p: *const u8) -> (__m512i, __m512) {
+    let bb = ty.block_bytes();
+    // SAFETY: the caller guarantees two blocks from p.
+    unsafe {
+        let d0 = (p as *const i16).read_unaligned();
+        let d1 = (p.add(bb) as *const i16).read_unaligned();
+        let d = _mm512_cvtph_ps(_mm256_set_m128i(_mm_set1_epi16(d1), _mm_set1_epi16(d0)));
+        let codes = match ty {
+            HeadType::Q8_0 => {
+                let lo = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                let hi = _mm256_loadu_si256(p.add(bb + 2) as *const __m256i);
+                let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                _mm512_xor_si512(w, _mm512_set1_epi8(-128))
+            }
+            HeadType::Q4_0 => {
+                let a = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let b = _mm_loadu_si128(p.add(bb + 2) as *const __m128i);
+                let y = _mm256_set_m128i(b, a);
+                let both =
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y), _mm256_srli_epi16::<4>(y));
+                let nibbles = _mm512_and_si512(both, _mm512_set1_epi8(15));
+                // 128-bit lanes [a low, b low, a high, b high] to [a low, a high, b low, b high].
+                _mm512_shuffle_i64x2::<0b11_01_10_00>(nibbles, nibbles)
+            }
+        };
+        (codes, d)
+    }
+}
+
+/// `out[r][v] = rows[r] · acts[v]` with AVX-512 VNNI.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VNNI and F16C; every `acts[v]` holds `k` values with `k` a
+/// multiple of 64, and every row `k / 32` blocks of type `ty`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c,fma")]
+pub unsafe fn tile_avx512<const R: usize, const V: usize>(
+    ty: HeadType,
+    rows: [&[u8]; R],
+    acts: [&HeadActs; V],
+) -> [[f32; V]; R] {
+    let k = acts[0].len();
+    let bb = ty.block_bytes();
+    debug_assert!(k.is_multiple_of(64));
+    debug_assert!(rows.iter().all(|r| r.len() >= k / 32 * bb));
+    debug_assert!(acts.iter().all(|a| a.len() == k));
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    for pair in 0..k / 64 {
+        // SAFETY: block pair `pair` is within every row (k / 32 blocks each).
+        let w: [(__m512i, __m512); R] = std::array::from_fn(|r| unsafe {
+            let p = rows[r].as_ptr().add(pair * 2 * bb);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            load_pair_avx512(ty, p)
+        });
+        for (v, a) in acts.iter().enumerate() {
+            // SAFETY: values 64 * pair .. + 64 and lanes 16 * pair .. + 16 are within the
+            // vector's k values and k / 4 lanes.
+            let (q, corr, dl) = unsafe {
+                (
+                    _mm512_loadu_si512(a.q.as_ptr().add(64 * pair) as *const __m512i),
+                    _mm512_loadu_si512(a.corr.as_ptr().add(16 * pair) as *const __m512i),
+                    _mm512_loadu_ps(a.d_lanes.as_ptr().add(16 * pair)),
+                )
+            };
+            for (r, (codes, dw)) in w.iter().enumerate() {
+                let isum = _mm512_dpbusd_epi32(corr, *codes, q);
+                let scale = _mm512_mul_ps(*dw, dl);
+                acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r][v]);
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|v| _mm512_reduce_add_ps(acc[r][v])))
+}
+
+/// One block of a row as 32 codes for `vpmaddubsw`'s unsigned operand, and the inputs `q`
+/// with the sign it needs (Q4_0's lanes still need [`HeadActs::corr`] added).
+///
+/// # Safety
+/// AVX2; `p` points at a whole block of type `ty`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn block_avx2(ty: HeadType, p: *const u8, q: __m256i) -> (__m256i, __m256i) {
+    // SAFETY: the caller guarantees one block from p.
+    unsafe {
+        match ty {
+            HeadType::Q8_0 => {
+                let w = _mm256_loadu_si256(p.add(2) as *const __m256i);
+                // |w| * (q with w's sign) = w * q; |-128| reads as 128 unsigned.
+                (_mm256_abs_epi8(w), _mm256_sign_epi8(q, w))
+            }
+            HeadType::Q4_0 => {
+                let x = _mm_loadu_si128(p.add(2) as *const __m128i);
+                let y = _mm256_set_m128i(_mm_srli_epi16::<4>(x), x);
+                (_mm256_and_si256(y, _mm256_set1_epi8(15)), q)
+            }
+        }
+    }
+}
+
+/// [`tile_avx512`] with AVX2, block by block.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; otherwise as [`tile_avx512`] (k a multiple of 32
+/// suffices).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn tile_avx2<const R: usize, const V: usize>(
+    ty: HeadType,
+    rows: [&[u8]; R],
+    acts: [&HeadActs; V],
+) -> [[f32; V]; R] {
+    let k = acts[0].len();
+    let bb = ty.block_bytes();
+    debug_assert!(k.is_multiple_of(32));
+    debug_assert!(rows.iter().all(|r| r.len() >= k / 32 * bb));
+    debug_assert!(acts.iter().all(|a| a.len() == k));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    for b in 0..k / 32 {
+        // SAFETY: block b is within every row.
+        let ps: [*const u8; R] = std::array::from_fn(|r| unsafe {
+            let p = rows[r].as_ptr().add(b * bb);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            p
+        });
+        // SAFETY: as above; the scale is the block's first two bytes.
+        let dw: [__m256; R] = std::array::from_fn(|r| unsafe {
+            _mm256_cvtph_ps(_mm_set1_epi16((ps[r] as *const i16).read_unaligned()))
+        });
+        for (v, a) in acts.iter().enumerate() {
+            // SAFETY: values 32b .. 32b + 32 and lanes 8b .. 8b + 8 are within the vector.
+            let (q, corr, dl) = unsafe {
+                (
+                    _mm256_loadu_si256(a.q.as_ptr().add(32 * b) as *const __m256i),
+                    _mm256_loadu_si256(a.corr.as_ptr().add(8 * b) as *const __m256i),
+                    _mm256_loadu_ps(a.d_lanes.as_ptr().add(8 * b)),
+                )
+            };
+            for r in 0..R {
+                // SAFETY: ps[r] points at block b of row r.
+                let (codes, signed) = unsafe { block_avx2(ty, ps[r], q) };
+                // Pairs of byte products fit i16: |code| <= 128 and |q| <= 127.
+                let mut isum = _mm256_madd_epi16(_mm256_maddubs_epi16(codes, signed), ones);
+                if ty == HeadType::Q4_0 {
+                    isum = _mm256_add_epi32(isum, corr);
+                }
+                let scale = _mm256_mul_ps(dw[r], dl);
+                acc[r][v] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), scale, acc[r][v]);
+            }
+        }
+    }
+    std::array::from_fn(|r| std::array::from_fn(|v| hsum_avx2(acc[r][v])))
+}
+
+/// The eight lanes of `x` summed in a fixed order.
+#[inline]
+#[target_feature(enable = "avx")]
+fn hsum_avx2(x: __m256) -> f32 {
+    let mut lanes = [0f32; 8];
+    // SAFETY: `lanes` is 8 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), x) };
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5]))
+        + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+}

@@ -1,0 +1,141 @@
+//! The quantized output head's arithmetic (Q8_0 and Q4_0 rows), as ggml's CPU backend does it:
+//! the input vector is quantized to 8 bits per 32-value block (Q8_0's rule), each block's
+//! integer dot is exact, and the row's result is `sum over blocks of isum * (d_w * d_x)` in
+//! f32. [`dot_scalar`] is the specification; the SIMD kernels in `crate::kernels` differ from
+//! it only in the order of the float sums.
+
+use half::f16;
+
+use crate::gguf::GgmlType;
+
+/// Values per block of the weights and of the quantized input.
+pub const BLOCK: usize = 32;
+
+/// Values per SIMD lane of an integer dot (`vpdpbusd` sums four byte products).
+pub const LANE: usize = 4;
+
+/// One input vector quantized for a Q8_0 or Q4_0 head: `q[i] = round(x[i] / d_b)` with
+/// `d_b = max |x| / 127` over block b, plus the per-lane terms the kernels start from.
+#[derive(Debug, Clone, Default)]
+pub struct HeadActs {
+    /// The quantized values, in the order of `x`.
+    pub q: Vec<i8>,
+    /// Block scales, one per [`BLOCK`] values.
+    pub d: Vec<f32>,
+    /// The block's scale once per [`LANE`] values: multiplied lane by lane.
+    pub d_lanes: Vec<f32>,
+    /// `-offset * (sum of the lane's four values)`, where the kernels read the weight codes
+    /// as unsigned bytes `offset` above their value (Q8_0: 128, Q4_0: 8): an integer dot
+    /// started from it gives the signed dot.
+    pub corr: Vec<i32>,
+}
+
+/// Whether `ty` is a head type with quantized-input kernels.
+pub fn is_quantized_head(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0)
+}
+
+/// Bytes per block of a quantized head type.
+pub fn block_bytes(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q8_0 => super::q8_0::BLOCK_BYTES,
+        GgmlType::Q4_0 => super::q4_0::BLOCK_BYTES,
+        other => unreachable!("{other} is not a quantized head type"),
+    }
+}
+
+/// The unsigned offset of `ty`'s codes as the kernels read them.
+fn code_offset(ty: GgmlType) -> i32 {
+    match ty {
+        GgmlType::Q8_0 => 128,
+        GgmlType::Q4_0 => 8,
+        other => unreachable!("{other} is not a quantized head type"),
+    }
+}
+
+impl HeadActs {
+    /// Quantizes `x` (a multiple of [`BLOCK`] values) for rows of type `ty`.
+    pub fn new(x: &[f32], ty: GgmlType) -> Self {
+        let mut a = Self::default();
+        a.quantize(x, ty);
+        a
+    }
+
+    /// As [`HeadActs::new`], reusing this one's buffers.
+    pub fn quantize(&mut self, x: &[f32], ty: GgmlType) {
+        assert!(x.len().is_multiple_of(BLOCK), "{} values", x.len());
+        let off = code_offset(ty);
+        let k = x.len();
+        self.q.resize(k, 0);
+        self.d.resize(k / BLOCK, 0.0);
+        self.d_lanes.resize(k / LANE, 0.0);
+        self.corr.resize(k / LANE, 0);
+        for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
+            // A non-finite input gives a non-finite scale: logits of NaN, as the f32 path.
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            self.d[b] = d;
+            let q = &mut self.q[b * BLOCK..(b + 1) * BLOCK];
+            for (o, &v) in q.iter_mut().zip(xb) {
+                *o = (v * id).round() as i8;
+            }
+            for l in 0..BLOCK / LANE {
+                let lane = b * BLOCK / LANE + l;
+                let sum: i32 = q[l * LANE..(l + 1) * LANE].iter().map(|&v| v as i32).sum();
+                self.d_lanes[lane] = d;
+                self.corr[lane] = -off * sum;
+            }
+        }
+    }
+
+    /// Values quantized.
+    pub fn len(&self) -> usize {
+        self.q.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+}
+
+/// The specification: `row` (Q8_0 or Q4_0 blocks) against `x`, block by block in f32.
+pub fn dot_scalar(ty: GgmlType, row: &[u8], x: &HeadActs) -> f32 {
+    let bb = block_bytes(ty);
+    let mut acc = 0f32;
+    for (b, blk) in row.chunks_exact(bb).take(x.d.len()).enumerate() {
+        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
+        let isum: i32 = match ty {
+            GgmlType::Q8_0 => blk[2..]
+                .iter()
+                .zip(q)
+                .map(|(&w, &a)| w as i8 as i32 * a as i32)
+                .sum(),
+            _ => (0..BLOCK / 2)
+                .map(|j| {
+                    let c = blk[2 + j];
+                    ((c & 15) as i32 - 8) * q[j] as i32
+                        + ((c >> 4) as i32 - 8) * q[j + BLOCK / 2] as i32
+                })
+                .sum(),
+        };
+        acc += isum as f32 * (dw * x.d[b]);
+    }
+    acc
+}
+
+/// Bytes of a dense matrix's form in `ty` (Q8_0 or Q4_0).
+pub fn matrix_bytes(ty: GgmlType, m: &super::DenseMatrix<'_>) -> usize {
+    m.rows * (m.k / BLOCK * block_bytes(ty))
+}
+
+/// Quantizes a dense matrix to `ty` (Q8_0 or Q4_0) into `out` ([`matrix_bytes`] long), on
+/// the installed kernel pool.
+pub fn quantize_matrix_into(ty: GgmlType, m: &super::DenseMatrix<'_>, out: &mut [u8]) {
+    match ty {
+        GgmlType::Q8_0 => super::q8_0::quantize_matrix_into(m, out),
+        GgmlType::Q4_0 => super::q4_0::quantize_matrix_into(m, out),
+        other => unreachable!("{other} is not a quantized head type"),
+    }
+}
