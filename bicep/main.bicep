@@ -32,7 +32,7 @@ param parallel int = 4
 param httpPerInstanceConcurrency int = parallel
 
 @description('Name of the model blob inside the models container.')
-param modelBlobName string = 'ggml-model-i2_s.gguf'
+param modelBlobName string = 'bitnet-2b4t-prepared.gguf'
 
 @description('Expected lowercase hex sha256 of the model (BITNET_MODEL_SHA256). Empty leaves it unset.')
 param modelSha256 string = ''

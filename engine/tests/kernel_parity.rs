@@ -592,6 +592,61 @@ fn attention_helpers_match_their_specification() {
     }
 }
 
+#[test]
+fn grouped_attention_helpers_are_bit_identical_to_one_head_at_a_time() {
+    let mut r = Rng(77);
+    for &(hd, keys, stride, groups) in &[
+        (128usize, 37usize, 640usize, 4usize),
+        (128, 1, 640, 4),
+        (64, 9, 128, 2),
+        (64, 0, 128, 2),
+        (16, 5, 48, 1),
+        (128, 6, 384, 3),
+        (12, 7, 30, 4),
+    ] {
+        let offset = stride - hd;
+        let v: Vec<f32> = (0..keys * stride).map(|_| r.f() * 4.0).collect();
+        let qs: Vec<f32> = (0..groups * hd).map(|_| r.f()).collect();
+        let w: Vec<f64> = (0..groups * keys).map(|_| r.f() as f64 / 3.0).collect();
+        let mut want_scores = vec![0f64; groups * keys];
+        let mut want_out = vec![0f64; groups * hd];
+        for g in 0..groups {
+            bitnet_engine::kernels::dot_rows_f32_f64(
+                &qs[g * hd..(g + 1) * hd],
+                &v,
+                stride,
+                offset,
+                &mut want_scores[g * keys..(g + 1) * keys],
+            );
+            bitnet_engine::kernels::weighted_rows_f64(
+                &w[g * keys..(g + 1) * keys],
+                &v,
+                stride,
+                offset,
+                &mut want_out[g * hd..(g + 1) * hd],
+            );
+        }
+        let mut scores = vec![f64::NAN; groups * keys];
+        bitnet_engine::kernels::dot_rows_group_f32_f64(
+            &qs,
+            groups,
+            &v,
+            stride,
+            offset,
+            &mut scores,
+        );
+        let mut out = vec![f64::NAN; groups * hd];
+        bitnet_engine::kernels::weighted_rows_group_f64(&w, groups, &v, stride, offset, &mut out);
+        let bits = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let case = format!(
+            "hd {hd} keys {keys} groups {groups} ({:?})",
+            Isa::from_env()
+        );
+        assert_eq!(bits(&scores), bits(&want_scores), "scores, {case}");
+        assert_eq!(bits(&out), bits(&want_out), "weighted, {case}");
+    }
+}
+
 /// The head for a batch of vectors (the AVX-512 rows × vectors kernel, or per vector) gives
 /// each vector exactly what one matvec gives it: a sequence's logits do not depend on its
 /// batch. Odd row counts and a k with a scalar tail reach every kernel shape.

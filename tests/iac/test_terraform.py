@@ -255,7 +255,7 @@ ECR_IMAGE = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/bitnet-lambda@sha256:"
     # The embedding model beside the chat model.
     (("allow_no_auth=true", "embedding_model_key=models/bitnet-embedding-0.6b-i2_s.gguf"), True, None),
     (("allow_no_auth=true", "embedding_model_key=models/*.gguf"), False, "single object key"),
-    (("allow_no_auth=true", "embedding_model_key=models/ggml-model-i2_s.gguf"), False, "other than model_key"),
+    (("allow_no_auth=true", "embedding_model_key=models/bitnet-2b4t-prepared.gguf"), False, "other than model_key"),
     (("allow_no_auth=true", "package_type=Image", f"image_uri={ECR_IMAGE}", "model_in_image=true",
       "embedding_model_key=e.gguf"), False, "needs the model bucket"),
     (("allow_no_auth=true", "embedding_model_sha256=ABC"), False, "embedding_model_sha256 must"),

@@ -144,6 +144,82 @@ pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out
     }
 }
 
+/// [`dot_rows_f32_f64`] for each of the `qs.len() / k` queries of a grouped-query head
+/// (`qs`: query g at `g * k`, k = `qs.len() / groups`) against the same rows: `out[g * rows +
+/// j]`, bit-identical to one [`dot_rows_f32_f64`] call per query.
+pub fn dot_rows_group_f32_f64(
+    qs: &[f32],
+    groups: usize,
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    out: &mut [f64],
+) {
+    let (k, rows) = (qs.len() / groups, out.len() / groups);
+    assert!(qs.len() == groups * k && out.len() == groups * rows);
+    if rows == 0 || k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && k.is_multiple_of(16) {
+        macro_rules! group {
+            ($G:literal) => {
+                // SAFETY: AVX-512 F was detected; k is a multiple of 16; the kernel asserts
+                // the rows' bounds.
+                unsafe { x86::dot_rows_group_f32_f64_avx512::<$G>(qs, v, stride, offset, out) }
+            };
+        }
+        match groups {
+            4 => return group!(4),
+            2 => return group!(2),
+            1 => return group!(1),
+            _ => {}
+        }
+    }
+    for (q, o) in qs.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
+        dot_rows_f32_f64(q, v, stride, offset, o);
+    }
+}
+
+/// [`weighted_rows_f64`] for each of `groups` weight vectors (`w`: vector g at `g * keys`)
+/// over the same rows: `out[g * hd ..]`, bit-identical to one [`weighted_rows_f64`] call per
+/// vector.
+pub fn weighted_rows_group_f64(
+    w: &[f64],
+    groups: usize,
+    v: &[f32],
+    stride: usize,
+    offset: usize,
+    out: &mut [f64],
+) {
+    let (keys, hd) = (w.len() / groups, out.len() / groups);
+    assert!(w.len() == groups * keys && out.len() == groups * hd);
+    if keys == 0 || hd == 0 {
+        out.fill(0.0);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && hd.is_multiple_of(8) {
+        macro_rules! group {
+            ($G:literal) => {
+                // SAFETY: AVX-512 F was detected; hd is a multiple of 8; the kernel asserts
+                // the rows' bounds.
+                unsafe { x86::weighted_rows_group_f64_avx512::<$G>(w, v, stride, offset, out) }
+            };
+        }
+        match groups {
+            4 => return group!(4),
+            2 => return group!(2),
+            1 => return group!(1),
+            _ => {}
+        }
+    }
+    for (wg, o) in w.chunks_exact(keys).zip(out.chunks_exact_mut(hd)) {
+        weighted_rows_f64(wg, v, stride, offset, o);
+    }
+}
+
 /// Largest row block handed to one kernel call.
 const ROW_BLOCK: usize = DECODE_ROWS;
 

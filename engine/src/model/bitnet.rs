@@ -889,35 +889,45 @@ fn attention(
     let (d, kv, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
     let group = c.n_head / c.n_head_kv;
     let inv_sqrt = 1.0 / (hd as f64).sqrt();
-    let work = |(r, h): (usize, usize), out: &mut [f32]| {
+    // One work item per (row, KV head): the `group` query heads that share it are
+    // consecutive, so each cached key and value row is read and widened once for all of them
+    // (the grouped kernels give each head the bits one head at a time gives it).
+    let work = |(r, kvh): (usize, usize), out: &mut [f32]| {
         let (seq, pos) = rows[r];
         let (kc, vc) = caches[seq];
         let len = pos + 1; // causal: keys 0..=pos
-        let kvh = h / group;
-        let qh = &q[r * d + h * hd..r * d + (h + 1) * hd];
-        let mut scores = vec![0f64; len];
-        crate::kernels::dot_rows_f32_f64(qh, kc, kv, kvh * hd, &mut scores);
-        let mut max = f64::NEG_INFINITY;
-        for sj in scores.iter_mut() {
-            *sj *= inv_sqrt;
-            max = max.max(*sj);
+        let qs = &q[r * d + kvh * group * hd..r * d + (kvh + 1) * group * hd];
+        let mut scores = vec![0f64; group * len];
+        crate::kernels::dot_rows_group_f32_f64(qs, group, kc, kv, kvh * hd, &mut scores);
+        let mut sums = vec![0f64; group];
+        for (sc, sum) in scores.chunks_exact_mut(len).zip(&mut sums) {
+            let mut max = f64::NEG_INFINITY;
+            for sj in sc.iter_mut() {
+                *sj *= inv_sqrt;
+                max = max.max(*sj);
+            }
+            for sj in sc.iter_mut() {
+                *sj = (*sj - max).exp();
+                *sum += *sj;
+            }
         }
-        let mut sum = 0f64;
-        for sj in scores.iter_mut() {
-            *sj = (*sj - max).exp();
-            sum += *sj;
-        }
-        let mut acc = vec![0f64; hd];
-        crate::kernels::weighted_rows_f64(&scores, vc, kv, kvh * hd, &mut acc);
-        for (o, a) in out.iter_mut().zip(&acc) {
-            *o = (a / sum) as f32;
+        let mut acc = vec![0f64; group * hd];
+        crate::kernels::weighted_rows_group_f64(&scores, group, vc, kv, kvh * hd, &mut acc);
+        for ((o, a), sum) in out
+            .chunks_exact_mut(hd)
+            .zip(acc.chunks_exact(hd))
+            .zip(&sums)
+        {
+            for (o, a) in o.iter_mut().zip(a) {
+                *o = (a / sum) as f32;
+            }
         }
     };
-    // Each (row, head) writes its own head_dim slice of `att`.
+    // Each (row, KV head) writes its group's `group * head_dim` slice of `att`.
     let n = rows.len();
     kern.install(|| {
-        crate::kernels::pool::for_each_chunk_mut(&mut att[..n * d], hd, &|i, out| {
-            work((i / c.n_head, i % c.n_head), out)
+        crate::kernels::pool::for_each_chunk_mut(&mut att[..n * d], group * hd, &|i, out| {
+            work((i / c.n_head_kv, i % c.n_head_kv), out)
         })
     });
 }

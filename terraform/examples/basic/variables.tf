@@ -55,11 +55,11 @@ variable "reserved_concurrency" {
 variable "model_key" {
   description = "Key of the model object in the bucket."
   type        = string
-  default     = "models/ggml-model-i2_s.gguf"
+  default     = "models/bitnet-2b4t-prepared.gguf"
 }
 
 variable "model_sha256" {
-  description = "Expected lowercase hex sha256 of the model (sha256sum ggml-model-i2_s.gguf)."
+  description = "Expected lowercase hex sha256 of the model (sha256sum bitnet-2b4t-prepared.gguf)."
   type        = string
   default     = ""
 }

@@ -79,7 +79,7 @@ variable "allow_scalar_arm64" {
 }
 
 variable "memory_size" {
-  description = "Lambda memory in MB (CPU share grows with it: one vCPU per 1,769 MB). The 1.19 GB i2_s model plus KV cache and activations fit in 4096 MB."
+  description = "Lambda memory in MB (CPU share grows with it: one vCPU per 1,769 MB). The 0.71 GB prepared model (1.19 GB official i2_s file) plus KV cache and activations fit in 4096 MB."
   type        = number
   default     = 4096
 
@@ -143,7 +143,7 @@ variable "bucket_name" {
 variable "model_key" {
   description = "Object key of the GGUF model inside the bucket. The function role may read exactly this object and nothing else."
   type        = string
-  default     = "models/ggml-model-i2_s.gguf"
+  default     = "models/bitnet-2b4t-prepared.gguf"
 
   validation {
     condition     = length(var.model_key) > 0 && !can(regex("[*?]", var.model_key))
