@@ -292,15 +292,15 @@ def test_greedy_agrees(harness, preset, typ, prompt):
 
 # ------------------------------------------------------------------------- prepared heads
 
-PREPARED = ["i2_s@q4_0", "i2_s@q8_0"]
+PREPARED = ["i2_s@q4_0", "i2_s@q6_k", "i2_s@q8_0"]
 
 
 @pytest.mark.parametrize("preset,typ,prompt", [(p, t, q) for p in PRESETS for t in PREPARED
                                                for q in PROMPTS])
 def test_prepared_head_logits_agree(harness, preset, typ, prompt):
-    """`bitnet prepare --head q4_0|q8_0` (tied embedding and head quantized, the engine's
-    integer head kernels) against the reference reading the same file (its own Q4_0 / Q8_0
-    decoder, ggml's input quantization, float64 sums)."""
+    """`bitnet prepare --head q4_0|q6_k|q8_0` (tied embedding and head quantized, the engine's
+    integer head kernels) against the reference reading the same file (its own Q4_0 / Q6_K /
+    Q8_0 decoders, ggml's input quantization, float64 sums)."""
     v = harness.verdict(preset, typ, prompt)
     line = f"{preset:5s} {typ:10s} {prompt:8s} {v}"
     REPORT_LINES.append(line)
@@ -321,6 +321,30 @@ def test_prepared_embedding_is_ggml_quantization(harness, preset, head):
     want = gguf.quants.quantize(emb, qt)
     assert out.tensors["token_embd.weight"].type == int(qt)
     assert np.array_equal(out.raw("token_embd.weight"), want.reshape(-1))
+    assert "output.weight" not in out.tensors
+    assert set(out.tensors) == set(src.tensors)
+    for name in src.tensors:
+        if name != "token_embd.weight":
+            assert np.array_equal(out.raw(name), src.raw(name)), name
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_prepared_q6_k_embedding_decodes_close_to_the_original(harness, preset):
+    """gguf-py has no Q6_K quantizer: the prepared tensor, decoded by gguf-py, is within the
+    type's error of the F16 embedding (an rms below plain 6-bit rounding's), and the reference's
+    own decoder reads it identically."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    src = br.GGUFFile(harness.model(preset, "i2_s"))
+    out = br.GGUFFile(harness.model(preset, "i2_s@q6_k"))
+    assert out.tensors["token_embd.weight"].type == int(QT.Q6_K)
+    emb = br.decode_float(src, "token_embd.weight")
+    got = gguf.quants.dequantize(out.raw("token_embd.weight").reshape(emb.shape[0], -1), QT.Q6_K)
+    np.testing.assert_array_equal(br.decode_float(out, "token_embd.weight"), got)
+    blocks = emb.reshape(-1, 16)
+    step = np.abs(blocks).max(axis=1, keepdims=True) / 32
+    err = (got.reshape(-1, 16) - blocks) / np.where(step > 0, step, 1)
+    assert np.sqrt((err ** 2).mean()) < 1 / np.sqrt(12), np.sqrt((err ** 2).mean())
     assert "output.weight" not in out.tensors
     assert set(out.tensors) == set(src.tensors)
     for name in src.tensors:

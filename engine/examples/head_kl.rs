@@ -2,7 +2,7 @@
 //! `cargo run --release -p bitnet-engine --example head_kl -- MODEL [PROMPTS] [STEPS]`.
 //!
 //! Loads MODEL with its own head (F16 for BitNet b1.58) and with the head converted at load
-//! to Q8_0 and to Q4_0 (a tied embedding reads the converted copy too: the same model as
+//! to Q8_0, Q6_K and Q4_0 (a tied embedding reads the converted copy too: the same model as
 //! `bitnet prepare --head ...` writes). Feeds each of PROMPTS random prompts (8 tokens,
 //! fixed seeds), then STEPS tokens of the F16 model's greedy continuation, to all three, and
 //! reports over every position the KL divergence KL(P_f16 || P_quantized) in nats and how
@@ -45,7 +45,7 @@ fn main() {
         (m, t.elapsed().as_secs_f64() * 1e3)
     };
     let (base, base_ms) = load(HeadPrecision::File);
-    let heads = [HeadPrecision::Q8_0, HeadPrecision::Q4_0].map(|h| {
+    let heads = [HeadPrecision::Q8_0, HeadPrecision::Q6K, HeadPrecision::Q4_0].map(|h| {
         let (m, ms) = load(h);
         println!("load: file's head {base_ms:.0} ms, {h:?} {ms:.0} ms");
         (h, m)

@@ -416,8 +416,8 @@ fn quantized_rows(r: &mut Rng, ty: GgmlType, rows: usize, k: usize) -> Vec<u8> {
     };
     let mut q = vec![0u8; head::matrix_bytes(ty, &m)];
     head::quantize_matrix_into(ty, &m, &mut q);
-    let bb = head::block_bytes(ty);
-    q[3 * bb + 2..4 * bb].fill(0);
+    let (_, bb) = head::block_shape(ty);
+    q[3 * bb..4 * bb].fill(0);
     if ty == GgmlType::Q8_0 {
         q[5 * bb + 7] = 0x80;
     }
@@ -428,8 +428,13 @@ fn quantized_rows(r: &mut Rng, ty: GgmlType, rows: usize, k: usize) -> Vec<u8> {
 fn quantized_head_matches_scalar_within_summation_order() {
     let mut r = Rng(4711);
     // 2560: AVX-512 pairs of blocks; 2560 + 32: an odd number of blocks (AVX2 kernels).
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
-        for k in [2560, 2560 + 32, 64] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q6K, GgmlType::Q4_0] {
+        let ks: &[usize] = if ty == GgmlType::Q6K {
+            &[2560, 256]
+        } else {
+            &[2560, 2560 + 32, 64]
+        };
+        for &k in ks {
             let rows = 37;
             let q = quantized_rows(&mut r, ty, rows, k);
             let w = DenseMatrix {
@@ -461,22 +466,22 @@ fn quantized_head_matches_scalar_within_summation_order() {
     }
 }
 
-/// `sum over blocks of |isum| * |d_w * d_x|`: what float rounding in any order is relative to.
+/// `sum over groups of |w_i * q_i| * |scale|`: what float rounding in any order is relative
+/// to (from the dequantized row: |w_i| = |code| * |scale of its group|).
 fn head_magnitude(ty: GgmlType, row: &[u8], x: &HeadActs) -> f32 {
-    let bb = head::block_bytes(ty);
-    let mut m = 1e-30f32;
-    for (b, blk) in row.chunks_exact(bb).enumerate() {
-        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        let q = &x.q[b * 32..(b + 1) * 32];
-        let code = |j: usize| match ty {
-            GgmlType::Q8_0 => blk[2 + j] as i8 as i32,
-            _ if j < 16 => (blk[2 + j] & 15) as i32 - 8,
-            _ => (blk[2 + j - 16] >> 4) as i32 - 8,
-        };
-        let isum: i32 = (0..32).map(|j| (code(j) * q[j] as i32).abs()).sum();
-        m += isum as f32 * (dw * x.d[b]).abs();
-    }
-    m
+    let k = x.len();
+    let m = DenseMatrix {
+        ty,
+        rows: 1,
+        k,
+        data: row,
+    };
+    let mut w = vec![0f32; k];
+    m.row_f32(0, &mut w);
+    1e-30
+        + (0..k)
+            .map(|i| (w[i] * x.q[i] as f32 * x.d[i / 32]).abs())
+            .sum::<f32>()
 }
 
 #[test]
@@ -485,7 +490,7 @@ fn quantized_head_is_close_to_the_float_dot() {
     // are what separates the quantized head from the float one: bounded here.
     let mut r = Rng(99);
     let k = 2560;
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0] {
+    for ty in [GgmlType::Q8_0, GgmlType::Q6K, GgmlType::Q4_0] {
         let q = quantized_rows(&mut r, ty, 8, k);
         let rb = q.len() / 8;
         let w = DenseMatrix {
@@ -509,6 +514,45 @@ fn quantized_head_is_close_to_the_float_dot() {
             );
         }
     }
+}
+
+#[test]
+fn q6_k_round_trip_is_close_and_its_layout_holds() {
+    use bitnet_engine::quant::q6_k;
+    let mut r = Rng(5);
+    let x: Vec<f32> = (0..512).map(|_| r.f() * 2.0).collect();
+    let mut q = vec![0u8; 2 * q6_k::BLOCK_BYTES];
+    q6_k::quantize_row(&x, &mut q);
+    let mut back = vec![0f32; 512];
+    q6_k::dequantize_row(&q, &mut back);
+    // Six bits per value with a scale per 16: the error is at most half a step of the
+    // sub-block's quantized scale (plus the scale's own 8-bit rounding), here below 3 % of
+    // the block's largest value.
+    for (i, (a, b)) in x.iter().zip(&back).enumerate() {
+        assert!((a - b).abs() <= 0.03 * 2.0, "value {i}: {a} vs {b}");
+    }
+    // Plain rounding on a grid of step 2 / 32 would give an rms error of step / sqrt(12).
+    let rms = (x
+        .iter()
+        .zip(&back)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        / 512.0)
+        .sqrt();
+    assert!(rms < 2.0 / 32.0 / 12f32.sqrt(), "rms error {rms}");
+    // The layout: codes written through `code()` come back where the format puts them.
+    let blk = &q[..q6_k::BLOCK_BYTES];
+    for i in 0..256 {
+        let (half, j) = (i / 128, i % 128);
+        let ql = blk[64 * half + j % 64];
+        let low = if j < 64 { ql & 15 } else { ql >> 4 };
+        let high = (blk[128 + 32 * half + j % 32] >> (2 * (j / 32))) & 3;
+        assert_eq!(q6_k::code(blk, i), low | (high << 4));
+    }
+    // A block of zeros stays zero.
+    q6_k::quantize_row(&[0f32; 256], &mut q[..q6_k::BLOCK_BYTES]);
+    q6_k::dequantize_row(&q[..q6_k::BLOCK_BYTES], &mut back[..256]);
+    assert!(back[..256].iter().all(|&v| v == 0.0));
 }
 
 #[test]
@@ -656,11 +700,13 @@ fn batched_head_is_bit_identical_to_one_vector_at_a_time() {
     let (rows, k) = (203, 2560 + 24);
     let (f16_data, _) = random_f16_rows(&mut r, rows, k);
     let q8 = quantized_rows(&mut r, GgmlType::Q8_0, rows, 2560);
+    let q6 = quantized_rows(&mut r, GgmlType::Q6K, rows, 2560);
     let q4 = quantized_rows(&mut r, GgmlType::Q4_0, rows, 2560);
     let q4_odd = quantized_rows(&mut r, GgmlType::Q4_0, rows, 2560 + 32);
     let heads = [
         (GgmlType::F16, k, &f16_data[..]),
         (GgmlType::Q8_0, 2560, &q8[..]),
+        (GgmlType::Q6K, 2560, &q6[..]),
         (GgmlType::Q4_0, 2560, &q4[..]),
         (GgmlType::Q4_0, 2560 + 32, &q4_odd[..]),
     ];

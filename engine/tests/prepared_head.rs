@@ -1,4 +1,4 @@
-//! A prepared file (token embedding and head stored as Q4_0 or Q8_0) serves exactly what
+//! A prepared file (token embedding and head stored as Q4_0, Q6_K or Q8_0) serves exactly what
 //! converting the head at load does, and leaves every other tensor and key as it was.
 
 mod common;
@@ -17,6 +17,7 @@ fn prepared_head_matches_conversion_at_load() {
     assert!(src.tensor("output.weight").is_none(), "the fixture is tied");
     for (ty, at_load) in [
         (GgmlType::Q4_0, HeadPrecision::Q4_0),
+        (GgmlType::Q6K, HeadPrecision::Q6K),
         (GgmlType::Q8_0, HeadPrecision::Q8_0),
     ] {
         let prepared = PreparedModel::new(&src, &PrepareOptions { head: ty }).expect("prepare");
@@ -77,7 +78,11 @@ fn prepared_head_matches_conversion_at_load() {
             .map(|(x, y)| (x - y).abs())
             .fold(0f32, f32::max);
         let scale = c.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        let bound = if ty == GgmlType::Q4_0 { 0.25 } else { 0.05 };
+        let bound = match ty {
+            GgmlType::Q4_0 => 0.25,
+            GgmlType::Q6K => 0.1,
+            _ => 0.05,
+        };
         assert!(
             max_diff < bound * scale,
             "{ty} head moved logits by {max_diff} (max |logit| {scale})"

@@ -194,7 +194,7 @@ def test_prepare_shows_its_progress_on_a_terminal(small_model, tmp_path):
     child = pexpect.spawn(str(binary("bitnet")), ["prepare", str(small_model), "-o", str(out)],
                           env=clean_env(), encoding="utf-8", timeout=120, dimensions=(20, 160))
     child.expect(r"writing \[[=> ]+\] [\d.]+ [KMG]?i?B/[\d.]+ MiB")
-    child.expect(r"wrote .*prepared\.gguf \((\d+) bytes, token embedding and output head as Q4_0\)")
+    child.expect(r"wrote .*prepared\.gguf \((\d+) bytes, token embedding and output head as Q8_0\)")
     assert int(child.match.group(1)) == out.stat().st_size
     child.expect(pexpect.EOF)
     child.close()

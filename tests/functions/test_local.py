@@ -334,14 +334,14 @@ def test_request_id_in_logs(model_server):
     assert any(l.get("message") == "generation done" for l in lines), model_server.log()
 
 
-@pytest.mark.parametrize("head", ["q4_0", "q8_0"])
+@pytest.mark.parametrize("head", ["q4_0", "q6_k", "q8_0"])
 def test_head_converted_at_load_equals_prepared_file(start_server, tiny_model, workdir, head):
-    """`BITNET_HEAD=q4_0|q8_0` (conversion at load) and a file from `bitnet prepare --head` serve
+    """`BITNET_HEAD=q4_0|q6_k|q8_0` (conversion at load) and a file from `bitnet prepare --head` serve
     the same model: identical greedy text and usage. The prepared file is smaller (the tied
     embedding and head stored once, quantized) and keeps its tensors tied."""
     import subprocess
     prepared = workdir / f"tiny-{head}.gguf"
-    args = ["prepare", tiny_model, "-o", prepared] + (["--head", head] if head != "q4_0" else [])
+    args = ["prepare", tiny_model, "-o", prepared] + (["--head", head] if head != "q8_0" else [])
     r = subprocess.run([binary("bitnet"), *args], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert not prepared.with_suffix(".gguf.partial").exists()

@@ -67,11 +67,11 @@ _SCALAR_NP = {
 }
 
 # ggml tensor types we know the size of
-GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_BF16 = 0, 1, 2, 8, 30
+GGML_F32, GGML_F16, GGML_Q4_0, GGML_Q8_0, GGML_Q6_K, GGML_BF16 = 0, 1, 2, 8, 14, 30
 GGML_TQ1_0, GGML_TQ2_0, GGML_I2_S = 34, 35, 36
-TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 36: "I2_S"}
+TYPE_NAMES = {0: "F32", 1: "F16", 2: "Q4_0", 8: "Q8_0", 14: "Q6_K", 30: "BF16", 34: "TQ1_0", 35: "TQ2_0", 36: "I2_S"}
 # (block size in weights, bytes per block)
-_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34),
+_BLOCK = {GGML_F32: (1, 4), GGML_F16: (1, 2), GGML_BF16: (1, 2), GGML_Q4_0: (32, 18), GGML_Q8_0: (32, 34), GGML_Q6_K: (256, 210),
           GGML_TQ1_0: (256, 54), GGML_TQ2_0: (256, 66)}
 
 
@@ -220,7 +220,7 @@ def _np_shape(dims) -> tuple[int, ...]:
 
 
 def decode_float(g: GGUFFile, name: str) -> np.ndarray:
-    """Decode F32/F16/BF16/Q4_0/Q8_0 to a float32 array of numpy shape reversed(dims)."""
+    """Decode F32/F16/BF16/Q4_0/Q6_K/Q8_0 to a float32 array of numpy shape reversed(dims)."""
     t = g.tensors[name]
     raw = g.raw(name)
     shape = _np_shape(t.dims)
@@ -238,6 +238,9 @@ def decode_float(g: GGUFFile, name: str) -> np.ndarray:
     if t.type == GGML_Q4_0:
         d, q = decode_q4_0(raw)
         return (d * q.astype(np.float32)).reshape(shape)
+    if t.type == GGML_Q6_K:
+        d, q = decode_q6_k(raw)
+        return (d * q.astype(np.float32)).reshape(shape)
     if t.type in (GGML_TQ1_0, GGML_TQ2_0, GGML_I2_S):
         codes, scales = decode_ternary(g, name)
         return (codes.astype(np.float32) * scales_to_dense(codes.shape, scales)).reshape(shape)
@@ -252,6 +255,23 @@ def decode_q4_0(raw: np.ndarray):
     qs = b[:, 2:]
     q = np.concatenate([qs & 15, qs >> 4], axis=1).astype(np.int8) - 8
     return d, q
+
+
+def decode_q6_k(raw: np.ndarray):
+    """Q6_K super-blocks -> (scales [blocks * 16, 1] f32 = d * scale of each group of 16,
+    values [blocks * 16, 16] int8 = code - 32). Per half of 128 values: ql (64 bytes) holds
+    value j's low four bits in the low nibble of byte j for j < 64, in the high nibble of byte
+    j - 64 after; bits 2(j // 32) .. +2 of qh byte j % 32 are its high two."""
+    b = raw.reshape(-1, 210)
+    n = b.shape[0]
+    ql, qh = b[:, :128].reshape(n, 2, 64), b[:, 128:192].reshape(n, 2, 32)
+    sc = b[:, 192:208].copy().view(np.int8).astype(np.float32)
+    d = b[:, 208:210].copy().view("<f2").astype(np.float32)
+    j = np.arange(128)
+    low = np.where(j < 64, ql[:, :, j % 64] & 15, ql[:, :, j % 64] >> 4)
+    high = (qh[:, :, j % 32] >> (2 * (j // 32)).astype(np.uint8)) & 3
+    q = ((low | (high << 4)).astype(np.int16) - 32).astype(np.int8).reshape(n * 16, 16)
+    return (d * sc).reshape(-1, 1), q
 
 
 def quantize_q8_blocks(x: np.ndarray):
@@ -518,7 +538,7 @@ class Model:
         c = self.cfg
         if n_head % n_head_kv or dim % n_head or c.n_rot % 2 or c.n_rot > head_dim:
             raise GGUFError(f"inconsistent attention config {c}")
-        if emb.type not in (GGML_F16, GGML_F32, GGML_BF16, GGML_Q4_0, GGML_Q8_0):
+        if emb.type not in (GGML_F16, GGML_F32, GGML_BF16, GGML_Q4_0, GGML_Q6_K, GGML_Q8_0):
             raise GGUFError(f"token_embd type {emb.type} not supported")
         self._emb_cache = None
         self._cache_embedding = cache_embedding
@@ -567,32 +587,39 @@ class Model:
         return self._emb_cache
 
     def _quantized_head(self):
-        """(int codes [n_vocab, blocks, 32], scales [n_vocab, blocks]) of a Q4_0 / Q8_0 head."""
+        """(int codes [n_vocab, groups, n], scales [n_vocab, groups], n) of a Q4_0 / Q8_0 head
+        (groups of n = 32 values) or a Q6_K one (n = 16; scale = d * the group's scale)."""
         if getattr(self, "_qhead", None) is None:
             name = "output.weight" if self.has_output else "token_embd.weight"
             t, raw = self.g.tensors[name], self.g.raw(name)
+            n = 32
             if t.type == GGML_Q4_0:
                 d, q = decode_q4_0(raw)
+            elif t.type == GGML_Q6_K:
+                d, q = decode_q6_k(raw)
+                n = 16
             else:
                 b = raw.reshape(-1, 34)
                 d = b[:, :2].copy().view("<f2").astype(np.float32)
                 q = b[:, 2:].copy().view(np.int8)
-            nb = self.cfg.dim // 32
-            self._qhead = (q.reshape(-1, nb, 32).astype(np.int32), d.reshape(-1, nb))
+            ng = self.cfg.dim // n
+            self._qhead = (q.reshape(-1, ng, n).astype(np.int32), d.reshape(-1, ng), n)
         return self._qhead
 
     def head(self, xn: np.ndarray) -> np.ndarray:
         """xn: final-normed hidden [T, dim] f32 -> logits [T, n_vocab] f32."""
         name = "output.weight" if self.has_output else "token_embd.weight"
-        if self.g.tensors[name].type in (GGML_Q4_0, GGML_Q8_0):
-            # As ggml's CPU backend (and the engine): the input quantized to 8 bits per block
-            # of 32, exact integer dots per block, scaled by both blocks' scales.
-            q, dw = self._quantized_head()
+        if self.g.tensors[name].type in (GGML_Q4_0, GGML_Q6_K, GGML_Q8_0):
+            # As the engine: the input quantized to 8 bits per block of 32 (ggml's Q8_0 rule),
+            # exact integer dots per group of values sharing a weight scale, scaled by the
+            # weight group's and the input block's scales.
+            q, dw, n = self._quantized_head()
             out = []
             for row in np.asarray(xn, dtype=np.float32):
                 dx, qx = quantize_q8_blocks(row)
-                isum = np.einsum("vbj,bj->vb", q, qx)
-                out.append((isum * (dw.astype(np.float64) * dx.astype(np.float64))).sum(axis=1))
+                isum = np.einsum("vgj,gj->vg", q, qx.reshape(-1, n))
+                dxg = np.repeat(dx.astype(np.float64), 32 // n)
+                out.append((isum * (dw.astype(np.float64) * dxg)).sum(axis=1))
             return np.stack(out).astype(np.float32)
         H = self._head_matrix()
         xn = np.asarray(xn, dtype=np.float32)

@@ -132,6 +132,21 @@ def test_q4_0_decode_matches_gguf_py(tmp_path):
     np.testing.assert_array_equal(br.decode_float(g, "q4"), gguf.quants.dequantize(q4, QT.Q4_0))
 
 
+def test_q6_k_decode_matches_gguf_py(tmp_path):
+    """Random bytes are valid Q6_K blocks (with a finite d): both decoders agree exactly."""
+    import gguf
+    from gguf import GGMLQuantizationType as QT
+    rng = np.random.default_rng(2)
+    blocks = rng.integers(0, 256, (6, 210), dtype=np.uint8)
+    blocks[:, 208:210] = np.frombuffer(np.float16(rng.uniform(-0.5, 0.5, 6)).tobytes(), np.uint8).reshape(6, 2)
+    p = tmp_path / "q.gguf"
+    synth.write_gguf(p, [("general.architecture", synth.STR, "bitnet")],
+                     [("q6", (512, 3), 14, blocks.tobytes())])
+    g = br.GGUFFile(str(p))
+    want = gguf.quants.dequantize(blocks.reshape(3, 420), QT.Q6_K)
+    np.testing.assert_array_equal(br.decode_float(g, "q6"), want)
+
+
 def test_q8_input_quantization_rounds_half_away_from_zero():
     x = np.zeros(32, np.float32)
     x[0], x[1], x[2], x[3] = 127.0, 0.5, -0.5, -1.5

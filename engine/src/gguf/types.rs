@@ -11,6 +11,7 @@ pub enum GgmlType {
     F16,
     Q4_0,
     Q8_0,
+    Q6K,
     Bf16,
     Tq1_0,
     Tq2_0,
@@ -24,6 +25,7 @@ impl GgmlType {
             1 => Self::F16,
             2 => Self::Q4_0,
             8 => Self::Q8_0,
+            14 => Self::Q6K,
             30 => Self::Bf16,
             34 => Self::Tq1_0,
             35 => Self::Tq2_0,
@@ -38,6 +40,7 @@ impl GgmlType {
             Self::F16 => 1,
             Self::Q4_0 => 2,
             Self::Q8_0 => 8,
+            Self::Q6K => 14,
             Self::Bf16 => 30,
             Self::Tq1_0 => 34,
             Self::Tq2_0 => 35,
@@ -50,7 +53,7 @@ impl GgmlType {
         match self {
             Self::F32 | Self::F16 | Self::Bf16 => 1,
             Self::Q4_0 | Self::Q8_0 => 32,
-            Self::Tq1_0 | Self::Tq2_0 => 256,
+            Self::Q6K | Self::Tq1_0 | Self::Tq2_0 => 256,
             // I2_S packs 128-weight groups of 32 bytes per row.
             Self::I2S => 128,
         }
@@ -68,6 +71,7 @@ impl GgmlType {
             Self::F16 | Self::Bf16 => n_elems.checked_mul(2),
             Self::Q4_0 => blocks.checked_mul(18),
             Self::Q8_0 => blocks.checked_mul(34),
+            Self::Q6K => blocks.checked_mul(210),
             Self::Tq1_0 => blocks.checked_mul(54),
             Self::Tq2_0 => blocks.checked_mul(66),
             // Codes, then one f32 scale and 28 bytes of padding.
@@ -85,6 +89,7 @@ impl GgmlType {
             Self::F16 => "F16",
             Self::Q4_0 => "Q4_0",
             Self::Q8_0 => "Q8_0",
+            Self::Q6K => "Q6_K",
             Self::Bf16 => "BF16",
             Self::Tq1_0 => "TQ1_0",
             Self::Tq2_0 => "TQ2_0",

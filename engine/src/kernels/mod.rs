@@ -966,12 +966,10 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
     w.matvec_scalar(x, r0..r0 + out.len(), out);
 }
 
-/// Rows `r0..r1` of a Q8_0 / Q4_0 matrix against every vector of `acts` (quantized for
-/// `w.ty`), `put(vector, row, value)` for each output; see [`x86_head`]. One vector: rows read
-/// [`HEAD_STREAMS`] at a time spread over the range (memory-bound); several: blocks of
-/// [`HEAD_BATCH_ROWS`] rows stay in cache while tiles of two rows by up to four vectors pass.
-/// Every (row, vector) pair is computed by the same operations in both cases, so a sequence's
-/// logits do not depend on the batch.
+/// Rows `r0..r1` of a Q8_0 / Q6_K / Q4_0 matrix against every vector of `acts` (quantized
+/// for `w.ty`), `put(vector, row, value)` for each output; see [`x86_head`]. Every (row,
+/// vector) pair is computed by the same operations whatever the tile it is in, so a
+/// sequence's logits do not depend on the batch.
 pub fn quant_head_rows(
     isa: Isa,
     w: &DenseMatrix<'_>,
@@ -980,7 +978,7 @@ pub fn quant_head_rows(
     mut put: impl FnMut(usize, usize, f32),
 ) {
     assert!(head::is_quantized_head(w.ty) && acts.iter().all(|a| a.len() == w.k));
-    let rb = w.k / head::BLOCK * head::block_bytes(w.ty);
+    let rb = head::row_bytes(w.ty, w.k);
     assert!(w.data.len() >= r1 * rb, "rows out of bounds");
     let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
     #[cfg(target_arch = "x86_64")]
@@ -1009,62 +1007,44 @@ pub fn quant_head_rows(
                     }
                 }};
             }
-            if acts.len() == 1 {
-                let a = &acts[0];
-                let mut out = vec![0f32; r1 - r0];
-                let done = if avx512 {
-                    x86::spread::<_, HEAD_STREAMS>(&mut out, (r0, r1), |rs| {
-                        tile!(HEAD_STREAMS, 1, rs.map(row), [a]).map(|v| v[0])
-                    })
-                } else {
-                    x86::spread::<_, HEAD_STREAMS_AVX2>(&mut out, (r0, r1), |rs| {
-                        tile!(HEAD_STREAMS_AVX2, 1, rs.map(row), [a]).map(|v| v[0])
-                    })
-                };
-                for r in done..r1 {
-                    out[r - r0] = tile!(1, 1, [row(r)], [a])[0][0];
-                }
-                for (i, v) in out.into_iter().enumerate() {
-                    put(0, r0 + i, v);
-                }
-                return;
-            }
-            let mut b0 = r0;
-            while b0 < r1 {
-                let b1 = (b0 + HEAD_BATCH_ROWS).min(r1);
-                for (g, vs) in acts.chunks(4).enumerate() {
-                    let mut r = b0;
-                    while r < b1 {
-                        let two = r + 1 < b1;
-                        macro_rules! emit {
-                            ($R:literal, $V:literal) => {{
-                                let res = tile!(
-                                    $R,
-                                    $V,
-                                    std::array::from_fn(|i| row(r + i)),
-                                    std::array::from_fn(|j| &vs[j])
-                                );
-                                for (i, res) in res.iter().enumerate() {
-                                    for (j, &v) in res.iter().enumerate() {
-                                        put(4 * g + j, r + i, v);
-                                    }
-                                }
-                            }};
+            // Vectors four at a time; for each group the rows are read in `S` streams spread
+            // over the range (`x86::spread`: several weight streams in flight, where one per
+            // thread leaves memory bandwidth unused), S shrinking as the group grows so that
+            // the S x V accumulators stay in registers (Q6_K, which unpacks more: 2). The
+            // rows left over go one at a time.
+            let mut out: Vec<[f32; 4]> = vec![[0f32; 4]; r1 - r0];
+            for (g, vs) in acts.chunks(4).enumerate() {
+                macro_rules! group {
+                    ($V:literal, $S:literal) => {{
+                        let va: [&HeadActs; $V] = std::array::from_fn(|j| &vs[j]);
+                        let widen = |t: [f32; $V]| {
+                            let mut o = [0f32; 4];
+                            o[..$V].copy_from_slice(&t);
+                            o
+                        };
+                        let done = x86::spread::<_, $S>(&mut out, (r0, r1), |rs| {
+                            tile!($S, $V, rs.map(row), va).map(widen)
+                        });
+                        for r in done..r1 {
+                            out[r - r0] = widen(tile!(1, $V, [row(r)], va)[0]);
                         }
-                        match (two, vs.len()) {
-                            (true, 4) => emit!(2, 4),
-                            (true, 3) => emit!(2, 3),
-                            (true, 2) => emit!(2, 2),
-                            (true, _) => emit!(2, 1),
-                            (false, 4) => emit!(1, 4),
-                            (false, 3) => emit!(1, 3),
-                            (false, 2) => emit!(1, 2),
-                            (false, _) => emit!(1, 1),
-                        }
-                        r += if two { 2 } else { 1 };
+                    }};
+                }
+                let q6k = w.ty == GgmlType::Q6K;
+                match (vs.len(), q6k, avx512) {
+                    (1, true, _) => group!(1, 2),
+                    (1, false, true) => group!(1, 8),
+                    (1, false, false) => group!(1, 4),
+                    (2, false, true) => group!(2, 4),
+                    (2, _, _) => group!(2, 2),
+                    (3, _, _) => group!(3, 2),
+                    _ => group!(4, 2),
+                }
+                for (i, o) in out.iter().enumerate() {
+                    for (j, &v) in o[..vs.len()].iter().enumerate() {
+                        put(4 * g + j, r0 + i, v);
                     }
                 }
-                b0 = b1;
             }
             return;
         }

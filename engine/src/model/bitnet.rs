@@ -212,7 +212,12 @@ fn dense(g: &GgufFile, name: &str, k: usize, rows: usize) -> Result<DenseWeight,
     let t = tensor(g, name, &[k, rows])?;
     if !matches!(
         t.ty,
-        GgmlType::F32 | GgmlType::F16 | GgmlType::Bf16 | GgmlType::Q8_0 | GgmlType::Q4_0
+        GgmlType::F32
+            | GgmlType::F16
+            | GgmlType::Bf16
+            | GgmlType::Q8_0
+            | GgmlType::Q6K
+            | GgmlType::Q4_0
     ) {
         return Err(invalid(format!(
             "tensor {name} has unsupported type {}",

@@ -1,5 +1,5 @@
 //! Prepared files: a copy of a GGUF whose token embedding and output head are stored
-//! quantized (Q4_0 or Q8_0), so that the smaller, faster head costs nothing at load. A tied
+//! quantized (Q4_0, Q6_K or Q8_0), so that the smaller, faster head costs nothing at load. A tied
 //! model (no `output.weight`, as BitNet b1.58 2B4T) keeps one tensor, `token_embd.weight`,
 //! which the embedding lookup and the head both read; an untied model has both quantized.
 //! Every other key and tensor is copied unchanged. The result is a standard GGUF (ggml's
@@ -14,14 +14,17 @@ use crate::quant::{DenseMatrix, head};
 /// What `bitnet prepare` writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PrepareOptions {
-    /// Type of the token embedding and output head: Q4_0 or Q8_0.
+    /// Type of the token embedding and output head: Q4_0, Q6_K or Q8_0.
     pub head: GgmlType,
 }
 
+/// Q8_0 by default: next-token distributions as close to the F16 head's as Q6_K's (and much
+/// closer than Q4_0's), faster than both with several sequences in a batch (measured; see
+/// `docs/deploy.md`).
 impl Default for PrepareOptions {
     fn default() -> Self {
         Self {
-            head: GgmlType::Q4_0,
+            head: GgmlType::Q8_0,
         }
     }
 }
@@ -45,7 +48,7 @@ impl<'a> PreparedModel<'a> {
         let ty = opts.head;
         if !head::is_quantized_head(ty) {
             return Err(invalid(format!(
-                "a prepared head is Q4_0 or Q8_0, not {ty}"
+                "a prepared head is Q4_0, Q6_K or Q8_0, not {ty}"
             )));
         }
         if super::config::Config::from_gguf(src)?.pooling.is_some() {
@@ -62,10 +65,10 @@ impl<'a> PreparedModel<'a> {
                 [k, rows] => (k as usize, rows as usize),
                 _ => return Err(invalid(format!("{name} is not a matrix"))),
             };
-            if !k.is_multiple_of(head::BLOCK) {
+            let (block, _) = head::block_shape(ty);
+            if !k.is_multiple_of(block) {
                 return Err(invalid(format!(
-                    "{name}: rows of {k} values are not a multiple of {}",
-                    head::BLOCK
+                    "{name}: rows of {k} values are not a multiple of {ty}'s {block}"
                 )));
             }
             let m = DenseMatrix {

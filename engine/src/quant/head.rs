@@ -1,8 +1,9 @@
-//! The quantized output head's arithmetic (Q8_0 and Q4_0 rows), as ggml's CPU backend does it:
-//! the input vector is quantized to 8 bits per 32-value block (Q8_0's rule), each block's
-//! integer dot is exact, and the row's result is `sum over blocks of isum * (d_w * d_x)` in
-//! f32. [`dot_scalar`] is the specification; the SIMD kernels in `crate::kernels` differ from
-//! it only in the order of the float sums.
+//! The quantized output head's arithmetic (Q8_0, Q6_K and Q4_0 rows), as ggml's CPU backend
+//! does it: the input vector is quantized to 8 bits per 32-value block (Q8_0's rule), the
+//! integer dot of each group of values that share a weight scale (32 for Q8_0 and Q4_0, 16
+//! for Q6_K) is exact, and the row's result is `sum over groups of isum * (d_w * d_x)` in f32.
+//! [`dot_scalar`] is the specification; the SIMD kernels in `crate::kernels` differ from it
+//! only in the order of the float sums.
 
 use half::f16;
 
@@ -25,29 +26,37 @@ pub struct HeadActs {
     /// The block's scale once per [`LANE`] values: multiplied lane by lane.
     pub d_lanes: Vec<f32>,
     /// `-offset * (sum of the lane's four values)`, where the kernels read the weight codes
-    /// as unsigned bytes `offset` above their value (Q8_0: 128, Q4_0: 8): an integer dot
-    /// started from it gives the signed dot.
+    /// as unsigned bytes `offset` above their value (Q8_0: 128, Q6_K: 32, Q4_0: 8): an
+    /// integer dot started from it gives the signed dot.
     pub corr: Vec<i32>,
 }
 
 /// Whether `ty` is a head type with quantized-input kernels.
 pub fn is_quantized_head(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0)
+    matches!(ty, GgmlType::Q8_0 | GgmlType::Q6K | GgmlType::Q4_0)
 }
 
-/// Bytes per block of a quantized head type.
-pub fn block_bytes(ty: GgmlType) -> usize {
+/// (values, bytes) per block of a quantized head type.
+pub fn block_shape(ty: GgmlType) -> (usize, usize) {
     match ty {
-        GgmlType::Q8_0 => super::q8_0::BLOCK_BYTES,
-        GgmlType::Q4_0 => super::q4_0::BLOCK_BYTES,
+        GgmlType::Q8_0 => (super::q8_0::BLOCK, super::q8_0::BLOCK_BYTES),
+        GgmlType::Q6K => (super::q6_k::BLOCK, super::q6_k::BLOCK_BYTES),
+        GgmlType::Q4_0 => (super::q4_0::BLOCK, super::q4_0::BLOCK_BYTES),
         other => unreachable!("{other} is not a quantized head type"),
     }
+}
+
+/// Bytes of one row of `k` values of a quantized head type.
+pub fn row_bytes(ty: GgmlType, k: usize) -> usize {
+    let (n, b) = block_shape(ty);
+    k / n * b
 }
 
 /// The unsigned offset of `ty`'s codes as the kernels read them.
 fn code_offset(ty: GgmlType) -> i32 {
     match ty {
         GgmlType::Q8_0 => 128,
+        GgmlType::Q6K => 32,
         GgmlType::Q4_0 => 8,
         other => unreachable!("{other} is not a quantized head type"),
     }
@@ -99,43 +108,58 @@ impl HeadActs {
     }
 }
 
-/// The specification: `row` (Q8_0 or Q4_0 blocks) against `x`, block by block in f32.
+/// The specification: `row` (Q8_0, Q6_K or Q4_0 blocks) against `x`, group by group in f32.
 pub fn dot_scalar(ty: GgmlType, row: &[u8], x: &HeadActs) -> f32 {
-    let bb = block_bytes(ty);
+    let (n, bb) = block_shape(ty);
     let mut acc = 0f32;
-    for (b, blk) in row.chunks_exact(bb).take(x.d.len()).enumerate() {
-        let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-        let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        let isum: i32 = match ty {
-            GgmlType::Q8_0 => blk[2..]
-                .iter()
-                .zip(q)
-                .map(|(&w, &a)| w as i8 as i32 * a as i32)
-                .sum(),
-            _ => (0..BLOCK / 2)
-                .map(|j| {
-                    let c = blk[2 + j];
-                    ((c & 15) as i32 - 8) * q[j] as i32
-                        + ((c >> 4) as i32 - 8) * q[j + BLOCK / 2] as i32
-                })
-                .sum(),
-        };
-        acc += isum as f32 * (dw * x.d[b]);
+    for (b, blk) in row.chunks_exact(bb).take(x.len() / n).enumerate() {
+        let q = &x.q[b * n..(b + 1) * n];
+        match ty {
+            GgmlType::Q6K => {
+                let (d, sc) = super::q6_k::scales(blk);
+                for (s, &scale) in sc.iter().enumerate() {
+                    let isum: i32 = (16 * s..16 * (s + 1))
+                        .map(|i| (super::q6_k::code(blk, i) as i32 - 32) * q[i] as i32)
+                        .sum();
+                    let dx = x.d[(b * n + 16 * s) / BLOCK];
+                    acc += isum as f32 * (d * scale as f32 * dx);
+                }
+            }
+            _ => {
+                let dw = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                let isum: i32 = match ty {
+                    GgmlType::Q8_0 => blk[2..]
+                        .iter()
+                        .zip(q)
+                        .map(|(&w, &a)| w as i8 as i32 * a as i32)
+                        .sum(),
+                    _ => (0..BLOCK / 2)
+                        .map(|j| {
+                            let c = blk[2 + j];
+                            ((c & 15) as i32 - 8) * q[j] as i32
+                                + ((c >> 4) as i32 - 8) * q[j + BLOCK / 2] as i32
+                        })
+                        .sum(),
+                };
+                acc += isum as f32 * (dw * x.d[b]);
+            }
+        }
     }
     acc
 }
 
-/// Bytes of a dense matrix's form in `ty` (Q8_0 or Q4_0).
+/// Bytes of a dense matrix's form in `ty` (Q8_0, Q6_K or Q4_0).
 pub fn matrix_bytes(ty: GgmlType, m: &super::DenseMatrix<'_>) -> usize {
-    m.rows * (m.k / BLOCK * block_bytes(ty))
+    m.rows * row_bytes(ty, m.k)
 }
 
-/// Quantizes a dense matrix to `ty` (Q8_0 or Q4_0) into `out` ([`matrix_bytes`] long), on
+/// Quantizes a dense matrix to `ty` (Q8_0, Q6_K or Q4_0) into `out` ([`matrix_bytes`] long), on
 /// the installed kernel pool.
 pub fn quantize_matrix_into(ty: GgmlType, m: &super::DenseMatrix<'_>, out: &mut [u8]) {
     match ty {
         GgmlType::Q8_0 => super::q8_0::quantize_matrix_into(m, out),
         GgmlType::Q4_0 => super::q4_0::quantize_matrix_into(m, out),
+        GgmlType::Q6K => super::q6_k::quantize_matrix_into(m, out),
         other => unreachable!("{other} is not a quantized head type"),
     }
 }

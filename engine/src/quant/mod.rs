@@ -9,6 +9,7 @@ pub mod act;
 pub mod head;
 pub mod i2s;
 pub mod q4_0;
+pub mod q6_k;
 pub mod q8_0;
 pub mod tq1_0;
 pub mod tq2_0;
@@ -219,6 +220,10 @@ impl DenseMatrix<'_> {
             GgmlType::Q4_0 => {
                 let rb = k / q4_0::BLOCK * q4_0::BLOCK_BYTES;
                 q4_0::dequantize_row(&self.data[r * rb..(r + 1) * rb], &mut out[..k]);
+            }
+            GgmlType::Q6K => {
+                let rb = k / q6_k::BLOCK * q6_k::BLOCK_BYTES;
+                q6_k::dequantize_row(&self.data[r * rb..(r + 1) * rb], &mut out[..k]);
             }
             GgmlType::Q8_0 => {
                 let rb = k / 32 * 34;

@@ -25,8 +25,8 @@ pub struct BenchArgs {
     /// Repetitions; the median is reported.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// Output head: f16 (the file's), or q8_0 / q4_0 (quantized at load; opt-in, lower
-    /// precision).
+    /// Output head: f16 (the file's), or q8_0 / q6_k / q4_0 (quantized at load; opt-in,
+    /// lower precision).
     #[arg(long, default_value = "f16")]
     head: String,
     /// Check every weight at load, as the servers do (otherwise at first use).
