@@ -4,7 +4,7 @@
 #   cd terraform/examples/basic && cp terraform.tfvars.example terraform.tfvars
 #   # set api_key, or allow_no_auth = true (AWS_IAM auth alone), in terraform.tfvars
 #   terraform init && terraform apply
-#   bitnet prepare ggml-model-i2_s.gguf -o bitnet-2b4t-prepared.gguf   # tied embedding/head as Q4_0: 0.71 GB
+#   bitnet prepare ggml-model-i2_s.gguf -o bitnet-2b4t-prepared.gguf   # tied embedding/head as Q8_0: 0.88 GB
 #   aws s3 cp bitnet-2b4t-prepared.gguf "$(terraform output -raw model_uri)" --metadata sha256=<hex>
 #
 # Or the container image (infra/Dockerfile.lambda pushed to ECR), with the model in it:

@@ -79,7 +79,7 @@ variable "allow_scalar_arm64" {
 }
 
 variable "memory_size" {
-  description = "Lambda memory in MB (CPU share grows with it: one vCPU per 1,769 MB). The 0.71 GB prepared model (1.19 GB official i2_s file) plus KV cache and activations fit in 4096 MB."
+  description = "Lambda memory in MB (CPU share grows with it: one vCPU per 1,769 MB). The 0.88 GB prepared model (1.19 GB official i2_s file) plus KV cache and activations fit in 4096 MB."
   type        = number
   default     = 4096
 
