@@ -47,9 +47,9 @@ pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
     }
 }
 
-/// `round(v)`, halves away from zero, as an integer.
+/// `v` rounded to the nearest integer, ties to even (as ggml's k-quant quantizers round).
 fn nearest(v: f32) -> i32 {
-    v.round() as i32
+    v.round_ties_even() as i32
 }
 
 /// The scale of `x` (16 values) on the grid -32..31 that minimises the squared error weighted
