@@ -517,6 +517,34 @@ fn quantized_head_is_close_to_the_float_dot() {
 }
 
 #[test]
+fn a_non_finite_input_gives_non_finite_logits_in_every_head() {
+    // A diverged hidden state must not turn into finite logits: NaN or infinity in the input
+    // reaches the output as with the F16 head.
+    let mut r = Rng(8);
+    let k = 256;
+    let kern = bitnet_engine::kernels::Kernels::new(Some(1));
+    for ty in [GgmlType::Q8_0, GgmlType::Q6K, GgmlType::Q4_0] {
+        let q = quantized_rows(&mut r, ty, 4, k);
+        let w = DenseMatrix {
+            ty,
+            rows: 4,
+            k,
+            data: &q,
+        };
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut x: Vec<f32> = (0..k).map(|_| r.f()).collect();
+            x[37] = bad;
+            let mut out = vec![0f32; 4];
+            kern.install(|| kern.matvec(&w, &x, &mut out));
+            assert!(
+                out.iter().all(|v| !v.is_finite()),
+                "{ty} with {bad}: {out:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn q6_k_round_trip_is_close_and_its_layout_holds() {
     use bitnet_engine::quant::q6_k;
     let mut r = Rng(5);

@@ -80,8 +80,15 @@ impl HeadActs {
         self.d_lanes.resize(k / LANE, 0.0);
         self.corr.resize(k / LANE, 0);
         for (b, xb) in x.chunks_exact(BLOCK).enumerate() {
-            // A non-finite input gives a non-finite scale: logits of NaN, as the f32 path.
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            // A non-finite input gives a non-finite scale (`max` would drop a NaN): the
+            // row's logits are NaN, as with the F16 head.
+            let amax = xb.iter().fold(0f32, |m, v| {
+                if v.is_nan() || v.abs() > m {
+                    v.abs()
+                } else {
+                    m
+                }
+            });
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             self.d[b] = d;
