@@ -749,21 +749,33 @@ impl Kernels {
     /// `out[r] = w_r · x` for every row r of a dense matrix (the output head).
     pub fn matvec(&self, w: &DenseMatrix<'_>, x: &[f32], out: &mut [f32]) {
         assert_eq!(out.len(), w.rows);
+        if head::is_quantized_head(w.ty) {
+            return self.quant_head(w, x, out);
+        }
         let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
-        if head::is_quantized_head(w.ty) {
-            let acts = [HeadActs::new(x, w.ty)];
-            return self.pool.run(chunks.len(), &|c| {
-                // SAFETY: chunks are disjoint row ranges of `out`, each run once.
-                quant_head_rows(self.isa, w, &acts, chunks.range(c), |_, r, v| unsafe {
-                    dst.write(r, v)
-                });
-            });
-        }
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
             // SAFETY: chunks are disjoint ranges of `out`, each run once.
             dense_rows(self.isa, w, x, r0, unsafe { dst.run(r0, r1 - r0) });
+        });
+    }
+
+    /// [`Kernels::matmul_dense`] for a Q8_0 / Q6_K / Q4_0 matrix: each vector quantized
+    /// once, then [`quant_head_rows`] on the workers.
+    fn quant_head(&self, w: &DenseMatrix<'_>, xs: &[f32], out: &mut [f32]) {
+        let acts: Vec<HeadActs> = xs
+            .chunks_exact(w.k)
+            .map(|x| HeadActs::new(x, w.ty))
+            .collect();
+        let chunks = self.head_chunks(w.rows);
+        let dst = SharedOut(out.as_mut_ptr(), out.len());
+        self.pool.run(chunks.len(), &|c| {
+            // SAFETY: chunks are disjoint row ranges, each run once: this worker alone writes
+            // rows r0..r1 of every output row.
+            quant_head_rows(self.isa, w, &acts, chunks.range(c), |j, r, v| unsafe {
+                dst.write(j * w.rows + r, v)
+            });
         });
     }
 
@@ -775,24 +787,14 @@ impl Kernels {
         let m = xs.len() / w.k;
         assert_eq!(xs.len(), m * w.k);
         assert_eq!(out.len(), m * w.rows);
+        if head::is_quantized_head(w.ty) {
+            return self.quant_head(w, xs, out);
+        }
         if m == 1 {
             return self.matvec(w, xs, out);
         }
         let chunks = self.head_chunks(w.rows);
         let dst = SharedOut(out.as_mut_ptr(), out.len());
-        if head::is_quantized_head(w.ty) {
-            let acts: Vec<HeadActs> = xs
-                .chunks_exact(w.k)
-                .map(|x| HeadActs::new(x, w.ty))
-                .collect();
-            return self.pool.run(chunks.len(), &|c| {
-                // SAFETY: chunks are disjoint row ranges, each run once: this worker alone
-                // writes rows r0..r1 of every output row.
-                quant_head_rows(self.isa, w, &acts, chunks.range(c), |j, r, v| unsafe {
-                    dst.write(j * w.rows + r, v)
-                });
-            });
-        }
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
             #[cfg(target_arch = "x86_64")]

@@ -40,9 +40,9 @@ impl HeadType {
     /// Bytes per 32-value block (Q6_K's 256-value blocks have their own kernels).
     const fn block_bytes(self) -> usize {
         match self {
-            Self::Q8_0 => 34,
+            Self::Q8_0 => crate::quant::q8_0::BLOCK_BYTES,
             Self::Q6K => 0,
-            Self::Q4_0 => 18,
+            Self::Q4_0 => crate::quant::q4_0::BLOCK_BYTES,
         }
     }
 }
@@ -119,15 +119,8 @@ pub unsafe fn tile_avx512<const R: usize, const V: usize>(
             };
         }
         for (v, a) in acts.iter().enumerate() {
-            // SAFETY: values 64 * pair .. + 64 and lanes 16 * pair .. + 16 are within the
-            // vector's k values and k / 4 lanes.
-            let (q, corr, dl) = unsafe {
-                (
-                    _mm512_loadu_si512(a.q.as_ptr().add(64 * pair) as *const __m512i),
-                    _mm512_loadu_si512(a.corr.as_ptr().add(16 * pair) as *const __m512i),
-                    _mm512_loadu_ps(a.d_lanes.as_ptr().add(16 * pair)),
-                )
-            };
+            // SAFETY: values 64 * pair .. + 64 are within the vector.
+            let (q, corr, dl) = unsafe { acts_avx512(a, 64 * pair) };
             for (r, (codes, dw)) in w.iter().enumerate() {
                 let isum = _mm512_dpbusd_epi32(corr, *codes, q);
                 let scale = _mm512_mul_ps(*dw, dl);
@@ -135,13 +128,7 @@ pub unsafe fn tile_avx512<const R: usize, const V: usize>(
             }
         }
     }
-    let mut out = [[0f32; V]; R];
-    for r in 0..R {
-        for v in 0..V {
-            out[r][v] = _mm512_reduce_add_ps(acc[r][v]);
-        }
-    }
-    out
+    sums_avx512(&acc)
 }
 
 /// One block of a row as 32 codes for `vpmaddubsw`'s unsigned operand, and the inputs `q`
@@ -205,14 +192,8 @@ pub unsafe fn tile_avx2<const R: usize, const V: usize>(
             }
         }
         for (v, a) in acts.iter().enumerate() {
-            // SAFETY: values 32b .. 32b + 32 and lanes 8b .. 8b + 8 are within the vector.
-            let (q, corr, dl) = unsafe {
-                (
-                    _mm256_loadu_si256(a.q.as_ptr().add(32 * b) as *const __m256i),
-                    _mm256_loadu_si256(a.corr.as_ptr().add(8 * b) as *const __m256i),
-                    _mm256_loadu_ps(a.d_lanes.as_ptr().add(8 * b)),
-                )
-            };
+            // SAFETY: values 32b .. 32b + 32 are within the vector.
+            let (q, corr, dl) = unsafe { acts_avx2(a, 32 * b) };
             for r in 0..R {
                 // SAFETY: ps[r] points at block b of row r.
                 let (codes, signed) = unsafe { block_avx2(ty, ps[r], q) };
@@ -226,6 +207,62 @@ pub unsafe fn tile_avx2<const R: usize, const V: usize>(
             }
         }
     }
+    sums_avx2(&acc)
+}
+
+/// The 64 input values from value `at` of `a`, with their lanes' corrections and scales.
+///
+/// # Safety
+/// AVX-512 F; `at + 64 <= a.len()`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn acts_avx512(a: &HeadActs, at: usize) -> (__m512i, __m512i, __m512) {
+    debug_assert!(at + 64 <= a.len());
+    // SAFETY: values at .. at + 64 and lanes at / 4 .. + 16 are within the vector.
+    unsafe {
+        (
+            _mm512_loadu_si512(a.q.as_ptr().add(at) as *const __m512i),
+            _mm512_loadu_si512(a.corr.as_ptr().add(at / 4) as *const __m512i),
+            _mm512_loadu_ps(a.d_lanes.as_ptr().add(at / 4)),
+        )
+    }
+}
+
+/// [`acts_avx512`] for 32 values.
+///
+/// # Safety
+/// AVX2; `at + 32 <= a.len()`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn acts_avx2(a: &HeadActs, at: usize) -> (__m256i, __m256i, __m256) {
+    debug_assert!(at + 32 <= a.len());
+    // SAFETY: values at .. at + 32 and lanes at / 4 .. + 8 are within the vector.
+    unsafe {
+        (
+            _mm256_loadu_si256(a.q.as_ptr().add(at) as *const __m256i),
+            _mm256_loadu_si256(a.corr.as_ptr().add(at / 4) as *const __m256i),
+            _mm256_loadu_ps(a.d_lanes.as_ptr().add(at / 4)),
+        )
+    }
+}
+
+/// Each accumulator's lanes summed.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn sums_avx512<const R: usize, const V: usize>(acc: &[[__m512; V]; R]) -> [[f32; V]; R] {
+    let mut out = [[0f32; V]; R];
+    for r in 0..R {
+        for v in 0..V {
+            out[r][v] = _mm512_reduce_add_ps(acc[r][v]);
+        }
+    }
+    out
+}
+
+/// [`sums_avx512`] with [`hsum_avx2`].
+#[inline]
+#[target_feature(enable = "avx")]
+fn sums_avx2<const R: usize, const V: usize>(acc: &[[__m256; V]; R]) -> [[f32; V]; R] {
     let mut out = [[0f32; V]; R];
     for r in 0..R {
         for v in 0..V {
@@ -353,12 +390,8 @@ unsafe fn q6k_tile_avx512<const R: usize, const V: usize>(
                         let sc = _mm512_permutexvar_ps(idx, dsc);
                         let at = b * 256 + 64 * $S;
                         for (v, a) in acts.iter().enumerate() {
-                            // Values at .. at + 64 and lanes at / 4 .. + 16 are within the
-                            // vector.
-                            let q = _mm512_loadu_si512(a.q.as_ptr().add(at) as *const __m512i);
-                            let corr =
-                                _mm512_loadu_si512(a.corr.as_ptr().add(at / 4) as *const __m512i);
-                            let dl = _mm512_loadu_ps(a.d_lanes.as_ptr().add(at / 4));
+                            // Values at .. at + 64 are within the vector.
+                            let (q, corr, dl) = acts_avx512(a, at);
                             let isum = _mm512_dpbusd_epi32(corr, codes, q);
                             let scale = _mm512_mul_ps(sc, dl);
                             acc[r][v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), scale, acc[r][v]);
@@ -372,13 +405,7 @@ unsafe fn q6k_tile_avx512<const R: usize, const V: usize>(
             }
         }
     }
-    let mut out = [[0f32; V]; R];
-    for r in 0..R {
-        for v in 0..V {
-            out[r][v] = _mm512_reduce_add_ps(acc[r][v]);
-        }
-    }
-    out
+    sums_avx512(&acc)
 }
 
 /// The codes of values 128 * half + 32 * S .. + 32 of a Q6_K block, in order.
@@ -453,13 +480,8 @@ unsafe fn q6k_tile_avx2<const R: usize, const V: usize>(
                             let codes = q6k_codes_avx2::<$S>(p, half);
                             let scl = _mm256_permutevar8x32_ps(sc8, idx);
                             for (v, a) in acts.iter().enumerate() {
-                                // Values at .. at + 32 and lanes at / 4 .. + 8 are within the
-                                // vector.
-                                let q = _mm256_loadu_si256(a.q.as_ptr().add(at) as *const __m256i);
-                                let corr = _mm256_loadu_si256(
-                                    a.corr.as_ptr().add(at / 4) as *const __m256i
-                                );
-                                let dl = _mm256_loadu_ps(a.d_lanes.as_ptr().add(at / 4));
+                                // Values at .. at + 32 are within the vector.
+                                let (q, corr, dl) = acts_avx2(a, at);
                                 // Pairs of byte products fit i16: codes <= 63, |q| <= 127.
                                 let isum = _mm256_add_epi32(
                                     _mm256_madd_epi16(_mm256_maddubs_epi16(codes, q), ones),
@@ -479,11 +501,5 @@ unsafe fn q6k_tile_avx2<const R: usize, const V: usize>(
             }
         }
     }
-    let mut out = [[0f32; V]; R];
-    for r in 0..R {
-        for v in 0..V {
-            out[r][v] = hsum_avx2(acc[r][v]);
-        }
-    }
-    out
+    sums_avx2(&acc)
 }

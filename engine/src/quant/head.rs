@@ -163,10 +163,24 @@ pub fn matrix_bytes(ty: GgmlType, m: &super::DenseMatrix<'_>) -> usize {
 /// Quantizes a dense matrix to `ty` (Q8_0, Q6_K or Q4_0) into `out` ([`matrix_bytes`] long), on
 /// the installed kernel pool.
 pub fn quantize_matrix_into(ty: GgmlType, m: &super::DenseMatrix<'_>, out: &mut [u8]) {
-    match ty {
-        GgmlType::Q8_0 => super::q8_0::quantize_matrix_into(m, out),
-        GgmlType::Q4_0 => super::q4_0::quantize_matrix_into(m, out),
-        GgmlType::Q6K => super::q6_k::quantize_matrix_into(m, out),
+    let quantize_row: fn(&[f32], &mut [u8]) = match ty {
+        // Q8_0 has an AVX-512 path from F16 rows.
+        GgmlType::Q8_0 => return super::q8_0::quantize_matrix_into(m, out),
+        GgmlType::Q4_0 => super::q4_0::quantize_row,
+        GgmlType::Q6K => super::q6_k::quantize_row,
         other => unreachable!("{other} is not a quantized head type"),
+    };
+    let rb = row_bytes(ty, m.k);
+    assert_eq!(out.len(), m.rows * rb);
+    if rb == 0 {
+        return;
     }
+    // 64 rows per task; chunk c holds rows 64c ..
+    crate::kernels::pool::for_each_chunk_mut(out, rb * 64, &|c, chunk| {
+        let mut row = vec![0f32; m.k];
+        for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
+            m.row_f32(c * 64 + i, &mut row);
+            quantize_row(&row, o);
+        }
+    });
 }

@@ -4,8 +4,6 @@
 
 use half::f16;
 
-use super::DenseMatrix;
-
 pub const BLOCK: usize = 32;
 pub const BLOCK_BYTES: usize = 18;
 
@@ -44,28 +42,4 @@ pub fn dequantize_row(row: &[u8], out: &mut [f32]) {
             ob[j + BLOCK / 2] = ((c >> 4) as i32 - 8) as f32 * d;
         }
     }
-}
-
-/// Bytes of a dense matrix's Q4_0 form.
-pub fn matrix_bytes(m: &DenseMatrix<'_>) -> usize {
-    m.rows * (m.k / BLOCK * BLOCK_BYTES)
-}
-
-/// Quantizes a whole dense matrix into `out` ([`matrix_bytes`] long), rows in parallel on
-/// the installed kernel pool ([`crate::kernels::Kernels::install`]), serially without one.
-pub fn quantize_matrix_into(m: &DenseMatrix<'_>, out: &mut [u8]) {
-    let rb = m.k / BLOCK * BLOCK_BYTES;
-    assert_eq!(out.len(), m.rows * rb);
-    if rb == 0 {
-        return;
-    }
-    crate::kernels::pool::for_each_chunk_mut(out, rb * 64, &|c, chunk| {
-        // Chunk c holds rows 64c ..
-        let first = c * 64;
-        let mut row = vec![0f32; m.k];
-        for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
-            m.row_f32(first + i, &mut row);
-            quantize_row(&row, o);
-        }
-    });
 }

@@ -8,8 +8,6 @@
 
 use half::f16;
 
-use super::DenseMatrix;
-
 pub const BLOCK: usize = 256;
 pub const BLOCK_BYTES: usize = 210;
 const QL: usize = 0;
@@ -159,27 +157,4 @@ fn pack_half(codes: &[u8; 128], blk: &mut [u8], half: usize) {
         }
         blk[QH + 32 * half + j] = h;
     }
-}
-
-/// Bytes of a dense matrix's Q6_K form.
-pub fn matrix_bytes(m: &DenseMatrix<'_>) -> usize {
-    m.rows * (m.k / BLOCK * BLOCK_BYTES)
-}
-
-/// Quantizes a whole dense matrix into `out` ([`matrix_bytes`] long), rows in parallel on
-/// the installed kernel pool.
-pub fn quantize_matrix_into(m: &DenseMatrix<'_>, out: &mut [u8]) {
-    let rb = m.k / BLOCK * BLOCK_BYTES;
-    assert_eq!(out.len(), m.rows * rb);
-    if rb == 0 {
-        return;
-    }
-    crate::kernels::pool::for_each_chunk_mut(out, rb * 64, &|c, chunk| {
-        let first = c * 64;
-        let mut row = vec![0f32; m.k];
-        for (i, o) in chunk.chunks_exact_mut(rb).enumerate() {
-            m.row_f32(first + i, &mut row);
-            quantize_row(&row, o);
-        }
-    });
 }
