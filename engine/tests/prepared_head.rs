@@ -20,7 +20,10 @@ fn prepared_head_matches_conversion_at_load() {
         (GgmlType::Q6K, HeadPrecision::Q6K),
         (GgmlType::Q8_0, HeadPrecision::Q8_0),
     ] {
-        let prepared = PreparedModel::new(&src, &PrepareOptions { head: ty }).expect("prepare");
+        let prepared = PreparedModel::new(&src, &PrepareOptions {
+                head: ty,
+                ternary: None,
+            }).expect("prepare");
         // The size announced before writing (what `bitnet prepare`'s progress bar counts to).
         let announced = prepared.file_size();
         let mut bytes = Vec::new();
@@ -98,4 +101,94 @@ fn an_embedding_model_has_no_head_to_prepare() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("no output head"), "{err}");
+}
+
+/// Logits of the last position of a fixed prompt.
+fn last_logits(bytes: Arc<Vec<u8>>) -> Vec<f32> {
+    let opts = LoadOptions {
+        threads: Some(2),
+        ..Default::default()
+    };
+    let m = Model::from_backing(bytes, &opts).expect("load");
+    let prompt = [128000u32, 791, 6864, 315, 9822, 374];
+    let mut s = m.new_session(prompt.len());
+    m.forward(&mut s, &prompt).expect("forward")
+}
+
+fn prepare(src: &GgufFile, opts: &PrepareOptions) -> Arc<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let prepared = PreparedModel::new(src, opts).expect("prepare");
+    let announced = prepared.file_size();
+    prepared.write(&mut bytes).expect("write");
+    assert_eq!(announced, bytes.len() as u64);
+    Arc::new(bytes)
+}
+
+#[test]
+fn ternary_weights_repack_to_tq1_0_with_the_same_values() {
+    // The synthetic models' scales are f16 values, so the repacked tensors must be exactly
+    // the TQ1_0 fixture's, from an I2_S source and from a TQ2_0 one.
+    let want = GgufFile::from_backing(common::fixture_bytes("tiny", GgmlType::Tq1_0, 5)).unwrap();
+    for source in [GgmlType::I2S, GgmlType::Tq2_0] {
+        let src = GgufFile::from_backing(common::fixture_bytes("tiny", source, 5)).unwrap();
+        let opts = PrepareOptions {
+            ternary: Some(GgmlType::Tq1_0),
+            ..PrepareOptions::default()
+        };
+        let g = GgufFile::from_backing(prepare(&src, &opts)).expect("parse prepared");
+        let mut repacked = 0;
+        for t in &src.tensors {
+            let p = g.tensor(&t.name).expect("tensor kept");
+            assert_eq!(p.dims, t.dims, "{}", t.name);
+            if t.ty.is_ternary() {
+                let w = want.tensor(&t.name).expect("in the TQ1_0 fixture");
+                assert_eq!(p.ty, GgmlType::Tq1_0, "{}", t.name);
+                assert_eq!(g.tensor_data(p), want.tensor_data(w), "{source} {}", t.name);
+                repacked += 1;
+            } else if t.name != "token_embd.weight" {
+                assert_eq!(g.tensor_data(p), src.tensor_data(t), "{}", t.name);
+            }
+        }
+        assert!(repacked >= 7, "{source}: {repacked} ternary tensors");
+    }
+
+    // Same values, same (uniform) scale: the model computes exactly what the I2_S one does.
+    let src = GgufFile::from_backing(common::fixture_bytes("tiny", GgmlType::I2S, 5)).unwrap();
+    let kept = last_logits(prepare(&src, &PrepareOptions::default()));
+    let tq1 = last_logits(prepare(
+        &src,
+        &PrepareOptions {
+            ternary: Some(GgmlType::Tq1_0),
+            ..PrepareOptions::default()
+        },
+    ));
+    assert!(kept.iter().zip(&tq1).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn an_i2s_scale_without_an_f16_value_is_refused() {
+    let bytes = common::fixture_bytes("tiny", GgmlType::I2S, 5);
+    let src = GgufFile::from_backing(bytes.clone()).unwrap();
+    let t = src
+        .tensors
+        .iter()
+        .find(|t| t.ty == GgmlType::I2S)
+        .expect("a ternary tensor");
+    let name = t.name.clone();
+    let data = src.tensor_data(t);
+    let (k, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+    // The tensor's scale follows its codes; 1e-9 is far below f16's smallest value.
+    let at = data.as_ptr() as usize - src.bytes().as_ptr() as usize + rows * k / 4;
+    let mut patched = bytes.to_vec();
+    patched[at..at + 4].copy_from_slice(&1e-9f32.to_le_bytes());
+    let src = GgufFile::from_backing(Arc::new(patched)).unwrap();
+    let opts = PrepareOptions {
+        ternary: Some(GgmlType::Tq1_0),
+        ..PrepareOptions::default()
+    };
+    let err = PreparedModel::new(&src, &opts).err().expect("refused");
+    assert!(
+        err.to_string().contains(&name) && err.to_string().contains("f16"),
+        "{err}"
+    );
 }

@@ -286,18 +286,23 @@ unsafe fn dot2_rows_avx512<const R: usize, const T: usize>(
     );
     let mask = _mm512_set1_epi8(3);
     let mut acc = [[_mm512_setzero_si512(); T]; R];
+    // Plain loops, no `array::from_fn` closures: a closure does not inherit this function's
+    // target features, so intrinsics inside one are not inlined (measured 2.4x on a head
+    // kernel).
     for c in 0..nb {
-        let v: [__m512i; R] = std::array::from_fn(|r| {
-            _mm_prefetch::<_MM_HINT_T0>(
-                rows[r].as_ptr().wrapping_add(c * kind.stride() + PREFETCH) as *const i8,
-            );
+        let mut v = [_mm512_setzero_si512(); R];
+        for r in 0..R {
+            let p = rows[r].as_ptr().wrapping_add(c * kind.stride());
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             // SAFETY: chunk c spans bytes c*stride .. c*stride+64 of each row.
-            unsafe { _mm512_loadu_si512(rows[r].as_ptr().add(c * kind.stride()) as *const __m512i) }
-        });
+            v[r] = unsafe { _mm512_loadu_si512(p as *const __m512i) };
+        }
         for n in 0..4 {
             let sh = _mm_cvtsi32_si128(kind.shift(n) as i32);
-            let codes: [__m512i; R] =
-                std::array::from_fn(|r| _mm512_and_si512(_mm512_srl_epi16(v[r], sh), mask));
+            let mut codes = [_mm512_setzero_si512(); R];
+            for r in 0..R {
+                codes[r] = _mm512_and_si512(_mm512_srl_epi16(v[r], sh), mask);
+            }
             for t in 0..T {
                 // SAFETY: q[t] has k bytes; this reads c*256 + 64n .. +64 <= k.
                 let qv = unsafe {
@@ -315,8 +320,6 @@ unsafe fn dot2_rows_avx512<const R: usize, const T: usize>(
         }
     }
 }
-
-const POW3: [i16; 5] = [1, 3, 9, 27, 81];
 
 /// `out[t]` = the sum of every lane of token t's four accumulator chains.
 #[inline]
@@ -354,8 +357,9 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
     let nb = k / 256;
     debug_assert!(row.len() >= nb * 54);
     let ones = _mm256_set1_epi16(1);
-    let three = _mm256_set1_epi16(3);
-    let hi_byte = _mm256_set1_epi16(0xFF00u16 as i16);
+    let offset = _mm256_set1_epi8(-128);
+    // The trits as in `dot1_rows_avx2_gemv`: two compares against y - 128.
+    let (t1, t2) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
     // Bytes 32..52 of a block: five dwords.
     let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
     let mut acc = [_mm256_setzero_si256(); T];
@@ -363,27 +367,26 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
         // SAFETY: block b spans bytes 54b .. 54b+54 of `row`; the masked load reads only
         // bytes 32..52 of it and suppresses the rest.
-        let (lo, hi) = unsafe {
+        let mut y = unsafe {
             let p = row.as_ptr().add(b * 54);
-            (
-                _mm256_loadu_si256(p as *const __m256i),
-                _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
-            )
+            [
+                _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), offset),
+                _mm256_xor_si256(
+                    _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
+                    offset,
+                ),
+            ]
         };
-        // Each byte moved to the high half of a 16-bit lane: (x * 3^n) mod 2^16 then keeps
-        // (byte * 3^n) mod 256 in the high byte, and mulhi(., 3) yields the trit.
-        let halves = [
-            (_mm256_slli_epi16(lo, 8), _mm256_and_si256(lo, hi_byte)),
-            (_mm256_slli_epi16(hi, 8), _mm256_and_si256(hi, hi_byte)),
-        ];
         let mut acc16 = [_mm256_setzero_si256(); T];
-        for (n, &pow) in POW3.iter().enumerate() {
-            let pw = _mm256_set1_epi16(pow);
+        for n in 0..5 {
             let mut planes = [_mm256_setzero_si256(); 2];
-            for (h, &(even, odd)) in halves.iter().enumerate() {
-                let te = _mm256_mulhi_epu16(_mm256_mullo_epi16(even, pw), three);
-                let to = _mm256_mulhi_epu16(_mm256_mullo_epi16(odd, pw), three);
-                planes[h] = _mm256_or_si256(te, _mm256_slli_epi16(to, 8));
+            for h in 0..2 {
+                if n > 0 {
+                    y[h] = times3_avx2(y[h]);
+                }
+                let m1 = _mm256_cmpgt_epi8(y[h], t1);
+                let m2 = _mm256_cmpgt_epi8(y[h], t2);
+                planes[h] = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2);
             }
             for t in 0..T {
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
@@ -405,6 +408,95 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
     for t in 0..T {
         out[t] = hsum256(acc[t]);
     }
+}
+
+/// `3 * x mod 256` per byte for AVX2, kept from being folded into multiplications as in
+/// [`times3`].
+#[inline]
+#[target_feature(enable = "avx2")]
+fn times3_avx2(x: __m256i) -> __m256i {
+    let mut y = _mm256_add_epi8(x, _mm256_add_epi8(x, x));
+    // SAFETY: the template is empty: no instruction runs, no memory or flags are touched;
+    // the register keeps its value.
+    unsafe {
+        std::arch::asm!("/* {0} */", inout(ymm_reg) y, options(pure, nomem, nostack, preserves_flags))
+    };
+    y
+}
+
+/// TQ1_0 against one token for `S` rows at once, their blocks read in lockstep (`S` weight
+/// streams in flight), without multiplications: with `y = (b * 3^n) mod 256` the trit is
+/// `(3y) >> 8`, which is `[y >= 86] + [y >= 171]`: two signed byte compares once the bytes
+/// carry an offset of 128. The offset survives the step `y -> 3y` (`3 * 128 = 128 mod 256`),
+/// so it is applied once per block. The dots are exact integers, equal to [`dot1_avx2`]'s.
+///
+/// # Safety
+/// The CPU supports AVX2; as [`dot1_avx2`] for every row, with one token.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub unsafe fn dot1_rows_avx2_gemv<const S: usize>(
+    rows: [&[u8]; S],
+    q: &[i8],
+    k: usize,
+) -> [i32; S] {
+    let nb = k / 256;
+    debug_assert!(rows.iter().all(|r| r.len() >= nb * 54) && q.len() >= nb * PERM1_BLOCK);
+    let ones = _mm256_set1_epi16(1);
+    let offset = _mm256_set1_epi8(-128);
+    // y >= 86 and y >= 171, as y - 128 > -43 and y - 128 > 42.
+    let (t1, t2) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
+    // Bytes 32..52 of a block: five dwords.
+    let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
+    let mut acc = [_mm256_setzero_si256(); S];
+    for b in 0..nb {
+        let mut y = [[_mm256_setzero_si256(); 2]; S];
+        for s in 0..S {
+            let p = rows[s].as_ptr().wrapping_add(b * 54);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+            // SAFETY: block b spans bytes 54b .. 54b+54 of the row; the masked load reads
+            // only bytes 32..52 of it and suppresses the rest (its lanes 20..32 are zero and
+            // meet zero activations).
+            unsafe {
+                y[s][0] = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), offset);
+                y[s][1] = _mm256_xor_si256(
+                    _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
+                    offset,
+                );
+            }
+        }
+        let mut acc16 = [_mm256_setzero_si256(); S];
+        for n in 0..5 {
+            // SAFETY: q has nb*320 bytes; this reads b*320 + 64n .. +64.
+            let (ql, qh) = unsafe {
+                let p = q.as_ptr().add(b * PERM1_BLOCK + 64 * n);
+                (
+                    _mm256_loadu_si256(p as *const __m256i),
+                    _mm256_loadu_si256(p.add(32) as *const __m256i),
+                )
+            };
+            for s in 0..S {
+                for (h, qv) in [(0, ql), (1, qh)] {
+                    if n > 0 {
+                        y[s][h] = times3_avx2(y[s][h]);
+                    }
+                    let m1 = _mm256_cmpgt_epi8(y[s][h], t1);
+                    let m2 = _mm256_cmpgt_epi8(y[s][h], t2);
+                    // 0 - m1 - m2: the trit, 0..2.
+                    let trit = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2);
+                    // Pair sums of trit * q stay within i16 (|.| <= 2 * 2 * 128), ten of them too.
+                    acc16[s] = _mm256_add_epi16(acc16[s], _mm256_maddubs_epi16(trit, qv));
+                }
+            }
+        }
+        for s in 0..S {
+            acc[s] = _mm256_add_epi32(acc[s], _mm256_madd_epi16(acc16[s], ones));
+        }
+    }
+    let mut out = [0i32; S];
+    for s in 0..S {
+        out[s] = hsum256(acc[s]);
+    }
+    out
 }
 
 /// # Safety
@@ -1238,6 +1330,17 @@ pub unsafe fn rows_avx2<const T: usize>(
         let done = spread::<_, GEMV_STREAMS_AVX2>(out, (m0, m1), |ms| {
             // SAFETY: the caller's guarantees, per row.
             let d = unsafe { dot2_rows_avx2_gemv(kind, ms.map(row), q[0], k) };
+            d.map(|v| std::array::from_fn(|_| v))
+        });
+        out = &mut out[done - m0..];
+        m0 = done;
+    }
+    // One token on TQ1_0 likewise, with the compare-based trit extraction.
+    if layout == Layout::Tq1_0 && T == 1 {
+        let row = |m: usize| &data[m * row_bytes..(m + 1) * row_bytes];
+        let done = spread::<_, GEMV_STREAMS_AVX2>(out, (m0, m1), |ms| {
+            // SAFETY: the caller's guarantees, per row.
+            let d = unsafe { dot1_rows_avx2_gemv(ms.map(row), q[0], k) };
             d.map(|v| std::array::from_fn(|_| v))
         });
         out = &mut out[done - m0..];

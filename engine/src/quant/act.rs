@@ -9,8 +9,8 @@ pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
         return unsafe { quantize_row_avx512(x, q) };
     }
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 was detected.
+    if crate::kernels::Isa::from_env() >= crate::kernels::Isa::Avx2 {
+        // SAFETY: AVX2 was detected (`Isa::Avx2` requires it).
         return unsafe { quantize_row_avx2(x, q) };
     }
     quantize_row_scalar(x, q)

@@ -159,6 +159,10 @@ struct PrepareArgs {
     /// q4_0 (28 %, fastest, measurably less exact).
     #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "q6_k", "q4_0"])]
     head: String,
+    /// Type of the ternary weights: keep (as in the source) or tq1_0 (the same values in 1.69
+    /// bits instead of 2; I2_S's scale rounded to f16).
+    #[arg(long, default_value = "keep", value_parser = ["keep", "tq1_0"])]
+    ternary: String,
 }
 
 #[derive(clap::Args)]
@@ -438,8 +442,13 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
         "q6_k" => bitnet_engine::gguf::GgmlType::Q6K,
         _ => bitnet_engine::gguf::GgmlType::Q8_0,
     };
-    let opts = bitnet_engine::model::prepare::PrepareOptions { head };
-    let spinner = progress::spinner("quantizing the token embedding and output head");
+    let ternary = (a.ternary == "tq1_0").then_some(bitnet_engine::gguf::GgmlType::Tq1_0);
+    let opts = bitnet_engine::model::prepare::PrepareOptions { head, ternary };
+    let spinner = progress::spinner(if ternary.is_some() {
+        "quantizing the token embedding and output head, repacking the ternary weights"
+    } else {
+        "quantizing the token embedding and output head"
+    });
     let prepared = bitnet_engine::kernels::Kernels::new(None)
         .install(|| PreparedModel::new(&g, &opts))
         .with_context(|| format!("preparing {}", a.file.display()))?;
@@ -462,8 +471,9 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
     }
     std::fs::rename(&tmp, &a.output)?;
     eprintln!(
-        "wrote {} ({size} bytes, token embedding and output head as {head}) in {:.2} s",
+        "wrote {} ({size} bytes, token embedding and output head as {head}{}) in {:.2} s",
         a.output.display(),
+        if ternary.is_some() { ", ternary weights as TQ1_0" } else { "" },
         t0.elapsed().as_secs_f64()
     );
     Ok(())
