@@ -41,11 +41,14 @@ fixture() { # type arch file
 }
 fixture tq2_0 bitnet "$MODELS/2b4t-tq2_0-upstream.gguf"
 for t in i2_s tq2_0 tq1_0; do fixture "$t" bitnet-b1.58 "$MODELS/2b4t-$t.gguf"; done
-# The prepared files (no conversion at load): the default (Q4_0) and --head q8_0.
+# The prepared files (no conversion at load): the default (Q8_0 head), --head q4_0, and
+# --ternary tq1_0 (the default head).
 [[ -f $MODELS/2b4t-i2_s-q4head.gguf ]] ||
-    "$BITNET" prepare "$MODELS/2b4t-i2_s.gguf" -o "$MODELS/2b4t-i2_s-q4head.gguf"
+    "$BITNET" prepare "$MODELS/2b4t-i2_s.gguf" -o "$MODELS/2b4t-i2_s-q4head.gguf" --head q4_0
 [[ -f $MODELS/2b4t-i2_s-q8head.gguf ]] ||
     "$BITNET" prepare "$MODELS/2b4t-i2_s.gguf" -o "$MODELS/2b4t-i2_s-q8head.gguf" --head q8_0
+[[ -f $MODELS/2b4t-tq1-q8head.gguf ]] ||
+    "$BITNET" prepare "$MODELS/2b4t-i2_s.gguf" -o "$MODELS/2b4t-tq1-q8head.gguf" --ternary tq1_0
 
 # 4. Memory bandwidth for the decode roofline, VNNI throughput for the prefill ceiling.
 gcc -O2 -mavx2 -pthread -o "$CACHE/membw" bench/membw.c
@@ -73,7 +76,7 @@ for line in sys.stdin:
     # read 7.3 tok/s after a re-read from disk and 10.5 as a fresh copy), so this row is the
     # like-for-like comparison.
     for isa in $ISAS; do
-        for t in tq2_0-upstream i2_s tq2_0 tq1_0 i2_s-q4head i2_s-q8head; do
+        for t in tq2_0-upstream i2_s tq2_0 tq1_0 i2_s-q4head i2_s-q8head tq1-q8head; do
             log "bitnet $t, $th thread(s), $isa"
             BITNET_ISA=$isa "$BITNET" bench --model "$MODELS/2b4t-$t.gguf" --threads "$th" --pp "$PP" --tg "$TG" --reps "$REPS" --json |
                 python3 -c 'import json,sys; r=json.load(sys.stdin); r["engine"]="bitnet"; r["type"]=sys.argv[1]; r["isa"]=sys.argv[2]; print(json.dumps(r))' "$t" "$isa" >>"$RESULTS"
@@ -108,7 +111,8 @@ def prefill_dots_per_token(model):
     return n / 64
 ths = sorted({r["threads"] for r in rows})
 label = {"tq2_0-upstream": "TQ2_0, same file", "i2_s": "I2_S (official)", "tq2_0": "TQ2_0",
-         "tq1_0": "TQ1_0", "i2_s-q4head": "prepared (Q4_0 head)", "i2_s-q8head": "prepared (Q8_0 head)"}
+         "tq1_0": "TQ1_0", "i2_s-q4head": "prepared (Q4_0 head)", "i2_s-q8head": "prepared (Q8_0 head)",
+         "tq1-q8head": "prepared TQ1_0 (Q8_0 head)"}
 import os
 print(f"\n2B4T shapes; decode roofline = bytes read per token / measured read bandwidth (bench/membw.c, 8 streams per thread)")
 print("'same file' = this engine on llama.cpp's own GGUF (identical page-cache pages)")
@@ -132,7 +136,7 @@ for th in ths:
             name = f"bitnet {label.get(r['type'], r['type'])} {r.get('isa', '')}"
             line(name, r["tg_tok_s"], r["pp_tok_s"], f"{r['load_ms']:.0f}", f"{r['peak_rss_mb']:.0f}", size, roof)
     for r in rows:
-        if r["engine"] == "bitnet" and r["threads"] == th and r["type"] in ("i2_s", "i2_s-q4head", "i2_s-q8head") and r.get("isa") != "avx2":
+        if r["engine"] == "bitnet" and r["threads"] == th and r["type"] in ("i2_s", "i2_s-q4head", "i2_s-q8head", "tq1-q8head") and r.get("isa") != "avx2":
             b, head = bytes_per_token(r["model"])
             print(f"  {label[r['type']]}: {b/1e9:.3f} GB per token ({head} head) at {bw:.1f} GB/s -> decode ceiling {bw*1e9/b:.1f} tok/s")
     i2s = next(r for r in rows if r["engine"] == "bitnet" and r["threads"] == th and r["type"] == "i2_s" and r.get("isa") != "avx2")

@@ -362,3 +362,34 @@ def test_head_converted_at_load_equals_prepared_file(start_server, tiny_model, w
     r = subprocess.run([binary("bitnet"), "prepare", bad, "-o", workdir / "out.gguf"], capture_output=True, text=True)
     assert r.returncode != 0 and "not-a-model.gguf" in r.stderr
     assert not (workdir / "out.gguf").exists()
+
+
+def test_prepared_tq1_0_file_serves_what_the_i2s_one_does(start_server, tiny_model, workdir):
+    """`bitnet prepare --ternary tq1_0` repacks the ternary projections as TQ1_0 with the same values
+    (the synthetic model's scales are f16 values, so nothing is rounded): a smaller file that
+    serves the same greedy text and usage as the prepared I2_S file."""
+    import subprocess
+    files = {}
+    for ternary in ("keep", "tq1_0"):
+        out = workdir / f"tiny-{ternary}.gguf"
+        r = subprocess.run([binary("bitnet"), "prepare", tiny_model, "-o", out, "--ternary", ternary],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        files[ternary] = out
+    assert "ternary weights as TQ1_0" in r.stderr
+    info = json.loads(subprocess.run([binary("bitnet"), "inspect", "--json", files["tq1_0"]], capture_output=True,
+                                     text=True, check=True).stdout)
+    types = {t["name"]: t["type"] for t in info["tensors"]}
+    assert types["token_embd.weight"] == "Q8_0"
+    assert types["blk.0.ffn_down.weight"] == "TQ1_0" and types["blk.0.attn_q.weight"] == "TQ1_0"
+    assert files["tq1_0"].stat().st_size < files["keep"].stat().st_size
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 12, "temperature": 0}
+    texts = []
+    for f in files.values():
+        server = start_server(env={"BITNET_MODEL": str(f)}).wait_ready()
+        r = requests.post(server.url + "/v1/completions", json=body, timeout=60).json()
+        texts.append((r["choices"][0]["text"], r["usage"]))
+    assert texts[0] == texts[1]
+    r = subprocess.run([binary("bitnet"), "prepare", tiny_model, "-o", workdir / "x.gguf", "--ternary", "q2_k"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "q2_k" in r.stderr and not (workdir / "x.gguf").exists()

@@ -1024,12 +1024,14 @@ pub unsafe fn dot1_rows_avx512_gemv<const S: usize>(
     let mut a = [_mm512_setzero_si512(); S];
     let mut b = [_mm512_setzero_si512(); S];
     for blk in 0..nb {
-        let mut x: [__m512i; S] = std::array::from_fn(|s| {
+        // Plain loops (no `array::from_fn` closures, which do not inherit target features).
+        let mut x = [_mm512_setzero_si512(); S];
+        for s in 0..S {
             let p = rows[s].as_ptr().wrapping_add(blk * 54);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
             // SAFETY: as in `dot1_avx512_gemv`: only the block's first 52 bytes are read.
-            unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, p as *const i8) }
-        });
+            x[s] = unsafe { _mm512_maskz_loadu_epi8(0x000F_FFFF_FFFF_FFFF, p as *const i8) };
+        }
         for n in 0..5 {
             // SAFETY: q has nb*320 bytes; this reads blk*320 + 64n .. +64.
             let qv = unsafe {
@@ -1043,9 +1045,11 @@ pub unsafe fn dot1_rows_avx512_gemv<const S: usize>(
             }
         }
     }
-    std::array::from_fn(|s| {
-        (3 * _mm512_reduce_add_epi32(a[s]) - _mm512_reduce_add_epi32(b[s])) / 256
-    })
+    let mut out = [0i32; S];
+    for s in 0..S {
+        out[s] = (3 * _mm512_reduce_add_epi32(a[s]) - _mm512_reduce_add_epi32(b[s])) / 256;
+    }
+    out
 }
 
 /// Permute indices that pack TQ1_0's five trit planes into four vectors: vector v takes
