@@ -20,10 +20,14 @@ fn prepared_head_matches_conversion_at_load() {
         (GgmlType::Q6K, HeadPrecision::Q6K),
         (GgmlType::Q8_0, HeadPrecision::Q8_0),
     ] {
-        let prepared = PreparedModel::new(&src, &PrepareOptions {
+        let prepared = PreparedModel::new(
+            &src,
+            &PrepareOptions {
                 head: ty,
                 ternary: None,
-            }).expect("prepare");
+            },
+        )
+        .expect("prepare");
         // The size announced before writing (what `bitnet prepare`'s progress bar counts to).
         let announced = prepared.file_size();
         let mut bytes = Vec::new();
@@ -162,7 +166,11 @@ fn ternary_weights_repack_to_tq1_0_with_the_same_values() {
             ..PrepareOptions::default()
         },
     ));
-    assert!(kept.iter().zip(&tq1).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        kept.iter()
+            .zip(&tq1)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
 }
 
 #[test]

@@ -2,11 +2,7 @@
 //! has. Every fast path is checked against the scalar specification in `crate::quant`.
 
 #[cfg(target_arch = "x86_64")]
-pub mod x86;
-#[cfg(target_arch = "x86_64")]
-pub mod x86_gemm;
-#[cfg(target_arch = "x86_64")]
-pub mod x86_head;
+mod x86;
 
 pub mod pool;
 
@@ -396,7 +392,7 @@ thread_local! {
 }
 
 /// Fewest tokens for which BitLinear decodes each block of rows into the interleaved
-/// layout of [`x86_gemm`]: below this the decode costs more than the GEMM saves (measured
+/// layout of [`x86::gemm`]: below this the decode costs more than the GEMM saves (measured
 /// on 2B4T, 1 thread: pp16 60 vs 67 tok/s, pp24 76 vs 80, pp32 83 vs 82, pp48 92 vs 84).
 pub const INTERLEAVE_MIN_TOKENS: usize = 32;
 
@@ -455,7 +451,7 @@ const GEMM_SLAB_BLOCKS: usize = 2;
 /// token.
 const GEMM_ROWS: usize = 64;
 #[cfg(target_arch = "x86_64")]
-const _: () = assert!(GEMM_ROWS == 4 * x86_gemm::GROUP);
+const _: () = assert!(GEMM_ROWS == 4 * x86::gemm::GROUP);
 
 /// BitLinear outputs of rows `r0 .. r0 + 16 * groups` (at most [`GEMM_ROWS`]) for every
 /// token: slab by slab of inputs, decode the rows into `buf` once, then the GEMM per tile of
@@ -470,11 +466,11 @@ fn interleaved_rows(
     (buf, sums): (&mut Vec<u8>, &mut Vec<[i32; GEMM_ROWS]>),
     dst: SharedOut,
 ) {
-    debug_assert!(groups * x86_gemm::GROUP <= GEMM_ROWS);
+    debug_assert!(groups * x86::gemm::GROUP <= GEMM_ROWS);
     let (n, rb, nb) = (acts.n_rows(), w.row_bytes(), w.k / 256);
     sums.clear();
     sums.resize(n, [0; GEMM_ROWS]);
-    buf.resize(groups * x86_gemm::group_bytes(256 * GEMM_SLAB_BLOCKS), 0);
+    buf.resize(groups * x86::gemm::group_bytes(256 * GEMM_SLAB_BLOCKS), 0);
     let rows = &w.data[r0 * rb..];
     let mut b0 = 0;
     while b0 < nb {
@@ -486,10 +482,10 @@ fn interleaved_rows(
         unsafe {
             match source {
                 InterleavedSource::TwoBit(kind) => {
-                    x86_gemm::interleave_two_bit(kind, rows, rb, groups, blocks.clone(), buf)
+                    x86::gemm::interleave_two_bit(kind, rows, rb, groups, blocks.clone(), buf)
                 }
                 InterleavedSource::Tq1_0 => {
-                    x86_gemm::interleave_tq1_0(rows, groups, w.k, blocks.clone(), buf)
+                    x86::gemm::interleave_tq1_0(rows, groups, w.k, blocks.clone(), buf)
                 }
             }
         }
@@ -514,7 +510,7 @@ fn interleaved_rows(
     let TernaryScale::Uniform(scale) = w.scale else {
         unreachable!("interleaved_source checked the scale")
     };
-    let nr = groups * x86_gemm::GROUP;
+    let nr = groups * x86::gemm::GROUP;
     for (t, d) in sums.iter().enumerate() {
         let (sum, s) = (acts.sums[t], acts.scales[t]);
         // SAFETY: indices t*rows + r0 .. +nr are below n*rows = len; rows r0..r0+nr belong
@@ -551,10 +547,10 @@ fn interleaved_tile<const T: usize>(
     // `groups` interleaved groups for these k inputs against this activation order.
     unsafe {
         match groups {
-            4 => x86_gemm::dot_groups::<4, T>(codes, q, k, sums),
-            3 => x86_gemm::dot_groups::<3, T>(codes, q, k, sums),
-            2 => x86_gemm::dot_groups::<2, T>(codes, q, k, sums),
-            _ => x86_gemm::dot_groups::<1, T>(codes, q, k, sums),
+            4 => x86::gemm::dot_groups::<4, T>(codes, q, k, sums),
+            3 => x86::gemm::dot_groups::<3, T>(codes, q, k, sums),
+            2 => x86::gemm::dot_groups::<2, T>(codes, q, k, sums),
+            _ => x86::gemm::dot_groups::<1, T>(codes, q, k, sums),
         }
     }
 }
@@ -712,14 +708,14 @@ impl Kernels {
             let (r0, r1) = chunks.range(c);
             #[cfg(target_arch = "x86_64")]
             if let Some(source) = interleaved {
-                let groups = (r1 - r0) / x86_gemm::GROUP;
+                let groups = (r1 - r0) / x86::gemm::GROUP;
                 if groups > 0 {
                     INTERLEAVED_ROWS.with_borrow_mut(|(buf, sums)| {
                         interleaved_rows(source, w, r0, groups, acts, (buf, sums), dst)
                     });
                 }
                 // Rows past the last whole group: the per-row kernels.
-                let done = r0 + groups * x86_gemm::GROUP;
+                let done = r0 + groups * x86::gemm::GROUP;
                 if done < r1 {
                     run_tiles((done, r1), None);
                 }
@@ -969,7 +965,7 @@ pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut
 }
 
 /// Rows `r0..r1` of a Q8_0 / Q6_K / Q4_0 matrix against every vector of `acts` (quantized
-/// for `w.ty`), `put(vector, row, value)` for each output; see [`x86_head`]. Every (row,
+/// for `w.ty`), `put(vector, row, value)` for each output; see [`x86::head`]. Every (row,
 /// vector) pair is computed by the same operations whatever the tile it is in, so a
 /// sequence's logits do not depend on the batch.
 pub fn quant_head_rows(
@@ -984,7 +980,7 @@ pub fn quant_head_rows(
     assert!(w.data.len() >= r1 * rb, "rows out of bounds");
     let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
     #[cfg(target_arch = "x86_64")]
-    if let Some(ty) = x86_head::HeadType::of(w.ty) {
+    if let Some(ty) = x86::head::HeadType::of(w.ty) {
         // The instruction set is decided by the CPU and k alone, never by the batch.
         let simd = if isa == Isa::Avx512Vnni && w.k.is_multiple_of(64) {
             Some(true)
@@ -1002,9 +998,9 @@ pub fn quant_head_rows(
                     // and every vector k values, k a multiple of 64 for AVX-512.
                     unsafe {
                         if avx512 {
-                            x86_head::tile_avx512::<$R, $V>(ty, rs, vs)
+                            x86::head::tile_avx512::<$R, $V>(ty, rs, vs)
                         } else {
-                            x86_head::tile_avx2::<$R, $V>(ty, rs, vs)
+                            x86::head::tile_avx2::<$R, $V>(ty, rs, vs)
                         }
                     }
                 }};

@@ -196,7 +196,7 @@ fn repack_tq1_0(
         (GgmlType::I2S, TernaryScale::Uniform(s)) => {
             let d = f16::from_f32(s);
             let rel = ((d.to_f32() - s) / s).abs();
-            if !d.is_finite() || (s != 0.0 && !(rel <= 1.0 / 2048.0)) {
+            if !d.is_finite() || (s != 0.0 && rel > 1.0 / 2048.0) {
                 return Err(invalid(format!(
                     "{name}: its scale {s:e} has no close f16 value for TQ1_0's block scales"
                 )));
@@ -212,7 +212,9 @@ fn repack_tq1_0(
     for r in 0..rows {
         m.decode_row(r, &mut values);
         if values.iter().any(|&v| !(-1..=1).contains(&v)) {
-            return Err(invalid(format!("{name}: row {r} has a code that is not ternary")));
+            return Err(invalid(format!(
+                "{name}: row {r} has a code that is not ternary"
+            )));
         }
         if block_scales.is_empty() {
             // TQ blocks end with their f16 scale.

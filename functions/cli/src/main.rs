@@ -473,7 +473,11 @@ fn cmd_prepare(a: PrepareArgs) -> Result<()> {
     eprintln!(
         "wrote {} ({size} bytes, token embedding and output head as {head}{}) in {:.2} s",
         a.output.display(),
-        if ternary.is_some() { ", ternary weights as TQ1_0" } else { "" },
+        if ternary.is_some() {
+            ", ternary weights as TQ1_0"
+        } else {
+            ""
+        },
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -5,7 +5,7 @@
 //! four codes of each of the 16 rows (one row per 32-bit lane). One VPDPBUSD then multiplies
 //! 16 rows by four activation bytes of one token broadcast to every lane, and each lane
 //! accumulates one (row, token) dot product. Compared with the per-row kernels in
-//! [`super::x86`] this removes the horizontal sums at the end of every row, the code
+//! [`super`] this removes the horizontal sums at the end of every row, the code
 //! extraction inside the token loop, and a third of the loads per dot product (a weight
 //! vector serves `T` tokens, a broadcast serves `G` row groups). The decode costs a few
 //! percent of a 128-token prefill, so short batches keep the per-row kernels.
@@ -19,7 +19,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::x86::{TwoBit, packed_plane_indices, tq1_0_two_bit_codes};
+use super::{TwoBit, packed_plane_indices, tq1_0_two_bit_codes};
 
 /// Rows per interleaved group: one per 32-bit lane of a 512-bit vector.
 pub const GROUP: usize = 16;
