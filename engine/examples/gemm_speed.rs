@@ -41,7 +41,7 @@ fn main() {
         };
         let x: Vec<f32> = (0..n * k).map(|i| ((i as f32) * 0.37).sin()).collect();
         let mut acts = QuantizedActs::default();
-        acts.quantize_for(&x, k, kernels.act_orders(ty, n));
+        acts.quantize_for(&x, k, kernels.act_orders(&[&w], n));
         let mut out = vec![0f32; n * rows];
         let mut times = Vec::new();
         for _ in 0..std::env::var("REPS").map_or(7, |s| s.parse().expect("REPS")) {

@@ -63,7 +63,7 @@ fn main() {
         for _ in 0..9 {
             for (i, &isa) in isas.iter().enumerate() {
                 kern.isa = isa;
-                let orders = kern.act_orders(ty, 1);
+                let orders = kern.act_orders(&[&mats[0], &mats[6]], 1);
                 let mut a2560 = QuantizedActs::default();
                 a2560.quantize_for(&x[..2560], 2560, orders);
                 let mut a6912 = QuantizedActs::default();

@@ -4,15 +4,14 @@ use std::time::Instant;
 
 use bitnet_engine::fixture::encode_ternary;
 use bitnet_engine::gguf::GgmlType;
-use bitnet_engine::kernels::{Isa, bitlinear_tile};
+use bitnet_engine::kernels::{Isa, Kernels};
 use bitnet_engine::quant::{QuantizedActs, TernaryMatrix};
 
 fn main() {
     let (rows, k) = (512, 2560);
     let values: Vec<i8> = (0..rows * k).map(|i| ((i * 7919) % 3) as i8 - 1).collect();
     let x: Vec<f32> = (0..8 * k).map(|i| ((i as f32) * 0.37).sin()).collect();
-    let mut acts = QuantizedActs::default();
-    acts.quantize(&x, k);
+    let mut kern = Kernels::new(Some(1));
     for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
         let data = encode_ternary(ty, &values, k, 0.5);
         let w = TernaryMatrix {
@@ -26,13 +25,19 @@ fn main() {
             .into_iter()
             .filter(|&i| i <= Isa::detect())
         {
+            kern.isa = isa;
+            // The per-row kernels planned for one token, then for eight.
+            let mut acts1 = QuantizedActs::default();
+            acts1.quantize_for(&x[..k], k, kern.act_orders(&[&w], 1));
+            let mut acts8 = QuantizedActs::default();
+            acts8.quantize_for(&x, k, kern.act_orders(&[&w], 8));
             let reps = 200;
             let t = Instant::now();
             let mut sink = 0f32;
             for _ in 0..reps {
                 for m in 0..rows {
                     let mut y = [0f32; 1];
-                    bitlinear_tile::<1>(isa, &w, m, &acts, 0, &mut y);
+                    kern.bitlinear_row::<1>(&w, m, &acts1, 0, &mut y);
                     sink += y[0];
                 }
             }
@@ -41,7 +46,7 @@ fn main() {
             for _ in 0..reps / 4 {
                 for m in 0..rows {
                     let mut y = [0f32; 8];
-                    bitlinear_tile::<8>(isa, &w, m, &acts, 0, &mut y);
+                    kern.bitlinear_row::<8>(&w, m, &acts8, 0, &mut y);
                     sink += y[0];
                 }
             }

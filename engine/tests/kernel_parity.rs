@@ -3,8 +3,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use bitnet_engine::gguf::GgmlType;
-use bitnet_engine::kernels::{Isa, bitlinear_tile, dense_rows, has_vbmi};
-use bitnet_engine::quant::act::ActOrders;
+use bitnet_engine::kernels::{Isa, Kernels, dense_rows, has_vbmi};
 use bitnet_engine::quant::head::{self, HeadActs};
 use bitnet_engine::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, i2s, tq1_0, tq2_0};
 use half::f16;
@@ -30,6 +29,24 @@ fn isas() -> Vec<Isa> {
         eprintln!("no SIMD instruction set on this CPU: only the scalar kernels run");
     }
     v
+}
+
+/// A kernel set for every instruction set this CPU runs: AVX2, AVX-512 VNNI as on a CPU
+/// without VBMI, and with VBMI where this CPU has it (each plans different TQ1_0 kernels).
+fn kernel_sets(threads: usize) -> Vec<(Kernels, String)> {
+    let mut sets = Vec::new();
+    for isa in isas() {
+        for vbmi in [false, true] {
+            if vbmi && !(isa == Isa::Avx512Vnni && has_vbmi()) {
+                continue;
+            }
+            let mut kern = Kernels::new(Some(threads));
+            kern.isa = isa;
+            kern.vbmi = vbmi;
+            sets.push((kern, format!("{isa:?}{}", if vbmi { "+VBMI" } else { "" })));
+        }
+    }
+    sets
 }
 
 fn pack(ty: GgmlType, values: &[i8], k: usize, scale: f32, per_block: Option<&mut Rng>) -> Vec<u8> {
@@ -74,26 +91,9 @@ fn activations(r: &mut Rng, n: usize, k: usize, mode: usize) -> Vec<f32> {
         .collect()
 }
 
-/// The activation orders to test a type's kernels with: each selects different kernels
-/// (TQ1_0: the plane GEMV/GEMM, or the packed-plane GEMM where the CPU has AVX-512 VBMI).
-fn order_sets(ty: GgmlType, isa: Isa) -> Vec<ActOrders> {
-    let only = |f: fn(&mut ActOrders)| {
-        let mut o = ActOrders::default();
-        f(&mut o);
-        o
-    };
-    match ty {
-        GgmlType::Tq1_0 if isa == Isa::Avx512Vnni && has_vbmi() => {
-            vec![only(|o| o.perm1 = true), only(|o| o.perm1p = true)]
-        }
-        GgmlType::Tq1_0 => vec![only(|o| o.perm1 = true)],
-        _ => vec![only(|o| o.perm2 = true)],
-    }
-}
-
 /// Row `m` for all `n` tokens in tiles of 8, 4 and 1, against the scalar specification.
 fn check_row(
-    isa: Isa,
+    kern: &Kernels,
     w: &TernaryMatrix<'_>,
     m: usize,
     acts: &QuantizedActs,
@@ -101,7 +101,7 @@ fn check_row(
     what: &str,
 ) {
     fn tiles<const T: usize>(
-        isa: Isa,
+        kern: &Kernels,
         w: &TernaryMatrix<'_>,
         m: usize,
         acts: &QuantizedActs,
@@ -109,7 +109,7 @@ fn check_row(
         what: &str,
     ) {
         let mut y = [0f32; T];
-        bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y);
+        kern.bitlinear_row::<T>(w, m, acts, t0, &mut y);
         for t in 0..T {
             let want = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
             assert_eq!(
@@ -122,21 +122,22 @@ fn check_row(
     }
     let mut t0 = 0;
     while t0 + 8 <= n {
-        tiles::<8>(isa, w, m, acts, t0, what);
+        tiles::<8>(kern, w, m, acts, t0, what);
         t0 += 8;
     }
     while t0 + 4 <= n {
-        tiles::<4>(isa, w, m, acts, t0, what);
+        tiles::<4>(kern, w, m, acts, t0, what);
         t0 += 4;
     }
     while t0 < n {
-        tiles::<1>(isa, w, m, acts, t0, what);
+        tiles::<1>(kern, w, m, acts, t0, what);
         t0 += 1;
     }
 }
 
 #[test]
 fn simd_bitlinear_is_bit_identical_to_scalar() {
+    let sets = kernel_sets(1);
     let mut r = Rng(0x5eed_1234_abcd_ef01);
     let mut cases = 0;
     for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
@@ -165,21 +166,21 @@ fn simd_bitlinear_is_bit_identical_to_scalar() {
                         scale: TernaryMatrix::detect_scale(ty, rows, k, &data),
                     };
                     let x = activations(&mut r, n, k, mode);
-                    for isa in isas() {
-                        for orders in order_sets(ty, isa) {
-                            let mut acts = QuantizedActs::default();
-                            acts.quantize_for(&x, k, orders);
-                            for m in 0..rows {
-                                check_row(
-                                    isa,
-                                    &w,
-                                    m,
-                                    &acts,
-                                    n,
-                                    &format!("{ty} k={k} mode={mode} {isa:?} {orders:?}"),
-                                );
-                                cases += 1;
-                            }
+                    for (kern, name) in &sets {
+                        // The orders this kernel set's plan reads for n tokens.
+                        let orders = kern.act_orders(&[&w], n);
+                        let mut acts = QuantizedActs::default();
+                        acts.quantize_for(&x, k, orders);
+                        for m in 0..rows {
+                            check_row(
+                                kern,
+                                &w,
+                                m,
+                                &acts,
+                                n,
+                                &format!("{ty} k={k} mode={mode} {name} {orders:?}"),
+                            );
+                            cases += 1;
                         }
                     }
                 }
@@ -211,10 +212,10 @@ fn i2s_rows_of_128_fall_back_to_scalar_correctly() {
         .map(|(&v, &q)| v as i32 * q as i32)
         .sum();
     let want = (d as f32 / acts.scales[0]) * 0.5;
-    for isa in isas() {
+    for (kern, name) in kernel_sets(1) {
         let mut y = [0f32; 1];
-        bitlinear_tile::<1>(isa, &w, 0, &acts, 0, &mut y);
-        assert_eq!(y[0].to_bits(), want.to_bits());
+        kern.bitlinear_row::<1>(&w, 0, &acts, 0, &mut y);
+        assert_eq!(y[0].to_bits(), want.to_bits(), "{name}");
     }
 }
 
@@ -261,14 +262,13 @@ fn f16_head_matches_scalar_within_summation_order() {
 fn threaded_matmul_is_bit_identical_to_scalar() {
     // The prefill shapes below reach the interleaved GEMM only while this holds.
     const _: () = assert!(bitnet_engine::kernels::INTERLEAVE_MIN_TOKENS <= 32);
-    let mut kern = bitnet_engine::kernels::Kernels::new(Some(2));
     let mut r = Rng(4242);
     // Every instruction set this CPU runs, each with its own row-block kernels.
-    for (isa, ty) in isas()
-        .into_iter()
-        .flat_map(|i| [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0].map(|t| (i, t)))
+    let sets = kernel_sets(2);
+    for ((kern, name), ty) in sets
+        .iter()
+        .flat_map(|s| [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0].map(|t| (s, t)))
     {
-        kern.isa = isa;
         for &(rows, k, n) in &[
             (37usize, 512usize, 11usize),
             (130, 768, 1),
@@ -301,10 +301,10 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
             let x = activations(&mut r, n, k, mode);
             // The orders the forward pass asks for.
             let mut acts = QuantizedActs::default();
-            acts.quantize_for(&x, k, kern.act_orders(ty, n));
+            acts.quantize_for(&x, k, kern.act_orders(&[&w], n));
             // Rows quantized on the pool's threads match the serial pass.
             let mut on_pool = QuantizedActs::default();
-            kern.install(|| on_pool.quantize_for(&x, k, kern.act_orders(ty, n)));
+            kern.install(|| on_pool.quantize_for(&x, k, kern.act_orders(&[&w], n)));
             for t in 0..n {
                 assert_eq!(on_pool.row(t), acts.row(t), "token {t}");
                 assert_eq!(on_pool.scales[t].to_bits(), acts.scales[t].to_bits());
@@ -318,8 +318,7 @@ fn threaded_matmul_is_bit_identical_to_scalar() {
                     assert_eq!(
                         out[t * rows + m].to_bits(),
                         want.to_bits(),
-                        "{ty} rows {rows} k {k} n {n} token {t} row {m} ({:?})",
-                        kern.isa
+                        "{ty} rows {rows} k {k} n {n} token {t} row {m} ({name})"
                     );
                 }
             }

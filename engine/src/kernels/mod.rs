@@ -230,10 +230,92 @@ const DECODE_MIN_ROWS: usize = 8;
 const HEAD_STREAMS: usize = 8;
 const HEAD_STREAMS_AVX2: usize = 4;
 
+/// How one BitLinear call runs, decided in one place ([`Kernels::ternary_plan`]) from the
+/// CPU, the tensor (type, row length, scale) and the number of tokens, as ggml's type-traits
+/// table does: the activation orders to prepare, the row blocks, the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TernaryPlan {
+    /// The scalar specification, row by row: no SIMD, per-block TQ scales, or rows that are
+    /// not whole 256-weight blocks.
+    Scalar,
+    /// Per-row kernels on the file's layout: the AVX-512 VNNI ones, or the AVX2 ones.
+    #[cfg(target_arch = "x86_64")]
+    Rows { layout: x86::Layout, avx512: bool },
+    /// TQ1_0 with several tokens (AVX-512 VBMI): each block of rows decoded to 2-bit codes
+    /// once, then the 2-bit kernels for every token tile (extracting trits per tile would
+    /// cost more than the dots).
+    #[cfg(target_arch = "x86_64")]
+    DecodedTq1_0,
+    /// Many tokens (AVX-512): rows interleaved per slab for the GEMM; the rows past the last
+    /// whole group take [`TernaryPlan::row_kernel`].
+    #[cfg(target_arch = "x86_64")]
+    Interleaved(InterleavedSource),
+}
+
+/// Fewest tokens for which TQ1_0 rows are decoded to 2-bit codes per row block.
+#[cfg(target_arch = "x86_64")]
+const DECODE_TQ1_MIN_TOKENS: usize = 8;
+
+impl TernaryPlan {
+    /// The activation orders its kernels read.
+    fn orders(self) -> ActOrders {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Every plan's kernels read the order of its per-row kernel.
+            let Some((layout, _)) = self.row_kernel() else {
+                return ActOrders::default();
+            };
+            match layout {
+                x86::Layout::TwoBit(x86::TwoBit::Codes) | x86::Layout::Tq1_0Packed => ActOrders {
+                    perm1p: true,
+                    ..Default::default()
+                },
+                x86::Layout::TwoBit(_) => ActOrders {
+                    perm2: true,
+                    ..Default::default()
+                },
+                x86::Layout::Tq1_0 => ActOrders {
+                    perm1: true,
+                    ..Default::default()
+                },
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        ActOrders::default()
+    }
+
+    /// The per-row kernel (layout, AVX-512) for rows outside the plan's main path: one row
+    /// at a time, and the rows past the GEMM's last whole group.
+    #[cfg(target_arch = "x86_64")]
+    fn row_kernel(self) -> Option<(x86::Layout, bool)> {
+        match self {
+            TernaryPlan::Scalar => None,
+            TernaryPlan::Rows { layout, avx512 } => Some((layout, avx512)),
+            TernaryPlan::DecodedTq1_0 | TernaryPlan::Interleaved(InterleavedSource::Tq1_0) => {
+                Some((x86::Layout::Tq1_0Packed, true))
+            }
+            TernaryPlan::Interleaved(InterleavedSource::TwoBit(kind)) => {
+                Some((x86::Layout::TwoBit(kind), true))
+            }
+        }
+    }
+}
+
+/// The activation row of token `t` in the order `layout` reads.
+#[cfg(target_arch = "x86_64")]
+fn layout_row(acts: &QuantizedActs, layout: x86::Layout, t: usize) -> Option<&[i8]> {
+    match layout {
+        x86::Layout::TwoBit(x86::TwoBit::Codes) | x86::Layout::Tq1_0Packed => acts.perm1p_row(t),
+        x86::Layout::TwoBit(_) => acts.perm2_row(t),
+        x86::Layout::Tq1_0 => acts.perm1_row(t),
+    }
+}
+
 /// BitLinear outputs of rows `r0..r1` (at most [`ROW_BLOCK`]) for tokens `t0..t0+T`,
 /// written to `dst` at `t * rows + m`.
+#[allow(clippy::too_many_arguments)]
 fn tile_rows<const T: usize>(
-    isa: Isa,
+    plan: TernaryPlan,
     w: &TernaryMatrix<'_>,
     (r0, r1): (usize, usize),
     decoded: Option<&[u8]>,
@@ -244,7 +326,7 @@ fn tile_rows<const T: usize>(
     debug_assert!(r1 - r0 <= ROW_BLOCK);
     let (rows, nr) = (w.rows, r1 - r0);
     let mut d = [[0i32; T]; ROW_BLOCK];
-    let fast = fast_rows::<T>(isa, w, (r0, r1), decoded, acts, t0, &mut d[..nr]);
+    let fast = fast_rows::<T>(plan, w, (r0, r1), decoded, acts, t0, &mut d[..nr]);
     if let (true, TernaryScale::Uniform(scale)) = (fast, w.scale) {
         // Token by token: one division per value as the specification has it, but over a
         // contiguous run of rows (vectorised) and written out contiguously.
@@ -264,9 +346,8 @@ fn tile_rows<const T: usize>(
         return;
     }
     for m in r0..r1 {
-        let mut y = [0f32; T];
-        bitlinear_tile::<T>(isa, w, m, acts, t0, &mut y);
-        for (t, &v) in y.iter().enumerate() {
+        for t in 0..T {
+            let v = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
             // SAFETY: index (t0+t)*rows+m < n*rows = len; row m belongs to this worker's
             // chunk only, so no other worker writes it.
             unsafe { dst.write((t0 + t) * rows + m, v) };
@@ -274,12 +355,12 @@ fn tile_rows<const T: usize>(
     }
 }
 
-/// Integer dots of a block of rows with one SIMD call; false when this ISA or tensor has
-/// no fast path (the caller then uses the scalar specification). `decoded`: the rows
-/// `r0..r1` of a TQ1_0 matrix already decoded by `x86::decode_tq1_0_rows`.
+/// Integer dots of a block of rows with the plan's per-row kernel in one SIMD call; false
+/// when the plan has none (the caller then uses the scalar specification). `decoded`: the
+/// rows `r0..r1` of a TQ1_0 matrix already decoded by `x86::decode_tq1_0_rows`.
 #[allow(unused_variables)]
 fn fast_rows<const T: usize>(
-    isa: Isa,
+    plan: TernaryPlan,
     w: &TernaryMatrix<'_>,
     (r0, r1): (usize, usize),
     decoded: Option<&[u8]>,
@@ -289,96 +370,38 @@ fn fast_rows<const T: usize>(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if isa == Isa::Scalar
-            || !w.k.is_multiple_of(256)
-            || !matches!(w.scale, TernaryScale::Uniform(_))
-        {
-            return false;
-        }
-        if let Some(codes) = decoded {
-            let q: [Option<&[i8]>; T] = std::array::from_fn(|t| acts.perm1p_row(t0 + t));
-            if isa != Isa::Avx512Vnni || q.iter().any(Option::is_none) {
-                return false;
-            }
-            let q: [&[i8]; T] = std::array::from_fn(|t| q[t].unwrap_or_default());
-            let layout = x86::Layout::TwoBit(x86::TwoBit::Codes);
-            // SAFETY: AVX-512 VNNI was detected; `codes` holds rows r0..r1 decoded, k / 4
-            // bytes each; the activations are in the packed order it was decoded to.
-            unsafe { x86::rows_avx512::<T>(layout, codes, w.k / 4, (0, r1 - r0), q, w.k, out) };
-            return true;
-        }
-        // The activation order this layout's kernels read (prepared by `quantize_for`).
-        let (layout, rows): (x86::Layout, [Option<&[i8]>; T]) = match w.ty {
-            GgmlType::I2S => (
-                x86::Layout::TwoBit(x86::TwoBit::I2s),
-                std::array::from_fn(|t| acts.perm2_row(t0 + t)),
+        let (layout, avx512, data, row_bytes, rows) = match (decoded, plan.row_kernel()) {
+            (Some(codes), _) => (
+                x86::Layout::TwoBit(x86::TwoBit::Codes),
+                true,
+                codes,
+                w.k / 4,
+                (0, r1 - r0),
             ),
-            GgmlType::Tq2_0 => (
-                x86::Layout::TwoBit(x86::TwoBit::Tq2_0),
-                std::array::from_fn(|t| acts.perm2_row(t0 + t)),
-            ),
-            // Several tokens: the packed trit planes (4 dot products per token and block
-            // instead of 5) when the activations were prepared for them.
-            GgmlType::Tq1_0
-                if isa == Isa::Avx512Vnni
-                    && has_vbmi()
-                    && acts.perm1p_row(t0 + T - 1).is_some() =>
-            {
-                (
-                    x86::Layout::Tq1_0Packed,
-                    std::array::from_fn(|t| acts.perm1p_row(t0 + t)),
-                )
-            }
-            GgmlType::Tq1_0 => (
-                x86::Layout::Tq1_0,
-                std::array::from_fn(|t| acts.perm1_row(t0 + t)),
-            ),
-            _ => return false,
+            (None, Some((layout, avx512))) => (layout, avx512, w.data, w.row_bytes(), (r0, r1)),
+            (None, None) => return false,
         };
-        if rows.iter().any(Option::is_none) {
-            debug_assert!(false, "activations quantized without the {:?} order", w.ty);
+        let q: [Option<&[i8]>; T] = std::array::from_fn(|t| layout_row(acts, layout, t0 + t));
+        if q.iter().any(Option::is_none) {
+            debug_assert!(false, "activations quantized without {layout:?}'s order");
             return false;
         }
-        let q: [&[i8]; T] = std::array::from_fn(|t| rows[t].unwrap_or_default());
-        // SAFETY: the ISA was detected; `w.data` holds every row in `w.ty`'s layout, each
-        // activation row is in that layout's order for k inputs, `out` has r1 - r0 entries.
+        let q: [&[i8]; T] = std::array::from_fn(|t| q[t].unwrap_or_default());
+        // SAFETY: the plan chose this kernel for the detected ISA (and VBMI for the packed
+        // TQ1_0 order), k a multiple of 256 and a uniform scale; `data` holds the rows in
+        // `layout` (the decoded codes: k / 4 bytes per row), each activation row is in that
+        // layout's order for k inputs, `out` has r1 - r0 entries.
         unsafe {
-            if isa == Isa::Avx512Vnni {
-                x86::rows_avx512::<T>(layout, w.data, w.row_bytes(), (r0, r1), q, w.k, out);
+            if avx512 {
+                x86::rows_avx512::<T>(layout, data, row_bytes, rows, q, w.k, out);
             } else {
-                x86::rows_avx2::<T>(layout, w.data, w.row_bytes(), (r0, r1), q, w.k, out);
+                x86::rows_avx2::<T>(layout, data, row_bytes, rows, q, w.k, out);
             }
         }
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
-}
-
-/// BitLinear outputs of row `m` for tokens `t0..t0+T` with `isa`, bit-identical to
-/// [`TernaryMatrix::row_dot_scalar`].
-#[inline]
-pub fn bitlinear_tile<const T: usize>(
-    isa: Isa,
-    w: &TernaryMatrix<'_>,
-    m: usize,
-    acts: &QuantizedActs,
-    t0: usize,
-    out: &mut [f32; T],
-) {
-    let mut d = [[0i32; T]; 1];
-    if let (true, TernaryScale::Uniform(scale)) = (
-        fast_rows(isa, w, (m, m + 1), None, acts, t0, &mut d),
-        w.scale,
-    ) {
-        for t in 0..T {
-            out[t] = ((d[0][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
-        }
-    } else {
-        for t in 0..T {
-            out[t] = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
-        }
-    }
 }
 
 thread_local! {
@@ -399,48 +422,13 @@ pub const INTERLEAVE_MIN_TOKENS: usize = 32;
 /// Tokens per call of the interleaved GEMM: 4 row groups x 6 tokens = 24 accumulators.
 const GEMM_TOKENS: usize = 6;
 
-/// Which decoder feeds the interleaved GEMM for this matrix and batch, if it applies.
-#[derive(Clone, Copy, Debug)]
+/// Which decoder feeds the interleaved GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum InterleavedSource {
     #[cfg(target_arch = "x86_64")]
     TwoBit(x86::TwoBit),
     #[cfg(target_arch = "x86_64")]
     Tq1_0,
-}
-
-fn interleaved_source(
-    isa: Isa,
-    w: &TernaryMatrix<'_>,
-    acts: &QuantizedActs,
-) -> Option<InterleavedSource> {
-    let n = acts.n_rows();
-    if isa != Isa::Avx512Vnni
-        || n < INTERLEAVE_MIN_TOKENS
-        || !w.k.is_multiple_of(256)
-        || !matches!(w.scale, TernaryScale::Uniform(_))
-    {
-        return None;
-    }
-    interleaved_layout(w.ty, acts)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn interleaved_layout(ty: GgmlType, acts: &QuantizedActs) -> Option<InterleavedSource> {
-    let last = acts.n_rows() - 1;
-    let perm2 = acts.perm2_row(last).is_some();
-    match ty {
-        GgmlType::I2S if perm2 => Some(InterleavedSource::TwoBit(x86::TwoBit::I2s)),
-        GgmlType::Tq2_0 if perm2 => Some(InterleavedSource::TwoBit(x86::TwoBit::Tq2_0)),
-        GgmlType::Tq1_0 if has_vbmi() && acts.perm1p_row(last).is_some() => {
-            Some(InterleavedSource::Tq1_0)
-        }
-        _ => None,
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn interleaved_layout(_: GgmlType, _: &QuantizedActs) -> Option<InterleavedSource> {
-    None
 }
 
 /// Weight blocks (256 inputs) per slab of the interleaved GEMM: 64 rows x 512 inputs of
@@ -476,7 +464,7 @@ fn interleaved_rows(
     while b0 < nb {
         let blocks = b0..(b0 + GEMM_SLAB_BLOCKS).min(nb);
         let k = 256 * blocks.len();
-        // SAFETY: `interleaved_source` checked the ISA (AVX-512 F/BW/VNNI, and VBMI for
+        // SAFETY: the plan checked the ISA (AVX-512 F/BW/VNNI, and VBMI for
         // TQ1_0) and that k is a multiple of 256; `rows` starts at row r0 and holds
         // 16 * groups rows of nb blocks; `buf` holds groups * group_bytes(k) bytes or more.
         unsafe {
@@ -508,7 +496,7 @@ fn interleaved_rows(
         b0 = blocks.end;
     }
     let TernaryScale::Uniform(scale) = w.scale else {
-        unreachable!("interleaved_source checked the scale")
+        unreachable!("the plan checked the scale")
     };
     let nr = groups * x86::gemm::GROUP;
     for (t, d) in sums.iter().enumerate() {
@@ -540,10 +528,10 @@ fn interleaved_tile<const T: usize>(
             InterleavedSource::TwoBit(_) => acts.perm2_row(t0 + t),
             InterleavedSource::Tq1_0 => acts.perm1p_row(t0 + t),
         };
-        &row.expect("interleaved_source checked the activation order")[inputs.clone()]
+        &row.expect("`plan_for` checked the activation order")[inputs.clone()]
     });
     let k = inputs.len();
-    // SAFETY: the ISA and shapes were checked by `interleaved_source`; `codes` holds
+    // SAFETY: the ISA and shapes were checked by the plan; `codes` holds
     // `groups` interleaved groups for these k inputs against this activation order.
     unsafe {
         match groups {
@@ -601,6 +589,9 @@ impl SharedOut {
 pub struct Kernels {
     pool: pool::Pool,
     pub isa: Isa,
+    /// AVX-512 VBMI (byte permutes) may be used: detected with [`Isa::Avx512Vnni`]; tests
+    /// turn it off to run the kernels of CPUs without it.
+    pub vbmi: bool,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -619,9 +610,11 @@ impl Kernels {
             .filter(|&t| t > 0)
             .or_else(threads_from_env)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let isa = Isa::from_env();
         Self {
             pool: pool::Pool::new(threads),
-            isa: Isa::from_env(),
+            isa,
+            vbmi: isa == Isa::Avx512Vnni && has_vbmi(),
         }
     }
 
@@ -635,24 +628,106 @@ impl Kernels {
         self.pool.install(f)
     }
 
-    /// The activation orders this kernel set reads for `n` tokens of weights stored as `ty`.
-    pub fn act_orders(&self, ty: GgmlType, n: usize) -> ActOrders {
-        match ty {
-            GgmlType::I2S | GgmlType::Tq2_0 => ActOrders {
-                perm2: true,
-                ..Default::default()
-            },
-            // Decode uses the plane-by-plane GEMV (no trit extraction); prefill the packed
-            // planes where the CPU can pack them.
-            GgmlType::Tq1_0 if n > 1 && self.isa == Isa::Avx512Vnni && has_vbmi() => ActOrders {
-                perm1p: true,
-                ..Default::default()
-            },
-            GgmlType::Tq1_0 => ActOrders {
-                perm1: true,
-                ..Default::default()
-            },
-            _ => ActOrders::default(),
+    /// How BitLinear runs for `w` and `n` tokens: the one place that decides it.
+    fn ternary_plan(&self, w: &TernaryMatrix<'_>, n: usize) -> TernaryPlan {
+        #[cfg(target_arch = "x86_64")]
+        if self.isa >= Isa::Avx2
+            && w.k.is_multiple_of(256)
+            && matches!(w.scale, TernaryScale::Uniform(_))
+        {
+            use x86::{Layout, TwoBit};
+            let avx512 = self.isa == Isa::Avx512Vnni;
+            let vbmi = avx512 && self.vbmi;
+            let many = n >= INTERLEAVE_MIN_TOKENS;
+            let two_bit = match w.ty {
+                GgmlType::I2S => Some(TwoBit::I2s),
+                GgmlType::Tq2_0 => Some(TwoBit::Tq2_0),
+                _ => None,
+            };
+            return match (w.ty, two_bit) {
+                (_, Some(kind)) if avx512 && many => {
+                    TernaryPlan::Interleaved(InterleavedSource::TwoBit(kind))
+                }
+                (_, Some(kind)) => TernaryPlan::Rows {
+                    layout: Layout::TwoBit(kind),
+                    avx512,
+                },
+                (GgmlType::Tq1_0, _) if vbmi && many => {
+                    TernaryPlan::Interleaved(InterleavedSource::Tq1_0)
+                }
+                (GgmlType::Tq1_0, _) if vbmi && n >= DECODE_TQ1_MIN_TOKENS => {
+                    TernaryPlan::DecodedTq1_0
+                }
+                // Several tokens: the packed trit planes (4 dot products per token and block
+                // instead of 5) where the CPU can pack them.
+                (GgmlType::Tq1_0, _) if vbmi && n > 1 => TernaryPlan::Rows {
+                    layout: Layout::Tq1_0Packed,
+                    avx512,
+                },
+                // One token: the plane-by-plane GEMV (no trit extraction with AVX-512).
+                (GgmlType::Tq1_0, _) => TernaryPlan::Rows {
+                    layout: Layout::Tq1_0,
+                    avx512,
+                },
+                _ => TernaryPlan::Scalar,
+            };
+        }
+        let _ = (w, n);
+        TernaryPlan::Scalar
+    }
+
+    /// The activation orders to prepare for `n` tokens multiplied by every matrix of `ws`.
+    pub fn act_orders(&self, ws: &[&TernaryMatrix<'_>], n: usize) -> ActOrders {
+        ws.iter().fold(ActOrders::default(), |o, w| {
+            o.union(self.ternary_plan(w, n).orders())
+        })
+    }
+
+    /// The plan for `w` and `acts`, or the scalar specification when `acts` lacks an order
+    /// the plan reads (quantized for other kernels: slower, never wrong).
+    fn plan_for(&self, w: &TernaryMatrix<'_>, acts: &QuantizedActs) -> TernaryPlan {
+        let n = acts.n_rows();
+        let plan = self.ternary_plan(w, n);
+        let o = plan.orders();
+        let last = n.saturating_sub(1);
+        let present = n == 0
+            || ((!o.perm2 || acts.perm2_row(last).is_some())
+                && (!o.perm1 || acts.perm1_row(last).is_some())
+                && (!o.perm1p || acts.perm1p_row(last).is_some()));
+        if present {
+            plan
+        } else {
+            debug_assert!(
+                false,
+                "activations quantized without the orders of {plan:?}"
+            );
+            TernaryPlan::Scalar
+        }
+    }
+
+    /// BitLinear outputs of row `m` for tokens `t0..t0+T` with the per-row kernel the plan
+    /// has for all of `acts`' tokens, bit-identical to [`TernaryMatrix::row_dot_scalar`].
+    pub fn bitlinear_row<const T: usize>(
+        &self,
+        w: &TernaryMatrix<'_>,
+        m: usize,
+        acts: &QuantizedActs,
+        t0: usize,
+        out: &mut [f32; T],
+    ) {
+        let plan = self.plan_for(w, acts);
+        let mut d = [[0i32; T]; 1];
+        if let (true, TernaryScale::Uniform(scale)) = (
+            fast_rows(plan, w, (m, m + 1), None, acts, t0, &mut d),
+            w.scale,
+        ) {
+            for t in 0..T {
+                out[t] = ((d[0][t] - acts.sums[t0 + t]) as f32 / acts.scales[t0 + t]) * scale;
+            }
+        } else {
+            for t in 0..T {
+                out[t] = w.row_dot_scalar(m, acts.row(t0 + t), acts.scales[t0 + t]);
+            }
         }
     }
 
@@ -662,9 +737,19 @@ impl Kernels {
         let rows = w.rows;
         assert_eq!(out.len(), n * rows);
         assert_eq!(acts.k, w.k);
+        if n == 0 {
+            return;
+        }
         let dst = SharedOut(out.as_mut_ptr(), out.len());
-        let isa = self.isa;
-        let interleaved = interleaved_source(isa, w, acts);
+        let plan = self.plan_for(w, acts);
+        #[cfg(target_arch = "x86_64")]
+        let (interleaved, decode_tq1) = match plan {
+            TernaryPlan::Interleaved(source) => (Some(source), false),
+            TernaryPlan::DecodedTq1_0 => (None, true),
+            _ => (None, false),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let (interleaved, decode_tq1): (Option<InterleavedSource>, bool) = (None, false);
         // The interleaved GEMM takes whole groups of 16 rows, four at a time; the per-row
         // kernels blocks of rows that shrink toward the end so that the threads finish
         // together.
@@ -675,16 +760,6 @@ impl Kernels {
         } else {
             pool::Guided::new(rows, self.threads(), 8, PREFILL_ROWS)
         };
-        // Prefill on TQ1_0: decode each chunk's rows to 2-bit codes once, then every token
-        // tile runs the 2-bit kernel (trit extraction per tile would cost more than the dots).
-        let decode_tq1 = cfg!(target_arch = "x86_64")
-            && w.ty == GgmlType::Tq1_0
-            && n >= 8
-            && isa == Isa::Avx512Vnni
-            && has_vbmi()
-            && w.k.is_multiple_of(256)
-            && matches!(w.scale, TernaryScale::Uniform(_))
-            && acts.perm1p_row(n - 1).is_some();
         let run_tiles = |(r0, r1): (usize, usize), decoded: Option<&[u8]>| {
             let mut t0 = 0;
             // Token tiles share each decoded weight chunk: 8, then 4, then single tokens.
@@ -697,9 +772,9 @@ impl Kernels {
                     1
                 };
                 match tile {
-                    8 => tile_rows::<8>(isa, w, (r0, r1), decoded, acts, t0, dst),
-                    4 => tile_rows::<4>(isa, w, (r0, r1), decoded, acts, t0, dst),
-                    _ => tile_rows::<1>(isa, w, (r0, r1), decoded, acts, t0, dst),
+                    8 => tile_rows::<8>(plan, w, (r0, r1), decoded, acts, t0, dst),
+                    4 => tile_rows::<4>(plan, w, (r0, r1), decoded, acts, t0, dst),
+                    _ => tile_rows::<1>(plan, w, (r0, r1), decoded, acts, t0, dst),
                 }
                 t0 += tile;
             }
@@ -728,8 +803,9 @@ impl Kernels {
             DECODED_ROWS.with_borrow_mut(|buf| {
                 let rb = w.row_bytes();
                 buf.resize((r1 - r0) * w.k / 4, 0);
-                // SAFETY: AVX-512 VBMI was detected; rows r0..r1 are TQ1_0 rows of k
-                // weights in `w.data`; `buf` holds (r1 - r0) * k / 4 bytes.
+                // SAFETY: the plan requires AVX-512 VBMI (detected) and k a multiple of
+                // 256; rows r0..r1 are TQ1_0 rows of k weights in `w.data`; `buf` holds
+                // (r1 - r0) * k / 4 bytes.
                 unsafe { x86::decode_tq1_0_rows(&w.data[r0 * rb..r1 * rb], r1 - r0, w.k, buf) };
                 run_tiles((r0, r1), Some(buf));
             });
@@ -1051,6 +1127,91 @@ pub fn quant_head_rows(
     for r in r0..r1 {
         for (j, a) in acts.iter().enumerate() {
             put(j, r, head::dot_scalar(w.ty, row(r), a));
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use x86::{Layout, TwoBit};
+
+    fn matrix(ty: GgmlType, k: usize, scale: TernaryScale) -> TernaryMatrix<'static> {
+        TernaryMatrix {
+            ty,
+            rows: 1,
+            k,
+            data: &[],
+            scale,
+        }
+    }
+
+    /// The plan table: which kernels each CPU gets per type and number of tokens, and the
+    /// activation orders that go with them.
+    #[test]
+    fn one_plan_per_cpu_tensor_and_batch() {
+        let uniform = TernaryScale::Uniform(0.5);
+        let mut kern = Kernels::new(Some(1));
+        let cpus = [
+            (Isa::Scalar, false),
+            (Isa::Avx2, false),
+            (Isa::Avx512Vnni, false),
+            (Isa::Avx512Vnni, true),
+        ];
+        for (isa, vbmi) in cpus {
+            (kern.isa, kern.vbmi) = (isa, vbmi);
+            let plan = |ty, n| kern.ternary_plan(&matrix(ty, 2560, uniform), n);
+            let rows = |layout| TernaryPlan::Rows {
+                layout,
+                avx512: isa == Isa::Avx512Vnni,
+            };
+            for n in [1, 4, 8, 31, 32, 100] {
+                let (i2s, tq1) = (plan(GgmlType::I2S, n), plan(GgmlType::Tq1_0, n));
+                if isa == Isa::Scalar {
+                    assert_eq!((i2s, tq1), (TernaryPlan::Scalar, TernaryPlan::Scalar));
+                    continue;
+                }
+                let many = isa == Isa::Avx512Vnni && n >= INTERLEAVE_MIN_TOKENS;
+                let want_i2s = if many {
+                    TernaryPlan::Interleaved(InterleavedSource::TwoBit(TwoBit::I2s))
+                } else {
+                    rows(Layout::TwoBit(TwoBit::I2s))
+                };
+                assert_eq!(i2s, want_i2s, "{isa:?} n={n}");
+                assert_eq!(
+                    i2s.orders(),
+                    ActOrders {
+                        perm2: true,
+                        ..Default::default()
+                    }
+                );
+                let want_tq1 = match n {
+                    1 => rows(Layout::Tq1_0),
+                    _ if !vbmi => rows(Layout::Tq1_0),
+                    n if n >= INTERLEAVE_MIN_TOKENS => {
+                        TernaryPlan::Interleaved(InterleavedSource::Tq1_0)
+                    }
+                    n if n >= DECODE_TQ1_MIN_TOKENS => TernaryPlan::DecodedTq1_0,
+                    _ => rows(Layout::Tq1_0Packed),
+                };
+                assert_eq!(tq1, want_tq1, "{isa:?} vbmi={vbmi} n={n}");
+                let packed = want_tq1 != rows(Layout::Tq1_0);
+                assert_eq!(
+                    tq1.orders(),
+                    ActOrders {
+                        perm1: !packed,
+                        perm1p: packed,
+                        ..Default::default()
+                    }
+                );
+            }
+            // Per-block scales and rows that are not whole 256-weight blocks: the
+            // specification, which reads the activations in their plain order only.
+            let per_block =
+                kern.ternary_plan(&matrix(GgmlType::Tq2_0, 2560, TernaryScale::PerBlock), 1);
+            let odd = kern.ternary_plan(&matrix(GgmlType::I2S, 384, uniform), 1);
+            assert_eq!((per_block, odd), (TernaryPlan::Scalar, TernaryPlan::Scalar));
+            assert_eq!(per_block.orders(), ActOrders::default());
         }
     }
 }

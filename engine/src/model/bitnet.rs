@@ -19,7 +19,6 @@ use crate::EngineError;
 use crate::generate::Interrupt;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
 use crate::kernels::Kernels;
-use crate::quant::act::ActOrders;
 use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale, i2s};
 
 /// Where a tensor's bytes are.
@@ -74,13 +73,6 @@ impl TernaryWeight {
             scale,
         })
     }
-}
-
-/// The activation orders the kernels of `ws` read for `n` tokens.
-fn orders(kern: &Kernels, n: usize, ws: &[&TernaryWeight]) -> ActOrders {
-    ws.iter().fold(ActOrders::default(), |o, w| {
-        o.union(kern.act_orders(w.ty, n))
-    })
 }
 
 /// Full validation of a ternary tensor: no reserved I2_S code, a finite scale.
@@ -746,11 +738,12 @@ impl BitNet {
             rmsnorm_rows(&sc.x, &l.attn_norm, c.eps, &mut sc.h);
             match &l.proj_norms {
                 None => {
+                    let (wq, wk, wv) = (l.wq.matrix(file)?, l.wk.matrix(file)?, l.wv.matrix(file)?);
                     sc.acts
-                        .quantize_for(&sc.h, d, orders(kern, n, &[&l.wq, &l.wk, &l.wv]));
-                    kern.bitlinear(&l.wq.matrix(file)?, &sc.acts, &mut sc.q);
-                    kern.bitlinear(&l.wk.matrix(file)?, &sc.acts, &mut sc.k);
-                    kern.bitlinear(&l.wv.matrix(file)?, &sc.acts, &mut sc.v);
+                        .quantize_for(&sc.h, d, kern.act_orders(&[&wq, &wk, &wv], n));
+                    kern.bitlinear(&wq, &sc.acts, &mut sc.q);
+                    kern.bitlinear(&wk, &sc.acts, &mut sc.k);
+                    kern.bitlinear(&wv, &sc.acts, &mut sc.v);
                 }
                 Some(pn) => {
                     // Each projection normalises the block's input with its own weights.
@@ -759,9 +752,11 @@ impl BitNet {
                         (&l.wk, &pn.k_in, &mut sc.k),
                         (&l.wv, &pn.v_in, &mut sc.v),
                     ] {
+                        let w = w.matrix(file)?;
                         rmsnorm_rows(&sc.h, norm_in, c.eps, &mut sc.normed);
-                        sc.acts.quantize_for(&sc.normed, d, orders(kern, n, &[w]));
-                        kern.bitlinear(&w.matrix(file)?, &sc.acts, out);
+                        sc.acts
+                            .quantize_for(&sc.normed, d, kern.act_orders(&[&w], n));
+                        kern.bitlinear(&w, &sc.acts, out);
                     }
                     for (v, w, heads) in [
                         (&mut sc.q, &pn.q_head, c.n_head),
@@ -797,28 +792,32 @@ impl BitNet {
             attention(kern, c, &sc.q, &caches, &sc.rows, &mut sc.att);
             sc.att_normed.resize(n * qd, 0.0);
             rmsnorm_rows(&sc.att, &l.attn_sub_norm, c.eps, &mut sc.att_normed);
+            let wo = l.wo.matrix(file)?;
             sc.acts
-                .quantize_for(&sc.att_normed, qd, orders(kern, n, &[&l.wo]));
-            kern.bitlinear(&l.wo.matrix(file)?, &sc.acts, &mut sc.o);
+                .quantize_for(&sc.att_normed, qd, kern.act_orders(&[&wo], n));
+            kern.bitlinear(&wo, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
 
             // Feed-forward block.
             rmsnorm_rows(&sc.x, &l.ffn_norm, c.eps, &mut sc.h);
             match &l.proj_norms {
                 None => {
+                    let (gate, up) = (l.w_gate.matrix(file)?, l.w_up.matrix(file)?);
                     sc.acts
-                        .quantize_for(&sc.h, d, orders(kern, n, &[&l.w_gate, &l.w_up]));
-                    kern.bitlinear(&l.w_gate.matrix(file)?, &sc.acts, &mut sc.gate);
-                    kern.bitlinear(&l.w_up.matrix(file)?, &sc.acts, &mut sc.up);
+                        .quantize_for(&sc.h, d, kern.act_orders(&[&gate, &up], n));
+                    kern.bitlinear(&gate, &sc.acts, &mut sc.gate);
+                    kern.bitlinear(&up, &sc.acts, &mut sc.up);
                 }
                 Some(pn) => {
                     for (w, norm_in, out) in [
                         (&l.w_gate, &pn.gate_in, &mut sc.gate),
                         (&l.w_up, &pn.up_in, &mut sc.up),
                     ] {
+                        let w = w.matrix(file)?;
                         rmsnorm_rows(&sc.h, norm_in, c.eps, &mut sc.normed);
-                        sc.acts.quantize_for(&sc.normed, d, orders(kern, n, &[w]));
-                        kern.bitlinear(&w.matrix(file)?, &sc.acts, out);
+                        sc.acts
+                            .quantize_for(&sc.normed, d, kern.act_orders(&[&w], n));
+                        kern.bitlinear(&w, &sc.acts, out);
                     }
                 }
             }
@@ -833,9 +832,10 @@ impl BitNet {
             }
             sc.up.copy_from_slice(&sc.gate);
             rmsnorm_rows(&sc.up, &l.ffn_sub_norm, c.eps, &mut sc.gate);
+            let down = l.w_down.matrix(file)?;
             sc.acts
-                .quantize_for(&sc.gate, f, orders(kern, n, &[&l.w_down]));
-            kern.bitlinear(&l.w_down.matrix(file)?, &sc.acts, &mut sc.o);
+                .quantize_for(&sc.gate, f, kern.act_orders(&[&down], n));
+            kern.bitlinear(&down, &sc.acts, &mut sc.o);
             sc.x.iter_mut().zip(&sc.o).for_each(|(x, o)| *x += o);
         }
 

@@ -223,7 +223,7 @@ pub unsafe fn rows_avx2<const T: usize>(
             match layout {
                 Layout::TwoBit(kind) => dot2_avx2::<T>(kind, row, q, k, o),
                 Layout::Tq1_0 => dot1_avx2::<T>(row, q, k, o),
-                // Never chosen without AVX-512 VBMI (see `fast_rows`).
+                // Never planned without AVX-512 VBMI (see `Kernels::ternary_plan`).
                 Layout::Tq1_0Packed => unreachable!("packed TQ1_0 needs AVX-512 VBMI"),
             }
         }
