@@ -870,7 +870,7 @@ impl Kernels {
         self.pool.run(chunks.len(), &|c| {
             let (r0, r1) = chunks.range(c);
             #[cfg(target_arch = "x86_64")]
-            if self.isa == Isa::Avx512Vnni && w.ty == GgmlType::F16 {
+            if head_plan(self.isa, w) == (HeadPlan::F16 { avx512: true }) {
                 // SAFETY: as below: this worker alone writes rows r0..r1 of every output row.
                 return f16_rows_vectors_avx512(w, xs, (r0, r1), |j, r, v| unsafe {
                     dst.write(j * w.rows + r, v)
@@ -1007,36 +1007,68 @@ fn spread_rows<'a, const S: usize>(
     }
 }
 
-/// `out[i] = w_{r0+i} · x`, F16 rows with F16C when available.
-pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
+/// How a dense matrix (the output head) runs, decided in one place from the CPU and the
+/// matrix, never from the batch (so a sequence's logits do not depend on it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HeadPlan {
+    /// Q8_0 / Q6_K / Q4_0 with the integer kernels: AVX-512 VNNI (rows of a multiple of 64
+    /// values) or AVX2.
+    #[cfg(target_arch = "x86_64")]
+    Quantized {
+        ty: x86::head::HeadType,
+        avx512: bool,
+    },
+    /// F16 rows with F16C and FMA: AVX-512 or AVX2.
+    #[cfg(target_arch = "x86_64")]
+    F16 { avx512: bool },
+    /// The scalar specification: `head::dot_scalar` for quantized rows, `matvec_scalar` for
+    /// float ones.
+    Scalar,
+}
+
+fn head_plan(isa: Isa, w: &DenseMatrix<'_>) -> HeadPlan {
     #[cfg(target_arch = "x86_64")]
     {
+        let avx512 = isa == Isa::Avx512Vnni;
+        if let Some(ty) = x86::head::HeadType::of(w.ty) {
+            if isa >= Isa::Avx2 {
+                return HeadPlan::Quantized {
+                    ty,
+                    avx512: avx512 && w.k.is_multiple_of(64),
+                };
+            }
+        } else if w.ty == GgmlType::F16 && isa >= Isa::Avx2 {
+            return HeadPlan::F16 { avx512 };
+        }
+    }
+    let _ = (isa, w);
+    HeadPlan::Scalar
+}
+
+/// `out[i] = w_{r0+i} · x` with the kernels [`head_plan`] picks.
+pub fn dense_rows(isa: Isa, w: &DenseMatrix<'_>, x: &[f32], r0: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let HeadPlan::F16 { avx512 } = head_plan(isa, w) {
         let row_bytes = 2 * w.k;
         let row = |r: usize| &w.data[r * row_bytes..(r + 1) * row_bytes];
-        match (isa, w.ty) {
-            (Isa::Avx512Vnni, GgmlType::F16) => {
-                // SAFETY: AVX-512 F, F16C and FMA were detected; each row holds k f16 values.
-                let many = |rows| unsafe { x86::dot_f16_rows_avx512::<HEAD_STREAMS>(rows, x) };
-                // SAFETY: as above.
-                let one = |r| unsafe { x86::dot_f16_rows_avx512::<1>([r], x) }[0];
-                return spread_rows(out, r0, row, many, one);
-            }
-            (Isa::Avx2, GgmlType::F16) => {
-                // SAFETY: AVX2, F16C and FMA were detected; each row holds k f16 values.
-                let many = |rows| unsafe { x86::dot_f16_rows_avx2::<HEAD_STREAMS_AVX2>(rows, x) };
-                // SAFETY: as above.
-                let one = |r| unsafe { x86::dot_f16_rows_avx2::<1>([r], x) }[0];
-                return spread_rows(out, r0, row, many, one);
-            }
-            _ => {}
+        if avx512 {
+            // SAFETY: AVX-512 F, F16C and FMA were detected; each row holds k f16 values.
+            let many = |rows| unsafe { x86::dot_f16_rows_avx512::<HEAD_STREAMS>(rows, x) };
+            // SAFETY: as above.
+            let one = |r| unsafe { x86::dot_f16_rows_avx512::<1>([r], x) }[0];
+            return spread_rows(out, r0, row, many, one);
         }
+        // SAFETY: AVX2, F16C and FMA were detected; each row holds k f16 values.
+        let many = |rows| unsafe { x86::dot_f16_rows_avx2::<HEAD_STREAMS_AVX2>(rows, x) };
+        // SAFETY: as above.
+        let one = |r| unsafe { x86::dot_f16_rows_avx2::<1>([r], x) }[0];
+        return spread_rows(out, r0, row, many, one);
     }
     if head::is_quantized_head(w.ty) {
         let acts = [HeadActs::new(x, w.ty)];
         let n = out.len();
         return quant_head_rows(isa, w, &acts, (r0, r0 + n), |_, r, v| out[r - r0] = v);
     }
-    let _ = isa;
     w.matvec_scalar(x, r0..r0 + out.len(), out);
 }
 
@@ -1056,74 +1088,63 @@ pub fn quant_head_rows(
     assert!(w.data.len() >= r1 * rb, "rows out of bounds");
     let row = |r: usize| &w.data[r * rb..(r + 1) * rb];
     #[cfg(target_arch = "x86_64")]
-    if let Some(ty) = x86::head::HeadType::of(w.ty) {
-        // The instruction set is decided by the CPU and k alone, never by the batch.
-        let simd = if isa == Isa::Avx512Vnni && w.k.is_multiple_of(64) {
-            Some(true)
-        } else if isa >= Isa::Avx2 {
-            Some(false)
-        } else {
-            None
-        };
-        if let Some(avx512) = simd {
-            macro_rules! tile {
-                ($R:expr, $V:expr, $rows:expr, $acts:expr) => {{
-                    let (rs, vs): ([&[u8]; $R], [&HeadActs; $V]) = ($rows, $acts);
-                    // SAFETY: the instruction set was detected (`isa` never exceeds the
-                    // CPU's); every row holds k / 32 blocks of `ty` (bounds asserted above)
-                    // and every vector k values, k a multiple of 64 for AVX-512.
-                    unsafe {
-                        if avx512 {
-                            x86::head::tile_avx512::<$R, $V>(ty, rs, vs)
-                        } else {
-                            x86::head::tile_avx2::<$R, $V>(ty, rs, vs)
-                        }
+    if let HeadPlan::Quantized { ty, avx512 } = head_plan(isa, w) {
+        macro_rules! tile {
+            ($R:expr, $V:expr, $rows:expr, $acts:expr) => {{
+                let (rs, vs): ([&[u8]; $R], [&HeadActs; $V]) = ($rows, $acts);
+                // SAFETY: the instruction set was detected (`isa` never exceeds the
+                // CPU's); every row holds k / 32 blocks of `ty` (bounds asserted above)
+                // and every vector k values, k a multiple of 64 for AVX-512.
+                unsafe {
+                    if avx512 {
+                        x86::head::tile_avx512::<$R, $V>(ty, rs, vs)
+                    } else {
+                        x86::head::tile_avx2::<$R, $V>(ty, rs, vs)
+                    }
+                }
+            }};
+        }
+        // Vectors four at a time; for each group the rows are read in `S` streams spread
+        // over the range (`x86::spread`: several weight streams in flight, where one per
+        // thread leaves memory bandwidth unused), S shrinking as the group grows so that
+        // the S x V accumulators stay in registers (Q6_K, which unpacks more: 2). The
+        // rows left over go one at a time.
+        let mut out: Vec<[f32; 4]> = vec![[0f32; 4]; r1 - r0];
+        for (g, vs) in acts.chunks(4).enumerate() {
+            macro_rules! group {
+                ($V:literal, $S:literal) => {{
+                    let va: [&HeadActs; $V] = std::array::from_fn(|j| &vs[j]);
+                    let widen = |t: [f32; $V]| {
+                        let mut o = [0f32; 4];
+                        o[..$V].copy_from_slice(&t);
+                        o
+                    };
+                    let done = x86::spread::<_, $S>(&mut out, (r0, r1), |rs| {
+                        tile!($S, $V, rs.map(row), va).map(widen)
+                    });
+                    for r in done..r1 {
+                        out[r - r0] = widen(tile!(1, $V, [row(r)], va)[0]);
                     }
                 }};
             }
-            // Vectors four at a time; for each group the rows are read in `S` streams spread
-            // over the range (`x86::spread`: several weight streams in flight, where one per
-            // thread leaves memory bandwidth unused), S shrinking as the group grows so that
-            // the S x V accumulators stay in registers (Q6_K, which unpacks more: 2). The
-            // rows left over go one at a time.
-            let mut out: Vec<[f32; 4]> = vec![[0f32; 4]; r1 - r0];
-            for (g, vs) in acts.chunks(4).enumerate() {
-                macro_rules! group {
-                    ($V:literal, $S:literal) => {{
-                        let va: [&HeadActs; $V] = std::array::from_fn(|j| &vs[j]);
-                        let widen = |t: [f32; $V]| {
-                            let mut o = [0f32; 4];
-                            o[..$V].copy_from_slice(&t);
-                            o
-                        };
-                        let done = x86::spread::<_, $S>(&mut out, (r0, r1), |rs| {
-                            tile!($S, $V, rs.map(row), va).map(widen)
-                        });
-                        for r in done..r1 {
-                            out[r - r0] = widen(tile!(1, $V, [row(r)], va)[0]);
-                        }
-                    }};
-                }
-                let q6k = w.ty == GgmlType::Q6K;
-                match (vs.len(), q6k, avx512) {
-                    (1, true, _) => group!(1, 2),
-                    (1, false, true) => group!(1, 8),
-                    (1, false, false) => group!(1, 4),
-                    (2, false, true) => group!(2, 4),
-                    (2, _, _) => group!(2, 2),
-                    (3, _, _) => group!(3, 2),
-                    _ => group!(4, 2),
-                }
-                for (i, o) in out.iter().enumerate() {
-                    for (j, &v) in o[..vs.len()].iter().enumerate() {
-                        put(4 * g + j, r0 + i, v);
-                    }
+            let q6k = w.ty == GgmlType::Q6K;
+            match (vs.len(), q6k, avx512) {
+                (1, true, _) => group!(1, 2),
+                (1, false, true) => group!(1, 8),
+                (1, false, false) => group!(1, 4),
+                (2, false, true) => group!(2, 4),
+                (2, _, _) => group!(2, 2),
+                (3, _, _) => group!(3, 2),
+                _ => group!(4, 2),
+            }
+            for (i, o) in out.iter().enumerate() {
+                for (j, &v) in o[..vs.len()].iter().enumerate() {
+                    put(4 * g + j, r0 + i, v);
                 }
             }
-            return;
         }
+        return;
     }
-    let _ = isa;
     for r in r0..r1 {
         for (j, a) in acts.iter().enumerate() {
             put(j, r, head::dot_scalar(w.ty, row(r), a));
@@ -1212,6 +1233,66 @@ mod tests {
             let odd = kern.ternary_plan(&matrix(GgmlType::I2S, 384, uniform), 1);
             assert_eq!((per_block, odd), (TernaryPlan::Scalar, TernaryPlan::Scalar));
             assert_eq!(per_block.orders(), ActOrders::default());
+        }
+    }
+
+    /// The head's table: the type and row length decide, and the CPU.
+    #[test]
+    fn one_head_plan_per_cpu_and_matrix() {
+        let m = |ty, k| DenseMatrix {
+            ty,
+            rows: 1,
+            k,
+            data: &[],
+        };
+        let q8 = x86::head::HeadType::Q8_0;
+        let cases = [
+            (
+                Isa::Avx512Vnni,
+                GgmlType::F16,
+                2560,
+                HeadPlan::F16 { avx512: true },
+            ),
+            (
+                Isa::Avx2,
+                GgmlType::F16,
+                2560,
+                HeadPlan::F16 { avx512: false },
+            ),
+            (Isa::Scalar, GgmlType::F16, 2560, HeadPlan::Scalar),
+            (Isa::Avx512Vnni, GgmlType::F32, 2560, HeadPlan::Scalar),
+            (
+                Isa::Avx512Vnni,
+                GgmlType::Q8_0,
+                2560,
+                HeadPlan::Quantized {
+                    ty: q8,
+                    avx512: true,
+                },
+            ),
+            // AVX-512 reads 64 values per step: rows of 96 take the AVX2 kernels.
+            (
+                Isa::Avx512Vnni,
+                GgmlType::Q8_0,
+                96,
+                HeadPlan::Quantized {
+                    ty: q8,
+                    avx512: false,
+                },
+            ),
+            (
+                Isa::Avx2,
+                GgmlType::Q8_0,
+                2560,
+                HeadPlan::Quantized {
+                    ty: q8,
+                    avx512: false,
+                },
+            ),
+            (Isa::Scalar, GgmlType::Q4_0, 2560, HeadPlan::Scalar),
+        ];
+        for (isa, ty, k, want) in cases {
+            assert_eq!(head_plan(isa, &m(ty, k)), want, "{isa:?} {ty} k={k}");
         }
     }
 }
