@@ -48,6 +48,8 @@ PROMPTS = OrderedDict(
 CASES = [(p, t, q) for p in PRESETS for t in TYPES for q in PROMPTS]
 VARIANTS = {"silu": {"activation": "silu"}, "rope_adjacent": {"rope": "adjacent"},
             "no_sub_norm": {"sub_norm": False}}
+# Reference options that are not mistakes: the engine runs with the matching option.
+REF_OPTIONS = {**VARIANTS, "kv_f16": {"kv_f16": True}}
 
 
 class EngineError(AssertionError):
@@ -94,12 +96,13 @@ class Harness:
             self._models[key] = str(out)
         return self._models[key]
 
-    def engine_logits(self, preset, typ, prompt) -> np.ndarray:
-        key = (preset, typ, prompt)
+    def engine_logits(self, preset, typ, prompt, kv="f32") -> np.ndarray:
+        key = (preset, typ, prompt, kv)
         if key not in self._eng:
-            out = self.dir / f"eng_{preset}_{typ}_{prompt}.f32"
+            out = self.dir / f"eng_{preset}_{typ}_{prompt}_{kv}.f32"
             ids = ",".join(map(str, PROMPTS[prompt]))
-            self.run(["eval", "--model", self.model(preset, typ), "--ids", ids, "--logits-out", str(out)])
+            self.run(["eval", "--model", self.model(preset, typ), "--ids", ids, "--logits-out", str(out),
+                      "--kv", kv])
             lg = np.fromfile(out, dtype="<f4")
             assert lg.size == N_VOCAB, f"engine wrote {lg.size} logits, expected {N_VOCAB}"
             self._eng[key] = lg
@@ -129,7 +132,7 @@ class Harness:
         m = self._refmodels.get(key)
         if m is None:
             t0 = time.time()
-            m = br.Model(self.model(preset, typ), **VARIANTS.get(variant, {}))
+            m = br.Model(self.model(preset, typ), **REF_OPTIONS.get(variant, {}))
             self._t("reference load", time.time() - t0)
             self._refmodels[key] = m
             while len(self._refmodels) > 2:      # each holds an f32 copy of the output head
@@ -152,7 +155,8 @@ class Harness:
         key = (preset, typ, prompt, variant)
         if key not in self._verdicts:
             lg, ties = self.ref(preset, typ, prompt, variant)
-            self._verdicts[key] = criteria.compare_logits(lg, self.engine_logits(preset, typ, prompt), len(ties))
+            kv = "f16" if variant == "kv_f16" else "f32"
+            self._verdicts[key] = criteria.compare_logits(lg, self.engine_logits(preset, typ, prompt, kv), len(ties))
         return self._verdicts[key]
 
 
@@ -291,6 +295,32 @@ def test_greedy_agrees(harness, preset, typ, prompt):
 
 
 # ------------------------------------------------------------------------- prepared heads
+
+KV16_CASES = [(p, t, q) for p in PRESETS for t in ("i2_s", "tq1_0") for q in PROMPTS]
+
+
+@pytest.mark.parametrize("preset,typ,prompt", KV16_CASES)
+def test_f16_kv_cache_logits_agree(harness, preset, typ, prompt):
+    """`--kv f16` against the reference that rounds every cached key and value to f16 (numpy's
+    round-to-nearest-even, as the engine's), attention then in float64 on those values."""
+    v = harness.verdict(preset, typ, prompt, "kv_f16")
+    line = f"{preset:5s} {typ:6s} {prompt:8s} kv=f16 {v}"
+    REPORT_LINES.append(line)
+    assert v.ok, line
+
+
+def test_f16_kv_cache_near_exact_majority(harness):
+    """The teeth of the f16 cases: rounding the cache moves these logits by ~0.1 std (an engine
+    that ignored `--kv f16` would still pass the tolerance), so most cases must be near-exact
+    against the f16 reference, as the f32 cases are against the f32 one."""
+    vs = [harness.verdict(p, t, q, "kv_f16") for p, t, q in KV16_CASES]
+    frac = sum(v.near_exact for v in vs) / len(vs)
+    REPORT_LINES.append(f"  kv=f16 near-exact {frac:.0%} (required >= {NEAR_EXACT_MAJORITY:.0%})")
+    assert frac >= NEAR_EXACT_MAJORITY
+    # And the f16 engine is not near-exact against the f32 reference: the option does something.
+    lg, ties = harness.ref("small", "i2_s", "long")
+    assert not criteria.compare_logits(lg, harness.engine_logits("small", "i2_s", "long", "f16"), len(ties)).near_exact
+
 
 PREPARED = ["i2_s@q4_0", "i2_s@q6_k", "i2_s@q8_0"]
 

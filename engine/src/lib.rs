@@ -21,5 +21,5 @@ pub use generate::{
     SchedulerConfig, SchedulerStats, SinkError, StopReason, TokenLogprob,
 };
 pub use grammar::Grammar;
-pub use model::{HeadPrecision, LoadOptions, Model};
+pub use model::{HeadPrecision, KvPrecision, LoadOptions, Model};
 pub use tokenizer::{ChatMessage, Tokenizer};

@@ -14,13 +14,18 @@ use std::time::{Duration, Instant};
 use bitnet_engine::gguf::GgmlType;
 use bitnet_engine::model::{BatchEntry, LogitRows, StepBuffers};
 use bitnet_engine::{
-    EngineError, Event, GenerateOutput, GenerateParams, Interrupt, LoadOptions, Model,
+    EngineError, Event, GenerateOutput, GenerateParams, Interrupt, KvPrecision, LoadOptions, Model,
     SamplingParams, Scheduler, SchedulerConfig, StopReason,
 };
 
 fn model(ty: GgmlType) -> Arc<Model> {
+    model_kv(ty, KvPrecision::F32)
+}
+
+fn model_kv(ty: GgmlType, kv: KvPrecision) -> Arc<Model> {
     let opts = LoadOptions {
         threads: Some(2),
+        kv,
         ..Default::default()
     };
     Arc::new(Model::from_backing(common::fixture_bytes("tiny", ty, 11), &opts).expect("model"))
@@ -90,8 +95,12 @@ fn scheduler(m: &Arc<Model>, parallel: usize, chunk: usize, prefix: usize) -> Sc
 
 #[test]
 fn logits_are_bit_identical_alone_and_inside_any_batch() {
-    for ty in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0] {
-        let m = model(ty);
+    let kvs = [KvPrecision::F32, KvPrecision::F16];
+    for (ty, kv) in [GgmlType::I2S, GgmlType::Tq2_0, GgmlType::Tq1_0]
+        .into_iter()
+        .flat_map(|t| kvs.map(|kv| (t, kv)))
+    {
+        let m = model_kv(ty, kv);
         let ps = prompts(&m);
         let n_vocab = m.n_vocab();
         let solo: Vec<Vec<f32>> = ps
@@ -122,7 +131,7 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
                 got.iter()
                     .zip(want)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{ty:?}: prompt {i} differs inside a batch"
+                "{ty:?} {kv:?}: prompt {i} differs inside a batch"
             );
         }
         let mut caches: Vec<_> = ps.iter().map(|p| m.new_cache(p.len())).collect();
@@ -160,7 +169,7 @@ fn logits_are_bit_identical_alone_and_inside_any_batch() {
                     .iter()
                     .zip(want)
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "{ty:?}: prompt {i} differs when read in chunks"
+                "{ty:?} {kv:?}: prompt {i} differs when read in chunks"
             );
         }
     }
@@ -234,7 +243,13 @@ fn stop_strings_and_ids_end_each_sequence_as_they_do_alone() {
 
 #[test]
 fn a_shared_prefix_is_reused_and_gives_the_same_output() {
-    let m = model(GgmlType::I2S);
+    for kv in [KvPrecision::F32, KvPrecision::F16] {
+        shared_prefix_with(kv);
+    }
+}
+
+fn shared_prefix_with(kv: KvPrecision) {
+    let m = model_kv(GgmlType::I2S, kv);
     let t = m.tokenizer();
     let system = "You are a helpful assistant who answers in one short sentence. ".repeat(4);
     let a = t.encode(&format!("{system}What is the capital of France?"), true);
@@ -485,4 +500,36 @@ fn requests_that_leave_while_queued_do_not_stay_in_the_queue() {
     running.cancel();
     let (_, out) = collect(rx);
     assert_eq!(out.stop_reason, StopReason::Cancelled);
+}
+
+/// An f16 KV cache halves the cache's memory, and its logits stay close to the f32 cache's
+/// (each key and value rounded to f16) without being the same numbers.
+#[test]
+fn an_f16_kv_cache_is_half_the_memory_and_close() {
+    let (a, b) = (
+        model(GgmlType::I2S),
+        model_kv(GgmlType::I2S, KvPrecision::F16),
+    );
+    assert_eq!(2 * b.kv_bytes_per_token(), a.kv_bytes_per_token());
+    assert_eq!(2 * b.new_cache(40).bytes(), a.new_cache(40).bytes());
+    let p = &prompts(&a)[2];
+    let logits = |m: &Model| {
+        let mut s = m.new_session(p.len());
+        m.forward(&mut s, p).expect("forward")
+    };
+    let (x, y) = (logits(&a), logits(&b));
+    assert!(
+        x.iter().zip(&y).any(|(u, v)| u != v),
+        "f16 rounding changes nothing?"
+    );
+    let scale = x.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let diff = x
+        .iter()
+        .zip(&y)
+        .map(|(u, v)| (u - v).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        diff < 0.05 * scale,
+        "max |d| {diff} against max |logit| {scale}"
+    );
 }

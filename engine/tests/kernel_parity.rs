@@ -718,6 +718,46 @@ fn grouped_attention_helpers_are_bit_identical_to_one_head_at_a_time() {
     }
 }
 
+/// An f16 KV cache: the grouped attention helpers on f16 rows give exactly what the f32
+/// helpers give on those values widened (AVX-512 in one pass, otherwise chunk by chunk,
+/// including more keys than one chunk and group sizes without a dedicated kernel).
+#[test]
+fn f16_cached_rows_give_what_their_widened_values_give() {
+    use bitnet_engine::kernels::{KvRows, dot_rows_group_kv, weighted_rows_group_kv};
+    let mut r = Rng(78);
+    for &(hd, keys, stride, groups) in &[
+        (128usize, 37usize, 640usize, 4usize),
+        (128, 300, 640, 4),
+        (128, 300, 640, 3),
+        (64, 0, 128, 2),
+        (16, 5, 48, 1),
+        (12, 7, 30, 4),
+    ] {
+        let offset = stride - hd;
+        let v16: Vec<f16> = (0..keys * stride)
+            .map(|_| f16::from_f32(r.f() * 4.0))
+            .collect();
+        let wide: Vec<f32> = v16.iter().map(|h| h.to_f32()).collect();
+        let qs: Vec<f32> = (0..groups * hd).map(|_| r.f()).collect();
+        let w: Vec<f64> = (0..groups * keys).map(|_| r.f() as f64 / 3.0).collect();
+        let (mut want_scores, mut scores) =
+            (vec![0f64; groups * keys], vec![f64::NAN; groups * keys]);
+        let (mut want_out, mut out) = (vec![0f64; groups * hd], vec![f64::NAN; groups * hd]);
+        let f32_rows = KvRows::F32(&wide);
+        dot_rows_group_kv(&qs, groups, f32_rows, stride, offset, &mut want_scores);
+        weighted_rows_group_kv(&w, groups, f32_rows, stride, offset, &mut want_out);
+        dot_rows_group_kv(&qs, groups, KvRows::F16(&v16), stride, offset, &mut scores);
+        weighted_rows_group_kv(&w, groups, KvRows::F16(&v16), stride, offset, &mut out);
+        let bits = |x: &[f64]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let case = format!(
+            "hd {hd} keys {keys} groups {groups} ({:?})",
+            Isa::from_env()
+        );
+        assert_eq!(bits(&scores), bits(&want_scores), "scores, {case}");
+        assert_eq!(bits(&out), bits(&want_out), "weighted, {case}");
+    }
+}
+
 /// The head for a batch of vectors (the AVX-512 rows × vectors kernel, or per vector) gives
 /// each vector exactly what one matvec gives it: a sequence's logits do not depend on its
 /// batch. Odd row counts and a k with a scalar tail reach every kernel shape.

@@ -508,12 +508,14 @@ class NearTie:
 
 class Model:
     def __init__(self, path: str, activation: str = "relu2", rope: str = "neox",
-                 sub_norm: bool = True, cache_embedding: bool = True):
+                 sub_norm: bool = True, cache_embedding: bool = True, kv_f16: bool = False):
         if activation not in ("relu2", "silu"):
             raise ValueError("activation must be relu2 or silu")
         if rope not in ("neox", "adjacent"):
             raise ValueError("rope must be neox or adjacent")
         self.activation, self.rope_mode, self.sub_norm = activation, rope, bool(sub_norm)
+        # An f16 KV cache: each cached key and value rounded to the nearest f16 (ties to even).
+        self.kv_f16 = bool(kv_f16)
         self.g = g = GGUFFile(path)
         md = g.metadata
         arch = md.get("general.architecture")
@@ -713,6 +715,9 @@ class Model:
             V = bitlinear_q(q8, s, self.W(pre + "attn_v.weight")).reshape(T, nkv, hd)
             Q = self._rope(Q, cos, sin)
             K = self._rope(K, cos, sin)
+            if self.kv_f16:
+                K = K.astype(np.float16).astype(np.float32)
+                V = V.astype(np.float16).astype(np.float32)
             if cache["k"][l] is None:
                 cache["k"][l], cache["v"][l] = K, V
             else:

@@ -127,16 +127,151 @@ pub fn weighted_rows_f64(w: &[f64], v: &[f32], stride: usize, offset: usize, out
     }
     out.fill(0.0);
     for (j, &p) in w.iter().enumerate() {
-        let row = &v[j * stride + offset..j * stride + offset + hd];
-        #[cfg(target_arch = "x86_64")]
-        if Isa::from_env() >= Isa::Avx2 {
-            // SAFETY: AVX2 and FMA were detected.
-            unsafe { x86::axpy_f64_avx2(out, p, row) };
-            continue;
+        axpy_row(out, p, &v[j * stride + offset..j * stride + offset + hd]);
+    }
+}
+
+/// `out[d] += p * row[d]` in f64, one fused multiply-add per element: a key's step of
+/// [`weighted_rows_f64`].
+fn axpy_row(out: &mut [f64], p: f64, row: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::axpy_f64_avx2(out, p, row) };
+    }
+    out.iter_mut()
+        .zip(row)
+        .for_each(|(o, &x)| *o = p.mul_add(x as f64, *o));
+}
+
+/// One layer's cached keys or values, as stored: f32, or f16 (half the memory and reads).
+#[derive(Clone, Copy, Debug)]
+pub enum KvRows<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+/// Keys per widened chunk when f16 rows go through the f32 kernels (32 KiB per 64 values).
+const KV_WIDEN_ROWS: usize = 128;
+
+/// `out[j] = row j` of f16 rows widened to f32, `len` values each, rows `j0..j0 + n`.
+fn widen_rows(
+    v: &[half::f16],
+    (stride, offset, len): (usize, usize, usize),
+    j0: usize,
+    n: usize,
+    out: &mut Vec<f32>,
+) {
+    out.clear();
+    for j in j0..j0 + n {
+        let at = j * stride + offset;
+        out.extend(v[at..at + len].iter().map(|h| h.to_f32()));
+    }
+}
+
+/// [`dot_rows_group_f32_f64`] over cached rows of either precision. f16 rows give exactly
+/// what their values widened to f32 give (the widening is exact), with AVX-512 in one pass
+/// and otherwise chunk by chunk through the f32 kernels.
+pub fn dot_rows_group_kv(
+    qs: &[f32],
+    groups: usize,
+    v: KvRows<'_>,
+    stride: usize,
+    offset: usize,
+    out: &mut [f64],
+) {
+    let v = match v {
+        KvRows::F32(v) => return dot_rows_group_f32_f64(qs, groups, v, stride, offset, out),
+        KvRows::F16(v) => v,
+    };
+    let (k, rows) = (qs.len() / groups, out.len() / groups);
+    assert!(qs.len() == groups * k && out.len() == groups * rows);
+    if rows == 0 || k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    assert!(
+        v.len() >= (rows - 1) * stride + offset + k,
+        "rows out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && k.is_multiple_of(16) {
+        macro_rules! group {
+            ($G:literal) => {
+                // SAFETY: AVX-512 F and F16C were detected (Isa::Avx512Vnni implies both); k
+                // is a multiple of 16; the kernel asserts the rows' bounds.
+                unsafe { x86::dot_rows_group_f16_f64_avx512::<$G>(qs, v, stride, offset, out) }
+            };
         }
-        out.iter_mut()
-            .zip(row)
-            .for_each(|(o, &x)| *o = p.mul_add(x as f64, *o));
+        match groups {
+            4 => return group!(4),
+            2 => return group!(2),
+            1 => return group!(1),
+            _ => {}
+        }
+    }
+    let mut wide = Vec::with_capacity(KV_WIDEN_ROWS * k);
+    let mut part = vec![0f64; groups * KV_WIDEN_ROWS];
+    for j0 in (0..rows).step_by(KV_WIDEN_ROWS) {
+        let n = (rows - j0).min(KV_WIDEN_ROWS);
+        widen_rows(v, (stride, offset, k), j0, n, &mut wide);
+        let part = &mut part[..groups * n];
+        dot_rows_group_f32_f64(qs, groups, &wide, k, 0, part);
+        for g in 0..groups {
+            out[g * rows + j0..g * rows + j0 + n].copy_from_slice(&part[g * n..(g + 1) * n]);
+        }
+    }
+}
+
+/// [`weighted_rows_group_f64`] over cached rows of either precision; f16 rows give exactly
+/// what their values widened to f32 give.
+pub fn weighted_rows_group_kv(
+    w: &[f64],
+    groups: usize,
+    v: KvRows<'_>,
+    stride: usize,
+    offset: usize,
+    out: &mut [f64],
+) {
+    let v = match v {
+        KvRows::F32(v) => return weighted_rows_group_f64(w, groups, v, stride, offset, out),
+        KvRows::F16(v) => v,
+    };
+    let (keys, hd) = (w.len() / groups, out.len() / groups);
+    assert!(w.len() == groups * keys && out.len() == groups * hd);
+    if keys == 0 || hd == 0 {
+        out.fill(0.0);
+        return;
+    }
+    assert!(
+        v.len() >= (keys - 1) * stride + offset + hd,
+        "rows out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Isa::from_env() == Isa::Avx512Vnni && hd.is_multiple_of(8) {
+        macro_rules! group {
+            ($G:literal) => {
+                // SAFETY: AVX-512 F and F16C were detected; hd is a multiple of 8; the kernel
+                // asserts the rows' bounds.
+                unsafe { x86::weighted_rows_group_f16_f64_avx512::<$G>(w, v, stride, offset, out) }
+            };
+        }
+        match groups {
+            4 => return group!(4),
+            2 => return group!(2),
+            1 => return group!(1),
+            _ => {}
+        }
+    }
+    // Key by key in order, as `weighted_rows_f64` (each f32 path of it is bit-identical to
+    // that order).
+    out.fill(0.0);
+    let mut row = Vec::with_capacity(hd);
+    for j in 0..keys {
+        widen_rows(v, (stride, offset, hd), j, 1, &mut row);
+        for (g, o) in out.chunks_exact_mut(hd).enumerate() {
+            axpy_row(o, w[g * keys + j], &row);
+        }
     }
 }
 

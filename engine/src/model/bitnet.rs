@@ -18,7 +18,10 @@ use super::config::{Activation, Config};
 use crate::EngineError;
 use crate::generate::Interrupt;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, KvRows};
+use half::f16;
+
+use super::KvPrecision;
 use crate::quant::{DenseMatrix, QuantizedActs, TernaryMatrix, TernaryScale, i2s};
 
 /// Where a tensor's bytes are.
@@ -414,16 +417,103 @@ impl BitNet {
     }
 }
 
-/// Keys and values of one sequence, per layer `capacity × kv_dim` f32 each. Sized once; a
-/// forward pass appends at `pos`.
+/// One side (keys or values) of a cache, every layer, as stored.
+#[derive(Debug, Clone)]
+enum KvLayers {
+    F32(Vec<Vec<f32>>),
+    F16(Vec<Vec<f16>>),
+}
+
+impl KvLayers {
+    fn new(precision: KvPrecision, layers: usize, len: usize) -> Self {
+        match precision {
+            KvPrecision::F32 => Self::F32((0..layers).map(|_| vec![0f32; len]).collect()),
+            KvPrecision::F16 => Self::F16((0..layers).map(|_| vec![f16::ZERO; len]).collect()),
+        }
+    }
+
+    fn rows(&self, layer: usize) -> KvRows<'_> {
+        match self {
+            Self::F32(l) => KvRows::F32(&l[layer]),
+            Self::F16(l) => KvRows::F16(&l[layer]),
+        }
+    }
+
+    /// Writes `src` at value `at` of `layer` (f16: each value rounded to nearest).
+    fn write(&mut self, layer: usize, at: usize, src: &[f32]) {
+        match self {
+            Self::F32(l) => l[layer][at..at + src.len()].copy_from_slice(src),
+            Self::F16(l) => {
+                for (d, &x) in l[layer][at..at + src.len()].iter_mut().zip(src) {
+                    *d = f16::from_f32(x);
+                }
+            }
+        }
+    }
+
+    /// The first `len` values of every layer copied from `other` (of the same precision).
+    fn copy_prefix(&mut self, other: &Self, len: usize) {
+        match (self, other) {
+            (Self::F32(d), Self::F32(s)) => d
+                .iter_mut()
+                .zip(s)
+                .for_each(|(d, s)| d[..len].copy_from_slice(&s[..len])),
+            (Self::F16(d), Self::F16(s)) => d
+                .iter_mut()
+                .zip(s)
+                .for_each(|(d, s)| d[..len].copy_from_slice(&s[..len])),
+            _ => panic!("KV caches of different precisions"),
+        }
+    }
+
+    fn shrink(&mut self, len: usize) {
+        fn each<T>(l: &mut [Vec<T>], len: usize) {
+            for v in l {
+                v.truncate(len);
+                v.shrink_to_fit();
+            }
+        }
+        match self {
+            Self::F32(l) => each(l, len),
+            Self::F16(l) => each(l, len),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::F32(l) => l.iter().map(|v| v.len() * 4).sum(),
+            Self::F16(l) => l.iter().map(|v| v.len() * 2).sum(),
+        }
+    }
+
+    #[cfg(test)]
+    fn n_layers(&self) -> usize {
+        match self {
+            Self::F32(l) => l.len(),
+            Self::F16(l) => l.len(),
+        }
+    }
+
+    /// The first `len` values of `layer`, widened to f32 (tests).
+    #[cfg(test)]
+    fn values(&self, layer: usize, len: usize) -> Vec<f32> {
+        match self {
+            Self::F32(l) => l[layer][..len].to_vec(),
+            Self::F16(l) => l[layer][..len].iter().map(|h| h.to_f32()).collect(),
+        }
+    }
+}
+
+/// Keys and values of one sequence, per layer `capacity × kv_dim` values each, f32 or f16
+/// ([`Config::kv`]). Sized once; a forward pass appends at `pos`.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+    k: KvLayers,
+    v: KvLayers,
     capacity: usize,
     /// Tokens already in the cache.
     pos: usize,
-    /// Floats per position and layer (keys or values).
+    /// Values per position and layer (keys or values).
     kv_dim: usize,
 }
 
@@ -431,8 +521,8 @@ impl KvCache {
     pub fn new(c: &Config, capacity: usize) -> Self {
         let kv = c.kv_dim();
         Self {
-            k: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
-            v: (0..c.n_layer).map(|_| vec![0f32; capacity * kv]).collect(),
+            k: KvLayers::new(c.kv, c.n_layer, capacity * kv),
+            v: KvLayers::new(c.kv, c.n_layer, capacity * kv),
             capacity,
             pos: 0,
             kv_dim: kv,
@@ -454,7 +544,7 @@ impl KvCache {
 
     /// Bytes this cache holds (its whole capacity).
     pub fn bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(|l| l.len() * 4).sum()
+        self.k.bytes() + self.v.bytes()
     }
 
     /// Forgets every position from `len` on (a cut after an interrupted pass, a prefix kept).
@@ -467,12 +557,8 @@ impl KvCache {
     pub fn copy_prefix(&mut self, other: &KvCache, n: usize) {
         assert!(n <= other.pos && n <= self.capacity, "prefix out of range");
         let len = n * self.kv_dim;
-        for (dst, src) in self.k.iter_mut().zip(&other.k) {
-            dst[..len].copy_from_slice(&src[..len]);
-        }
-        for (dst, src) in self.v.iter_mut().zip(&other.v) {
-            dst[..len].copy_from_slice(&src[..len]);
-        }
+        self.k.copy_prefix(&other.k, len);
+        self.v.copy_prefix(&other.v, len);
         self.pos = n;
     }
 }
@@ -481,20 +567,20 @@ impl KvCache {
     /// Gives back the memory past its length (an entry kept in the prefix cache).
     pub(crate) fn shrink_to_len(&mut self) {
         let len = self.pos * self.kv_dim;
-        for l in self.k.iter_mut().chain(self.v.iter_mut()) {
-            l.truncate(len);
-            l.shrink_to_fit();
-        }
+        self.k.shrink(len);
+        self.v.shrink(len);
         self.capacity = self.pos;
     }
 
     /// Test data: position p of every layer holds `tokens[p]` and the layer index.
     #[cfg(test)]
     pub(crate) fn fill_for_tests(&mut self, tokens: &[u32]) {
-        for (li, (k, v)) in self.k.iter_mut().zip(self.v.iter_mut()).enumerate() {
+        let kv = self.kv_dim;
+        for li in 0..self.k.n_layers() {
             for (p, &t) in tokens.iter().enumerate() {
-                k[p * self.kv_dim..(p + 1) * self.kv_dim].fill(t as f32 + li as f32 * 0.5);
-                v[p * self.kv_dim..(p + 1) * self.kv_dim].fill(-(t as f32));
+                self.k
+                    .write(li, p * kv, &vec![t as f32 + li as f32 * 0.5; kv]);
+                self.v.write(li, p * kv, &vec![-(t as f32); kv]);
             }
         }
         self.pos = tokens.len();
@@ -504,15 +590,10 @@ impl KvCache {
     #[cfg(test)]
     pub(crate) fn same_positions(&self, other: &KvCache, n: usize) -> bool {
         let len = n * self.kv_dim;
-        self.k
-            .iter()
-            .zip(&other.k)
-            .all(|(a, b)| a[..len] == b[..len])
-            && self
-                .v
-                .iter()
-                .zip(&other.v)
-                .all(|(a, b)| a[..len] == b[..len])
+        (0..self.k.n_layers()).all(|li| {
+            self.k.values(li, len) == other.k.values(li, len)
+                && self.v.values(li, len) == other.v.values(li, len)
+        })
     }
 }
 
@@ -781,13 +862,13 @@ impl BitNet {
             let mut r0 = 0;
             for e in batch.iter_mut() {
                 let (p, m) = (e.cache.pos, e.tokens.len());
-                e.cache.k[li][p * kv..(p + m) * kv].copy_from_slice(&sc.k[r0 * kv..(r0 + m) * kv]);
-                e.cache.v[li][p * kv..(p + m) * kv].copy_from_slice(&sc.v[r0 * kv..(r0 + m) * kv]);
+                e.cache.k.write(li, p * kv, &sc.k[r0 * kv..(r0 + m) * kv]);
+                e.cache.v.write(li, p * kv, &sc.v[r0 * kv..(r0 + m) * kv]);
                 r0 += m;
             }
-            let caches: Vec<(&[f32], &[f32])> = batch
+            let caches: Vec<(KvRows<'_>, KvRows<'_>)> = batch
                 .iter()
-                .map(|e| (&e.cache.k[li][..], &e.cache.v[li][..]))
+                .map(|e| (e.cache.k.rows(li), e.cache.v.rows(li)))
                 .collect();
             attention(kern, c, &sc.q, &caches, &sc.rows, &mut sc.att);
             sc.att_normed.resize(n * qd, 0.0);
@@ -887,7 +968,7 @@ fn attention(
     kern: &Kernels,
     c: &Config,
     q: &[f32],
-    caches: &[(&[f32], &[f32])],
+    caches: &[(KvRows<'_>, KvRows<'_>)],
     rows: &[(usize, usize)],
     att: &mut [f32],
 ) {
@@ -903,7 +984,7 @@ fn attention(
         let len = pos + 1; // causal: keys 0..=pos
         let qs = &q[r * d + kvh * group * hd..r * d + (kvh + 1) * group * hd];
         let mut scores = vec![0f64; group * len];
-        crate::kernels::dot_rows_group_f32_f64(qs, group, kc, kv, kvh * hd, &mut scores);
+        crate::kernels::dot_rows_group_kv(qs, group, kc, kv, kvh * hd, &mut scores);
         let mut sums = vec![0f64; group];
         for (sc, sum) in scores.chunks_exact_mut(len).zip(&mut sums) {
             let mut max = f64::NEG_INFINITY;
@@ -917,7 +998,7 @@ fn attention(
             }
         }
         let mut acc = vec![0f64; group * hd];
-        crate::kernels::weighted_rows_group_f64(&scores, group, vc, kv, kvh * hd, &mut acc);
+        crate::kernels::weighted_rows_group_kv(&scores, group, vc, kv, kvh * hd, &mut acc);
         for ((o, a), sum) in out
             .chunks_exact_mut(hd)
             .zip(acc.chunks_exact(hd))

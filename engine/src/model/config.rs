@@ -43,6 +43,8 @@ pub struct Config {
     /// `Some` for an embedding model (no output head; one vector per input), `None` for a
     /// generative one.
     pub pooling: Option<Pooling>,
+    /// How keys and values are cached ([`super::LoadOptions::kv`]; not in the file).
+    pub kv: super::KvPrecision,
 }
 
 /// Tensors of one BitNet layer: 7 projections and 4 norms.
@@ -67,6 +69,7 @@ impl Config {
             n_vocab: 1000,
             activation: Activation::Relu2,
             pooling: None,
+            kv: Default::default(),
         }
     }
 
@@ -246,6 +249,7 @@ impl Config {
             n_ctx,
             n_vocab,
             activation,
+            kv: Default::default(),
         })
     }
 }

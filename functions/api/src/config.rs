@@ -109,6 +109,9 @@ pub struct ApiConfig {
     /// converted at load, faster decoding; a file from `bitnet prepare` has it without the
     /// conversion).
     pub head: bitnet_engine::HeadPrecision,
+    /// KV cache precision (`BITNET_KV`: `f32`, the default, or `f16`: half the cache memory
+    /// per sequence and half its reads at long contexts, each key and value rounded to f16).
+    pub kv: bitnet_engine::KvPrecision,
     /// `max_tokens` when the request gives none (`BITNET_DEFAULT_MAX_TOKENS`, default 512),
     /// clamped to what fits in the context.
     pub default_max_tokens: usize,
@@ -166,6 +169,7 @@ impl Default for ApiConfig {
             allow_no_auth: false,
             threads: None,
             head: bitnet_engine::HeadPrecision::File,
+            kv: bitnet_engine::KvPrecision::F32,
             default_max_tokens: 512,
             draft_max: bitnet_engine::generate::DEFAULT_DRAFT_MAX,
             preload: true,
@@ -216,6 +220,7 @@ impl ApiConfig {
             head: self.head,
             max_context: Some(self.max_context),
             validate_weights: true,
+            kv: self.kv,
         }
     }
 
@@ -253,6 +258,7 @@ impl ApiConfig {
             allow_no_auth: env.flag("BITNET_ALLOW_NO_AUTH").unwrap_or(d.allow_no_auth),
             threads: None,
             head: env.parse("BITNET_HEAD").unwrap_or(d.head),
+            kv: env.parse("BITNET_KV").unwrap_or(d.kv),
             default_max_tokens: env
                 .parse::<usize>("BITNET_DEFAULT_MAX_TOKENS")
                 .filter(|&t| t > 0)

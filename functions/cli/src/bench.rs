@@ -29,6 +29,13 @@ pub struct BenchArgs {
     /// lower precision).
     #[arg(long, default_value = "f16")]
     head: String,
+    /// KV cache: f32, or f16 (half the memory and reads; values rounded to f16).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv: String,
+    /// Decode after this many tokens of context (llama-bench's depth): attention then reads
+    /// a cache of that length for every generated token.
+    #[arg(long, default_value_t = 0)]
+    depth: usize,
     /// Check every weight at load, as the servers do (otherwise at first use).
     #[arg(long)]
     validate_weights: bool,
@@ -75,6 +82,7 @@ fn load_options(a: &BenchArgs) -> Result<LoadOptions> {
         head: a.head.parse().map_err(anyhow::Error::msg)?,
         max_context: None,
         validate_weights: a.validate_weights,
+        kv: a.kv.parse().map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -121,7 +129,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let n_vocab = model.n_vocab() as u64;
     // Fixed pseudo-random prompt ids (not special tokens).
     let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let prompt: Vec<u32> = (0..a.pp.max(1))
+    let prompt: Vec<u32> = (0..a.pp.max(a.depth).max(1))
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -143,9 +151,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             pp.push(a.pp as f64 / t.elapsed().as_secs_f64());
         }
         if a.tg > 0 {
-            let mut s = model.new_session(a.tg + 1);
+            let mut s = model.new_session(a.depth.max(1) + a.tg);
             let mut logits = vec![0f32; model.n_vocab()];
-            model.forward_into(&mut s, &prompt[..1], &mut logits)?;
+            model.forward_into(&mut s, &prompt[..a.depth.max(1)], &mut logits)?;
             let t = Instant::now();
             for _ in 0..a.tg {
                 let next = bitnet_engine::generate::sampler::argmax(&logits);
@@ -169,7 +177,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.json {
         let v = serde_json::json!({
             "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head,
-            "pp": a.pp, "tg": a.tg, "reps": reps,
+            "pp": a.pp, "tg": a.tg, "depth": a.depth, "kv": a.kv, "reps": reps,
             "pp_tok_s": pp_med, "tg_tok_s": tg_med, "load_ms": load_med, "peak_rss_mb": rss, "file_mb": file_mb,
             "pp_samples": pp, "tg_samples": tg, "load_samples_ms": load_ms,
             "batch_tg_tok_s": batched.iter().map(|&(b, t)| serde_json::json!({"batch": b, "tok_s": t})).collect::<Vec<_>>(),
@@ -177,14 +185,20 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "model {} ({file_mb:.0} MB), {} threads, {:?}, head {}",
+            "model {} ({file_mb:.0} MB), {} threads, {:?}, head {}, KV {}",
             a.model.display(),
             model.threads(),
             model.isa(),
-            a.head
+            a.head,
+            a.kv
         );
         println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
-        println!("tg{:<5} {:>9.2} tok/s", a.tg, tg_med);
+        println!(
+            "tg{:<5} {:>9.2} tok/s   (after {} tokens)",
+            a.tg,
+            tg_med,
+            a.depth.max(1)
+        );
         for (b, t) in &batched {
             println!(
                 "tg{:<5} {:>9.2} tok/s   ({b} sequences decoding together)",

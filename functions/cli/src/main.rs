@@ -189,6 +189,9 @@ struct ModelArgs {
     /// Worker threads (default: $BITNET_THREADS, else all available cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// KV cache: f32, or f16 (half the memory and reads; values rounded to f16).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    kv: String,
 }
 
 #[derive(clap::Args)]
@@ -570,6 +573,7 @@ fn load(m: &ModelArgs) -> Result<Model> {
         &m.model,
         &LoadOptions {
             threads: m.threads,
+            kv: m.kv.parse().map_err(anyhow::Error::msg)?,
             ..Default::default()
         },
     )

@@ -168,118 +168,156 @@ pub unsafe fn weighted_rows_f64_avx512(
     }
 }
 
-/// [`dot_rows_f32_f64_avx512`] for the `G` queries of a grouped-query head (`qs`: G * k
-/// f32, query g at g * k) against the same rows: each key row is loaded and widened once for
-/// all G queries. `out[g * rows + j]` is computed exactly as [`dot_f32_f64_avx512`] computes
-/// query g against row j (the same two chains, the same final sum).
-///
-/// # Safety
-/// The CPU supports AVX-512 F; k is a multiple of 16; `v` holds every row read:
-/// `v.len() >= (rows - 1) * stride + offset + k` when rows > 0, rows = `out.len() / G`.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dot_rows_group_f32_f64_avx512<const G: usize>(
-    qs: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f64],
-) {
-    let k = qs.len() / G;
-    let rows = out.len() / G;
-    assert!(k.is_multiple_of(16) && qs.len() == G * k && out.len() == G * rows);
-    assert!(rows == 0 || v.len() >= (rows - 1) * stride + offset + k);
-    // The queries widened once (exact), read from L1 by every key.
-    let q64: Vec<f64> = qs.iter().map(|&x| x as f64).collect();
-    let mut j = 0;
-    while j < rows {
-        // Two key rows at a time: 2 x G x 2 chains.
-        let two = j + 1 < rows;
-        let mut acc = [[[_mm512_setzero_pd(); 2]; 2]; G];
-        for i in (0..k).step_by(16) {
-            // SAFETY: i + 16 <= k; rows j and j + 1 (when `two`) span .. + k within `v`
-            // (asserted above); q64 holds G * k values.
-            unsafe {
-                let pb = v.as_ptr().add(j * stride + offset + i);
-                let b00 = _mm512_cvtps_pd(_mm256_loadu_ps(pb));
-                let b01 = _mm512_cvtps_pd(_mm256_loadu_ps(pb.add(8)));
-                let (b10, b11) = if two {
-                    let pb1 = pb.add(stride);
-                    (
-                        _mm512_cvtps_pd(_mm256_loadu_ps(pb1)),
-                        _mm512_cvtps_pd(_mm256_loadu_ps(pb1.add(8))),
-                    )
-                } else {
-                    (_mm512_setzero_pd(), _mm512_setzero_pd())
-                };
-                for (g, a) in acc.iter_mut().enumerate() {
-                    let pa = q64.as_ptr().add(g * k + i);
-                    let (a0, a1) = (_mm512_loadu_pd(pa), _mm512_loadu_pd(pa.add(8)));
-                    a[0][0] = _mm512_fmadd_pd(a0, b00, a[0][0]);
-                    a[0][1] = _mm512_fmadd_pd(a1, b01, a[0][1]);
-                    a[1][0] = _mm512_fmadd_pd(a0, b10, a[1][0]);
-                    a[1][1] = _mm512_fmadd_pd(a1, b11, a[1][1]);
+/// The grouped attention kernels for one element type of the cached keys and values:
+/// `$load8` widens 8 of them to f64 (exactly: f16 and f32 values are f64 values), so the two
+/// instantiations do the same arithmetic on the same numbers.
+macro_rules! grouped_kv_kernels {
+    ($dot:ident, $weighted:ident, $elem:ty, $features:literal, $load8:ident) => {
+        /// [`dot_rows_f32_f64_avx512`] for the `G` queries of a grouped-query head (`qs`: G * k
+        /// f32, query g at g * k) against the same rows: each key row is loaded and widened once for
+        /// all G queries. `out[g * rows + j]` is computed exactly as [`dot_f32_f64_avx512`] computes
+        /// query g against row j (the same two chains, the same final sum).
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512 F; k is a multiple of 16; `v` holds every row read:
+        /// `v.len() >= (rows - 1) * stride + offset + k` when rows > 0, rows = `out.len() / G`.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $dot<const G: usize>(
+            qs: &[f32],
+            v: &[$elem],
+            stride: usize,
+            offset: usize,
+            out: &mut [f64],
+        ) {
+            let k = qs.len() / G;
+            let rows = out.len() / G;
+            assert!(k.is_multiple_of(16) && qs.len() == G * k && out.len() == G * rows);
+            assert!(rows == 0 || v.len() >= (rows - 1) * stride + offset + k);
+            // The queries widened once (exact), read from L1 by every key.
+            let q64: Vec<f64> = qs.iter().map(|&x| x as f64).collect();
+            let mut j = 0;
+            while j < rows {
+                // Two key rows at a time: 2 x G x 2 chains.
+                let two = j + 1 < rows;
+                let mut acc = [[[_mm512_setzero_pd(); 2]; 2]; G];
+                for i in (0..k).step_by(16) {
+                    // SAFETY: i + 16 <= k; rows j and j + 1 (when `two`) span .. + k within `v`
+                    // (asserted above); q64 holds G * k values.
+                    unsafe {
+                        let pb = v.as_ptr().add(j * stride + offset + i);
+                        let b00 = $load8(pb);
+                        let b01 = $load8(pb.add(8));
+                        let (b10, b11) = if two {
+                            let pb1 = pb.add(stride);
+                            ($load8(pb1), $load8(pb1.add(8)))
+                        } else {
+                            (_mm512_setzero_pd(), _mm512_setzero_pd())
+                        };
+                        for (g, a) in acc.iter_mut().enumerate() {
+                            let pa = q64.as_ptr().add(g * k + i);
+                            let (a0, a1) = (_mm512_loadu_pd(pa), _mm512_loadu_pd(pa.add(8)));
+                            a[0][0] = _mm512_fmadd_pd(a0, b00, a[0][0]);
+                            a[0][1] = _mm512_fmadd_pd(a1, b01, a[0][1]);
+                            a[1][0] = _mm512_fmadd_pd(a0, b10, a[1][0]);
+                            a[1][1] = _mm512_fmadd_pd(a1, b11, a[1][1]);
+                        }
+                    }
                 }
+                for (g, a) in acc.iter().enumerate() {
+                    out[g * rows + j] = _mm512_reduce_add_pd(_mm512_add_pd(a[0][0], a[0][1]));
+                    if two {
+                        out[g * rows + j + 1] =
+                            _mm512_reduce_add_pd(_mm512_add_pd(a[1][0], a[1][1]));
+                    }
+                }
+                j += if two { 2 } else { 1 };
             }
         }
-        for (g, a) in acc.iter().enumerate() {
-            out[g * rows + j] = _mm512_reduce_add_pd(_mm512_add_pd(a[0][0], a[0][1]));
-            if two {
-                out[g * rows + j + 1] = _mm512_reduce_add_pd(_mm512_add_pd(a[1][0], a[1][1]));
+
+        /// [`weighted_rows_f64_avx512`] for `G` weight vectors over the same rows (`w`: G * keys,
+        /// `out`: G * hd): each row is loaded and widened once for all G. Every output element is
+        /// accumulated in key order with one fused multiply-add per key, as the specification.
+        ///
+        /// # Safety
+        /// The CPU supports AVX-512 F; hd = `out.len() / G` is a multiple of 8; `v` holds every
+        /// row read: `v.len() >= (keys - 1) * stride + offset + hd` when keys > 0.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $weighted<const G: usize>(
+            w: &[f64],
+            v: &[$elem],
+            stride: usize,
+            offset: usize,
+            out: &mut [f64],
+        ) {
+            /// Columns per pass: G x 4 accumulators.
+            const COLS: usize = 32;
+            let keys = w.len() / G;
+            let hd = out.len() / G;
+            assert!(hd.is_multiple_of(8) && w.len() == G * keys && out.len() == G * hd);
+            assert!(keys == 0 || v.len() >= (keys - 1) * stride + offset + hd);
+            let mut c = 0;
+            while c < hd {
+                let n = ((hd - c) / 8).min(COLS / 8);
+                let mut acc = [[_mm512_setzero_pd(); COLS / 8]; G];
+                for j in 0..keys {
+                    // SAFETY: row j holds hd values from j * stride + offset (asserted above).
+                    let row = unsafe { v.as_ptr().add(j * stride + offset + c) };
+                    let mut x = [_mm512_setzero_pd(); COLS / 8];
+                    for (i, xi) in x.iter_mut().enumerate().take(n) {
+                        // SAFETY: columns c + 8i .. + 8 are within the row's hd values.
+                        *xi = unsafe { $load8(row.add(8 * i)) };
+                    }
+                    for (g, a) in acc.iter_mut().enumerate() {
+                        let p = _mm512_set1_pd(w[g * keys + j]);
+                        for i in 0..n {
+                            a[i] = _mm512_fmadd_pd(p, x[i], a[i]);
+                        }
+                    }
+                }
+                for (g, a) in acc.iter().enumerate() {
+                    for (i, ai) in a.iter().enumerate().take(n) {
+                        // SAFETY: out holds G * hd values; c + 8i + 8 <= hd.
+                        unsafe { _mm512_storeu_pd(out.as_mut_ptr().add(g * hd + c + 8 * i), *ai) };
+                    }
+                }
+                c += 8 * n;
             }
         }
-        j += if two { 2 } else { 1 };
-    }
+    };
 }
 
-/// [`weighted_rows_f64_avx512`] for `G` weight vectors over the same rows (`w`: G * keys,
-/// `out`: G * hd): each row is loaded and widened once for all G. Every output element is
-/// accumulated in key order with one fused multiply-add per key, as the specification.
-///
-/// # Safety
-/// The CPU supports AVX-512 F; hd = `out.len() / G` is a multiple of 8; `v` holds every
-/// row read: `v.len() >= (keys - 1) * stride + offset + hd` when keys > 0.
+/// 8 cached f32 values widened to f64.
+#[inline]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn weighted_rows_group_f64_avx512<const G: usize>(
-    w: &[f64],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f64],
-) {
-    /// Columns per pass: G x 4 accumulators.
-    const COLS: usize = 32;
-    let keys = w.len() / G;
-    let hd = out.len() / G;
-    assert!(hd.is_multiple_of(8) && w.len() == G * keys && out.len() == G * hd);
-    assert!(keys == 0 || v.len() >= (keys - 1) * stride + offset + hd);
-    let mut c = 0;
-    while c < hd {
-        let n = ((hd - c) / 8).min(COLS / 8);
-        let mut acc = [[_mm512_setzero_pd(); COLS / 8]; G];
-        for j in 0..keys {
-            // SAFETY: row j holds hd values from j * stride + offset (asserted above).
-            let row = unsafe { v.as_ptr().add(j * stride + offset + c) };
-            let mut x = [_mm512_setzero_pd(); COLS / 8];
-            for (i, xi) in x.iter_mut().enumerate().take(n) {
-                // SAFETY: columns c + 8i .. + 8 are within the row's hd values.
-                *xi = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(row.add(8 * i)) });
-            }
-            for (g, a) in acc.iter_mut().enumerate() {
-                let p = _mm512_set1_pd(w[g * keys + j]);
-                for i in 0..n {
-                    a[i] = _mm512_fmadd_pd(p, x[i], a[i]);
-                }
-            }
-        }
-        for (g, a) in acc.iter().enumerate() {
-            for (i, ai) in a.iter().enumerate().take(n) {
-                // SAFETY: out holds G * hd values; c + 8i + 8 <= hd.
-                unsafe { _mm512_storeu_pd(out.as_mut_ptr().add(g * hd + c + 8 * i), *ai) };
-            }
-        }
-        c += 8 * n;
-    }
+unsafe fn load8_f32(p: *const f32) -> __m512d {
+    // SAFETY: the caller's row bounds cover p .. p + 8.
+    _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(p) })
 }
+
+/// 8 cached f16 values widened to f64.
+#[inline]
+#[target_feature(enable = "avx512f,f16c")]
+unsafe fn load8_f16(p: *const half::f16) -> __m512d {
+    // SAFETY: the caller's row bounds cover p .. p + 8 (16 bytes).
+    _mm512_cvtps_pd(_mm256_cvtph_ps(unsafe {
+        _mm_loadu_si128(p as *const __m128i)
+    }))
+}
+
+grouped_kv_kernels!(
+    dot_rows_group_f32_f64_avx512,
+    weighted_rows_group_f64_avx512,
+    f32,
+    "avx512f",
+    load8_f32
+);
+grouped_kv_kernels!(
+    dot_rows_group_f16_f64_avx512,
+    weighted_rows_group_f16_f64_avx512,
+    half::f16,
+    "avx512f,f16c",
+    load8_f16
+);
 
 /// `y[i] += a * x[i]` with an f64 accumulator and f32 input (AVX2 + FMA).
 ///
