@@ -79,6 +79,32 @@ pub fn has_vbmi() -> bool {
     false
 }
 
+/// Runs `$e` with the const `$G` set to `$groups` when a grouped attention kernel exists for
+/// that many query heads per KV head (1, 2 or 4); false otherwise.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_group {
+    ($groups:expr, $G:ident => $e:expr) => {
+        match $groups {
+            4 => {
+                const $G: usize = 4;
+                $e;
+                true
+            }
+            2 => {
+                const $G: usize = 2;
+                $e;
+                true
+            }
+            1 => {
+                const $G: usize = 1;
+                $e;
+                true
+            }
+            _ => false,
+        }
+    };
+}
+
 /// `sum a*b` of f32 vectors, accumulated in f64 (the attention scores).
 #[inline]
 pub fn dot_f32_f64(a: &[f32], b: &[f32]) -> f64 {
@@ -195,20 +221,15 @@ pub fn dot_rows_group_kv(
         "rows out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() == Isa::Avx512Vnni && k.is_multiple_of(16) {
-        macro_rules! group {
-            ($G:literal) => {
-                // SAFETY: AVX-512 F and F16C were detected (Isa::Avx512Vnni implies both); k
-                // is a multiple of 16; the kernel asserts the rows' bounds.
-                unsafe { x86::dot_rows_group_f16_f64_avx512::<$G>(qs, v, stride, offset, out) }
-            };
-        }
-        match groups {
-            4 => return group!(4),
-            2 => return group!(2),
-            1 => return group!(1),
-            _ => {}
-        }
+    if Isa::from_env() == Isa::Avx512Vnni
+        && k.is_multiple_of(16)
+        && by_group!(groups, G => {
+            // SAFETY: AVX-512 F and F16C were detected (Isa::Avx512Vnni implies both); k
+            // is a multiple of 16; the kernel asserts the rows' bounds.
+            unsafe { x86::dot_rows_group_f16_f64_avx512::<G>(qs, v, stride, offset, out) }
+        })
+    {
+        return;
     }
     let mut wide = Vec::with_capacity(KV_WIDEN_ROWS * k);
     let mut part = vec![0f64; groups * KV_WIDEN_ROWS];
@@ -248,20 +269,15 @@ pub fn weighted_rows_group_kv(
         "rows out of bounds"
     );
     #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() == Isa::Avx512Vnni && hd.is_multiple_of(8) {
-        macro_rules! group {
-            ($G:literal) => {
-                // SAFETY: AVX-512 F and F16C were detected; hd is a multiple of 8; the kernel
-                // asserts the rows' bounds.
-                unsafe { x86::weighted_rows_group_f16_f64_avx512::<$G>(w, v, stride, offset, out) }
-            };
-        }
-        match groups {
-            4 => return group!(4),
-            2 => return group!(2),
-            1 => return group!(1),
-            _ => {}
-        }
+    if Isa::from_env() == Isa::Avx512Vnni
+        && hd.is_multiple_of(8)
+        && by_group!(groups, G => {
+            // SAFETY: AVX-512 F and F16C were detected; hd is a multiple of 8; the kernel
+            // asserts the rows' bounds.
+            unsafe { x86::weighted_rows_group_f16_f64_avx512::<G>(w, v, stride, offset, out) }
+        })
+    {
+        return;
     }
     // Key by key in order, as `weighted_rows_f64` (each f32 path of it is bit-identical to
     // that order).
@@ -293,20 +309,15 @@ pub fn dot_rows_group_f32_f64(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() == Isa::Avx512Vnni && k.is_multiple_of(16) {
-        macro_rules! group {
-            ($G:literal) => {
-                // SAFETY: AVX-512 F was detected; k is a multiple of 16; the kernel asserts
-                // the rows' bounds.
-                unsafe { x86::dot_rows_group_f32_f64_avx512::<$G>(qs, v, stride, offset, out) }
-            };
-        }
-        match groups {
-            4 => return group!(4),
-            2 => return group!(2),
-            1 => return group!(1),
-            _ => {}
-        }
+    if Isa::from_env() == Isa::Avx512Vnni
+        && k.is_multiple_of(16)
+        && by_group!(groups, G => {
+            // SAFETY: AVX-512 F was detected; k is a multiple of 16; the kernel asserts
+            // the rows' bounds.
+            unsafe { x86::dot_rows_group_f32_f64_avx512::<G>(qs, v, stride, offset, out) }
+        })
+    {
+        return;
     }
     for (q, o) in qs.chunks_exact(k).zip(out.chunks_exact_mut(rows)) {
         dot_rows_f32_f64(q, v, stride, offset, o);
@@ -331,20 +342,15 @@ pub fn weighted_rows_group_f64(
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if Isa::from_env() == Isa::Avx512Vnni && hd.is_multiple_of(8) {
-        macro_rules! group {
-            ($G:literal) => {
-                // SAFETY: AVX-512 F was detected; hd is a multiple of 8; the kernel asserts
-                // the rows' bounds.
-                unsafe { x86::weighted_rows_group_f64_avx512::<$G>(w, v, stride, offset, out) }
-            };
-        }
-        match groups {
-            4 => return group!(4),
-            2 => return group!(2),
-            1 => return group!(1),
-            _ => {}
-        }
+    if Isa::from_env() == Isa::Avx512Vnni
+        && hd.is_multiple_of(8)
+        && by_group!(groups, G => {
+            // SAFETY: AVX-512 F was detected; hd is a multiple of 8; the kernel asserts
+            // the rows' bounds.
+            unsafe { x86::weighted_rows_group_f64_avx512::<G>(w, v, stride, offset, out) }
+        })
+    {
+        return;
     }
     for (wg, o) in w.chunks_exact(keys).zip(out.chunks_exact_mut(hd)) {
         weighted_rows_f64(wg, v, stride, offset, o);

@@ -29,26 +29,11 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
     let nb = k / 256;
     debug_assert!(row.len() >= nb * 54);
     let ones = _mm256_set1_epi16(1);
-    let offset = _mm256_set1_epi8(-128);
-    // The trits as in `dot1_rows_avx2_gemv`: two compares against y - 128.
-    let (t1, t2) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
-    // Bytes 32..52 of a block: five dwords.
-    let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
     let mut acc = [_mm256_setzero_si256(); T];
     for b in 0..nb {
         _mm_prefetch::<_MM_HINT_T0>(row.as_ptr().wrapping_add(b * 54 + PREFETCH) as *const i8);
-        // SAFETY: block b spans bytes 54b .. 54b+54 of `row`; the masked load reads only
-        // bytes 32..52 of it and suppresses the rest.
-        let mut y = unsafe {
-            let p = row.as_ptr().add(b * 54);
-            [
-                _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), offset),
-                _mm256_xor_si256(
-                    _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
-                    offset,
-                ),
-            ]
-        };
+        // SAFETY: block b spans bytes 54b .. 54b+54 of `row`.
+        let mut y = unsafe { tq1_0_block_avx2(row.as_ptr().add(b * 54)) };
         let mut acc16 = [_mm256_setzero_si256(); T];
         for n in 0..5 {
             let mut planes = [_mm256_setzero_si256(); 2];
@@ -56,9 +41,7 @@ pub unsafe fn dot1_avx2<const T: usize>(row: &[u8], q: [&[i8]; T], k: usize, out
                 if n > 0 {
                     y[h] = times3_avx2(y[h]);
                 }
-                let m1 = _mm256_cmpgt_epi8(y[h], t1);
-                let m2 = _mm256_cmpgt_epi8(y[h], t2);
-                planes[h] = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2);
+                planes[h] = trits_avx2(y[h]);
             }
             for t in 0..T {
                 // SAFETY: q[t] has nb*320 bytes; this reads b*320 + 64n .. +64.
@@ -96,11 +79,45 @@ pub(super) fn times3_avx2(x: __m256i) -> __m256i {
     y
 }
 
+/// A TQ1_0 block's code bytes as two vectors carrying the offset 128 that [`trits_avx2`]
+/// reads: bytes 0..32, and bytes 32..52 followed by zeros (which meet zero activations).
+///
+/// # Safety
+/// The CPU supports AVX2; `p` points at a whole 54-byte block (the masked load reads only
+/// its bytes 32..52 and suppresses the rest).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn tq1_0_block_avx2(p: *const u8) -> [__m256i; 2] {
+    let offset = _mm256_set1_epi8(-128);
+    // Bytes 32..52 of a block: five dwords.
+    let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
+    // SAFETY: the caller's block spans p .. p + 54.
+    unsafe {
+        [
+            _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), offset),
+            _mm256_xor_si256(
+                _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
+                offset,
+            ),
+        ]
+    }
+}
+
+/// The trits (0, 1, 2) of a byte plane `y = (b * 3^n) mod 256` carrying the offset 128: the
+/// trit is `(3y) >> 8`, which is `[y >= 86] + [y >= 171]`, two signed compares of y - 128
+/// (> -43, > 42). The offset survives the step `y -> 3y` ([`times3_avx2`]) because
+/// `3 * 128 = 128 mod 256`, so it is applied once per block.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn trits_avx2(y: __m256i) -> __m256i {
+    let m1 = _mm256_cmpgt_epi8(y, _mm256_set1_epi8(-43));
+    let m2 = _mm256_cmpgt_epi8(y, _mm256_set1_epi8(42));
+    _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2)
+}
+
 /// TQ1_0 against one token for `S` rows at once, their blocks read in lockstep (`S` weight
-/// streams in flight), without multiplications: with `y = (b * 3^n) mod 256` the trit is
-/// `(3y) >> 8`, which is `[y >= 86] + [y >= 171]`: two signed byte compares once the bytes
-/// carry an offset of 128. The offset survives the step `y -> 3y` (`3 * 128 = 128 mod 256`),
-/// so it is applied once per block. The dots are exact integers, equal to [`dot1_avx2`]'s.
+/// streams in flight), the trits extracted without multiplications ([`trits_avx2`]). The
+/// dots are exact integers, equal to [`dot1_avx2`]'s.
 ///
 /// # Safety
 /// The CPU supports AVX2; as [`dot1_avx2`] for every row, with one token.
@@ -114,27 +131,14 @@ pub unsafe fn dot1_rows_avx2_gemv<const S: usize>(
     let nb = k / 256;
     debug_assert!(rows.iter().all(|r| r.len() >= nb * 54) && q.len() >= nb * PERM1_BLOCK);
     let ones = _mm256_set1_epi16(1);
-    let offset = _mm256_set1_epi8(-128);
-    // y >= 86 and y >= 171, as y - 128 > -43 and y - 128 > 42.
-    let (t1, t2) = (_mm256_set1_epi8(-43), _mm256_set1_epi8(42));
-    // Bytes 32..52 of a block: five dwords.
-    let tail_mask = _mm256_setr_epi32(-1, -1, -1, -1, -1, 0, 0, 0);
     let mut acc = [_mm256_setzero_si256(); S];
     for b in 0..nb {
         let mut y = [[_mm256_setzero_si256(); 2]; S];
         for s in 0..S {
             let p = rows[s].as_ptr().wrapping_add(b * 54);
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-            // SAFETY: block b spans bytes 54b .. 54b+54 of the row; the masked load reads
-            // only bytes 32..52 of it and suppresses the rest (its lanes 20..32 are zero and
-            // meet zero activations).
-            unsafe {
-                y[s][0] = _mm256_xor_si256(_mm256_loadu_si256(p as *const __m256i), offset);
-                y[s][1] = _mm256_xor_si256(
-                    _mm256_maskload_epi32(p.add(32) as *const i32, tail_mask),
-                    offset,
-                );
-            }
+            // SAFETY: block b spans bytes 54b .. 54b+54 of the row.
+            y[s] = unsafe { tq1_0_block_avx2(p) };
         }
         let mut acc16 = [_mm256_setzero_si256(); S];
         for n in 0..5 {
@@ -151,10 +155,7 @@ pub unsafe fn dot1_rows_avx2_gemv<const S: usize>(
                     if n > 0 {
                         y[s][h] = times3_avx2(y[s][h]);
                     }
-                    let m1 = _mm256_cmpgt_epi8(y[s][h], t1);
-                    let m2 = _mm256_cmpgt_epi8(y[s][h], t2);
-                    // 0 - m1 - m2: the trit, 0..2.
-                    let trit = _mm256_sub_epi8(_mm256_sub_epi8(_mm256_setzero_si256(), m1), m2);
+                    let trit = trits_avx2(y[s][h]);
                     // Pair sums of trit * q stay within i16 (|.| <= 2 * 2 * 128), ten of them too.
                     acc16[s] = _mm256_add_epi16(acc16[s], _mm256_maddubs_epi16(trit, qv));
                 }
