@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: upstream llama.cpp (TQ2_0, built from the sources vendored in the
 # llama-cpp-python sdist on PyPI) against `bitnet bench` (I2_S, TQ2_0, TQ1_0, and the files
-# `bitnet prepare` writes: I2_S with the tied embedding/head as Q4_0, the default, or Q8_0) on
+# `bitnet prepare` writes: I2_S with the tied embedding/head as Q8_0, the default, or Q4_0,
+# and TQ1_0 with the Q8_0 head) on
 # the same synthetic 2B4T-shaped model, at 1 and 2 threads, with the AVX-512 kernels and with
 # the AVX2 ones (BITNET_ISA=avx2), plus the decode roofline (bytes per token / memory
 # bandwidth) and the prefill ceiling (VPDPBUSD per token / peak VPDPBUSD rate,
