@@ -200,3 +200,29 @@ fn an_i2s_scale_without_an_f16_value_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn a_non_finite_block_scale_is_refused_not_repacked() {
+    let bytes = common::fixture_bytes("tiny", GgmlType::Tq2_0, 5);
+    let src = GgufFile::from_backing(bytes.clone()).unwrap();
+    let t = src
+        .tensors
+        .iter()
+        .find(|t| t.ty == GgmlType::Tq2_0)
+        .expect("a ternary tensor");
+    let name = t.name.clone();
+    // The first block's f16 scale (bytes 64..66 of 66) becomes a NaN.
+    let at = src.tensor_data(t).as_ptr() as usize - src.bytes().as_ptr() as usize + 64;
+    let mut patched = bytes.to_vec();
+    patched[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let src = GgufFile::from_backing(Arc::new(patched)).unwrap();
+    let opts = PrepareOptions {
+        ternary: Some(GgmlType::Tq1_0),
+        ..PrepareOptions::default()
+    };
+    let err = PreparedModel::new(&src, &opts).err().expect("refused");
+    assert!(
+        err.to_string().contains(&name) && err.to_string().contains("NaN"),
+        "{err}"
+    );
+}

@@ -184,6 +184,9 @@ fn repack_tq1_0(
             tq1_0::BLOCK
         )));
     }
+    if TernaryMatrix::has_non_finite_block_scale(ty, data) {
+        return Err(invalid(format!("{name}: a block scale is infinite or NaN")));
+    }
     let m = TernaryMatrix {
         ty,
         rows,
