@@ -50,6 +50,12 @@ param modelBlobName string = 'bitnet-2b4t-prepared.gguf'
 @description('Expected lowercase hex sha256 of the model (BITNET_MODEL_SHA256). Empty leaves it unset.')
 param modelSha256 string = ''
 
+@description('Name of an embedding model blob (bitnet-embedding-0.6b GGUF) in the models container, served beside the chat model for /v1/embeddings (BITNET_EMBEDDING_MODEL), fetched and kept as the chat model is. Empty: no embedding model.')
+param embeddingModelBlobName string = ''
+
+@description('Expected lowercase hex sha256 of the embedding model (BITNET_EMBEDDING_MODEL_SHA256). Empty leaves it unset.')
+param embeddingModelSha256 string = ''
+
 @description('BITNET_THREADS; 0 leaves it unset (the server uses all visible cores).')
 @minValue(0)
 param threads int = 0
@@ -75,6 +81,7 @@ var modelsContainerName = 'models'
 var storageBlobDataReaderRoleId = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var acrPullRoleId = '7f951dda-4ed3-4680-a7ca-43fe172d538d'
 var modelUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${modelBlobName}'
+var embeddingModelUri = empty(embeddingModelBlobName) ? '' : 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${embeddingModelBlobName}'
 
 resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
   name: '${name}-ca-id'
@@ -235,6 +242,21 @@ var shaEnv = empty(modelSha256) ? [] : [
   }
 ]
 
+// The embedding model: in the models container the identity already reads.
+var embeddingEnv = empty(embeddingModelBlobName) ? [] : [
+  {
+    name: 'BITNET_EMBEDDING_MODEL'
+    value: embeddingModelUri
+  }
+]
+
+var embeddingShaEnv = (empty(embeddingModelBlobName) || empty(embeddingModelSha256)) ? [] : [
+  {
+    name: 'BITNET_EMBEDDING_MODEL_SHA256'
+    value: embeddingModelSha256
+  }
+]
+
 var threadsEnv = threads == 0 ? [] : [
   {
     name: 'BITNET_THREADS'
@@ -294,7 +316,7 @@ resource containerApp 'Microsoft.App/containerApps@2024-03-01' = {
             cpu: json(cpu)
             memory: memory
           }
-          env: concat(baseEnv, shaEnv, threadsEnv, apiKeyEnv)
+          env: concat(baseEnv, shaEnv, embeddingEnv, embeddingShaEnv, threadsEnv, apiKeyEnv)
           probes: [
             {
               type: 'Liveness'
@@ -347,4 +369,5 @@ output url string = 'https://${containerApp.properties.configuration.ingress.fqd
 output storageAccountName string = storage.name
 output modelsContainer string = modelsContainerName
 output modelUri string = modelUri
+output embeddingModelUri string = embeddingModelUri
 output identityClientId string = identity.properties.clientId

@@ -37,6 +37,12 @@ param modelBlobName string = 'bitnet-2b4t-prepared.gguf'
 @description('Expected lowercase hex sha256 of the model (BITNET_MODEL_SHA256). Empty leaves it unset.')
 param modelSha256 string = ''
 
+@description('Name of an embedding model blob (bitnet-embedding-0.6b GGUF) in the models container, served beside the chat model for /v1/embeddings (BITNET_EMBEDDING_MODEL), fetched and kept as the chat model is. Empty: no embedding model.')
+param embeddingModelBlobName string = ''
+
+@description('Expected lowercase hex sha256 of the embedding model (BITNET_EMBEDDING_MODEL_SHA256). Empty leaves it unset.')
+param embeddingModelSha256 string = ''
+
 @description('BITNET_THREADS; 0 leaves it unset (the handler uses all visible cores).')
 @minValue(0)
 param threads int = 0
@@ -71,6 +77,7 @@ var hostContainerNames = [
 var storageBlobDataReaderRoleId = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 var modelUri = 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${modelBlobName}'
+var embeddingModelUri = empty(embeddingModelBlobName) ? '' : 'https://${storageAccountName}.blob.${environment().suffixes.storage}/${modelsContainerName}/${embeddingModelBlobName}'
 
 // The runtime identity: what the handler (AZURE_CLIENT_ID) and the Functions host
 // (AzureWebJobsStorage) act as. Read on the models container, read/write on the two host
@@ -285,6 +292,21 @@ var shaSetting = empty(modelSha256) ? [] : [
   }
 ]
 
+// The embedding model: in the models container the identity already reads.
+var embeddingSetting = empty(embeddingModelBlobName) ? [] : [
+  {
+    name: 'BITNET_EMBEDDING_MODEL'
+    value: embeddingModelUri
+  }
+]
+
+var embeddingShaSetting = (empty(embeddingModelBlobName) || empty(embeddingModelSha256)) ? [] : [
+  {
+    name: 'BITNET_EMBEDDING_MODEL_SHA256'
+    value: embeddingModelSha256
+  }
+]
+
 var threadsSetting = threads == 0 ? [] : [
   {
     name: 'BITNET_THREADS'
@@ -358,7 +380,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       minTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      appSettings: concat(baseAppSettings, shaSetting, threadsSetting, apiKeySetting, noAuthSetting)
+      appSettings: concat(baseAppSettings, shaSetting, embeddingSetting, embeddingShaSetting, threadsSetting, apiKeySetting, noAuthSetting)
     }
   }
   dependsOn: [
@@ -374,5 +396,6 @@ output storageAccountName string = storage.name
 output deploymentContainer string = deploymentContainerName
 output modelsContainer string = modelsContainerName
 output modelUri string = modelUri
+output embeddingModelUri string = embeddingModelUri
 output identityClientId string = identity.properties.clientId
 output deploymentIdentityClientId string = deployIdentity.properties.clientId

@@ -220,3 +220,27 @@ def test_pycep_rejects_syntax_error(tmp_path):
     broken.write_text(r.BICEP_FLEX.read_text().replace("resource plan ", "resource plan = ", 1))
     with pytest.raises(Exception):
         r.load_bicep(broken)
+
+
+@pytest.mark.parametrize("which", ["flex", "aca"])
+def test_an_embedding_model_is_an_optional_blob_beside_the_chat_model(which, flex, aca):
+    """`embeddingModelBlobName` (default empty: none) sets BITNET_EMBEDDING_MODEL to a blob of
+    the models container, the one container the runtime identity reads; its sha256 goes to
+    BITNET_EMBEDDING_MODEL_SHA256 only when both are given."""
+    doc, path = (flex, r.BICEP_FLEX) if which == "flex" else (aca, r.BICEP_ACA)
+    assert doc["parameters"]["embeddingModelBlobName"]["default"] == ""
+    assert doc["parameters"]["embeddingModelSha256"]["default"] == ""
+    if which == "flex":
+        props = doc["resources"]["functionApp"]["config"]["properties"]
+        settings = r._settings(doc, props["siteConfig"]["appSettings"])
+    else:
+        template = doc["resources"]["containerApp"]["config"]["properties"]["template"]
+        settings = r._settings(doc, template["containers"][0]["env"])
+    assert settings["BITNET_EMBEDDING_MODEL"] == "embeddingModelUri"
+    assert settings["BITNET_EMBEDDING_MODEL_SHA256"] == "embeddingModelSha256"
+    text = path.read_text()
+    uri = re.search(r"var embeddingModelUri = (.*)", text).group(1)
+    assert uri.startswith("empty(embeddingModelBlobName) ? '' : ")
+    assert "/${modelsContainerName}/${embeddingModelBlobName}'" in uri
+    assert re.search(r"\(empty\(embeddingModelBlobName\) \|\| empty\(embeddingModelSha256\)\) \? \[\] :", text)
+    assert re.search(r"output embeddingModelUri string = embeddingModelUri", text)
