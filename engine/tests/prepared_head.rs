@@ -135,11 +135,7 @@ fn ternary_weights_repack_to_tq1_0_with_the_same_values() {
     let want = GgufFile::from_backing(common::fixture_bytes("tiny", GgmlType::Tq1_0, 5)).unwrap();
     for source in [GgmlType::I2S, GgmlType::Tq2_0] {
         let src = GgufFile::from_backing(common::fixture_bytes("tiny", source, 5)).unwrap();
-        let opts = PrepareOptions {
-            ternary: Some(GgmlType::Tq1_0),
-            ..PrepareOptions::default()
-        };
-        let g = GgufFile::from_backing(prepare(&src, &opts)).expect("parse prepared");
+        let g = GgufFile::from_backing(prepare(&src, &tq1_0_options())).expect("parse prepared");
         let mut repacked = 0;
         for t in &src.tensors {
             let p = g.tensor(&t.name).expect("tensor kept");
@@ -159,13 +155,7 @@ fn ternary_weights_repack_to_tq1_0_with_the_same_values() {
     // Same values, same (uniform) scale: the model computes exactly what the I2_S one does.
     let src = GgufFile::from_backing(common::fixture_bytes("tiny", GgmlType::I2S, 5)).unwrap();
     let kept = last_logits(prepare(&src, &PrepareOptions::default()));
-    let tq1 = last_logits(prepare(
-        &src,
-        &PrepareOptions {
-            ternary: Some(GgmlType::Tq1_0),
-            ..PrepareOptions::default()
-        },
-    ));
+    let tq1 = last_logits(prepare(&src, &tq1_0_options()));
     assert!(
         kept.iter()
             .zip(&tq1)
@@ -173,56 +163,48 @@ fn ternary_weights_repack_to_tq1_0_with_the_same_values() {
     );
 }
 
-#[test]
-fn an_i2s_scale_without_an_f16_value_is_refused() {
-    let bytes = common::fixture_bytes("tiny", GgmlType::I2S, 5);
+/// What `prepare --ternary tq1_0` says about the tiny `ty` fixture with `patch` written over
+/// its first ternary tensor, `at(rows, k)` bytes into its data: (that tensor's name, the error).
+fn repack_refusal(ty: GgmlType, at: fn(usize, usize) -> usize, patch: &[u8]) -> (String, String) {
+    let bytes = common::fixture_bytes("tiny", ty, 5);
     let src = GgufFile::from_backing(bytes.clone()).unwrap();
     let t = src
         .tensors
         .iter()
-        .find(|t| t.ty == GgmlType::I2S)
+        .find(|t| t.ty == ty)
         .expect("a ternary tensor");
-    let name = t.name.clone();
-    let data = src.tensor_data(t);
     let (k, rows) = (t.dims[0] as usize, t.dims[1] as usize);
-    // The tensor's scale follows its codes; 1e-9 is far below f16's smallest value.
-    let at = data.as_ptr() as usize - src.bytes().as_ptr() as usize + rows * k / 4;
+    let at = src.tensor_data(t).as_ptr() as usize - src.bytes().as_ptr() as usize + at(rows, k);
     let mut patched = bytes.to_vec();
-    patched[at..at + 4].copy_from_slice(&1e-9f32.to_le_bytes());
+    patched[at..at + patch.len()].copy_from_slice(patch);
     let src = GgufFile::from_backing(Arc::new(patched)).unwrap();
-    let opts = PrepareOptions {
+    let err = PreparedModel::new(&src, &tq1_0_options())
+        .err()
+        .expect("refused");
+    (t.name.clone(), err.to_string())
+}
+
+fn tq1_0_options() -> PrepareOptions {
+    PrepareOptions {
         ternary: Some(GgmlType::Tq1_0),
         ..PrepareOptions::default()
-    };
-    let err = PreparedModel::new(&src, &opts).err().expect("refused");
-    assert!(
-        err.to_string().contains(&name) && err.to_string().contains("f16"),
-        "{err}"
+    }
+}
+
+#[test]
+fn an_i2s_scale_without_an_f16_value_is_refused() {
+    // The tensor's scale follows its codes; 1e-9 is far below f16's smallest value.
+    let (name, err) = repack_refusal(
+        GgmlType::I2S,
+        |rows, k| rows * k / 4,
+        &1e-9f32.to_le_bytes(),
     );
+    assert!(err.contains(&name) && err.contains("f16"), "{err}");
 }
 
 #[test]
 fn a_non_finite_block_scale_is_refused_not_repacked() {
-    let bytes = common::fixture_bytes("tiny", GgmlType::Tq2_0, 5);
-    let src = GgufFile::from_backing(bytes.clone()).unwrap();
-    let t = src
-        .tensors
-        .iter()
-        .find(|t| t.ty == GgmlType::Tq2_0)
-        .expect("a ternary tensor");
-    let name = t.name.clone();
     // The first block's f16 scale (bytes 64..66 of 66) becomes a NaN.
-    let at = src.tensor_data(t).as_ptr() as usize - src.bytes().as_ptr() as usize + 64;
-    let mut patched = bytes.to_vec();
-    patched[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
-    let src = GgufFile::from_backing(Arc::new(patched)).unwrap();
-    let opts = PrepareOptions {
-        ternary: Some(GgmlType::Tq1_0),
-        ..PrepareOptions::default()
-    };
-    let err = PreparedModel::new(&src, &opts).err().expect("refused");
-    assert!(
-        err.to_string().contains(&name) && err.to_string().contains("NaN"),
-        "{err}"
-    );
+    let (name, err) = repack_refusal(GgmlType::Tq2_0, |_, _| 64, &0x7e00u16.to_le_bytes());
+    assert!(err.contains(&name) && err.contains("NaN"), "{err}");
 }
