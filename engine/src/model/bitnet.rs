@@ -962,8 +962,8 @@ impl BitNet {
 
 /// Causal multi-head attention with grouped KV heads, per row of the batch: row r is
 /// sequence `rows[r].0`'s query at position `rows[r].1`, attending to that sequence's keys
-/// `0..=pos` in `caches`. Computed in f64 from the f32 cache and rounded once to f32 (close
-/// to exact, so that activation rounding downstream rarely depends on summation order).
+/// `0..=pos` in `caches`. In f32, in an order fixed by `kernels::attend` (the same on every
+/// CPU, and a row's result does not depend on the other rows).
 fn attention(
     kern: &Kernels,
     c: &Config,
@@ -974,40 +974,23 @@ fn attention(
 ) {
     let (d, kv, hd) = (c.q_dim(), c.kv_dim(), c.head_dim);
     let group = c.n_head / c.n_head_kv;
-    let inv_sqrt = 1.0 / (hd as f64).sqrt();
+    let scale = (1.0 / (hd as f64).sqrt()) as f32;
     // One work item per (row, KV head): the `group` query heads that share it are
-    // consecutive, so each cached key and value row is read and widened once for all of them
-    // (the grouped kernels give each head the bits one head at a time gives it).
+    // consecutive, so each cached key and value row is read once for all of them.
     let work = |(r, kvh): (usize, usize), out: &mut [f32]| {
         let (seq, pos) = rows[r];
-        let (kc, vc) = caches[seq];
-        let len = pos + 1; // causal: keys 0..=pos
         let qs = &q[r * d + kvh * group * hd..r * d + (kvh + 1) * group * hd];
-        let mut scores = vec![0f64; group * len];
-        crate::kernels::dot_rows_group_kv(qs, group, kc, kv, kvh * hd, &mut scores);
-        let mut sums = vec![0f64; group];
-        for (sc, sum) in scores.chunks_exact_mut(len).zip(&mut sums) {
-            let mut max = f64::NEG_INFINITY;
-            for sj in sc.iter_mut() {
-                *sj *= inv_sqrt;
-                max = max.max(*sj);
-            }
-            for sj in sc.iter_mut() {
-                *sj = (*sj - max).exp();
-                *sum += *sj;
-            }
-        }
-        let mut acc = vec![0f64; group * hd];
-        crate::kernels::weighted_rows_group_kv(&scores, group, vc, kv, kvh * hd, &mut acc);
-        for ((o, a), sum) in out
-            .chunks_exact_mut(hd)
-            .zip(acc.chunks_exact(hd))
-            .zip(&sums)
-        {
-            for (o, a) in o.iter_mut().zip(a) {
-                *o = (a / sum) as f32;
-            }
-        }
+        let mut scores = Vec::new();
+        crate::kernels::attend(
+            kern.isa,
+            qs,
+            group,
+            caches[seq],
+            (kv, kvh * hd, pos + 1), // causal: keys 0..=pos
+            scale,
+            &mut scores,
+            out,
+        );
     };
     // Each (row, KV head) writes its group's `group * head_dim` slice of `att`.
     let n = rows.len();

@@ -1,344 +1,567 @@
-//! Attention's dots and weighted sums: f32 values accumulated in f64, one query or a group
-//! of query heads sharing a KV head.
+//! Attention in f32 for one query row's heads that share a KV head: AVX-512 (one register
+//! per 16 lanes of the specified order) and AVX2 (two registers per 16 lanes). Both do the
+//! operations of `kernels::attention::attend_spec` in its order, so they are bit-identical
+//! to it; the module's comments give the order.
 
 use std::arch::x86_64::*;
 
-/// `sum a[i] * b[i]` with f32 inputs, products and sum in f64 (AVX2 + FMA).
-///
-/// # Safety
-/// The CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn dot_f32_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
-    let k = a.len().min(b.len());
-    let mut acc0 = _mm256_setzero_pd();
-    let mut acc1 = _mm256_setzero_pd();
-    let main = k / 8 * 8;
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 8 <= k.
-        unsafe {
-            let a0 = _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr().add(i)));
-            let b0 = _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr().add(i)));
-            let a1 = _mm256_cvtps_pd(_mm_loadu_ps(a.as_ptr().add(i + 4)));
-            let b1 = _mm256_cvtps_pd(_mm_loadu_ps(b.as_ptr().add(i + 4)));
-            acc0 = _mm256_fmadd_pd(a0, b0, acc0);
-            acc1 = _mm256_fmadd_pd(a1, b1, acc1);
-        }
-        i += 8;
+use crate::kernels::attention::{
+    EXP_MIN, EXP_POLY, KvElem, LANES, LN2_HI, LN2_LO, exp_spec, halving_sum,
+};
+
+/// Round to nearest, ties to even, no exceptions (`_mm*_round*_ps`).
+const ROUND_NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+/// Query heads per score tile: as many of the `rest` heads as fit `max`, a power of two.
+fn head_tile(rest: usize, max: usize) -> usize {
+    if rest >= 4 && max >= 4 {
+        4
+    } else if rest >= 2 && max >= 2 {
+        2
+    } else {
+        1
     }
-    let mut lanes = [0f64; 4];
-    // SAFETY: `lanes` is 4 f64.
-    unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc0, acc1)) };
-    let mut sum: f64 = lanes.iter().sum();
-    for j in main..k {
-        sum += a[j] as f64 * b[j] as f64;
-    }
-    sum
 }
 
-/// [`dot_f32_f64_avx2`] with AVX-512 (16 values per step).
+// ---------------------------------------------------------------------------------------
+// AVX-512
+
+/// 16 cached elements widened to f32 (exact).
 ///
 /// # Safety
-/// The CPU supports AVX-512 F.
+/// 16 elements from `p` are readable.
+#[inline]
 #[target_feature(enable = "avx512f")]
-pub unsafe fn dot_f32_f64_avx512(a: &[f32], b: &[f32]) -> f64 {
-    let k = a.len().min(b.len());
-    let (mut acc0, mut acc1) = (_mm512_setzero_pd(), _mm512_setzero_pd());
-    let main = k / 16 * 16;
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 16 <= k.
-        unsafe {
-            let (pa, pb) = (a.as_ptr().add(i), b.as_ptr().add(i));
-            let a0 = _mm512_cvtps_pd(_mm256_loadu_ps(pa));
-            let b0 = _mm512_cvtps_pd(_mm256_loadu_ps(pb));
-            let a1 = _mm512_cvtps_pd(_mm256_loadu_ps(pa.add(8)));
-            let b1 = _mm512_cvtps_pd(_mm256_loadu_ps(pb.add(8)));
-            acc0 = _mm512_fmadd_pd(a0, b0, acc0);
-            acc1 = _mm512_fmadd_pd(a1, b1, acc1);
+unsafe fn load16<E: KvElem>(p: *const E) -> __m512 {
+    // SAFETY: the caller guarantees 16 elements (32 or 64 bytes) from p.
+    unsafe {
+        if E::F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
         }
-        i += 16;
     }
-    let mut sum = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
-    for j in main..k {
-        sum += a[j] as f64 * b[j] as f64;
-    }
-    sum
 }
 
-/// [`dot_f32_f64_avx512`] of `a` with `out.len()` rows of `v` (row j at `j * stride +
-/// offset`), four rows at a time so that eight accumulator chains overlap instead of two;
-/// each result is computed exactly as [`dot_f32_f64_avx512`] computes it.
+/// Lane L of the result is `halving_sum` of accumulator L's lanes: four transposing steps,
+/// each adding lane i to lane i + 8 (then 4, 2, 1) of every accumulator at once. The steps
+/// leave accumulator s in lane `SIGMA[s]` (an involution), so they are fed in that order.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn reduce16(acc: &[__m512; 16]) -> __m512 {
+    const SIGMA: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
+    let mut a = [_mm512_setzero_ps(); 16];
+    for s in 0..16 {
+        a[s] = acc[SIGMA[s]];
+    }
+    // Lanes i < 8 of accumulators j and j + 8: 256-bit halves.
+    let mut b = [_mm512_setzero_ps(); 8];
+    for j in 0..8 {
+        let lo = _mm512_shuffle_f32x4::<0x44>(a[j], a[j + 8]);
+        let hi = _mm512_shuffle_f32x4::<0xEE>(a[j], a[j + 8]);
+        b[j] = _mm512_add_ps(lo, hi);
+    }
+    // i + 4: 128-bit blocks.
+    let mut c = [_mm512_setzero_ps(); 4];
+    for j in 0..4 {
+        let lo = _mm512_shuffle_f32x4::<0x88>(b[j], b[j + 4]);
+        let hi = _mm512_shuffle_f32x4::<0xDD>(b[j], b[j + 4]);
+        c[j] = _mm512_add_ps(lo, hi);
+    }
+    // i + 2: 64-bit pairs within blocks.
+    let mut d = [_mm512_setzero_ps(); 2];
+    for j in 0..2 {
+        let (x, y) = (_mm512_castps_pd(c[j]), _mm512_castps_pd(c[j + 2]));
+        d[j] = _mm512_add_ps(
+            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+        );
+    }
+    // i + 1.
+    _mm512_add_ps(
+        _mm512_shuffle_ps::<0x88>(d[0], d[1]),
+        _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
+    )
+}
+
+/// `exp_spec` of 16 values.
+#[inline]
+#[target_feature(enable = "avx512f,fma")]
+fn exp16(x: __m512) -> __m512 {
+    let x = _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN));
+    let n = _mm512_roundscale_ps::<ROUND_NEAREST>(_mm512_mul_ps(
+        x,
+        _mm512_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
+    let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
+    let mut y = _mm512_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(c));
+    }
+    let y = _mm512_add_ps(
+        _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), r),
+        _mm512_set1_ps(1.0),
+    );
+    let e = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+        _mm512_cvtps_epi32(n),
+        _mm512_set1_epi32(127),
+    ));
+    _mm512_mul_ps(y, _mm512_castsi512_ps(e))
+}
+
+/// `attend_spec` with AVX-512.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn dot_rows_f32_f64_avx512(
-    a: &[f32],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f64],
+/// The CPU supports AVX-512 F, FMA and F16C; hd = `out.len() / groups` is a multiple of 16;
+/// rows `0..keys` of `k` and `v` (row j: hd elements at `j * stride + offset`) lie within
+/// them; keys > 0.
+#[target_feature(enable = "avx512f,fma,f16c")]
+pub unsafe fn attend_avx512<E: KvElem>(
+    qs: &[f32],
+    groups: usize,
+    (k, v): (&[E], &[E]),
+    (stride, offset, keys): (usize, usize, usize),
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
 ) {
-    let k = a.len();
-    assert!(k.is_multiple_of(16));
-    assert!(out.is_empty() || v.len() >= (out.len() - 1) * stride + offset + k);
-    let mut j = 0;
-    while j + 4 <= out.len() {
-        let (mut acc0, mut acc1) = ([_mm512_setzero_pd(); 4], [_mm512_setzero_pd(); 4]);
-        for i in (0..k).step_by(16) {
-            // SAFETY: i + 16 <= k = a.len(); row j + r spans (j + r) * stride + offset .. + k
-            // within `v` (asserted above).
-            unsafe {
-                let pa = a.as_ptr().add(i);
-                let a0 = _mm512_cvtps_pd(_mm256_loadu_ps(pa));
-                let a1 = _mm512_cvtps_pd(_mm256_loadu_ps(pa.add(8)));
-                for r in 0..4 {
-                    let pb = v.as_ptr().add((j + r) * stride + offset + i);
-                    let b0 = _mm512_cvtps_pd(_mm256_loadu_ps(pb));
-                    let b1 = _mm512_cvtps_pd(_mm256_loadu_ps(pb.add(8)));
-                    acc0[r] = _mm512_fmadd_pd(a0, b0, acc0[r]);
-                    acc1[r] = _mm512_fmadd_pd(a1, b1, acc1[r]);
+    let hd = out.len() / groups;
+    scores.clear();
+    scores.resize(groups * keys, 0.0);
+    let rows = (stride, offset, keys);
+    let mut h0 = 0;
+    while h0 < groups {
+        let h = head_tile(groups - h0, 4);
+        // SAFETY: the caller's bounds; heads h0..h0 + h exist.
+        unsafe {
+            match h {
+                4 => dots16::<E, 4, 4>(qs, h0, hd, k, rows, scale, scores),
+                2 => dots16::<E, 2, 8>(qs, h0, hd, k, rows, scale, scores),
+                _ => dots16::<E, 1, 16>(qs, h0, hd, k, rows, scale, scores),
+            }
+        }
+        h0 += h;
+    }
+    let mut sums = [0f32; 4];
+    h0 = 0;
+    while h0 < groups {
+        let h = head_tile(groups - h0, 4);
+        for (g, sum) in (h0..h0 + h).zip(&mut sums) {
+            *sum = softmax16(&mut scores[g * keys..(g + 1) * keys]);
+        }
+        // Columns per pass: 16 x C with H x C <= 16 accumulators, C dividing hd / 16.
+        let c = if (hd / LANES).is_multiple_of(4) {
+            4
+        } else if (hd / LANES).is_multiple_of(2) {
+            2
+        } else {
+            1
+        };
+        // SAFETY: the caller's bounds; hd is a multiple of 16 x c.
+        unsafe {
+            match (h, c) {
+                (4, 4) => weighted16::<E, 4, 4>(scores, h0, v, rows, out),
+                (4, 2) => weighted16::<E, 4, 2>(scores, h0, v, rows, out),
+                (4, _) => weighted16::<E, 4, 1>(scores, h0, v, rows, out),
+                (2, 4) => weighted16::<E, 2, 4>(scores, h0, v, rows, out),
+                (2, 2) => weighted16::<E, 2, 2>(scores, h0, v, rows, out),
+                (2, _) => weighted16::<E, 2, 1>(scores, h0, v, rows, out),
+                (_, 4) => weighted16::<E, 1, 4>(scores, h0, v, rows, out),
+                (_, 2) => weighted16::<E, 1, 2>(scores, h0, v, rows, out),
+                _ => weighted16::<E, 1, 1>(scores, h0, v, rows, out),
+            }
+        }
+        for (o, &sum) in out[h0 * hd..(h0 + h) * hd].chunks_exact_mut(hd).zip(&sums) {
+            o.iter_mut().for_each(|o| *o /= sum);
+        }
+        h0 += h;
+    }
+}
+
+/// Scores of heads `h0..h0 + H` against every key, H x KJ (= 16) dots per tile.
+///
+/// # Safety
+/// As [`attend_avx512`].
+#[inline]
+#[target_feature(enable = "avx512f,fma,f16c")]
+unsafe fn dots16<E: KvElem, const H: usize, const KJ: usize>(
+    qs: &[f32],
+    h0: usize,
+    hd: usize,
+    k: &[E],
+    (stride, offset, keys): (usize, usize, usize),
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let sv = _mm512_set1_ps(scale);
+    let (q, kp) = (qs.as_ptr(), k.as_ptr());
+    let mut lanes = [0f32; LANES];
+    let mut j0 = 0;
+    while j0 + KJ <= keys {
+        let mut acc = [_mm512_setzero_ps(); 16];
+        for c in (0..hd).step_by(LANES) {
+            let mut qv = [_mm512_setzero_ps(); H];
+            for (h, qv) in qv.iter_mut().enumerate() {
+                // SAFETY: head h0 + h's query holds hd values.
+                *qv = unsafe { _mm512_loadu_ps(q.add((h0 + h) * hd + c)) };
+            }
+            for kk in 0..KJ {
+                // SAFETY: key j0 + kk < keys lies within k (the caller's bounds).
+                let kv = unsafe { load16(kp.add((j0 + kk) * stride + offset + c)) };
+                for h in 0..H {
+                    acc[h * KJ + kk] = _mm512_fmadd_ps(qv[h], kv, acc[h * KJ + kk]);
                 }
             }
         }
-        for r in 0..4 {
-            out[j + r] = _mm512_reduce_add_pd(_mm512_add_pd(acc0[r], acc1[r]));
+        let r = _mm512_mul_ps(reduce16(&acc), sv);
+        // SAFETY: `lanes` holds 16 f32.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), r) };
+        for h in 0..H {
+            for kk in 0..KJ {
+                scores[(h0 + h) * keys + j0 + kk] = lanes[h * KJ + kk];
+            }
         }
-        j += 4;
+        j0 += KJ;
     }
-    for (j, o) in out.iter_mut().enumerate().skip(j) {
-        let at = j * stride + offset;
-        // SAFETY: AVX-512 F, as the caller guarantees.
-        *o = unsafe { dot_f32_f64_avx512(a, &v[at..at + k]) };
+    for j in j0..keys {
+        for h in 0..H {
+            let mut acc = _mm512_setzero_ps();
+            for c in (0..hd).step_by(LANES) {
+                // SAFETY: as in the tiles above.
+                unsafe {
+                    let kv = load16(kp.add(j * stride + offset + c));
+                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add((h0 + h) * hd + c)), kv, acc);
+                }
+            }
+            // SAFETY: `lanes` holds 16 f32.
+            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+            scores[(h0 + h) * keys + j] = halving_sum(&lanes) * scale;
+        }
     }
 }
 
-/// `out[d] = sum_j w[j] * v[j * stride + offset + d]`, each element accumulated in key order
-/// with one fused multiply-add per key, as [`super::weighted_rows_f64`] specifies: 64 output
-/// values stay in eight registers across all keys (no load and store of the accumulator per
-/// key).
+/// `softmax_weights_spec` of one head's scores.
+#[inline]
+#[target_feature(enable = "avx512f,fma")]
+fn softmax16(row: &mut [f32]) -> f32 {
+    let main = row.len() / LANES * LANES;
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for c in row[..main].chunks_exact(LANES) {
+        // SAFETY: c holds 16 f32. (max(x, m) returns m for a NaN x, as f32::max.)
+        m = _mm512_max_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) }, m);
+    }
+    let mut max = _mm512_reduce_max_ps(m);
+    for &s in &row[main..] {
+        max = max.max(s);
+    }
+    let mv = _mm512_set1_ps(max);
+    let mut acc = _mm512_setzero_ps();
+    for c in row[..main].chunks_exact_mut(LANES) {
+        // SAFETY: c holds 16 f32.
+        unsafe {
+            let p = exp16(_mm512_sub_ps(_mm512_loadu_ps(c.as_ptr()), mv));
+            _mm512_storeu_ps(c.as_mut_ptr(), p);
+            acc = _mm512_add_ps(acc, p);
+        }
+    }
+    let mut lanes = [0f32; LANES];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+    for (j, s) in row.iter_mut().enumerate().skip(main) {
+        *s = exp_spec(*s - max);
+        lanes[j % LANES] += *s;
+    }
+    halving_sum(&lanes)
+}
+
+/// `out[h] = sum_j p[h][j] * v_j` (not yet divided) for heads `h0..h0 + H`, 16 x C columns
+/// per pass: each value chunk is loaded once for the H heads.
 ///
 /// # Safety
-/// The CPU supports AVX-512 F; `out.len()` is a multiple of 8; `v` holds every row read:
-/// `v.len() >= (w.len() - 1) * stride + offset + out.len()` when `w` is not empty.
-#[target_feature(enable = "avx512f")]
-pub unsafe fn weighted_rows_f64_avx512(
-    w: &[f64],
-    v: &[f32],
-    stride: usize,
-    offset: usize,
-    out: &mut [f64],
+/// As [`attend_avx512`], and hd is a multiple of 16 x C.
+#[inline]
+#[target_feature(enable = "avx512f,fma,f16c")]
+unsafe fn weighted16<E: KvElem, const H: usize, const C: usize>(
+    p: &[f32],
+    h0: usize,
+    v: &[E],
+    (stride, offset, keys): (usize, usize, usize),
+    out: &mut [f32],
 ) {
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn chunk<const N: usize>(w: &[f64], v: *const f32, stride: usize, out: *mut f64) {
-        let mut acc = [_mm512_setzero_pd(); N];
-        for (j, &p) in w.iter().enumerate() {
-            let pv = _mm512_set1_pd(p);
-            // SAFETY: the caller's bound: row j holds N*8 values from `v + j*stride`.
-            let row = unsafe { v.add(j * stride) };
-            for (i, a) in acc.iter_mut().enumerate() {
+    // p holds groups x keys weights, out groups x hd values.
+    let hd = out.len() / (p.len() / keys);
+    let mut col = 0;
+    while col < hd {
+        let mut acc = [[_mm512_setzero_ps(); C]; H];
+        for j in 0..keys {
+            // SAFETY: row j's columns col .. col + 16C lie within v (the caller's bounds).
+            let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
+            let mut x = [_mm512_setzero_ps(); C];
+            for (i, x) in x.iter_mut().enumerate() {
                 // SAFETY: as above.
-                let x = _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(row.add(8 * i)) });
-                *a = _mm512_fmadd_pd(pv, x, *a);
+                *x = unsafe { load16(row.add(LANES * i)) };
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let ph = _mm512_set1_ps(p[(h0 + h) * keys + j]);
+                for i in 0..C {
+                    acc[i] = _mm512_fmadd_ps(ph, x[i], acc[i]);
+                }
             }
         }
-        for (i, a) in acc.iter().enumerate() {
-            // SAFETY: `out` holds N*8 values.
-            unsafe { _mm512_storeu_pd(out.add(8 * i), *a) };
-        }
-    }
-    let hd = out.len();
-    debug_assert!(hd.is_multiple_of(8));
-    debug_assert!(w.is_empty() || v.len() >= (w.len() - 1) * stride + offset + hd);
-    let mut c = 0;
-    while c < hd {
-        // SAFETY: the caller's bounds, for columns c.. of every row.
-        unsafe {
-            let (vp, op) = (v.as_ptr().add(offset + c), out.as_mut_ptr().add(c));
-            if hd - c >= 64 {
-                chunk::<8>(w, vp, stride, op);
-                c += 64;
-            } else {
-                chunk::<1>(w, vp, stride, op);
-                c += 8;
+        for (h, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                let at = (h0 + h) * hd + col + LANES * i;
+                // SAFETY: head h0 + h's output holds hd values; at + 16 <= its end.
+                unsafe { _mm512_storeu_ps(out[at..at + LANES].as_mut_ptr(), *a) };
             }
         }
+        col += LANES * C;
     }
 }
 
-/// The grouped attention kernels for one element type of the cached keys and values:
-/// `$load8` widens 8 of them to f64 (exactly: f16 and f32 values are f64 values), so the two
-/// instantiations do the same arithmetic on the same numbers.
-macro_rules! grouped_kv_kernels {
-    ($dot:ident, $weighted:ident, $elem:ty, $features:literal, $load8:ident) => {
-        /// [`dot_rows_f32_f64_avx512`] for the `G` queries of a grouped-query head (`qs`: G * k
-        /// f32, query g at g * k) against the same rows: each key row is loaded and widened once for
-        /// all G queries. `out[g * rows + j]` is computed exactly as [`dot_f32_f64_avx512`] computes
-        /// query g against row j (the same two chains, the same final sum).
-        ///
-        /// # Safety
-        /// The CPU supports AVX-512 F; k is a multiple of 16; `v` holds every row read:
-        /// `v.len() >= (rows - 1) * stride + offset + k` when rows > 0, rows = `out.len() / G`.
-        #[target_feature(enable = $features)]
-        pub unsafe fn $dot<const G: usize>(
-            qs: &[f32],
-            v: &[$elem],
-            stride: usize,
-            offset: usize,
-            out: &mut [f64],
-        ) {
-            let k = qs.len() / G;
-            let rows = out.len() / G;
-            assert!(k.is_multiple_of(16) && qs.len() == G * k && out.len() == G * rows);
-            assert!(rows == 0 || v.len() >= (rows - 1) * stride + offset + k);
-            // The queries widened once (exact), read from L1 by every key.
-            let q64: Vec<f64> = qs.iter().map(|&x| x as f64).collect();
-            let mut j = 0;
-            while j < rows {
-                // Two key rows at a time: 2 x G x 2 chains.
-                let two = j + 1 < rows;
-                let mut acc = [[[_mm512_setzero_pd(); 2]; 2]; G];
-                for i in (0..k).step_by(16) {
-                    // SAFETY: i + 16 <= k; rows j and j + 1 (when `two`) span .. + k within `v`
-                    // (asserted above); q64 holds G * k values.
-                    unsafe {
-                        let pb = v.as_ptr().add(j * stride + offset + i);
-                        let b00 = $load8(pb);
-                        let b01 = $load8(pb.add(8));
-                        let (b10, b11) = if two {
-                            let pb1 = pb.add(stride);
-                            ($load8(pb1), $load8(pb1.add(8)))
-                        } else {
-                            (_mm512_setzero_pd(), _mm512_setzero_pd())
-                        };
-                        for (g, a) in acc.iter_mut().enumerate() {
-                            let pa = q64.as_ptr().add(g * k + i);
-                            let (a0, a1) = (_mm512_loadu_pd(pa), _mm512_loadu_pd(pa.add(8)));
-                            a[0][0] = _mm512_fmadd_pd(a0, b00, a[0][0]);
-                            a[0][1] = _mm512_fmadd_pd(a1, b01, a[0][1]);
-                            a[1][0] = _mm512_fmadd_pd(a0, b10, a[1][0]);
-                            a[1][1] = _mm512_fmadd_pd(a1, b11, a[1][1]);
-                        }
-                    }
-                }
-                for (g, a) in acc.iter().enumerate() {
-                    out[g * rows + j] = _mm512_reduce_add_pd(_mm512_add_pd(a[0][0], a[0][1]));
-                    if two {
-                        out[g * rows + j + 1] =
-                            _mm512_reduce_add_pd(_mm512_add_pd(a[1][0], a[1][1]));
-                    }
-                }
-                j += if two { 2 } else { 1 };
-            }
-        }
+// ---------------------------------------------------------------------------------------
+// AVX2: the 16 lanes are two registers (lanes 0-7, 8-15).
 
-        /// [`weighted_rows_f64_avx512`] for `G` weight vectors over the same rows (`w`: G * keys,
-        /// `out`: G * hd): each row is loaded and widened once for all G. Every output element is
-        /// accumulated in key order with one fused multiply-add per key, as the specification.
-        ///
-        /// # Safety
-        /// The CPU supports AVX-512 F; hd = `out.len() / G` is a multiple of 8; `v` holds every
-        /// row read: `v.len() >= (keys - 1) * stride + offset + hd` when keys > 0.
-        #[target_feature(enable = $features)]
-        pub unsafe fn $weighted<const G: usize>(
-            w: &[f64],
-            v: &[$elem],
-            stride: usize,
-            offset: usize,
-            out: &mut [f64],
-        ) {
-            /// Columns per pass: G x 4 accumulators.
-            const COLS: usize = 32;
-            let keys = w.len() / G;
-            let hd = out.len() / G;
-            assert!(hd.is_multiple_of(8) && w.len() == G * keys && out.len() == G * hd);
-            assert!(keys == 0 || v.len() >= (keys - 1) * stride + offset + hd);
-            let mut c = 0;
-            while c < hd {
-                let n = ((hd - c) / 8).min(COLS / 8);
-                let mut acc = [[_mm512_setzero_pd(); COLS / 8]; G];
-                for j in 0..keys {
-                    // SAFETY: row j holds hd values from j * stride + offset (asserted above).
-                    let row = unsafe { v.as_ptr().add(j * stride + offset + c) };
-                    let mut x = [_mm512_setzero_pd(); COLS / 8];
-                    for (i, xi) in x.iter_mut().enumerate().take(n) {
-                        // SAFETY: columns c + 8i .. + 8 are within the row's hd values.
-                        *xi = unsafe { $load8(row.add(8 * i)) };
-                    }
-                    for (g, a) in acc.iter_mut().enumerate() {
-                        let p = _mm512_set1_pd(w[g * keys + j]);
-                        for i in 0..n {
-                            a[i] = _mm512_fmadd_pd(p, x[i], a[i]);
-                        }
-                    }
-                }
-                for (g, a) in acc.iter().enumerate() {
-                    for (i, ai) in a.iter().enumerate().take(n) {
-                        // SAFETY: out holds G * hd values; c + 8i + 8 <= hd.
-                        unsafe { _mm512_storeu_pd(out.as_mut_ptr().add(g * hd + c + 8 * i), *ai) };
-                    }
-                }
-                c += 8 * n;
-            }
-        }
-    };
-}
-
-/// 8 cached f32 values widened to f64.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn load8_f32(p: *const f32) -> __m512d {
-    // SAFETY: the caller's row bounds cover p .. p + 8.
-    _mm512_cvtps_pd(unsafe { _mm256_loadu_ps(p) })
-}
-
-/// 8 cached f16 values widened to f64.
-#[inline]
-#[target_feature(enable = "avx512f,f16c")]
-unsafe fn load8_f16(p: *const half::f16) -> __m512d {
-    // SAFETY: the caller's row bounds cover p .. p + 8 (16 bytes).
-    _mm512_cvtps_pd(_mm256_cvtph_ps(unsafe {
-        _mm_loadu_si128(p as *const __m128i)
-    }))
-}
-
-grouped_kv_kernels!(
-    dot_rows_group_f32_f64_avx512,
-    weighted_rows_group_f64_avx512,
-    f32,
-    "avx512f",
-    load8_f32
-);
-grouped_kv_kernels!(
-    dot_rows_group_f16_f64_avx512,
-    weighted_rows_group_f16_f64_avx512,
-    half::f16,
-    "avx512f,f16c",
-    load8_f16
-);
-
-/// `y[i] += a * x[i]` with an f64 accumulator and f32 input (AVX2 + FMA).
+/// 8 cached elements widened to f32 (exact).
 ///
 /// # Safety
-/// The CPU supports AVX2 and FMA.
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn axpy_f64_avx2(y: &mut [f64], a: f64, x: &[f32]) {
-    let k = y.len().min(x.len());
-    let av = _mm256_set1_pd(a);
-    let main = k / 4 * 4;
-    let mut i = 0;
-    while i < main {
-        // SAFETY: i + 4 <= k.
-        unsafe {
-            let p = y.as_mut_ptr().add(i);
-            let xv = _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(i)));
-            _mm256_storeu_pd(p, _mm256_fmadd_pd(av, xv, _mm256_loadu_pd(p)));
+/// 8 elements from `p` are readable.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn load8<E: KvElem>(p: *const E) -> __m256 {
+    // SAFETY: the caller guarantees 8 elements (16 or 32 bytes) from p.
+    unsafe {
+        if E::F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
         }
-        i += 4;
     }
-    for j in main..k {
-        y[j] += a * x[j] as f64;
+}
+
+/// `halving_sum` of the 16 lanes held as (lanes 0-7, lanes 8-15).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn reduce_pair(lo: __m256, hi: __m256) -> f32 {
+    let s1 = _mm256_add_ps(lo, hi);
+    let s2 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps::<1>(s1));
+    let s3 = _mm_add_ps(s2, _mm_movehl_ps(s2, s2));
+    _mm_cvtss_f32(_mm_add_ss(s3, _mm_shuffle_ps::<1>(s3, s3)))
+}
+
+/// `exp_spec` of 8 values.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN));
+    let n = _mm256_round_ps::<ROUND_NEAREST>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(std::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+    let mut y = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(c));
+    }
+    let y = _mm256_add_ps(
+        _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r),
+        _mm256_set1_ps(1.0),
+    );
+    let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_mul_ps(y, _mm256_castsi256_ps(e))
+}
+
+/// `attend_spec` with AVX2.
+///
+/// # Safety
+/// The CPU supports AVX2, FMA and F16C; otherwise as [`attend_avx512`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn attend_avx2<E: KvElem>(
+    qs: &[f32],
+    groups: usize,
+    (k, v): (&[E], &[E]),
+    (stride, offset, keys): (usize, usize, usize),
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let hd = out.len() / groups;
+    scores.clear();
+    scores.resize(groups * keys, 0.0);
+    let rows = (stride, offset, keys);
+    let mut h0 = 0;
+    while h0 < groups {
+        let h = head_tile(groups - h0, 2);
+        // SAFETY: the caller's bounds; heads h0..h0 + h exist.
+        unsafe {
+            match h {
+                2 => dots8::<E, 2, 2>(qs, h0, hd, k, rows, scale, scores),
+                _ => dots8::<E, 1, 4>(qs, h0, hd, k, rows, scale, scores),
+            }
+        }
+        h0 += h;
+    }
+    let mut sums = [0f32; 2];
+    h0 = 0;
+    while h0 < groups {
+        let h = head_tile(groups - h0, 2);
+        for (g, sum) in (h0..h0 + h).zip(&mut sums) {
+            *sum = softmax8(&mut scores[g * keys..(g + 1) * keys]);
+        }
+        // 8 x C columns per pass with H x C <= 8 accumulators; hd / 8 is even.
+        let four = (hd / 8).is_multiple_of(4);
+        // SAFETY: the caller's bounds; hd is a multiple of 8 x C.
+        unsafe {
+            match (h, four) {
+                (2, true) => weighted8::<E, 2, 4>(scores, h0, v, rows, out),
+                (2, false) => weighted8::<E, 2, 2>(scores, h0, v, rows, out),
+                (_, true) => weighted8::<E, 1, 4>(scores, h0, v, rows, out),
+                (_, false) => weighted8::<E, 1, 2>(scores, h0, v, rows, out),
+            }
+        }
+        for (o, &sum) in out[h0 * hd..(h0 + h) * hd].chunks_exact_mut(hd).zip(&sums) {
+            o.iter_mut().for_each(|o| *o /= sum);
+        }
+        h0 += h;
+    }
+}
+
+/// [`dots16`] with AVX2: H x KJ (= 4) dots per tile, each as two register chains.
+///
+/// # Safety
+/// As [`attend_avx2`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dots8<E: KvElem, const H: usize, const KJ: usize>(
+    qs: &[f32],
+    h0: usize,
+    hd: usize,
+    k: &[E],
+    (stride, offset, keys): (usize, usize, usize),
+    scale: f32,
+    scores: &mut [f32],
+) {
+    let (q, kp) = (qs.as_ptr(), k.as_ptr());
+    let mut j0 = 0;
+    while j0 < keys {
+        // A full tile of KJ keys, else one key at a time (same chains).
+        let kj = if j0 + KJ <= keys { KJ } else { 1 };
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for c in (0..hd).step_by(LANES) {
+            for half in 0..2 {
+                let at = c + 8 * half;
+                let mut qv = [_mm256_setzero_ps(); H];
+                for (h, qv) in qv.iter_mut().enumerate() {
+                    // SAFETY: head h0 + h's query holds hd values.
+                    *qv = unsafe { _mm256_loadu_ps(q.add((h0 + h) * hd + at)) };
+                }
+                for kk in 0..kj {
+                    // SAFETY: key j0 + kk < keys lies within k.
+                    let kv = unsafe { load8(kp.add((j0 + kk) * stride + offset + at)) };
+                    for h in 0..H {
+                        let a = &mut acc[h * KJ + kk][half];
+                        *a = _mm256_fmadd_ps(qv[h], kv, *a);
+                    }
+                }
+            }
+        }
+        for h in 0..H {
+            for kk in 0..kj {
+                let [lo, hi] = acc[h * KJ + kk];
+                scores[(h0 + h) * keys + j0 + kk] = reduce_pair(lo, hi) * scale;
+            }
+        }
+        j0 += kj;
+    }
+}
+
+/// `softmax_weights_spec` of one head's scores with AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn softmax8(row: &mut [f32]) -> f32 {
+    let main = row.len() / LANES * LANES;
+    let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in row[..main].chunks_exact(8) {
+        // SAFETY: c holds 8 f32. (max(x, m) returns m for a NaN x, as f32::max.)
+        m = _mm256_max_ps(unsafe { _mm256_loadu_ps(c.as_ptr()) }, m);
+    }
+    let mut lanes = [0f32; LANES];
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), m) };
+    let mut max = lanes[..8].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &s in &row[main..] {
+        max = max.max(s);
+    }
+    let mv = _mm256_set1_ps(max);
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for c in row[..main].chunks_exact_mut(LANES) {
+        // SAFETY: c holds 16 f32.
+        unsafe {
+            let p = c.as_mut_ptr();
+            let a = exp8(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+            let b = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(8)), mv));
+            _mm256_storeu_ps(p, a);
+            _mm256_storeu_ps(p.add(8), b);
+            lo = _mm256_add_ps(lo, a);
+            hi = _mm256_add_ps(hi, b);
+        }
+    }
+    // SAFETY: `lanes` holds 16 f32.
+    unsafe {
+        _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+    }
+    for (j, s) in row.iter_mut().enumerate().skip(main) {
+        *s = exp_spec(*s - max);
+        lanes[j % LANES] += *s;
+    }
+    halving_sum(&lanes)
+}
+
+/// [`weighted16`] with AVX2: 8 x C columns per pass.
+///
+/// # Safety
+/// As [`attend_avx2`], and hd is a multiple of 8 x C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted8<E: KvElem, const H: usize, const C: usize>(
+    p: &[f32],
+    h0: usize,
+    v: &[E],
+    (stride, offset, keys): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let hd = out.len() / (p.len() / keys);
+    let mut col = 0;
+    while col < hd {
+        let mut acc = [[_mm256_setzero_ps(); C]; H];
+        for j in 0..keys {
+            // SAFETY: row j's columns col .. col + 8C lie within v (the caller's bounds).
+            let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
+            let mut x = [_mm256_setzero_ps(); C];
+            for (i, x) in x.iter_mut().enumerate() {
+                // SAFETY: as above.
+                *x = unsafe { load8(row.add(8 * i)) };
+            }
+            for (h, acc) in acc.iter_mut().enumerate() {
+                let ph = _mm256_set1_ps(p[(h0 + h) * keys + j]);
+                for i in 0..C {
+                    acc[i] = _mm256_fmadd_ps(ph, x[i], acc[i]);
+                }
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                let at = (h0 + h) * hd + col + 8 * i;
+                // SAFETY: head h0 + h's output holds hd values; at + 8 <= its end.
+                unsafe { _mm256_storeu_ps(out[at..at + 8].as_mut_ptr(), *a) };
+            }
+        }
+        col += 8 * C;
     }
 }
