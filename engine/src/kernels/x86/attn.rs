@@ -23,23 +23,6 @@ fn head_tile(rest: usize, max: usize) -> usize {
     }
 }
 
-/// Keys ahead whose rows are prefetched. Decoding reads every layer's cached keys and values
-/// once per token, so they are rarely in cache, and rows `stride` apart (one KV head's slice
-/// of each position) defeat the hardware prefetcher: without this, decoding after 2,048
-/// tokens spent a third of its time waiting on those loads.
-const PREFETCH_KEYS: usize = 32;
-
-/// Prefetches `len` elements of `rows` from `at` (clamped to the slice: no fault either way).
-#[inline]
-#[target_feature(enable = "sse")]
-fn prefetch<E>(rows: &[E], at: usize, len: usize) {
-    let at = at.min(rows.len().saturating_sub(len));
-    let p = rows.as_ptr().wrapping_add(at) as *const i8;
-    for line in (0..len * size_of::<E>()).step_by(64) {
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // AVX-512
 
@@ -216,9 +199,6 @@ unsafe fn dots16<E: KvElem, const H: usize, const KJ: usize>(
     let mut lanes = [0f32; LANES];
     let mut j0 = 0;
     while j0 + KJ <= keys {
-        for kk in 0..KJ {
-            prefetch(k, (j0 + PREFETCH_KEYS + kk) * stride + offset, hd);
-        }
         let mut acc = [_mm512_setzero_ps(); 16];
         for c in (0..hd).step_by(LANES) {
             let mut qv = [_mm512_setzero_ps(); H];
@@ -315,7 +295,6 @@ unsafe fn weighted16<E: KvElem, const H: usize, const C: usize>(
     while col < hd {
         let mut acc = [[_mm512_setzero_ps(); C]; H];
         for j in 0..keys {
-            prefetch(v, (j + PREFETCH_KEYS) * stride + offset + col, LANES * C);
             // SAFETY: row j's columns col .. col + 16C lie within v (the caller's bounds).
             let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
             let mut x = [_mm512_setzero_ps(); C];
@@ -472,9 +451,6 @@ unsafe fn dots8<E: KvElem, const H: usize, const KJ: usize>(
     while j0 < keys {
         // A full tile of KJ keys, else one key at a time (same chains).
         let kj = if j0 + KJ <= keys { KJ } else { 1 };
-        for kk in 0..kj {
-            prefetch(k, (j0 + PREFETCH_KEYS + kk) * stride + offset, hd);
-        }
         let mut acc = [[_mm256_setzero_ps(); 2]; 4];
         for c in (0..hd).step_by(LANES) {
             for half in 0..2 {
@@ -565,7 +541,6 @@ unsafe fn weighted8<E: KvElem, const H: usize, const C: usize>(
     while col < hd {
         let mut acc = [[_mm256_setzero_ps(); C]; H];
         for j in 0..keys {
-            prefetch(v, (j + PREFETCH_KEYS) * stride + offset + col, 8 * C);
             // SAFETY: row j's columns col .. col + 8C lie within v (the caller's bounds).
             let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
             let mut x = [_mm256_setzero_ps(); C];
