@@ -420,7 +420,7 @@ impl BitNet {
 /// Where a cached row lies in one layer: head-major, each KV head's positions contiguous
 /// (`[head][position][head_dim]`), so attention streams one head's rows. Position-major rows,
 /// `kv_dim` apart, defeated the hardware prefetcher and the TLB: one decode step's attention
-/// after 2,048 tokens took 31 ms instead of 12-19 (f16, one thread, `attention_speed`).
+/// after 2,048 tokens took 31-32 ms instead of 14-22 (f16, one thread, `attention_speed`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct HeadMajor {
     heads: usize,
