@@ -151,8 +151,8 @@ def tiny_model(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def small_model(workdir) -> Path:
-    """The `small` synthetic model (4 layers of 512): a 3,000-token prompt takes over a
-    second to read here."""
+    """The `small` synthetic model (4 layers of 512): a 3,000-token prompt takes about
+    0.45 s to read here on two threads, 0.9 s on one."""
     out = workdir / "small.gguf"
     subprocess.run([binary("bitnet"), "fixture", "--preset", "small", "--seed", "1", "-o", out],
                    check=True, capture_output=True)
