@@ -302,7 +302,8 @@ KV16_CASES = [(p, t, q) for p in PRESETS for t in ("i2_s", "tq1_0") for q in PRO
 @pytest.mark.parametrize("preset,typ,prompt", KV16_CASES)
 def test_f16_kv_cache_logits_agree(harness, preset, typ, prompt):
     """`--kv f16` against the reference that rounds every cached key and value to f16 (numpy's
-    round-to-nearest-even, as the engine's), attention then in float64 on those values."""
+    round-to-nearest-even, as the engine's), attention then on those values (float64 here, f32 in
+    the engine)."""
     v = harness.verdict(preset, typ, prompt, "kv_f16")
     line = f"{preset:5s} {typ:6s} {prompt:8s} kv=f16 {v}"
     REPORT_LINES.append(line)

@@ -34,7 +34,9 @@ parity test can reason about differences):
   theta_0 = f32(pos), theta_{i+1} = f32(theta_i * theta_scale); cos/sin rounded to
   f32; rotation in f32.
 * Attention (scores, causal softmax, weighted sum of V) is computed in float64 from
-  the f32 q/K/V and rounded to f32 once.
+  the f32 q/K/V and rounded to f32 once. (The engine's runs in f32, in one order on every
+  CPU: it differs from this by f32 rounding, which now and then rounds an activation
+  near-tie the other way; criteria.py tolerates such cases, and most stay near-exact.)
 * Output head: f32 matmul of the f16 (tied) embedding converted to f32.
 """
 from __future__ import annotations

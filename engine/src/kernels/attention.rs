@@ -143,7 +143,7 @@ pub(crate) fn softmax_weights_spec(row: &mut [f32]) -> f32 {
 /// Attention of `groups` query heads (`qs`: head g at `g * hd`, hd = `out.len() / groups`)
 /// sharing one KV head: keys and values `0..keys`, row j of each at `j * stride + offset` of
 /// `k` and `v` (both of one precision). `scores` is scratch, kept between calls. Computed by
-/// `isa`'s kernels (which must be the CPU's or lower), bit-identical to [`attend_spec`].
+/// `isa`'s kernels (lowered to what the CPU has), bit-identical to [`attend_spec`].
 #[allow(clippy::too_many_arguments)]
 pub fn attend(
     isa: Isa,
@@ -187,12 +187,13 @@ fn attend_rows<E: KvElem>(
     let hd = out.len() / groups;
     let end = (keys - 1) * stride + offset + hd;
     assert!(k.len() >= end && v.len() >= end, "rows out of bounds");
+    let isa = isa.min(Isa::detect());
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(LANES) && isa >= Isa::Avx2 {
         let rows = (stride, offset, keys);
         if isa == Isa::Avx512Vnni {
-            // SAFETY: the CPU has AVX-512 F and F16C (callers pass the detected ISA or lower);
-            // hd is a multiple of 16; every row read lies within `k` and `v` (asserted above).
+            // SAFETY: the CPU has AVX-512 F, FMA and F16C (`isa` is at most what it has); hd
+            // is a multiple of 16; every row read lies within `k` and `v` (asserted above).
             unsafe { super::x86::attend_avx512(qs, groups, (k, v), rows, scale, scores, out) };
         } else {
             // SAFETY: as above, with AVX2, FMA and F16C.
