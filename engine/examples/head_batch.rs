@@ -1,7 +1,7 @@
 //! Time of the output head (2B4T shape: 128,256 × 2,560) in each head type (F16, Q8_0, Q6_K,
-//! Q4_0) for 1, 2, 4 and 8 vectors, with the bytes it reads and the rate that makes:
-//! `cargo run --release -p bitnet-engine --example head_batch` (`BITNET_ISA=avx2` for the
-//! AVX2 kernels). Best of 7 runs each.
+//! Q4_0) for 1, 2, 4, 8 and 16 vectors, with the bytes it reads and the rate that makes:
+//! `cargo run --release -p bitnet-engine --example head_batch [TYPE...]` (`BITNET_ISA=avx2`
+//! for the AVX2 kernels; types such as `q8_0 q4_0`, all four by default). Best of 7 runs each.
 use std::time::Instant;
 
 use bitnet_engine::gguf::GgmlType;
@@ -21,7 +21,12 @@ fn main() {
     };
     let kern = Kernels::new(None);
     println!("{:?}, {} threads", kern.isa, kern.threads());
-    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K, GgmlType::Q4_0] {
+    let all = [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q6K, GgmlType::Q4_0];
+    let asked: Vec<String> = std::env::args().skip(1).map(|a| a.to_lowercase()).collect();
+    for ty in all {
+        if !asked.is_empty() && !asked.contains(&ty.to_string().to_lowercase()) {
+            continue;
+        }
         let data = if ty == GgmlType::F16 {
             f16.clone()
         } else {
@@ -35,7 +40,7 @@ fn main() {
             k,
             data: &data,
         };
-        for m in [1usize, 2, 4, 8] {
+        for m in [1usize, 2, 4, 8, 16] {
             let xs: Vec<f32> = (0..m * k)
                 .map(|i| ((i * 31) % 97) as f32 / 97.0 - 0.5)
                 .collect();

@@ -51,8 +51,18 @@ fn main() {
                 }
             }
             let gemm = (reps / 4 * rows * k * 8) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            // The whole matrix through `bitlinear` (the row-block kernels, several rows per
+            // activation load), eight tokens.
+            let mut out = vec![0f32; 8 * rows];
+            let t = Instant::now();
+            for _ in 0..reps / 4 {
+                kern.bitlinear(&w, &acts8, &mut out);
+                sink += out[0];
+            }
+            let blocks = (reps / 4 * rows * k * 8) as f64 / t.elapsed().as_secs_f64() / 1e9;
             println!(
-                "{ty:6} {isa:?}: GEMV {gemv:6.2} Gweights/s, GEMM(8 tokens) {gemm:6.2} G MAC/s ({sink:.0})"
+                "{ty:6} {isa:?}: GEMV {gemv:6.2} Gweights/s, GEMM(8 tokens) per row {gemm:6.2}, \
+                 row blocks {blocks:6.2} G MAC/s ({sink:.0})"
             );
         }
     }
