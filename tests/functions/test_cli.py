@@ -286,3 +286,25 @@ def test_tokenize_reads_a_vocabulary_only_gguf(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == [int(t) for t in expected[i].split()]
+
+
+def test_bench_names_the_head_it_ran(tiny_model, tmp_path):
+    """`bitnet bench` reports the head type it measured: the file's (F16 here, Q8_0 in a
+    prepared file) or the one `--head` converted it to, never just the option's default."""
+    prepared = tmp_path / "q8head.gguf"
+    subprocess.run(
+        [str(binary("bitnet")), "prepare", str(tiny_model), "-o", str(prepared), "--head", "q8_0"],
+        check=True, capture_output=True, env=clean_env(), timeout=120,
+    )
+
+    def bench(model, *args):
+        out = subprocess.run(
+            [str(binary("bitnet")), "bench", "--model", str(model), "--pp", "4", "--tg", "2",
+             "--reps", "1", "--json", *args],
+            check=True, capture_output=True, text=True, env=clean_env(), timeout=120,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
+    assert bench(tiny_model)["head_type"] == "F16"
+    assert bench(prepared)["head_type"] == "Q8_0"
+    assert bench(tiny_model, "--head", "q4_0")["head_type"] == "Q4_0"

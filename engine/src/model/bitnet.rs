@@ -392,6 +392,11 @@ impl BitNet {
         }
     }
 
+    /// The output head's type as loaded (the file's, or what it was converted to).
+    pub(crate) fn head_type(&self) -> GgmlType {
+        self.output.ty
+    }
+
     pub(crate) fn output_matrix<'a>(&'a self, file: &'a [u8]) -> DenseMatrix<'a> {
         self.output.matrix(file)
     }

@@ -248,6 +248,12 @@ impl Model {
         self.kernels.isa
     }
 
+    /// The output head's type as loaded: the file's, or the one [`LoadOptions::head`]
+    /// converted it to. `None` for an embedding model, which has no head.
+    pub fn head_type(&self) -> Option<crate::gguf::GgmlType> {
+        (!self.is_embedding()).then(|| self.net.head_type())
+    }
+
     /// A fresh KV cache for up to `capacity` tokens.
     pub fn new_session(&self, capacity: usize) -> Session {
         Session::new(&self.net.config, capacity.min(self.n_ctx()))

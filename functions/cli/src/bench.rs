@@ -176,7 +176,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let file_mb = std::fs::metadata(&a.model)?.len() as f64 / (1024.0 * 1024.0);
     if a.json {
         let v = serde_json::json!({
-            "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head,
+            "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head, "head_type": model.head_type().map(|t| t.to_string()),
             "pp": a.pp, "tg": a.tg, "depth": a.depth, "kv": a.kv, "reps": reps,
             "pp_tok_s": pp_med, "tg_tok_s": tg_med, "load_ms": load_med, "peak_rss_mb": rss, "file_mb": file_mb,
             "pp_samples": pp, "tg_samples": tg, "load_samples_ms": load_ms,
@@ -189,7 +189,9 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.model.display(),
             model.threads(),
             model.isa(),
-            a.head,
+            model
+                .head_type()
+                .map_or_else(|| "none".to_string(), |t| t.to_string()),
             a.kv
         );
         println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
