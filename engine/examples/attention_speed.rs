@@ -8,7 +8,7 @@
 //! layout before.
 use std::time::Instant;
 
-use bitnet_engine::kernels::{Isa, KvRows, attend};
+use bitnet_engine::kernels::{Isa, KvRows, Queries, RowSpan, attend};
 
 const LAYERS: usize = 30;
 const HEADS: usize = 20;
@@ -42,7 +42,6 @@ fn main() {
         })
         .collect();
     let mut out = vec![0f32; HEADS * HD];
-    let mut scores = Vec::new();
     let scale = (1.0 / (HD as f64).sqrt()) as f32;
     let group = HEADS / KV_HEADS;
     let head_major = std::env::var_os("POSITION_MAJOR").is_none();
@@ -58,20 +57,25 @@ fn main() {
                     };
                     for h in 0..KV_HEADS {
                         let r = h * group * HD..(h + 1) * group * HD;
-                        attend(
-                            isa,
-                            &q[r.clone()],
-                            group,
-                            rows,
-                            if head_major {
-                                (HD, h * depth * HD, depth)
-                            } else {
-                                (kv, h * HD, depth)
-                            },
+                        let queries = Queries {
+                            qs: &q[r.clone()],
+                            groups: group,
                             scale,
-                            &mut scores,
-                            &mut out[r],
-                        );
+                        };
+                        let span = if head_major {
+                            RowSpan {
+                                stride: HD,
+                                offset: h * depth * HD,
+                                keys: depth,
+                            }
+                        } else {
+                            RowSpan {
+                                stride: kv,
+                                offset: h * HD,
+                                keys: depth,
+                            }
+                        };
+                        attend(isa, queries, rows, span, &mut out[r]);
                     }
                 }
                 times[i].push(t.elapsed().as_secs_f64());

@@ -18,6 +18,37 @@ use super::{Isa, KvRows};
 /// Lanes of the specified order (one AVX-512 register, two AVX2 ones).
 pub(crate) const LANES: usize = 16;
 
+/// The query side of one attention call: `groups` query heads that share one KV head, head
+/// g's query at `qs[g * hd ..]` (hd = `qs.len() / groups`), and the scale of their dots.
+#[derive(Clone, Copy, Debug)]
+pub struct Queries<'a> {
+    pub qs: &'a [f32],
+    pub groups: usize,
+    pub scale: f32,
+}
+
+/// Where a KV head's cached rows `0..keys` lie in its key and value slices: row j at
+/// `j * stride + offset`.
+#[derive(Clone, Copy, Debug)]
+pub struct RowSpan {
+    pub stride: usize,
+    pub offset: usize,
+    pub keys: usize,
+}
+
+impl RowSpan {
+    /// Index of row `j`'s first element.
+    #[inline(always)]
+    pub(crate) fn at(&self, j: usize) -> usize {
+        j * self.stride + self.offset
+    }
+}
+
+thread_local! {
+    /// A thread's scores (`groups x keys`), kept between calls: no allocation per call.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A cached key or value element: f32, or f16 widened exactly to f32.
 pub(crate) trait KvElem: Copy + Send + Sync {
     const F16: bool;
@@ -96,22 +127,19 @@ pub(crate) const EXP_POLY: [f32; 6] = [
 ];
 
 /// The specification: `out[g * hd ..]` (hd = `out.len() / groups`) is query head g's
-/// attention (`qs[g * hd ..]`) over keys `0..keys`, row j of `k` and `v` at `j * stride +
-/// offset`. `scores` is scratch.
+/// attention over the rows of `k` and `v` that `rows` names. `scores` is scratch.
 pub(crate) fn attend_spec<E: KvElem>(
-    qs: &[f32],
-    groups: usize,
+    Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    (stride, offset, keys): (usize, usize, usize),
-    scale: f32,
+    rows: RowSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = out.len() / groups;
+    let (hd, keys) = (out.len() / groups, rows.keys);
     scores.clear();
     for q in qs.chunks_exact(hd) {
         scores.extend((0..keys).map(|j| {
-            let at = j * stride + offset;
+            let at = rows.at(j);
             dot_spec(q, &k[at..at + hd]) * scale
         }));
     }
@@ -120,7 +148,7 @@ pub(crate) fn attend_spec<E: KvElem>(
         let sum = softmax_weights_spec(row);
         o.fill(0.0);
         for (j, &p) in row.iter().enumerate() {
-            let at = j * stride + offset;
+            let at = rows.at(j);
             for (o, &x) in o.iter_mut().zip(&v[at..at + hd]) {
                 *o = p.mul_add(x.widen(), *o);
             }
@@ -140,77 +168,56 @@ pub(crate) fn softmax_weights_spec(row: &mut [f32]) -> f32 {
     halving_sum(&lanes)
 }
 
-/// Attention of `groups` query heads (`qs`: head g at `g * hd`, hd = `out.len() / groups`)
-/// sharing one KV head: keys and values `0..keys`, row j of each at `j * stride + offset` of
-/// `k` and `v` (both of one precision). `scores` is scratch, kept between calls. Computed by
-/// `isa`'s kernels (lowered to what the CPU has), bit-identical to [`attend_spec`].
-#[allow(clippy::too_many_arguments)]
+/// Attention of the query heads `q` (which share one KV head) over that head's cached keys
+/// and values `(k, v)` (both of one precision), rows `rows`: `out[g * hd ..]` for head g.
+/// Computed by `isa`'s kernels (lowered to what the CPU has), bit-identical to
+/// [`attend_spec`].
 pub fn attend(
     isa: Isa,
-    qs: &[f32],
-    groups: usize,
+    q: Queries<'_>,
     (k, v): (KvRows<'_>, KvRows<'_>),
-    (stride, offset, keys): (usize, usize, usize),
-    scale: f32,
-    scores: &mut Vec<f32>,
+    rows: RowSpan,
     out: &mut [f32],
 ) {
-    assert!(groups > 0 && qs.len() == out.len() && out.len().is_multiple_of(groups));
-    let hd = out.len() / groups;
-    if keys == 0 || hd == 0 {
+    assert!(q.groups > 0 && q.qs.len() == out.len() && out.len().is_multiple_of(q.groups));
+    let hd = out.len() / q.groups;
+    if rows.keys == 0 || hd == 0 {
         out.fill(0.0);
         return;
     }
-    let rows = (stride, offset, keys);
-    match (k, v) {
-        (KvRows::F32(k), KvRows::F32(v)) => {
-            attend_rows(isa, qs, groups, (k, v), rows, scale, scores, out)
-        }
-        (KvRows::F16(k), KvRows::F16(v)) => {
-            attend_rows(isa, qs, groups, (k, v), rows, scale, scores, out)
-        }
+    SCORES.with_borrow_mut(|scores| match (k, v) {
+        (KvRows::F32(k), KvRows::F32(v)) => attend_rows(isa, q, (k, v), rows, scores, out),
+        (KvRows::F16(k), KvRows::F16(v)) => attend_rows(isa, q, (k, v), rows, scores, out),
         _ => panic!("keys and values of different precisions"),
-    }
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
 fn attend_rows<E: KvElem>(
     isa: Isa,
-    qs: &[f32],
-    groups: usize,
+    q: Queries<'_>,
     (k, v): (&[E], &[E]),
-    (stride, offset, keys): (usize, usize, usize),
-    scale: f32,
+    rows: RowSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = out.len() / groups;
-    let end = (keys - 1) * stride + offset + hd;
+    let hd = out.len() / q.groups;
+    let end = rows.at(rows.keys - 1) + hd;
     assert!(k.len() >= end && v.len() >= end, "rows out of bounds");
     let isa = isa.min(Isa::detect());
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(LANES) && isa >= Isa::Avx2 {
-        let rows = (stride, offset, keys);
         if isa == Isa::Avx512Vnni {
             // SAFETY: the CPU has AVX-512 F, FMA and F16C (`isa` is at most what it has); hd
             // is a multiple of 16; every row read lies within `k` and `v` (asserted above).
-            unsafe { super::x86::attend_avx512(qs, groups, (k, v), rows, scale, scores, out) };
+            unsafe { super::x86::attend_avx512(q, (k, v), rows, scores, out) };
         } else {
             // SAFETY: as above, with AVX2, FMA and F16C.
-            unsafe { super::x86::attend_avx2(qs, groups, (k, v), rows, scale, scores, out) };
+            unsafe { super::x86::attend_avx2(q, (k, v), rows, scores, out) };
         }
         return;
     }
     let _ = isa;
-    attend_spec(
-        qs,
-        groups,
-        (k, v),
-        (stride, offset, keys),
-        scale,
-        scores,
-        out,
-    );
+    attend_spec(q, (k, v), rows, scores, out);
 }
 
 #[cfg(test)]
@@ -305,7 +312,16 @@ mod tests {
             let k16: Vec<half::f16> = k32.iter().map(|&x| half::f16::from_f32(x)).collect();
             let v16: Vec<half::f16> = v32.iter().map(|&x| half::f16::from_f32(x)).collect();
             let scale = (1.0 / (hd as f64).sqrt()) as f32;
-            let rows = (stride, offset, keys);
+            let rows = RowSpan {
+                stride,
+                offset,
+                keys,
+            };
+            let q = Queries {
+                qs: &qs,
+                groups,
+                scale,
+            };
             let mut scores = Vec::new();
             for kvs in [
                 (KvRows::F32(&k32), KvRows::F32(&v32)),
@@ -314,10 +330,10 @@ mod tests {
                 let mut want = vec![0f32; groups * hd];
                 match kvs {
                     (KvRows::F32(k), KvRows::F32(v)) => {
-                        attend_spec(&qs, groups, (k, v), rows, scale, &mut scores, &mut want)
+                        attend_spec(q, (k, v), rows, &mut scores, &mut want)
                     }
                     (KvRows::F16(k), KvRows::F16(v)) => {
-                        attend_spec(&qs, groups, (k, v), rows, scale, &mut scores, &mut want)
+                        attend_spec(q, (k, v), rows, &mut scores, &mut want)
                     }
                     _ => unreachable!(),
                 }
@@ -331,22 +347,14 @@ mod tests {
                 };
                 // f16 rows give exactly what their values widened to f32 give.
                 let mut widened = vec![0f32; groups * hd];
-                attend_spec(
-                    &qs,
-                    groups,
-                    (&kw[..], &vw[..]),
-                    rows,
-                    scale,
-                    &mut scores,
-                    &mut widened,
-                );
+                attend_spec(q, (&kw[..], &vw[..]), rows, &mut scores, &mut widened);
                 assert!(
                     widened
                         .iter()
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits())
                 );
-                let exact = attend_f64(&qs, groups, &kw, &vw, rows, scale);
+                let exact = attend_f64(&qs, groups, &kw, &vw, (stride, offset, keys), scale);
                 let err = want
                     .iter()
                     .zip(&exact)
@@ -358,7 +366,7 @@ mod tests {
                 );
                 for isa in isas() {
                     let mut got = vec![f32::NAN; groups * hd];
-                    attend(isa, &qs, groups, kvs, rows, scale, &mut scores, &mut got);
+                    attend(isa, q, kvs, rows, &mut got);
                     let same = got
                         .iter()
                         .zip(&want)

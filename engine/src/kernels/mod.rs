@@ -7,7 +7,7 @@ mod x86;
 mod attention;
 pub mod pool;
 
-pub use attention::attend;
+pub use attention::{Queries, RowSpan, attend};
 
 use std::sync::OnceLock;
 

@@ -1054,17 +1054,18 @@ fn attention(
     let work = |(r, kvh): (usize, usize), out: &mut [f32]| {
         let (seq, pos) = rows[r];
         let qs = &q[r * d + kvh * group * hd..r * d + (kvh + 1) * group * hd];
-        let mut scores = Vec::new();
-        crate::kernels::attend(
-            kern.isa,
+        let queries = crate::kernels::Queries {
             qs,
-            group,
-            (caches[seq].k, caches[seq].v),
-            (hd, kvh * caches[seq].capacity * hd, pos + 1), // causal: keys 0..=pos
+            groups: group,
             scale,
-            &mut scores,
-            out,
-        );
+        };
+        // Head kvh's rows, head-major; causal: keys 0..=pos.
+        let rows = crate::kernels::RowSpan {
+            stride: hd,
+            offset: kvh * caches[seq].capacity * hd,
+            keys: pos + 1,
+        };
+        crate::kernels::attend(kern.isa, queries, (caches[seq].k, caches[seq].v), rows, out);
     };
     // Each (row, KV head) writes its group's `group * head_dim` slice of `att`.
     let n = rows.len();

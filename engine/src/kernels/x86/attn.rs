@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::attention::{
-    EXP_MIN, EXP_POLY, KvElem, LANES, LN2_HI, LN2_LO, exp_spec, halving_sum,
+    EXP_MIN, EXP_POLY, KvElem, LANES, LN2_HI, LN2_LO, Queries, RowSpan, exp_spec, halving_sum,
 };
 
 /// Round to nearest, ties to even, no exceptions (`_mm*_round*_ps`).
@@ -114,22 +114,18 @@ fn exp16(x: __m512) -> __m512 {
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, FMA and F16C; hd = `out.len() / groups` is a multiple of 16;
-/// rows `0..keys` of `k` and `v` (row j: hd elements at `j * stride + offset`) lie within
-/// them; keys > 0.
+/// the rows `rows` names (`keys` > 0 of them, hd elements each) lie within `k` and `v`.
 #[target_feature(enable = "avx512f,fma,f16c")]
 pub unsafe fn attend_avx512<E: KvElem>(
-    qs: &[f32],
-    groups: usize,
+    Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    (stride, offset, keys): (usize, usize, usize),
-    scale: f32,
+    rows: RowSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = out.len() / groups;
+    let (hd, keys) = (out.len() / groups, rows.keys);
     scores.clear();
     scores.resize(groups * keys, 0.0);
-    let rows = (stride, offset, keys);
     let mut h0 = 0;
     while h0 < groups {
         let h = head_tile(groups - h0, 4);
@@ -190,7 +186,11 @@ unsafe fn dots16<E: KvElem, const H: usize, const KJ: usize>(
     h0: usize,
     hd: usize,
     k: &[E],
-    (stride, offset, keys): (usize, usize, usize),
+    RowSpan {
+        stride,
+        offset,
+        keys,
+    }: RowSpan,
     scale: f32,
     scores: &mut [f32],
 ) {
@@ -286,7 +286,11 @@ unsafe fn weighted16<E: KvElem, const H: usize, const C: usize>(
     p: &[f32],
     h0: usize,
     v: &[E],
-    (stride, offset, keys): (usize, usize, usize),
+    RowSpan {
+        stride,
+        offset,
+        keys,
+    }: RowSpan,
     out: &mut [f32],
 ) {
     // p holds groups x keys weights, out groups x hd values.
@@ -382,18 +386,15 @@ fn exp8(x: __m256) -> __m256 {
 /// The CPU supports AVX2, FMA and F16C; otherwise as [`attend_avx512`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn attend_avx2<E: KvElem>(
-    qs: &[f32],
-    groups: usize,
+    Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    (stride, offset, keys): (usize, usize, usize),
-    scale: f32,
+    rows: RowSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let hd = out.len() / groups;
+    let (hd, keys) = (out.len() / groups, rows.keys);
     scores.clear();
     scores.resize(groups * keys, 0.0);
-    let rows = (stride, offset, keys);
     let mut h0 = 0;
     while h0 < groups {
         let h = head_tile(groups - h0, 2);
@@ -442,7 +443,11 @@ unsafe fn dots8<E: KvElem, const H: usize, const KJ: usize>(
     h0: usize,
     hd: usize,
     k: &[E],
-    (stride, offset, keys): (usize, usize, usize),
+    RowSpan {
+        stride,
+        offset,
+        keys,
+    }: RowSpan,
     scale: f32,
     scores: &mut [f32],
 ) {
@@ -533,7 +538,11 @@ unsafe fn weighted8<E: KvElem, const H: usize, const C: usize>(
     p: &[f32],
     h0: usize,
     v: &[E],
-    (stride, offset, keys): (usize, usize, usize),
+    RowSpan {
+        stride,
+        offset,
+        keys,
+    }: RowSpan,
     out: &mut [f32],
 ) {
     let hd = out.len() / (p.len() / keys);
