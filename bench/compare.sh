@@ -5,8 +5,8 @@
 # and TQ1_0 with the Q8_0 head) on
 # the same synthetic 2B4T-shaped model, at 1 and 2 threads, with the AVX-512 kernels and with
 # the AVX2 ones (BITNET_ISA=avx2), plus the decode roofline (bytes per token / memory
-# bandwidth) and the prefill ceiling (VPDPBUSD per token / peak VPDPBUSD rate,
-# bench/vnni_peak.c).
+# bandwidth) and the prefill ceiling (VPDPBUSD per token / peak VPDPBUSD rate, the
+# engine's `peak` example).
 #
 #   bench/compare.sh                 # REPS=5 by default; REPS=9 for the figure
 #   ISAS=avx512 THREADS=2 bench/compare.sh    # a subset
@@ -53,14 +53,14 @@ for t in i2_s tq2_0 tq1_0; do fixture "$t" bitnet-b1.58 "$MODELS/2b4t-$t.gguf"; 
 
 # 4. Memory bandwidth for the decode roofline, VNNI throughput for the prefill ceiling.
 gcc -O2 -mavx2 -pthread -o "$CACHE/membw" bench/membw.c
-gcc -O2 -pthread -o "$CACHE/vnni_peak" bench/vnni_peak.c
+cargo build --release -q -p bitnet-engine --example peak
 
 RESULTS=$CACHE/results.jsonl
 : >"$RESULTS"
 for th in $THREADS; do
     bw=$("$CACHE/membw" "$th")
     echo "{\"engine\":\"membw\",\"threads\":$th,\"gb_s\":$bw}" >>"$RESULTS"
-    vnni=$("$CACHE/vnni_peak" "$th")
+    vnni=$(target/release/examples/peak "$th" --vnni)
     echo "{\"engine\":\"vnni\",\"threads\":$th,\"g_per_s\":$vnni}" >>"$RESULTS"
     log "llama.cpp TQ2_0, $th thread(s)"
     "$LLAMA_BENCH" -m "$MODELS/2b4t-tq2_0-upstream.gguf" -p "$PP" -n "$TG" -t "$th" -r "$REPS" -o jsonl 2>/dev/null |

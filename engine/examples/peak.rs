@@ -1,5 +1,7 @@
 //! This machine's instruction throughput, the ceilings the kernels are measured against:
-//! `cargo run --release -p bitnet-engine --example peak [THREADS]`.
+//! `cargo run --release -p bitnet-engine --example peak [THREADS]`. With `--vnni` after
+//! THREADS it prints only billions of `vpdpbusd` per second, all threads together (0 without
+//! AVX-512 VNNI): `bench/compare.sh`'s prefill ceiling.
 //!
 //! - the clock, from a chain of dependent integer adds (one cycle each);
 //! - f32 FMA on 512-bit and 256-bit registers (what attention and the F16 head run on);
@@ -17,10 +19,23 @@ const ROUNDS: u64 = 40_000_000;
 
 #[cfg(target_arch = "x86_64")]
 fn main() {
-    let threads: usize = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let threads: usize = args
+        .first()
         .map(|a| a.parse().expect("THREADS must be a number"))
         .unwrap_or(2);
+    if args.get(1).is_some_and(|a| a == "--vnni") {
+        let g = if is_x86_feature_detected!("avx512vnni") {
+            on_threads(threads, || {
+                // SAFETY: AVX-512 F and VNNI were detected just above.
+                unsafe { dpbusd512() }
+            }) / 1e9
+        } else {
+            0.0
+        };
+        println!("{g:.3}");
+        return;
+    }
     let ghz = clock_ghz();
     println!("clock ~{ghz:.2} GHz (dependent adds), {threads} threads");
     type Kernel = fn() -> f64;
@@ -49,21 +64,28 @@ fn main() {
         }));
     }
     for (name, per_op, unit, kernel) in rows {
-        let t = Instant::now();
-        let sink: f64 = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..threads).map(|_| s.spawn(kernel)).collect();
-            hs.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        let secs = t.elapsed().as_secs_f64();
-        let ops = (ROUNDS * 12) as f64 / secs;
+        let all = on_threads(threads, kernel);
+        let per_thread = all / threads as f64;
         println!(
             "{name:28} {:5.2} per cycle per thread; {:6.1} G instructions/s, {:6.1} G {unit}/s \
-             in all ({sink:.0})",
-            ops / (ghz * 1e9),
-            ops * threads as f64 / 1e9,
-            ops * threads as f64 * per_op / 1e9,
+             in all",
+            per_thread / (ghz * 1e9),
+            all / 1e9,
+            all * per_op / 1e9,
         );
     }
+}
+
+/// Instructions per second of `kernel` run on `threads` threads at once, all together.
+#[cfg(target_arch = "x86_64")]
+fn on_threads(threads: usize, kernel: fn() -> f64) -> f64 {
+    let t = Instant::now();
+    let sink: f64 = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads).map(|_| s.spawn(kernel)).collect();
+        hs.into_iter().map(|h| h.join().unwrap()).sum()
+    });
+    std::hint::black_box(sink);
+    (ROUNDS * 12 * threads as u64) as f64 / t.elapsed().as_secs_f64()
 }
 
 #[cfg(not(target_arch = "x86_64"))]
