@@ -977,18 +977,22 @@ pub fn quant_head_rows(
                 }
             }};
         }
-        // Vectors four at a time; for each group the rows are read in `S` streams spread
-        // over the range (`x86::spread`: several weight streams in flight, where one per
-        // thread leaves memory bandwidth unused), S shrinking as the group grows so that
-        // the S x V accumulators stay in registers (Q6_K, which unpacks more: 2). The
-        // rows left over go one at a time.
-        let mut out: Vec<[f32; 4]> = vec![[0f32; 4]; r1 - r0];
-        for (g, vs) in acts.chunks(4).enumerate() {
+        // Vectors in groups of up to `per_group` (eight with AVX-512 on Q8_0 / Q4_0, whose
+        // 32 registers hold 2 x 8 accumulators: each row's blocks are unpacked once for
+        // twice the vectors; four otherwise); for each group the rows are read in `S`
+        // streams spread over the range (`x86::spread`: several weight streams in flight,
+        // where one per thread leaves memory bandwidth unused), S shrinking as the group
+        // grows so that the S x V accumulators stay in registers (Q6_K, which unpacks more:
+        // 2). The rows left over go one at a time.
+        let q6k = w.ty == GgmlType::Q6K;
+        let per_group = if avx512 && !q6k { 8 } else { 4 };
+        let mut out: Vec<[f32; 8]> = vec![[0f32; 8]; r1 - r0];
+        for (g, vs) in acts.chunks(per_group).enumerate() {
             macro_rules! group {
                 ($V:literal, $S:literal) => {{
                     let va: [&HeadActs; $V] = std::array::from_fn(|j| &vs[j]);
                     let widen = |t: [f32; $V]| {
-                        let mut o = [0f32; 4];
+                        let mut o = [0f32; 8];
                         o[..$V].copy_from_slice(&t);
                         o
                     };
@@ -1000,7 +1004,6 @@ pub fn quant_head_rows(
                     }
                 }};
             }
-            let q6k = w.ty == GgmlType::Q6K;
             match (vs.len(), q6k, avx512) {
                 (1, true, _) => group!(1, 2),
                 (1, false, true) => group!(1, 8),
@@ -1008,11 +1011,15 @@ pub fn quant_head_rows(
                 (2, false, true) => group!(2, 4),
                 (2, _, _) => group!(2, 2),
                 (3, _, _) => group!(3, 2),
-                _ => group!(4, 2),
+                (4, _, _) => group!(4, 2),
+                (5, _, _) => group!(5, 2),
+                (6, _, _) => group!(6, 2),
+                (7, _, _) => group!(7, 2),
+                _ => group!(8, 2),
             }
             for (i, o) in out.iter().enumerate() {
                 for (j, &v) in o[..vs.len()].iter().enumerate() {
-                    put(4 * g + j, r0 + i, v);
+                    put(per_group * g + j, r0 + i, v);
                 }
             }
         }
