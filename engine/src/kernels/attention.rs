@@ -201,8 +201,15 @@ fn attend_rows<E: KvElem>(
     out: &mut [f32],
 ) {
     let hd = out.len() / q.groups;
-    let end = rows.at(rows.keys - 1) + hd;
-    assert!(k.len() >= end && v.len() >= end, "rows out of bounds");
+    // The last row's end, checked: the SIMD kernels read every row below it unchecked, so
+    // a span whose arithmetic wraps must fail here rather than pass as a small `end`.
+    let end = (rows.keys - 1)
+        .checked_mul(rows.stride)
+        .and_then(|e| e.checked_add(rows.offset)?.checked_add(hd));
+    assert!(
+        end.is_some_and(|end| k.len() >= end && v.len() >= end),
+        "rows out of bounds"
+    );
     let isa = isa.min(Isa::detect());
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(LANES) && isa >= Isa::Avx2 {
@@ -377,6 +384,63 @@ mod tests {
             }
         }
         assert!(checked >= 22);
+    }
+
+    /// A span past the cache, or one whose index arithmetic would wrap, is refused before
+    /// any kernel reads a row.
+    #[test]
+    fn a_span_out_of_bounds_or_wrapping_is_refused() {
+        let (k, v) = (vec![0f32; 64], vec![0f32; 64]);
+        let qs = vec![0f32; 16];
+        let q = Queries {
+            qs: &qs,
+            groups: 1,
+            scale: 1.0,
+        };
+        for rows in [
+            RowSpan {
+                stride: 16,
+                offset: 0,
+                keys: 5,
+            },
+            RowSpan {
+                stride: usize::MAX / 2 + 1,
+                offset: 0,
+                keys: 3,
+            },
+            RowSpan {
+                stride: 16,
+                offset: usize::MAX - 8,
+                keys: 1,
+            },
+        ] {
+            for isa in isas() {
+                let mut out = vec![0f32; 16];
+                let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    attend(isa, q, (KvRows::F32(&k), KvRows::F32(&v)), rows, &mut out)
+                }));
+                let message = refused.expect_err("an out-of-bounds span was accepted");
+                assert_eq!(
+                    message.downcast_ref::<&str>(),
+                    Some(&"rows out of bounds"),
+                    "{rows:?} {isa:?}"
+                );
+            }
+        }
+        // The span that fits is accepted.
+        let mut out = vec![0f32; 16];
+        let fits = RowSpan {
+            stride: 16,
+            offset: 0,
+            keys: 4,
+        };
+        attend(
+            Isa::detect(),
+            q,
+            (KvRows::F32(&k), KvRows::F32(&v)),
+            fits,
+            &mut out,
+        );
     }
 
     /// [`exp_spec`] against f64's exp over the softmax range, and its clamp.
