@@ -630,13 +630,12 @@ impl KvCache {
         self.lay.capacity = self.pos;
     }
 
-    /// Layer `layer`'s keys and values for attention: head h's row j at `j * head_dim + h *
-    /// capacity * head_dim`, with that capacity.
+    /// Layer `layer`'s keys and values for attention, with their layout.
     fn attention_rows(&self, layer: usize) -> CachedHeads<'_> {
         CachedHeads {
             k: self.k.rows(layer),
             v: self.v.rows(layer),
-            capacity: self.lay.capacity,
+            lay: self.lay,
         }
     }
 
@@ -669,7 +668,18 @@ impl KvCache {
 struct CachedHeads<'a> {
     k: KvRows<'a>,
     v: KvRows<'a>,
-    capacity: usize,
+    lay: HeadMajor,
+}
+
+impl CachedHeads<'_> {
+    /// KV head `head`'s positions `0..keys`: contiguous rows of `head_dim` values.
+    fn span(&self, head: usize, keys: usize) -> crate::kernels::RowSpan {
+        crate::kernels::RowSpan {
+            stride: self.lay.head_dim,
+            offset: self.lay.at(head, 0),
+            keys,
+        }
+    }
 }
 
 /// A KV cache with the buffers of its forward passes: one sequence run on its own.
@@ -1059,13 +1069,10 @@ fn attention(
             groups: group,
             scale,
         };
-        // Head kvh's rows, head-major; causal: keys 0..=pos.
-        let rows = crate::kernels::RowSpan {
-            stride: hd,
-            offset: kvh * caches[seq].capacity * hd,
-            keys: pos + 1,
-        };
-        crate::kernels::attend(kern.isa, queries, (caches[seq].k, caches[seq].v), rows, out);
+        let cache = &caches[seq];
+        // Causal: keys 0..=pos.
+        let rows = cache.span(kvh, pos + 1);
+        crate::kernels::attend(kern.isa, queries, (cache.k, cache.v), rows, out);
     };
     // Each (row, KV head) writes its group's `group * head_dim` slice of `att`.
     let n = rows.len();

@@ -174,9 +174,12 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let (pp_med, tg_med, load_med) = (median(&mut pp), median(&mut tg), median(&mut load_ms));
     let rss = peak_rss_mb();
     let file_mb = std::fs::metadata(&a.model)?.len() as f64 / (1024.0 * 1024.0);
+    let head_type = model
+        .head_type()
+        .map_or_else(|| "none".to_string(), |t| t.to_string());
     if a.json {
         let v = serde_json::json!({
-            "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head, "head_type": model.head_type().map(|t| t.to_string()),
+            "model": a.model, "threads": model.threads(), "isa": format!("{:?}", model.isa()), "head": a.head, "head_type": head_type,
             "pp": a.pp, "tg": a.tg, "depth": a.depth, "kv": a.kv, "reps": reps,
             "pp_tok_s": pp_med, "tg_tok_s": tg_med, "load_ms": load_med, "peak_rss_mb": rss, "file_mb": file_mb,
             "pp_samples": pp, "tg_samples": tg, "load_samples_ms": load_ms,
@@ -189,9 +192,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.model.display(),
             model.threads(),
             model.isa(),
-            model
-                .head_type()
-                .map_or_else(|| "none".to_string(), |t| t.to_string()),
+            head_type,
             a.kv
         );
         println!("pp{:<5} {:>9.2} tok/s   (median of {reps})", a.pp, pp_med);
