@@ -3,12 +3,11 @@
 //! as in a session's cache, for f32 and f16 caches and each instruction set (passes
 //! alternate between them so that both see the same memory conditions), single-threaded:
 //! `cargo run --release -p bitnet-engine --example attention_speed [DEPTH]`. Prints the median
-//! pass time and the rate at which it read the cache. The cache is head-major, as
-//! `KvCache` keeps it; `POSITION_MAJOR=1` reads it position-major (rows `kv_dim` apart), the
-//! layout before.
+//! pass time and the rate at which it read the cache. The cache is laid out as `KvCache`
+//! keeps it: head-major, each head's keys in blocks of `KEY_BLOCK` positions.
 use std::time::Instant;
 
-use bitnet_engine::kernels::{Isa, KvRows, Queries, RowSpan, attend};
+use bitnet_engine::kernels::{HeadSpan, Isa, KEY_BLOCK, KvRows, Queries, attend};
 
 const LAYERS: usize = 30;
 const HEADS: usize = 20;
@@ -22,13 +21,15 @@ fn main() {
         .and_then(|d| d.parse().ok())
         .unwrap_or(2048);
     let kv = KV_HEADS * HD;
+    // Positions stored per head: whole key blocks.
+    let cap = depth.next_multiple_of(KEY_BLOCK);
     let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512Vnni]
         .into_iter()
         .filter(|&i| i <= Isa::detect())
         .collect();
     let q: Vec<f32> = (0..HEADS * HD).map(|i| ((i as f32) * 0.37).sin()).collect();
     let vals = |l: usize| -> Vec<f32> {
-        (0..depth * kv)
+        (0..cap * kv)
             .map(|i| (((i + l) as f32) * 0.013).cos())
             .collect()
     };
@@ -44,7 +45,6 @@ fn main() {
     let mut out = vec![0f32; HEADS * HD];
     let scale = (1.0 / (HD as f64).sqrt()) as f32;
     let group = HEADS / KV_HEADS;
-    let head_major = std::env::var_os("POSITION_MAJOR").is_none();
     for (name, elem_bytes) in [("f32", 4), ("f16", 2)] {
         let mut times = vec![Vec::new(); isas.len()];
         for _ in 0..PASSES {
@@ -62,18 +62,9 @@ fn main() {
                             groups: group,
                             scale,
                         };
-                        let span = if head_major {
-                            RowSpan {
-                                stride: HD,
-                                offset: h * depth * HD,
-                                keys: depth,
-                            }
-                        } else {
-                            RowSpan {
-                                stride: kv,
-                                offset: h * HD,
-                                keys: depth,
-                            }
+                        let span = HeadSpan {
+                            offset: h * cap * HD,
+                            keys: depth,
                         };
                         attend(isa, queries, rows, span, &mut out[r]);
                     }

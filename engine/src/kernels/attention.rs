@@ -3,12 +3,20 @@
 //! (the specification below), so the SIMD kernels in `x86::attn` are bit-identical to it
 //! and a row's result never depends on the CPU's vector width:
 //!
-//! - a dot product accumulates element `i` into lane `i % 16` with one fused multiply-add,
-//!   then sums the 16 lanes pairwise, halving (`lane i + lane i + 8`, then `+ 4`, `+ 2`, `+ 1`);
-//! - a score is that dot times `scale`; the weights are `exp(score - max)` by [`exp_spec`];
-//! - their sum accumulates key `j` into lane `j % 16`, then halves as a dot does;
+//! - a score is the dot of the query and a key in four chains: element `d` goes to chain
+//!   `d % 4` with one fused multiply-add, in order, each chain from 0; the chains are summed
+//!   `(c0 + c1) + (c2 + c3)` and multiplied by `scale` (one sequential chain of 128 made the
+//!   long parity prompts' f16-cache logits drift off the float64 reference by 0.03-0.06 std);
+//!   the weights are `exp(score - max)` by [`exp_spec`];
+//! - their sum accumulates key `j` into lane `j % 16`, then sums the 16 lanes pairwise,
+//!   halving (`lane i + lane i + 8`, then `+ 4`, `+ 2`, `+ 1`);
 //! - the output accumulates each column over the keys in order, one fused multiply-add per
 //!   key, and is divided by the sum.
+//!
+//! The keys are stored in blocks of [`KEY_BLOCK`] positions, dimension-major (element `d` of
+//! the block's 16 keys side by side, see [`key_index`]): a vector register then holds one
+//! element of 16 keys, and 16 scores come out of the same chains of fused multiply-adds with
+//! no reduction across lanes. The values are rows, one per position.
 //!
 //! The scores of a row are kept (`groups x keys` f32, 64 KiB at 4,096 keys for 4 heads), so
 //! the keys and the values are each read once per row, and the softmax needs no rescaling.
@@ -17,6 +25,21 @@ use super::{Isa, KvRows};
 
 /// Lanes of the specified order (one AVX-512 register, two AVX2 ones).
 pub(crate) const LANES: usize = 16;
+
+/// Chains of a score's dot: element `d` goes to chain `d % 4` (the SIMD kernels' register
+/// tiles are sized from it).
+pub(crate) const CHAINS: usize = 4;
+
+/// Positions per block of cached keys.
+pub const KEY_BLOCK: usize = LANES;
+
+/// Where element `d` of key `j` lies among a KV head's keys (head size `hd`), counted from
+/// the head's first element: keys `16b .. 16b + 16` fill `16 * hd` elements, element `d` of
+/// all 16 at `16 * d ..`. The same positions' value rows fill the same span of the values.
+#[inline(always)]
+pub fn key_index(hd: usize, j: usize, d: usize) -> usize {
+    (j - j % KEY_BLOCK) * hd + d * KEY_BLOCK + j % KEY_BLOCK
+}
 
 /// The query side of one attention call: `groups` query heads that share one KV head, head
 /// g's query at `qs[g * hd ..]` (hd = `qs.len() / groups`), and the scale of their dots.
@@ -27,20 +50,22 @@ pub struct Queries<'a> {
     pub scale: f32,
 }
 
-/// Where a KV head's cached rows `0..keys` lie in its key and value slices: row j at
-/// `j * stride + offset`.
+/// Where a KV head's cached positions `0..keys` lie: from `offset` in its keys (in blocks,
+/// [`key_index`]; the last block whole, its lanes past `keys` read and ignored) and from
+/// `offset` in its values (row j at `offset + j * hd`).
 #[derive(Clone, Copy, Debug)]
-pub struct RowSpan {
-    pub stride: usize,
+pub struct HeadSpan {
     pub offset: usize,
     pub keys: usize,
 }
 
-impl RowSpan {
-    /// Index of row `j`'s first element.
-    #[inline(always)]
-    pub(crate) fn at(&self, j: usize) -> usize {
-        j * self.stride + self.offset
+impl HeadSpan {
+    /// Elements of the keys read: whole blocks.
+    fn key_len(&self, hd: usize) -> Option<usize> {
+        self.keys
+            .div_ceil(KEY_BLOCK)
+            .checked_mul(KEY_BLOCK)?
+            .checked_mul(hd)
     }
 }
 
@@ -85,15 +110,6 @@ pub(crate) fn halving_sum(lanes: &[f32; LANES]) -> f32 {
     s[0]
 }
 
-/// `sum a[i] * b[i]` in the specified order.
-pub(crate) fn dot_spec<E: KvElem>(a: &[f32], b: &[E]) -> f32 {
-    let mut lanes = [0f32; LANES];
-    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
-        lanes[i % LANES] = x.mul_add(y.widen(), lanes[i % LANES]);
-    }
-    halving_sum(&lanes)
-}
-
 /// Cephes' single-precision exp, in fused multiply-adds: `x <= 0` (a score minus the row's
 /// maximum) gives `e^x` within 2 ulp; below -87 it gives `e^-87` (1.6e-38, nothing beside
 /// the maximum's weight of 1). The SIMD versions do these operations in this order.
@@ -127,29 +143,33 @@ pub(crate) const EXP_POLY: [f32; 6] = [
 ];
 
 /// The specification: `out[g * hd ..]` (hd = `out.len() / groups`) is query head g's
-/// attention over the rows of `k` and `v` that `rows` names. `scores` is scratch.
+/// attention over the positions of `k` and `v` that `span` names. `scores` is scratch.
 pub(crate) fn attend_spec<E: KvElem>(
     Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    rows: RowSpan,
+    span: HeadSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, keys) = (out.len() / groups, rows.keys);
+    let (hd, keys) = (out.len() / groups, span.keys);
+    let (k, v) = (&k[span.offset..], &v[span.offset..]);
     scores.clear();
     for q in qs.chunks_exact(hd) {
         scores.extend((0..keys).map(|j| {
-            let at = rows.at(j);
-            dot_spec(q, &k[at..at + hd]) * scale
+            let mut chains = [0f32; CHAINS];
+            for (d, &x) in q.iter().enumerate() {
+                let c = &mut chains[d % CHAINS];
+                *c = x.mul_add(k[key_index(hd, j, d)].widen(), *c);
+            }
+            ((chains[0] + chains[1]) + (chains[2] + chains[3])) * scale
         }));
     }
     for (g, o) in out.chunks_exact_mut(hd).enumerate() {
         let row = &mut scores[g * keys..(g + 1) * keys];
         let sum = softmax_weights_spec(row);
         o.fill(0.0);
-        for (j, &p) in row.iter().enumerate() {
-            let at = rows.at(j);
-            for (o, &x) in o.iter_mut().zip(&v[at..at + hd]) {
+        for (p, x) in row.iter().zip(v.chunks_exact(hd)) {
+            for (o, &x) in o.iter_mut().zip(x) {
                 *o = p.mul_add(x.widen(), *o);
             }
         }
@@ -169,25 +189,25 @@ pub(crate) fn softmax_weights_spec(row: &mut [f32]) -> f32 {
 }
 
 /// Attention of the query heads `q` (which share one KV head) over that head's cached keys
-/// and values `(k, v)` (both of one precision), rows `rows`: `out[g * hd ..]` for head g.
+/// and values `(k, v)` (both of one precision), positions `span`: `out[g * hd ..]` for head g.
 /// Computed by `isa`'s kernels (lowered to what the CPU has), bit-identical to
 /// [`attend_spec`].
 pub fn attend(
     isa: Isa,
     q: Queries<'_>,
     (k, v): (KvRows<'_>, KvRows<'_>),
-    rows: RowSpan,
+    span: HeadSpan,
     out: &mut [f32],
 ) {
     assert!(q.groups > 0 && q.qs.len() == out.len() && out.len().is_multiple_of(q.groups));
     let hd = out.len() / q.groups;
-    if rows.keys == 0 || hd == 0 {
+    if span.keys == 0 || hd == 0 {
         out.fill(0.0);
         return;
     }
     SCORES.with_borrow_mut(|scores| match (k, v) {
-        (KvRows::F32(k), KvRows::F32(v)) => attend_rows(isa, q, (k, v), rows, scores, out),
-        (KvRows::F16(k), KvRows::F16(v)) => attend_rows(isa, q, (k, v), rows, scores, out),
+        (KvRows::F32(k), KvRows::F32(v)) => attend_rows(isa, q, (k, v), span, scores, out),
+        (KvRows::F16(k), KvRows::F16(v)) => attend_rows(isa, q, (k, v), span, scores, out),
         _ => panic!("keys and values of different precisions"),
     })
 }
@@ -196,35 +216,40 @@ fn attend_rows<E: KvElem>(
     isa: Isa,
     q: Queries<'_>,
     (k, v): (&[E], &[E]),
-    rows: RowSpan,
+    span: HeadSpan,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
     let hd = out.len() / q.groups;
-    // The last row's end, checked: the SIMD kernels read every row below it unchecked, so
-    // a span whose arithmetic wraps must fail here rather than pass as a small `end`.
-    let end = (rows.keys - 1)
-        .checked_mul(rows.stride)
-        .and_then(|e| e.checked_add(rows.offset)?.checked_add(hd));
+    // The ends of the keys and values read, checked: the SIMD kernels read every element
+    // below them unchecked, so a span whose arithmetic wraps must fail here rather than pass
+    // as a small end.
+    let k_end = span.key_len(hd).and_then(|n| n.checked_add(span.offset));
+    let v_end = span
+        .keys
+        .checked_mul(hd)
+        .and_then(|n| n.checked_add(span.offset));
     assert!(
-        end.is_some_and(|end| k.len() >= end && v.len() >= end),
+        k_end.is_some_and(|e| k.len() >= e) && v_end.is_some_and(|e| v.len() >= e),
         "rows out of bounds"
     );
     let isa = isa.min(Isa::detect());
     #[cfg(target_arch = "x86_64")]
     if hd.is_multiple_of(LANES) && isa >= Isa::Avx2 {
+        let (k, v) = (&k[span.offset..], &v[span.offset..]);
         if isa == Isa::Avx512Vnni {
             // SAFETY: the CPU has AVX-512 F, FMA and F16C (`isa` is at most what it has); hd
-            // is a multiple of 16; every row read lies within `k` and `v` (asserted above).
-            unsafe { super::x86::attend_avx512(q, (k, v), rows, scores, out) };
+            // is a multiple of 16; `k` holds the span's whole key blocks and `v` its value
+            // rows (asserted above).
+            unsafe { super::x86::attend_avx512(q, (k, v), span.keys, scores, out) };
         } else {
             // SAFETY: as above, with AVX2, FMA and F16C.
-            unsafe { super::x86::attend_avx2(q, (k, v), rows, scores, out) };
+            unsafe { super::x86::attend_avx2(q, (k, v), span.keys, scores, out) };
         }
         return;
     }
     let _ = isa;
-    attend_spec(q, (k, v), rows, scores, out);
+    attend_spec(q, (k, v), span, scores, out);
 }
 
 #[cfg(test)]
@@ -252,23 +277,16 @@ mod tests {
             .collect()
     }
 
-    /// The same attention in f64 from the same (f32 or widened f16) values.
-    fn attend_f64(
-        qs: &[f32],
-        groups: usize,
-        k: &[f32],
-        v: &[f32],
-        rows: (usize, usize, usize),
-        scale: f32,
-    ) -> Vec<f64> {
-        let (stride, offset, keys) = rows;
+    /// The same attention in f64 from one head's keys and values as rows (`keys x hd`
+    /// each, f32 or widened f16 values).
+    fn attend_f64(qs: &[f32], groups: usize, k: &[f32], v: &[f32], scale: f32) -> Vec<f64> {
         let hd = qs.len() / groups;
         let mut out = vec![0f64; qs.len()];
         for (g, o) in out.chunks_exact_mut(hd).enumerate() {
             let q = &qs[g * hd..(g + 1) * hd];
-            let s: Vec<f64> = (0..keys)
-                .map(|j| {
-                    let r = &k[j * stride + offset..][..hd];
+            let s: Vec<f64> = k
+                .chunks_exact(hd)
+                .map(|r| {
                     q.iter()
                         .zip(r)
                         .map(|(&a, &b)| a as f64 * b as f64)
@@ -279,8 +297,8 @@ mod tests {
             let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let p: Vec<f64> = s.iter().map(|&x| (x - max).exp()).collect();
             let sum: f64 = p.iter().sum();
-            for (j, &p) in p.iter().enumerate() {
-                for (o, &x) in o.iter_mut().zip(&v[j * stride + offset..][..hd]) {
+            for (&p, r) in p.iter().zip(v.chunks_exact(hd)) {
+                for (o, &x) in o.iter_mut().zip(r) {
                     *o += p * x as f64 / sum;
                 }
             }
@@ -288,21 +306,40 @@ mod tests {
         out
     }
 
+    /// Three KV heads' caches of `cap` positions (a multiple of [`KEY_BLOCK`]) as the cache
+    /// keeps them, head-major, the keys in blocks: the middle head holds rows `k` and `v`
+    /// (`keys x hd`), and everything else (the other heads, the last block's lanes past
+    /// `keys`) is NaN, which no result may read.
+    fn three_heads(k: &[f32], v: &[f32], hd: usize, cap: usize) -> (Vec<f32>, Vec<f32>) {
+        let (mut kc, mut vc) = (vec![f32::NAN; 3 * cap * hd], vec![f32::NAN; 3 * cap * hd]);
+        let offset = cap * hd;
+        for (j, (kr, vr)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+            for d in 0..hd {
+                kc[offset + key_index(hd, j, d)] = kr[d];
+            }
+            vc[offset + j * hd..offset + (j + 1) * hd].copy_from_slice(vr);
+        }
+        (kc, vc)
+    }
+
     /// Each SIMD kernel gives the specification's bits, for f32 and f16 caches, every tile
-    /// shape (1, 2, 4 and 5 heads per KV head; keys around the tile and lane sizes; head
-    /// sizes 16 to 128), and the specification is within f32 rounding of exact attention.
+    /// shape (1 to 5 heads per KV head; keys around the block and tile sizes; head sizes 16
+    /// to 128), reading no element outside the span's keys and values, and the specification
+    /// is within f32 rounding of exact attention.
     #[test]
     fn simd_kernels_are_bit_identical_to_the_specification() {
         let mut checked = 0;
         for (case, &(groups, hd, keys)) in [
-            (1, 16, 1),
+            (1usize, 16usize, 1usize),
             (4, 128, 1),
             (4, 128, 3),
             (4, 128, 17),
             (4, 128, 100),
+            (4, 128, 130),
             (2, 64, 15),
             (2, 32, 16),
             (1, 128, 33),
+            (1, 64, 80),
             (5, 48, 31),
             (3, 16, 64),
             (4, 8, 9), // not a multiple of 16: every ISA runs the specification
@@ -310,18 +347,24 @@ mod tests {
         .iter()
         .enumerate()
         {
-            let n_kv = 3;
-            let (stride, offset) = (n_kv * hd, hd); // the second of three KV heads
+            let cap = keys.next_multiple_of(KEY_BLOCK) + KEY_BLOCK;
             let qs = values(case as u64, groups * hd, 1.0);
             // Scores spread over a few units, as trained attention's are.
-            let k32 = values(100 + case as u64, keys * stride, 4.0);
-            let v32 = values(200 + case as u64, keys * stride, 1.0);
-            let k16: Vec<half::f16> = k32.iter().map(|&x| half::f16::from_f32(x)).collect();
-            let v16: Vec<half::f16> = v32.iter().map(|&x| half::f16::from_f32(x)).collect();
+            let k = values(100 + case as u64, keys * hd, 4.0);
+            let v = values(200 + case as u64, keys * hd, 1.0);
+            let round = |x: &[f32]| -> Vec<f32> {
+                x.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect()
+            };
+            let (k16, v16) = (round(&k), round(&v));
+            let (k32c, v32c) = three_heads(&k, &v, hd, cap);
+            let (k16c, v16c) = three_heads(&k16, &v16, hd, cap);
+            let half = |x: &[f32]| -> Vec<half::f16> {
+                x.iter().map(|&x| half::f16::from_f32(x)).collect()
+            };
+            let (k16c, v16c) = (half(&k16c), half(&v16c));
             let scale = (1.0 / (hd as f64).sqrt()) as f32;
-            let rows = RowSpan {
-                stride,
-                offset,
+            let span = HeadSpan {
+                offset: cap * hd,
                 keys,
             };
             let q = Queries {
@@ -330,38 +373,40 @@ mod tests {
                 scale,
             };
             let mut scores = Vec::new();
-            for kvs in [
-                (KvRows::F32(&k32), KvRows::F32(&v32)),
-                (KvRows::F16(&k16), KvRows::F16(&v16)),
+            for (kvs, (kw, vw)) in [
+                ((KvRows::F32(&k32c), KvRows::F32(&v32c)), (&k, &v)),
+                ((KvRows::F16(&k16c), KvRows::F16(&v16c)), (&k16, &v16)),
             ] {
                 let mut want = vec![0f32; groups * hd];
                 match kvs {
                     (KvRows::F32(k), KvRows::F32(v)) => {
-                        attend_spec(q, (k, v), rows, &mut scores, &mut want)
+                        attend_spec(q, (k, v), span, &mut scores, &mut want)
                     }
                     (KvRows::F16(k), KvRows::F16(v)) => {
-                        attend_spec(q, (k, v), rows, &mut scores, &mut want)
+                        attend_spec(q, (k, v), span, &mut scores, &mut want)
                     }
                     _ => unreachable!(),
                 }
-                let (kw, vw): (Vec<f32>, Vec<f32>) = match kvs {
-                    (KvRows::F32(k), KvRows::F32(v)) => (k.to_vec(), v.to_vec()),
-                    (KvRows::F16(k), KvRows::F16(v)) => (
-                        k.iter().map(|h| h.to_f32()).collect(),
-                        v.iter().map(|h| h.to_f32()).collect(),
-                    ),
-                    _ => unreachable!(),
-                };
-                // f16 rows give exactly what their values widened to f32 give.
-                let mut widened = vec![0f32; groups * hd];
-                attend_spec(q, (&kw[..], &vw[..]), rows, &mut scores, &mut widened);
-                assert!(
-                    widened
-                        .iter()
-                        .zip(&want)
-                        .all(|(a, b)| a.to_bits() == b.to_bits())
-                );
-                let exact = attend_f64(&qs, groups, &kw, &vw, (stride, offset, keys), scale);
+                // f16 caches give exactly what their values widened to f32 give.
+                if let (KvRows::F16(k), KvRows::F16(v)) = kvs {
+                    let widen =
+                        |x: &[half::f16]| -> Vec<f32> { x.iter().map(|h| h.to_f32()).collect() };
+                    let mut widened = vec![0f32; groups * hd];
+                    attend_spec(
+                        q,
+                        (&widen(k)[..], &widen(v)[..]),
+                        span,
+                        &mut scores,
+                        &mut widened,
+                    );
+                    assert!(
+                        widened
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits())
+                    );
+                }
+                let exact = attend_f64(&qs, groups, kw, vw, scale);
                 let err = want
                     .iter()
                     .zip(&exact)
@@ -373,43 +418,45 @@ mod tests {
                 );
                 for isa in isas() {
                     let mut got = vec![f32::NAN; groups * hd];
-                    attend(isa, q, kvs, rows, &mut got);
+                    attend(isa, q, kvs, span, &mut got);
                     let same = got
                         .iter()
                         .zip(&want)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "case {case} {isa:?} {kvs:?}: {got:?} != {want:?}");
+                    assert!(same, "case {case} {isa:?}: {got:?} != {want:?}");
                     checked += 1;
                 }
             }
         }
-        assert!(checked >= 22);
+        assert!(checked >= 26);
     }
 
     /// A span past the cache, or one whose index arithmetic would wrap, is refused before
-    /// any kernel reads a row.
+    /// any kernel reads an element.
     #[test]
     fn a_span_out_of_bounds_or_wrapping_is_refused() {
-        let (k, v) = (vec![0f32; 64], vec![0f32; 64]);
+        let (k, v) = (vec![0f32; 256], vec![0f32; 256]);
         let qs = vec![0f32; 16];
         let q = Queries {
             qs: &qs,
             groups: 1,
             scale: 1.0,
         };
-        for rows in [
-            RowSpan {
-                stride: 16,
+        for span in [
+            // 17 keys need two whole key blocks (512 elements of hd 16).
+            HeadSpan {
                 offset: 0,
-                keys: 5,
+                keys: 17,
             },
-            RowSpan {
-                stride: usize::MAX / 2 + 1,
+            HeadSpan {
+                offset: 16,
+                keys: 16,
+            },
+            HeadSpan {
                 offset: 0,
-                keys: 3,
+                keys: usize::MAX / 2 + 1,
             },
-            RowSpan {
-                stride: 16,
+            HeadSpan {
                 offset: usize::MAX - 8,
                 keys: 1,
             },
@@ -417,22 +464,21 @@ mod tests {
             for isa in isas() {
                 let mut out = vec![0f32; 16];
                 let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    attend(isa, q, (KvRows::F32(&k), KvRows::F32(&v)), rows, &mut out)
+                    attend(isa, q, (KvRows::F32(&k), KvRows::F32(&v)), span, &mut out)
                 }));
                 let message = refused.expect_err("an out-of-bounds span was accepted");
                 assert_eq!(
                     message.downcast_ref::<&str>(),
                     Some(&"rows out of bounds"),
-                    "{rows:?} {isa:?}"
+                    "{span:?} {isa:?}"
                 );
             }
         }
-        // The span that fits is accepted.
+        // The span that fits (one whole block of 16 keys of 16 values) is accepted.
         let mut out = vec![0f32; 16];
-        let fits = RowSpan {
-            stride: 16,
+        let fits = HeadSpan {
             offset: 0,
-            keys: 4,
+            keys: 16,
         };
         attend(
             Isa::detect(),

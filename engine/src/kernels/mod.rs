@@ -7,7 +7,7 @@ mod x86;
 mod attention;
 pub mod pool;
 
-pub use attention::{Queries, RowSpan, attend};
+pub use attention::{HeadSpan, KEY_BLOCK, Queries, attend, key_index};
 
 use std::sync::OnceLock;
 

@@ -18,7 +18,7 @@ use super::config::{Activation, Config};
 use crate::EngineError;
 use crate::generate::Interrupt;
 use crate::gguf::{GgmlType, GgufFile, TensorInfo};
-use crate::kernels::{Kernels, KvRows};
+use crate::kernels::{HeadSpan, KEY_BLOCK, Kernels, KvRows};
 use half::f16;
 
 use super::KvPrecision;
@@ -422,22 +422,54 @@ impl BitNet {
     }
 }
 
-/// Where a cached row lies in one layer: head-major, each KV head's positions contiguous
-/// (`[head][position][head_dim]`), so attention streams one head's rows. Position-major rows,
-/// `kv_dim` apart, defeated the hardware prefetcher and the TLB: one decode step's attention
-/// after 2,048 tokens took 31-32 ms instead of 14-22 (f16, one thread, `attention_speed`).
+/// Where a cached element lies in one layer: head-major, each KV head's positions
+/// contiguous, so attention streams one head's keys and values. Position-major rows, `kv_dim`
+/// apart, defeated the hardware prefetcher and the TLB: one decode step's attention after
+/// 2,048 tokens took 31-32 ms instead of 14-22 (f16, one thread, `attention_speed`). Within a
+/// head, values are rows (`[position][head_dim]`) and keys are in attention's blocks of
+/// [`KEY_BLOCK`] positions ([`crate::kernels::key_index`]), the layout its kernels read.
 #[derive(Debug, Clone, Copy, PartialEq)]
 struct HeadMajor {
     heads: usize,
     head_dim: usize,
-    /// Positions per head.
+    /// Positions stored per head: a multiple of [`KEY_BLOCK`] (whole key blocks).
     capacity: usize,
 }
 
+/// Which side of the cache an element belongs to (they are laid out differently).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Side {
+    Keys,
+    Values,
+}
+
 impl HeadMajor {
-    /// The first value of position `pos` of head `head`.
-    fn at(&self, head: usize, pos: usize) -> usize {
-        (head * self.capacity + pos) * self.head_dim
+    /// Room for `positions` per head, rounded up to whole key blocks.
+    fn new(heads: usize, head_dim: usize, positions: usize) -> Self {
+        Self {
+            heads,
+            head_dim,
+            capacity: positions.next_multiple_of(KEY_BLOCK),
+        }
+    }
+
+    /// The first element of head `head` (of its keys and of its values alike).
+    fn head(&self, head: usize) -> usize {
+        head * self.capacity * self.head_dim
+    }
+
+    /// Where element `d` of position `pos` of head `head` lies on side `side`.
+    fn index(&self, side: Side, head: usize, pos: usize, d: usize) -> usize {
+        self.head(head)
+            + match side {
+                Side::Values => pos * self.head_dim + d,
+                Side::Keys => crate::kernels::key_index(self.head_dim, pos, d),
+            }
+    }
+
+    /// Elements of a head's first `n` positions on either side: whole key blocks.
+    fn head_prefix_len(&self, n: usize) -> usize {
+        n.next_multiple_of(KEY_BLOCK) * self.head_dim
     }
 
     fn len(&self) -> usize {
@@ -453,32 +485,40 @@ enum KvLayers {
 }
 
 /// `src` (rows of `heads * head_dim` values, position-major) written from position `pos`.
-fn write_rows<T>(dst: &mut [T], lay: HeadMajor, pos: usize, src: &[f32], cast: impl Fn(f32) -> T) {
+fn write_rows<T>(
+    dst: &mut [T],
+    lay: HeadMajor,
+    side: Side,
+    pos: usize,
+    src: &[f32],
+    cast: impl Fn(f32) -> T,
+) {
     let hd = lay.head_dim;
     for (t, row) in src.chunks_exact(lay.heads * hd).enumerate() {
         for (h, vals) in row.chunks_exact(hd).enumerate() {
-            let at = lay.at(h, pos + t);
-            for (d, &x) in dst[at..at + hd].iter_mut().zip(vals) {
-                *d = cast(x);
+            for (d, &x) in vals.iter().enumerate() {
+                dst[lay.index(side, h, pos + t, d)] = cast(x);
             }
         }
     }
 }
 
-/// Each head's first `n` positions copied from `src` (laid out by `from`) to `dst` (`to`).
+/// Each head's first `n` positions copied from `src` (laid out by `from`) to `dst` (`to`):
+/// the whole key blocks that hold them, on either side.
 fn copy_heads<T: Copy>(dst: &mut [T], to: HeadMajor, src: &[T], from: HeadMajor, n: usize) {
-    let len = n * to.head_dim;
+    let len = to.head_prefix_len(n);
     for h in 0..to.heads {
-        let (d, s) = (to.at(h, 0), from.at(h, 0));
+        let (d, s) = (to.head(h), from.head(h));
         dst[d..d + len].copy_from_slice(&src[s..s + len]);
     }
 }
 
-/// Keeps each head's first `n` positions, packed to a capacity of `n`.
+/// Keeps each head's first `n` positions (whole key blocks), packed to a capacity of `n`
+/// rounded up to a block.
 fn shrink_heads<T: Copy>(l: &mut Vec<T>, lay: HeadMajor, n: usize) {
-    let len = n * lay.head_dim;
+    let len = lay.head_prefix_len(n);
     for h in 0..lay.heads {
-        l.copy_within(lay.at(h, 0)..lay.at(h, 0) + len, h * len);
+        l.copy_within(lay.head(h)..lay.head(h) + len, h * len);
     }
     l.truncate(lay.heads * len);
     l.shrink_to_fit();
@@ -501,11 +541,11 @@ impl KvLayers {
     }
 
     /// Writes `src` (whole positions) at position `pos` of `layer` (f16: each value rounded
-    /// to nearest).
-    fn write(&mut self, layer: usize, lay: HeadMajor, pos: usize, src: &[f32]) {
+    /// to nearest), laid out as `side`.
+    fn write(&mut self, layer: usize, lay: HeadMajor, side: Side, pos: usize, src: &[f32]) {
         match self {
-            Self::F32(l) => write_rows(&mut l[layer], lay, pos, src, |x| x),
-            Self::F16(l) => write_rows(&mut l[layer], lay, pos, src, f16::from_f32),
+            Self::F32(l) => write_rows(&mut l[layer], lay, side, pos, src, |x| x),
+            Self::F16(l) => write_rows(&mut l[layer], lay, side, pos, src, f16::from_f32),
         }
     }
 
@@ -546,16 +586,18 @@ impl KvLayers {
         }
     }
 
-    /// The first `n` positions of `layer`, position-major, widened to f32 (tests).
+    /// The first `n` positions of `layer` (laid out as `side`), position-major, widened to
+    /// f32 (tests).
     #[cfg(test)]
-    fn values(&self, layer: usize, lay: HeadMajor, n: usize) -> Vec<f32> {
+    fn values(&self, layer: usize, lay: HeadMajor, side: Side, n: usize) -> Vec<f32> {
         let widened: Vec<f32> = match self {
             Self::F32(l) => l[layer].clone(),
             Self::F16(l) => l[layer].iter().map(|h| h.to_f32()).collect(),
         };
         (0..n)
             .flat_map(|p| (0..lay.heads).map(move |h| (h, p)))
-            .flat_map(|(h, p)| widened[lay.at(h, p)..lay.at(h, p) + lay.head_dim].to_vec())
+            .flat_map(|(h, p)| (0..lay.head_dim).map(move |d| (h, p, d)))
+            .map(|(h, p, d)| widened[lay.index(side, h, p, d)])
             .collect()
     }
 }
@@ -568,26 +610,25 @@ pub struct KvCache {
     v: KvLayers,
     /// Tokens already in the cache.
     pos: usize,
+    /// Tokens it may hold (its storage, `lay.capacity`, rounds this up to whole key blocks).
+    capacity: usize,
     lay: HeadMajor,
 }
 
 impl KvCache {
     pub fn new(c: &Config, capacity: usize) -> Self {
-        let lay = HeadMajor {
-            heads: c.n_head_kv,
-            head_dim: c.head_dim,
-            capacity,
-        };
+        let lay = HeadMajor::new(c.n_head_kv, c.head_dim, capacity);
         Self {
             k: KvLayers::new(c.kv, c.n_layer, lay),
             v: KvLayers::new(c.kv, c.n_layer, lay),
             pos: 0,
+            capacity,
             lay,
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.lay.capacity
+        self.capacity
     }
 
     /// Tokens in the cache.
@@ -627,7 +668,8 @@ impl KvCache {
     pub(crate) fn shrink_to_len(&mut self) {
         self.k.shrink(self.lay, self.pos);
         self.v.shrink(self.lay, self.pos);
-        self.lay.capacity = self.pos;
+        self.lay = HeadMajor::new(self.lay.heads, self.lay.head_dim, self.pos);
+        self.capacity = self.pos;
     }
 
     /// Layer `layer`'s keys and values for attention, with their layout.
@@ -645,9 +687,12 @@ impl KvCache {
         let kv = self.lay.heads * self.lay.head_dim;
         for li in 0..self.k.n_layers() {
             for (p, &t) in tokens.iter().enumerate() {
-                self.k
-                    .write(li, self.lay, p, &vec![t as f32 + li as f32 * 0.5; kv]);
-                self.v.write(li, self.lay, p, &vec![-(t as f32); kv]);
+                let key: Vec<f32> = (0..kv)
+                    .map(|i| t as f32 + li as f32 * 0.5 + i as f32)
+                    .collect();
+                self.k.write(li, self.lay, Side::Keys, p, &key);
+                self.v
+                    .write(li, self.lay, Side::Values, p, &vec![-(t as f32); kv]);
             }
         }
         self.pos = tokens.len();
@@ -657,8 +702,10 @@ impl KvCache {
     #[cfg(test)]
     pub(crate) fn same_positions(&self, other: &KvCache, n: usize) -> bool {
         (0..self.k.n_layers()).all(|li| {
-            self.k.values(li, self.lay, n) == other.k.values(li, other.lay, n)
-                && self.v.values(li, self.lay, n) == other.v.values(li, other.lay, n)
+            self.k.values(li, self.lay, Side::Keys, n)
+                == other.k.values(li, other.lay, Side::Keys, n)
+                && self.v.values(li, self.lay, Side::Values, n)
+                    == other.v.values(li, other.lay, Side::Values, n)
         })
     }
 }
@@ -672,11 +719,10 @@ struct CachedHeads<'a> {
 }
 
 impl CachedHeads<'_> {
-    /// KV head `head`'s positions `0..keys`: contiguous rows of `head_dim` values.
-    fn span(&self, head: usize, keys: usize) -> crate::kernels::RowSpan {
-        crate::kernels::RowSpan {
-            stride: self.lay.head_dim,
-            offset: self.lay.at(head, 0),
+    /// KV head `head`'s positions `0..keys`.
+    fn span(&self, head: usize, keys: usize) -> HeadSpan {
+        HeadSpan {
+            offset: self.lay.head(head),
             keys,
         }
     }
@@ -948,8 +994,8 @@ impl BitNet {
             for e in batch.iter_mut() {
                 let (p, m) = (e.cache.pos, e.tokens.len());
                 let lay = e.cache.lay;
-                e.cache.k.write(li, lay, p, &sc.k[r0 * kv..(r0 + m) * kv]);
-                e.cache.v.write(li, lay, p, &sc.v[r0 * kv..(r0 + m) * kv]);
+                (e.cache.k).write(li, lay, Side::Keys, p, &sc.k[r0 * kv..(r0 + m) * kv]);
+                (e.cache.v).write(li, lay, Side::Values, p, &sc.v[r0 * kv..(r0 + m) * kv]);
                 r0 += m;
             }
             let caches: Vec<CachedHeads<'_>> =

@@ -6,7 +6,8 @@
 use std::arch::x86_64::*;
 
 use crate::kernels::attention::{
-    EXP_MIN, EXP_POLY, KvElem, LANES, LN2_HI, LN2_LO, Queries, RowSpan, exp_spec, halving_sum,
+    CHAINS, EXP_MIN, EXP_POLY, KEY_BLOCK, KvElem, LANES, LN2_HI, LN2_LO, Queries, exp_spec,
+    halving_sum,
 };
 
 /// Round to nearest, ties to even, no exceptions (`_mm*_round*_ps`).
@@ -43,47 +44,6 @@ unsafe fn load16<E: KvElem>(p: *const E) -> __m512 {
     }
 }
 
-/// Lane L of the result is `halving_sum` of accumulator L's lanes: four transposing steps,
-/// each adding lane i to lane i + 8 (then 4, 2, 1) of every accumulator at once. The steps
-/// leave accumulator s in lane `SIGMA[s]` (an involution), so they are fed in that order.
-#[inline]
-#[target_feature(enable = "avx512f")]
-fn reduce16(acc: &[__m512; 16]) -> __m512 {
-    const SIGMA: [usize; 16] = [0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15];
-    let mut a = [_mm512_setzero_ps(); 16];
-    for s in 0..16 {
-        a[s] = acc[SIGMA[s]];
-    }
-    // Lanes i < 8 of accumulators j and j + 8: 256-bit halves.
-    let mut b = [_mm512_setzero_ps(); 8];
-    for j in 0..8 {
-        let lo = _mm512_shuffle_f32x4::<0x44>(a[j], a[j + 8]);
-        let hi = _mm512_shuffle_f32x4::<0xEE>(a[j], a[j + 8]);
-        b[j] = _mm512_add_ps(lo, hi);
-    }
-    // i + 4: 128-bit blocks.
-    let mut c = [_mm512_setzero_ps(); 4];
-    for j in 0..4 {
-        let lo = _mm512_shuffle_f32x4::<0x88>(b[j], b[j + 4]);
-        let hi = _mm512_shuffle_f32x4::<0xDD>(b[j], b[j + 4]);
-        c[j] = _mm512_add_ps(lo, hi);
-    }
-    // i + 2: 64-bit pairs within blocks.
-    let mut d = [_mm512_setzero_ps(); 2];
-    for j in 0..2 {
-        let (x, y) = (_mm512_castps_pd(c[j]), _mm512_castps_pd(c[j + 2]));
-        d[j] = _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
-        );
-    }
-    // i + 1.
-    _mm512_add_ps(
-        _mm512_shuffle_ps::<0x88>(d[0], d[1]),
-        _mm512_shuffle_ps::<0xDD>(d[0], d[1]),
-    )
-}
-
 /// `exp_spec` of 16 values.
 #[inline]
 #[target_feature(enable = "avx512f,fma")]
@@ -110,31 +70,62 @@ fn exp16(x: __m512) -> __m512 {
     _mm512_mul_ps(y, _mm512_castsi512_ps(e))
 }
 
-/// `attend_spec` with AVX-512.
+/// Scores stored from a tile's register: its 16 lanes are the scores of keys `j .. j + 16`
+/// of one head (`row` starts at key `j`), the lanes past the row's end dropped.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn store_scores16(row: &mut [f32], x: __m512) {
+    let n = row.len().min(LANES);
+    // SAFETY: the mask selects the first n <= row.len() lanes; masked lanes are not written.
+    unsafe { _mm512_mask_storeu_ps(row.as_mut_ptr(), ((1u32 << n) - 1) as u16, x) };
+}
+
+/// `attend_spec` with AVX-512, `k` and `v` from the KV head's first element.
 ///
 /// # Safety
 /// The CPU supports AVX-512 F, FMA and F16C; hd = `out.len() / groups` is a multiple of 16;
-/// the rows `rows` names (`keys` > 0 of them, hd elements each) lie within `k` and `v`.
+/// `k` holds `keys.div_ceil(16)` whole key blocks and `v` `keys` (> 0) value rows.
 #[target_feature(enable = "avx512f,fma,f16c")]
 pub unsafe fn attend_avx512<E: KvElem>(
     Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    rows: RowSpan,
+    keys: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, keys) = (out.len() / groups, rows.keys);
+    let hd = out.len() / groups;
     scores.clear();
     scores.resize(groups * keys, 0.0);
+    let blocks = keys.div_ceil(KEY_BLOCK);
     let mut h0 = 0;
     while h0 < groups {
         let h = head_tile(groups - h0, 4);
-        // SAFETY: the caller's bounds; heads h0..h0 + h exist.
+        // H x B x CHAINS = 16 accumulators per tile, the remaining blocks one at a time.
+        let (q, sc) = (
+            &qs[h0 * hd..(h0 + h) * hd],
+            &mut scores[h0 * keys..(h0 + h) * keys],
+        );
+        // SAFETY: the caller's bounds; blocks < `blocks`.
         unsafe {
             match h {
-                4 => dots16::<E, 4, 4>(qs, h0, hd, k, rows, scale, scores),
-                2 => dots16::<E, 2, 8>(qs, h0, hd, k, rows, scale, scores),
-                _ => dots16::<E, 1, 16>(qs, h0, hd, k, rows, scale, scores),
+                4 => {
+                    const B: usize = 16 / (4 * CHAINS);
+                    let whole = blocks / B * B;
+                    dots16::<E, 4, B>(q, hd, k, 0..whole, scale, sc);
+                    dots16::<E, 4, 1>(q, hd, k, whole..blocks, scale, sc);
+                }
+                2 => {
+                    const B: usize = 16 / (2 * CHAINS);
+                    let whole = blocks / B * B;
+                    dots16::<E, 2, B>(q, hd, k, 0..whole, scale, sc);
+                    dots16::<E, 2, 1>(q, hd, k, whole..blocks, scale, sc);
+                }
+                _ => {
+                    const B: usize = 16 / CHAINS;
+                    let whole = blocks / B * B;
+                    dots16::<E, 1, B>(q, hd, k, 0..whole, scale, sc);
+                    dots16::<E, 1, 1>(q, hd, k, whole..blocks, scale, sc);
+                }
             }
         }
         h0 += h;
@@ -157,15 +148,15 @@ pub unsafe fn attend_avx512<E: KvElem>(
         // SAFETY: the caller's bounds; hd is a multiple of 16 x c.
         unsafe {
             match (h, c) {
-                (4, 4) => weighted16::<E, 4, 4>(scores, h0, v, rows, out),
-                (4, 2) => weighted16::<E, 4, 2>(scores, h0, v, rows, out),
-                (4, _) => weighted16::<E, 4, 1>(scores, h0, v, rows, out),
-                (2, 4) => weighted16::<E, 2, 4>(scores, h0, v, rows, out),
-                (2, 2) => weighted16::<E, 2, 2>(scores, h0, v, rows, out),
-                (2, _) => weighted16::<E, 2, 1>(scores, h0, v, rows, out),
-                (_, 4) => weighted16::<E, 1, 4>(scores, h0, v, rows, out),
-                (_, 2) => weighted16::<E, 1, 2>(scores, h0, v, rows, out),
-                _ => weighted16::<E, 1, 1>(scores, h0, v, rows, out),
+                (4, 4) => weighted16::<E, 4, 4>(scores, h0, v, keys, out),
+                (4, 2) => weighted16::<E, 4, 2>(scores, h0, v, keys, out),
+                (4, _) => weighted16::<E, 4, 1>(scores, h0, v, keys, out),
+                (2, 4) => weighted16::<E, 2, 4>(scores, h0, v, keys, out),
+                (2, 2) => weighted16::<E, 2, 2>(scores, h0, v, keys, out),
+                (2, _) => weighted16::<E, 2, 1>(scores, h0, v, keys, out),
+                (_, 4) => weighted16::<E, 1, 4>(scores, h0, v, keys, out),
+                (_, 2) => weighted16::<E, 1, 2>(scores, h0, v, keys, out),
+                _ => weighted16::<E, 1, 1>(scores, h0, v, keys, out),
             }
         }
         for (o, &sum) in out[h0 * hd..(h0 + h) * hd].chunks_exact_mut(hd).zip(&sums) {
@@ -175,70 +166,64 @@ pub unsafe fn attend_avx512<E: KvElem>(
     }
 }
 
-/// Scores of heads `h0..h0 + H` against every key, H x KJ (= 16) dots per tile.
+/// Scores of H heads (queries `q`, scores rows `scores`, `keys` each) against the keys of
+/// blocks `blocks`, B blocks per tile: H x B x CHAINS accumulators, each the 16 lanes of one
+/// chain of one head's dots with one block's keys (the specification's chains, lane by
+/// lane).
 ///
 /// # Safety
-/// As [`attend_avx512`].
+/// As [`attend_avx512`]; `blocks` ends at most at `keys.div_ceil(16)`.
 #[inline]
 #[target_feature(enable = "avx512f,fma,f16c")]
-unsafe fn dots16<E: KvElem, const H: usize, const KJ: usize>(
-    qs: &[f32],
-    h0: usize,
+unsafe fn dots16<E: KvElem, const H: usize, const B: usize>(
+    q: &[f32],
     hd: usize,
     k: &[E],
-    RowSpan {
-        stride,
-        offset,
-        keys,
-    }: RowSpan,
+    blocks: std::ops::Range<usize>,
     scale: f32,
     scores: &mut [f32],
 ) {
+    let keys = scores.len() / H;
     let sv = _mm512_set1_ps(scale);
-    let (q, kp) = (qs.as_ptr(), k.as_ptr());
-    let mut lanes = [0f32; LANES];
-    let mut j0 = 0;
-    while j0 + KJ <= keys {
-        let mut acc = [_mm512_setzero_ps(); 16];
-        for c in (0..hd).step_by(LANES) {
-            let mut qv = [_mm512_setzero_ps(); H];
-            for (h, qv) in qv.iter_mut().enumerate() {
-                // SAFETY: head h0 + h's query holds hd values.
-                *qv = unsafe { _mm512_loadu_ps(q.add((h0 + h) * hd + c)) };
-            }
-            for kk in 0..KJ {
-                // SAFETY: key j0 + kk < keys lies within k (the caller's bounds).
-                let kv = unsafe { load16(kp.add((j0 + kk) * stride + offset + c)) };
-                for h in 0..H {
-                    acc[h * KJ + kk] = _mm512_fmadd_ps(qv[h], kv, acc[h * KJ + kk]);
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let block = KEY_BLOCK * hd;
+    let mut b = blocks.start;
+    while b + B <= blocks.end {
+        let mut acc = [[[_mm512_setzero_ps(); CHAINS]; B]; H];
+        for d0 in (0..hd).step_by(CHAINS) {
+            for c in 0..CHAINS {
+                let d = d0 + c;
+                let mut kt = [_mm512_setzero_ps(); B];
+                for (i, kt) in kt.iter_mut().enumerate() {
+                    // SAFETY: block b + i is one of the span's whole blocks (the caller's
+                    // bounds).
+                    *kt = unsafe { load16(kp.add((b + i) * block + d * KEY_BLOCK)) };
+                }
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: head h's query holds hd values.
+                    let qb = _mm512_set1_ps(unsafe { *qp.add(h * hd + d) });
+                    for i in 0..B {
+                        acc[i][c] = _mm512_fmadd_ps(qb, kt[i], acc[i][c]);
+                    }
                 }
             }
         }
-        let r = _mm512_mul_ps(reduce16(&acc), sv);
-        // SAFETY: `lanes` holds 16 f32.
-        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), r) };
-        for h in 0..H {
-            for kk in 0..KJ {
-                scores[(h0 + h) * keys + j0 + kk] = lanes[h * KJ + kk];
+        for (row, acc) in scores.chunks_exact_mut(keys).zip(&acc) {
+            for (i, a) in acc.iter().enumerate() {
+                let dot = chains_sum16(a);
+                store_scores16(&mut row[(b + i) * KEY_BLOCK..], _mm512_mul_ps(dot, sv));
             }
         }
-        j0 += KJ;
+        b += B;
     }
-    for j in j0..keys {
-        for h in 0..H {
-            let mut acc = _mm512_setzero_ps();
-            for c in (0..hd).step_by(LANES) {
-                // SAFETY: as in the tiles above.
-                unsafe {
-                    let kv = load16(kp.add(j * stride + offset + c));
-                    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q.add((h0 + h) * hd + c)), kv, acc);
-                }
-            }
-            // SAFETY: `lanes` holds 16 f32.
-            unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
-            scores[(h0 + h) * keys + j] = halving_sum(&lanes) * scale;
-        }
-    }
+}
+
+/// The chains of a dot summed in the specified order: `(c0 + c1) + (c2 + c3)`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn chains_sum16(a: &[__m512; CHAINS]) -> __m512 {
+    const { assert!(CHAINS == 4) };
+    _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]))
 }
 
 /// `softmax_weights_spec` of one head's scores.
@@ -286,11 +271,7 @@ unsafe fn weighted16<E: KvElem, const H: usize, const C: usize>(
     p: &[f32],
     h0: usize,
     v: &[E],
-    RowSpan {
-        stride,
-        offset,
-        keys,
-    }: RowSpan,
+    keys: usize,
     out: &mut [f32],
 ) {
     // p holds groups x keys weights, out groups x hd values.
@@ -300,7 +281,7 @@ unsafe fn weighted16<E: KvElem, const H: usize, const C: usize>(
         let mut acc = [[_mm512_setzero_ps(); C]; H];
         for j in 0..keys {
             // SAFETY: row j's columns col .. col + 16C lie within v (the caller's bounds).
-            let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
+            let row = unsafe { v.as_ptr().add(j * hd + col) };
             let mut x = [_mm512_setzero_ps(); C];
             for (i, x) in x.iter_mut().enumerate() {
                 // SAFETY: as above.
@@ -344,16 +325,6 @@ unsafe fn load8<E: KvElem>(p: *const E) -> __m256 {
     }
 }
 
-/// `halving_sum` of the 16 lanes held as (lanes 0-7, lanes 8-15).
-#[inline]
-#[target_feature(enable = "avx2")]
-fn reduce_pair(lo: __m256, hi: __m256) -> f32 {
-    let s1 = _mm256_add_ps(lo, hi);
-    let s2 = _mm_add_ps(_mm256_castps256_ps128(s1), _mm256_extractf128_ps::<1>(s1));
-    let s3 = _mm_add_ps(s2, _mm_movehl_ps(s2, s2));
-    _mm_cvtss_f32(_mm_add_ss(s3, _mm_shuffle_ps::<1>(s3, s3)))
-}
-
 /// `exp_spec` of 8 values.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
@@ -388,27 +359,21 @@ fn exp8(x: __m256) -> __m256 {
 pub unsafe fn attend_avx2<E: KvElem>(
     Queries { qs, groups, scale }: Queries<'_>,
     (k, v): (&[E], &[E]),
-    rows: RowSpan,
+    keys: usize,
     scores: &mut Vec<f32>,
     out: &mut [f32],
 ) {
-    let (hd, keys) = (out.len() / groups, rows.keys);
+    let hd = out.len() / groups;
     scores.clear();
     scores.resize(groups * keys, 0.0);
-    let mut h0 = 0;
-    while h0 < groups {
-        let h = head_tile(groups - h0, 2);
-        // SAFETY: the caller's bounds; heads h0..h0 + h exist.
-        unsafe {
-            match h {
-                2 => dots8::<E, 2, 2>(qs, h0, hd, k, rows, scale, scores),
-                _ => dots8::<E, 1, 4>(qs, h0, hd, k, rows, scale, scores),
-            }
-        }
-        h0 += h;
+    let blocks = keys.div_ceil(KEY_BLOCK);
+    // One head at a time: CHAINS x 2 registers of accumulators.
+    for (q, sc) in qs.chunks_exact(hd).zip(scores.chunks_exact_mut(keys)) {
+        // SAFETY: the caller's bounds.
+        unsafe { dots8::<E>(q, hd, k, blocks, scale, sc) };
     }
     let mut sums = [0f32; 2];
-    h0 = 0;
+    let mut h0 = 0;
     while h0 < groups {
         let h = head_tile(groups - h0, 2);
         for (g, sum) in (h0..h0 + h).zip(&mut sums) {
@@ -419,10 +384,10 @@ pub unsafe fn attend_avx2<E: KvElem>(
         // SAFETY: the caller's bounds; hd is a multiple of 8 x C.
         unsafe {
             match (h, four) {
-                (2, true) => weighted8::<E, 2, 4>(scores, h0, v, rows, out),
-                (2, false) => weighted8::<E, 2, 2>(scores, h0, v, rows, out),
-                (_, true) => weighted8::<E, 1, 4>(scores, h0, v, rows, out),
-                (_, false) => weighted8::<E, 1, 2>(scores, h0, v, rows, out),
+                (2, true) => weighted8::<E, 2, 4>(scores, h0, v, keys, out),
+                (2, false) => weighted8::<E, 2, 2>(scores, h0, v, keys, out),
+                (_, true) => weighted8::<E, 1, 4>(scores, h0, v, keys, out),
+                (_, false) => weighted8::<E, 1, 2>(scores, h0, v, keys, out),
             }
         }
         for (o, &sum) in out[h0 * hd..(h0 + h) * hd].chunks_exact_mut(hd).zip(&sums) {
@@ -432,56 +397,51 @@ pub unsafe fn attend_avx2<E: KvElem>(
     }
 }
 
-/// [`dots16`] with AVX2: H x KJ (= 4) dots per tile, each as two register chains.
+/// [`dots16`] with AVX2 for one head (query `q`, scores row `scores`) and the `blocks` key
+/// blocks: each chain's accumulator is two registers (lanes 0-7, 8-15 of a block), 8 of 16.
 ///
 /// # Safety
-/// As [`attend_avx2`].
+/// As [`attend_avx2`]; `blocks` is `scores.len().div_ceil(16)`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dots8<E: KvElem, const H: usize, const KJ: usize>(
-    qs: &[f32],
-    h0: usize,
+unsafe fn dots8<E: KvElem>(
+    q: &[f32],
     hd: usize,
     k: &[E],
-    RowSpan {
-        stride,
-        offset,
-        keys,
-    }: RowSpan,
+    blocks: usize,
     scale: f32,
     scores: &mut [f32],
 ) {
-    let (q, kp) = (qs.as_ptr(), k.as_ptr());
-    let mut j0 = 0;
-    while j0 < keys {
-        // A full tile of KJ keys, else one key at a time (same chains).
-        let kj = if j0 + KJ <= keys { KJ } else { 1 };
-        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-        for c in (0..hd).step_by(LANES) {
-            for half in 0..2 {
-                let at = c + 8 * half;
-                let mut qv = [_mm256_setzero_ps(); H];
-                for (h, qv) in qv.iter_mut().enumerate() {
-                    // SAFETY: head h0 + h's query holds hd values.
-                    *qv = unsafe { _mm256_loadu_ps(q.add((h0 + h) * hd + at)) };
-                }
-                for kk in 0..kj {
-                    // SAFETY: key j0 + kk < keys lies within k.
-                    let kv = unsafe { load8(kp.add((j0 + kk) * stride + offset + at)) };
-                    for h in 0..H {
-                        let a = &mut acc[h * KJ + kk][half];
-                        *a = _mm256_fmadd_ps(qv[h], kv, *a);
-                    }
+    let sv = _mm256_set1_ps(scale);
+    let kp = k.as_ptr();
+    let mut lanes = [0f32; LANES];
+    for b in 0..blocks {
+        let mut acc = [[_mm256_setzero_ps(); 2]; CHAINS];
+        for d0 in (0..hd).step_by(CHAINS) {
+            for (c, acc) in acc.iter_mut().enumerate() {
+                let d = d0 + c;
+                let qb = _mm256_set1_ps(q[d]);
+                // SAFETY: block b is one of the span's whole blocks (the caller's bounds).
+                let kt = unsafe {
+                    let p = kp.add(b * KEY_BLOCK * hd + d * KEY_BLOCK);
+                    [load8(p), load8(p.add(8))]
+                };
+                for half in 0..2 {
+                    acc[half] = _mm256_fmadd_ps(qb, kt[half], acc[half]);
                 }
             }
         }
-        for h in 0..H {
-            for kk in 0..kj {
-                let [lo, hi] = acc[h * KJ + kk];
-                scores[(h0 + h) * keys + j0 + kk] = reduce_pair(lo, hi) * scale;
-            }
+        for half in 0..2 {
+            let dot = _mm256_add_ps(
+                _mm256_add_ps(acc[0][half], acc[1][half]),
+                _mm256_add_ps(acc[2][half], acc[3][half]),
+            );
+            // SAFETY: `lanes` holds 16 f32.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), _mm256_mul_ps(dot, sv)) };
         }
-        j0 += kj;
+        let row = &mut scores[b * KEY_BLOCK..];
+        let n = row.len().min(LANES);
+        row[..n].copy_from_slice(&lanes[..n]);
     }
 }
 
@@ -538,11 +498,7 @@ unsafe fn weighted8<E: KvElem, const H: usize, const C: usize>(
     p: &[f32],
     h0: usize,
     v: &[E],
-    RowSpan {
-        stride,
-        offset,
-        keys,
-    }: RowSpan,
+    keys: usize,
     out: &mut [f32],
 ) {
     let hd = out.len() / (p.len() / keys);
@@ -551,7 +507,7 @@ unsafe fn weighted8<E: KvElem, const H: usize, const C: usize>(
         let mut acc = [[_mm256_setzero_ps(); C]; H];
         for j in 0..keys {
             // SAFETY: row j's columns col .. col + 8C lie within v (the caller's bounds).
-            let row = unsafe { v.as_ptr().add(j * stride + offset + col) };
+            let row = unsafe { v.as_ptr().add(j * hd + col) };
             let mut x = [_mm256_setzero_ps(); C];
             for (i, x) in x.iter_mut().enumerate() {
                 // SAFETY: as above.
