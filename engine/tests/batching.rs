@@ -512,6 +512,15 @@ fn an_f16_kv_cache_is_half_the_memory_and_close() {
     );
     assert_eq!(2 * b.kv_bytes_per_token(), a.kv_bytes_per_token());
     assert_eq!(2 * b.new_cache(40).bytes(), a.new_cache(40).bytes());
+    // What the scheduler budgets is what a cache holds: whole key blocks of 16 positions.
+    for (m, capacity) in [(&a, 1), (&a, 16), (&a, 40), (&b, 17)] {
+        let bytes = m.new_cache(capacity).bytes();
+        assert_eq!(m.kv_cache_bytes(capacity), bytes);
+        assert_eq!(
+            bytes,
+            capacity.next_multiple_of(16) * m.kv_bytes_per_token()
+        );
+    }
     let p = &prompts(&a)[2];
     let logits = |m: &Model| {
         let mut s = m.new_session(p.len());

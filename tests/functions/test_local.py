@@ -396,15 +396,18 @@ def test_prepared_tq1_0_file_serves_what_the_i2s_one_does(start_server, tiny_mod
 
 
 def test_f16_kv_cache_halves_each_sequence_and_serves(start_server, tiny_model):
-    """`BITNET_KV=f16`: the server sizes each sequence's cache at half the bytes (what the
-    batching budget counts) and serves completions from it; an unknown value keeps f32."""
+    """`BITNET_KV=f16` (the default): the server sizes each sequence's cache at half the bytes
+    of `f32` (what the batching budget counts) and serves completions from either; an unknown
+    value keeps the default."""
     per_seq = {}
-    for kv in ("f32", "f16", "f8"):
-        s = start_server(env={"BITNET_MODEL": str(tiny_model), "BITNET_KV": kv}).wait_ready()
+    for kv in ("f32", "f16", "f8", None):
+        env = {"BITNET_MODEL": str(tiny_model)} | ({"BITNET_KV": kv} if kv else {})
+        s = start_server(env=env).wait_ready()
         body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0}
         r = requests.post(s.url + "/v1/completions", json=body, timeout=60)
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8, r.text
         ready = [l for l in s.log_lines() if l.get("message") == "model ready"]
         assert ready, s.log()
         per_seq[kv] = ready[-1]["kv_bytes_per_sequence"]
-    assert per_seq["f16"] * 2 == per_seq["f32"] == per_seq["f8"], per_seq
+    assert per_seq["f16"] * 2 == per_seq["f32"], per_seq
+    assert per_seq["f8"] == per_seq[None] == per_seq["f16"], per_seq

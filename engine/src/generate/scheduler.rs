@@ -487,7 +487,7 @@ impl Worker {
             };
             let capacity = Sequence::capacity_for(job.prompt.len(), &job.params);
             let n = 1 + job.choices.len();
-            let need = n * capacity * self.model.kv_bytes_per_token();
+            let need = n * self.model.kv_cache_bytes(capacity);
             let slots_left = self.config.parallel - self.running.len();
             if !self.running.is_empty()
                 && (n > slots_left || in_use + need > self.config.kv_budget_bytes)

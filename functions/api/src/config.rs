@@ -109,8 +109,9 @@ pub struct ApiConfig {
     /// converted at load, faster decoding; a file from `bitnet prepare` has it without the
     /// conversion).
     pub head: bitnet_engine::HeadPrecision,
-    /// KV cache precision (`BITNET_KV`: `f32`, the default, or `f16`: half the cache memory
-    /// per sequence and half its reads at long contexts, each key and value rounded to f16).
+    /// KV cache precision (`BITNET_KV`: `f16`, the default, half the cache memory per
+    /// sequence and half its reads at long contexts, each key and value rounded to f16; or
+    /// `f32`).
     pub kv: bitnet_engine::KvPrecision,
     /// `max_tokens` when the request gives none (`BITNET_DEFAULT_MAX_TOKENS`, default 512),
     /// clamped to what fits in the context.
@@ -169,7 +170,7 @@ impl Default for ApiConfig {
             allow_no_auth: false,
             threads: None,
             head: bitnet_engine::HeadPrecision::File,
-            kv: bitnet_engine::KvPrecision::F32,
+            kv: bitnet_engine::KvPrecision::F16,
             default_max_tokens: 512,
             draft_max: bitnet_engine::generate::DEFAULT_DRAFT_MAX,
             preload: true,

@@ -29,8 +29,9 @@ pub struct BenchArgs {
     /// lower precision).
     #[arg(long, default_value = "f16")]
     head: String,
-    /// KV cache: f32, or f16 (half the memory and reads; values rounded to f16).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    /// KV cache: f16 (the default: half the memory and reads; values rounded to f16), or
+    /// f32.
+    #[arg(long, default_value = "f16", value_parser = ["f32", "f16"])]
     kv: String,
     /// Decode after this many tokens of context (llama-bench's depth): attention then reads
     /// a cache of that length for every generated token.

@@ -189,8 +189,9 @@ struct ModelArgs {
     /// Worker threads (default: $BITNET_THREADS, else all available cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// KV cache: f32, or f16 (half the memory and reads; values rounded to f16).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "f16"])]
+    /// KV cache: f16 (the default: half the memory and reads; values rounded to f16), or
+    /// f32.
+    #[arg(long, default_value = "f16", value_parser = ["f32", "f16"])]
     kv: String,
 }
 
