@@ -490,8 +490,13 @@ async fn a_model_is_served_with_its_pages_already_mapped() {
     // Downloaded: the mapping handed out is the one the hasher read every page through.
     let downloaded = ModelStore::new(cfg.clone()).get().await.unwrap();
     let size = downloaded.size;
+    // All but 1 %: the kernel may take a few pages back meanwhile. This VM runs DAMON with a
+    // `pageout` scheme (/sys/kernel/mm/damon/admin), which reclaimed 5 pages of the 16,384
+    // once under CI's load. Without the prefault a cache hit maps only the pages the header
+    // check touches (64 KiB of the 64 MiB, measured with the prefault disabled), far below.
+    let nearly_all = size - size / 100;
     assert!(
-        mapped_bytes(downloaded.bytes().as_ptr()) >= size - 4096,
+        mapped_bytes(downloaded.bytes().as_ptr()) >= nearly_all,
         "{} of {size} bytes mapped after the download",
         mapped_bytes(downloaded.bytes().as_ptr())
     );
@@ -521,11 +526,11 @@ async fn a_model_is_served_with_its_pages_already_mapped() {
     let cached = ModelStore::new(cfg).get().await.unwrap();
     let p = cached.bytes().as_ptr();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while mapped_bytes(p) < size - 4096 && Instant::now() < deadline {
+    while mapped_bytes(p) < nearly_all && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert!(
-        mapped_bytes(p) >= size - 4096,
+        mapped_bytes(p) >= nearly_all,
         "{} of {size} bytes mapped 10 s after a cache hit from a cold page cache",
         mapped_bytes(p)
     );
