@@ -631,6 +631,13 @@ impl KvCache {
         self.capacity
     }
 
+    /// Bytes [`KvCache::new`] allocates for `capacity` tokens: keys and values of every
+    /// layer, whole key blocks.
+    pub fn bytes_for(c: &Config, capacity: usize) -> usize {
+        let lay = HeadMajor::new(c.n_head_kv, c.head_dim, capacity);
+        2 * c.n_layer * lay.len() * c.kv.bytes()
+    }
+
     /// Tokens in the cache.
     pub fn len(&self) -> usize {
         self.pos

@@ -402,10 +402,7 @@ impl Model {
     /// Bytes of the cache [`Model::new_cache`] makes for `capacity` tokens: its positions
     /// rounded up to whole key blocks of attention's layout.
     pub fn kv_cache_bytes(&self, capacity: usize) -> usize {
-        let positions = capacity
-            .min(self.n_ctx())
-            .next_multiple_of(crate::kernels::KEY_BLOCK);
-        self.kv_bytes_per_token() * positions
+        KvCache::bytes_for(&self.net.config, capacity.min(self.n_ctx()))
     }
 
     /// An empty KV cache for up to `capacity` tokens (at most the context length).

@@ -100,32 +100,17 @@ pub unsafe fn attend_avx512<E: KvElem>(
     let mut h0 = 0;
     while h0 < groups {
         let h = head_tile(groups - h0, 4);
-        // H x B x CHAINS = 16 accumulators per tile, the remaining blocks one at a time.
+        // H x B x CHAINS = 16 accumulators per tile.
         let (q, sc) = (
             &qs[h0 * hd..(h0 + h) * hd],
             &mut scores[h0 * keys..(h0 + h) * keys],
         );
-        // SAFETY: the caller's bounds; blocks < `blocks`.
+        // SAFETY: the caller's bounds; the blocks are the span's.
         unsafe {
             match h {
-                4 => {
-                    const B: usize = 16 / (4 * CHAINS);
-                    let whole = blocks / B * B;
-                    dots16::<E, 4, B>(q, hd, k, 0..whole, scale, sc);
-                    dots16::<E, 4, 1>(q, hd, k, whole..blocks, scale, sc);
-                }
-                2 => {
-                    const B: usize = 16 / (2 * CHAINS);
-                    let whole = blocks / B * B;
-                    dots16::<E, 2, B>(q, hd, k, 0..whole, scale, sc);
-                    dots16::<E, 2, 1>(q, hd, k, whole..blocks, scale, sc);
-                }
-                _ => {
-                    const B: usize = 16 / CHAINS;
-                    let whole = blocks / B * B;
-                    dots16::<E, 1, B>(q, hd, k, 0..whole, scale, sc);
-                    dots16::<E, 1, 1>(q, hd, k, whole..blocks, scale, sc);
-                }
+                4 => dots16::<E, 4, { 16 / (4 * CHAINS) }>(q, hd, k, 0..blocks, scale, sc),
+                2 => dots16::<E, 2, { 16 / (2 * CHAINS) }>(q, hd, k, 0..blocks, scale, sc),
+                _ => dots16::<E, 1, { 16 / CHAINS }>(q, hd, k, 0..blocks, scale, sc),
             }
         }
         h0 += h;
@@ -167,9 +152,9 @@ pub unsafe fn attend_avx512<E: KvElem>(
 }
 
 /// Scores of H heads (queries `q`, scores rows `scores`, `keys` each) against the keys of
-/// blocks `blocks`, B blocks per tile: H x B x CHAINS accumulators, each the 16 lanes of one
-/// chain of one head's dots with one block's keys (the specification's chains, lane by
-/// lane).
+/// blocks `blocks`, B blocks per tile and the blocks left over one at a time: H x B x CHAINS
+/// accumulators, each the 16 lanes of one chain of one head's dots with one block's keys
+/// (the specification's chains, lane by lane).
 ///
 /// # Safety
 /// As [`attend_avx512`]; `blocks` ends at most at `keys.div_ceil(16)`.
@@ -215,6 +200,10 @@ unsafe fn dots16<E: KvElem, const H: usize, const B: usize>(
             }
         }
         b += B;
+    }
+    if B > 1 && b < blocks.end {
+        // SAFETY: as above, for the remaining blocks.
+        unsafe { dots16::<E, H, 1>(q, hd, k, b..blocks.end, scale, scores) };
     }
 }
 
@@ -432,10 +421,7 @@ unsafe fn dots8<E: KvElem>(
             }
         }
         for half in 0..2 {
-            let dot = _mm256_add_ps(
-                _mm256_add_ps(acc[0][half], acc[1][half]),
-                _mm256_add_ps(acc[2][half], acc[3][half]),
-            );
+            let dot = chains_sum8(acc.map(|a| a[half]));
             // SAFETY: `lanes` holds 16 f32.
             unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * half), _mm256_mul_ps(dot, sv)) };
         }
@@ -443,6 +429,14 @@ unsafe fn dots8<E: KvElem>(
         let n = row.len().min(LANES);
         row[..n].copy_from_slice(&lanes[..n]);
     }
+}
+
+/// [`chains_sum16`] for 8 lanes.
+#[inline]
+#[target_feature(enable = "avx")]
+fn chains_sum8(a: [__m256; CHAINS]) -> __m256 {
+    const { assert!(CHAINS == 4) };
+    _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))
 }
 
 /// `softmax_weights_spec` of one head's scores with AVX2.
