@@ -471,7 +471,18 @@ fn several_choices_share_one_prompt_pass_and_sample_on_their_own() {
 fn requests_that_leave_while_queued_do_not_stay_in_the_queue() {
     let m = model(GgmlType::I2S);
     let ps = prompts(&m);
-    let s = scheduler(&m, 1, 16, 0);
+    // A stall limit past the test's 10 s: the running stream's client reads nothing, and with
+    // the default 5 s the scheduler dropped it as stalled when the whole suite's load made
+    // the queue take that long to drain (seen once).
+    let s = Scheduler::new(
+        m.clone(),
+        SchedulerConfig {
+            parallel: 1,
+            prefill_chunk: 16,
+            stall: Duration::from_secs(60),
+            ..Default::default()
+        },
+    );
     // One long generation holds the only slot (its client reads nothing yet: it waits).
     let (tx, rx) = mpsc::sync_channel(1);
     let running = Interrupt::new();
